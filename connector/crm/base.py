@@ -1,0 +1,111 @@
+"""What the pipeline needs from a CRM: the contract both adapters fulfil.
+
+The pipeline, routing and the CLI speak only to `CrmAdapter`; the HubSpot and
+Salesforce adapters translate it into vendor calls. Records cross this line as
+`connector.domain.Lead`, score values as engine names (see WRITE_FIELDS).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from connector.domain import CrmName, Lead, Rep
+
+
+@dataclass(slots=True)
+class Page:
+    """One page of one stream.
+
+    `next_cursor` is an opaque, small string (it travels in Celery messages);
+    None means this was the last page. `high_water` is the largest modified
+    time (epoch seconds) among the page's records, for incremental cursors.
+    `problems` lists records that could not be read or mapped, as (id, why).
+    """
+
+    leads: list[Lead]
+    next_cursor: str | None
+    high_water: float | None = None
+    problems: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class WriteReport:
+    written: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (record id, the CRM's message)
+
+
+@runtime_checkable
+class CrmAdapter(Protocol):
+    crm: CrmName
+    # The record streams a sync walks: ("contact",) for HubSpot, ("Lead", "Contact") for Salesforce.
+    streams: tuple[str, ...]
+
+    def read_page(self, stream: str, cursor: str | None, *, since: float | None) -> Page:
+        """A page of records with their profile, owner and current score values.
+
+        since=None: a full sync (HubSpot list endpoint, SOQL without a date filter).
+        since=T: records modified at or after T, ascending by modification time
+        (inclusive: the caller dedupes by id). cursor=None starts the stream.
+        """
+        ...
+
+    def load_activities(self, leads: Sequence[Lead], now: float) -> None:
+        """Fill each lead's `activities` in batched calls (never one call per lead where a batch exists)."""
+        ...
+
+    def get_leads(self, stream: str, ids: Sequence[str]) -> list[Lead]:
+        """Re-read records as they are now (owner included). Unknown ids are left out."""
+        ...
+
+    def write_scores(self, stream: str, updates: Mapping[str, Mapping[str, str]]) -> WriteReport:
+        """Write engine-named values (a subset of WRITE_FIELDS) per record id, batched.
+
+        A record the CRM refuses is reported in `failed` with the CRM's message;
+        the others are written. Nothing that succeeded is sent again.
+        """
+        ...
+
+    def list_reps(self) -> list[Rep]:
+        """Owners (HubSpot) or Users (Salesforce), active and inactive, with team/region hints."""
+        ...
+
+    def set_owner(self, stream: str, lead_id: str, rep_id: str, *, expected: str | None = None) -> bool:
+        """Make rep_id the owner only if the current owner (re-read first) is `expected`.
+
+        expected=None: only an unowned record is assigned. For an SLA reassignment
+        pass the rep who loses the lead. Returns True when the owner is rep_id after
+        the call (set now, or already rep_id), False when someone else owns it.
+        HubSpot's owner is `hubspot_owner_id`; Salesforce's `OwnerId`, set with
+        `Sforce-Auto-Assign: FALSE`. (Neither API has a compare-and-set; the
+        re-read narrows the race, the routing lock closes it for our own workers.)
+        """
+        ...
+
+    def create_task(self, stream: str, lead_id: str, rep_id: str, *, subject: str, body: str, due: float) -> str:
+        """A CRM task for the rep, linked to the record; returns the task id."""
+        ...
+
+    def task_is_open(self, task_id: str) -> bool: ...
+
+    def rep_acted_since(self, stream: str, lead_id: str, rep_id: str, since: float) -> bool:
+        """Whether the rep logged an activity (call, email, meeting, note) on the record since `since`."""
+        ...
+
+    def record_url(self, stream: str, lead_id: str) -> str: ...
+
+    def check(self) -> list[str]:
+        """Problems an admin must fix, one sentence each; empty when all is well."""
+        ...
+
+    def setup(self) -> list[str]:
+        """Create what can be created (idempotent); return one line per thing done or still to do."""
+        ...
+
+    @property
+    def api_calls(self) -> int:
+        """HTTP calls this adapter made (retries included)."""
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,135 @@
+"""The engine's vocabulary: what every CRM adapter translates its objects into.
+
+Nothing vendor-shaped crosses this line. The engine and routing only ever see
+these types; adapters build them from HubSpot and Salesforce records and turn
+`WriteBack` values into vendor fields.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+CrmName = Literal["hubspot", "salesforce"]
+CRMS: tuple[CrmName, ...] = ("hubspot", "salesforce")
+
+# Activity kinds the engine understands. Adapters map vendor activities onto
+# these in mappings/hubspot.yaml and mappings/salesforce.yaml.
+ACTIVITY_KINDS: frozenset[str] = frozenset(
+    {
+        "page_view",
+        "form_submission",
+        "download",
+        "email_open",
+        "email_click",
+        "email_reply",
+        "email_bounce",
+        "email_unsubscribe",
+        "meeting",
+        "call",
+        "note",
+        "webinar_registered",
+        "webinar_attended",
+        "event_attended",
+    }
+)
+
+# Profile fields the engine's fit rules may read. Values are whatever the CRM
+# gave (usually strings); the engine parses numbers itself and reports what it
+# could not read.
+PROFILE_FIELDS: frozenset[str] = frozenset(
+    {
+        "email",
+        "first_name",
+        "last_name",
+        "job_title",
+        "seniority",
+        "company",
+        "industry",
+        "employees",
+        "annual_revenue",
+        "country",
+        "state",
+        "city",
+        "lifecycle_stage",
+        "lead_status",
+        "lead_source",
+        "budget",
+        "need",
+        "timeline",
+        "authority",
+        "phone",
+        "website",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Activity:
+    """One behavioural signal.
+
+    `ts` is seconds since the Unix epoch, UTC. A float rather than a datetime
+    because the engine scores millions of these a second.
+    `attrs` holds the activity's details in engine terms (url, form, campaign,
+    subject, direction, ...), all strings.
+    """
+
+    kind: str
+    ts: float
+    attrs: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Lead:
+    """A person to score, as read from one CRM.
+
+    `key` is stable across syncs: "hubspot:contact:123", "salesforce:Lead:00Q...".
+    `written` holds the score fields as they are in the CRM now (engine names:
+    score, fit, engagement, band, grade, reasons, model), so the pipeline can
+    skip writes that would change nothing.
+    """
+
+    crm: CrmName
+    object_type: str
+    id: str
+    profile: dict[str, Any]
+    activities: list[Activity] = field(default_factory=list)
+    owner_id: str | None = None
+    written: dict[str, str] = field(default_factory=dict)
+    modified_at: float | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.crm}:{self.object_type}:{self.id}"
+
+
+# The fields the connector writes back, in engine names. The mapping files give
+# each its CRM name (lead_score / Lead_Score__c, ...).
+WRITE_FIELDS: tuple[str, ...] = (
+    "score",
+    "fit",
+    "engagement",
+    "band",
+    "grade",
+    "reasons",
+    "scored_at",
+    "model",
+)
+
+# `scored_at` changes on every computation; it is written only together with a
+# change in one of these.
+CHANGE_FIELDS: tuple[str, ...] = ("score", "fit", "engagement", "band", "grade", "reasons", "model")
+
+
+@dataclass(frozen=True, slots=True)
+class Rep:
+    """A sales rep as routing sees them: a CRM owner/user plus our configuration."""
+
+    id: str  # CRM owner id (HubSpot) or User Id (Salesforce)
+    email: str
+    name: str
+    region: str | None
+    active: bool = True
+    timezone: str = "UTC"
+    teams: tuple[str, ...] = ()

@@ -1,0 +1,46 @@
+"""Settings come from the environment; a malformed value is one sentence naming the variable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from connector.config import load_settings
+from connector.errors import ConfigError
+
+
+def test_defaults_need_no_environment() -> None:
+    s = load_settings({})
+    assert s.redis_url == "redis://localhost:6379/0"
+    assert s.hubspot_base_url == "https://api.hubapi.com"
+    assert s.mappings_dir == Path("mappings")
+    assert not s.hubspot_configured
+    assert not s.salesforce_configured
+
+
+def test_tokens_never_appear_in_the_settings_repr() -> None:
+    s = load_settings({"HUBSPOT_ACCESS_TOKEN": "secret-token-value", "SALESFORCE_ACCESS_TOKEN": "sf-secret"})
+    assert "secret-token-value" not in repr(s)
+    assert "sf-secret" not in repr(s)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"REDIS_URL": "localhost:6379"}, "REDIS_URL must be a URL such as https://host:port, not 'localhost:6379'."),
+        ({"REDIS_URL": "http://localhost:6379"}, "REDIS_URL must start with redis://, rediss:// or unix://"),
+        ({"HUBSPOT_BASE_URL": "api.hubapi.com"}, "HUBSPOT_BASE_URL must be a URL"),
+        ({"SALESFORCE_CA_BUNDLE": "/nonexistent/ca.pem"}, "SALESFORCE_CA_BUNDLE points at /nonexistent/ca.pem"),
+    ],
+)
+def test_a_malformed_setting_names_the_variable(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(env)
+    assert str(info.value).startswith(message)
+
+
+def test_salesforce_needs_both_url_and_token() -> None:
+    s = load_settings({"SALESFORCE_INSTANCE_URL": "https://example.my.salesforce.com"})
+    with pytest.raises(ConfigError, match=r"^SALESFORCE_ACCESS_TOKEN is not set\.$"):
+        s.require_salesforce()

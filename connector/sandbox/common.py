@@ -1,0 +1,369 @@
+"""Machinery both sandbox CRM servers share: limits, stats, faults and the gate in front of the API.
+
+`SandboxMiddleware(app, guard=..., stats=..., faults=...)` wraps a Starlette app
+(pure ASGI, outermost). For every request outside `/__sandbox__/` it
+1. finds the route template ("GET /crm/v3/objects/contacts/{id}") and counts it in `Stats`,
+2. draws a fault from `Faults` (an injected 429 or 500 answered in the CRM's own shape
+   by `guard.fault`, or a "timeout": the request hangs for `Faults.timeout_s` and then
+   gets a 504, which a client with a shorter timeout experiences as a read timeout),
+3. asks `guard.admit(...)` (authentication, scopes, rate limits), which either refuses
+   with a response or admits with headers added to the answer (rate-limit headers),
+4. calls the app.
+Each CRM app supplies its own `Guard` (HubSpot's error bodies are not Salesforce's).
+
+`/__sandbox__/stats` (GET), `/__sandbox__/stats/reset` (POST) and
+`/__sandbox__/faults` (POST) are answered by the middleware itself; any other
+`/__sandbox__/...` path goes to the app, exempt from auth, limits and faults.
+
+`RollingWindow` and `DailyBudget` are the counters behind HubSpot-style limits:
+`RollingWindow(max_requests, window_s)` per key (a token, or an account), with
+`try_acquire(key) -> (allowed, remaining)`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import orjson
+from starlette.datastructures import Headers
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+SANDBOX_PREFIX = "/__sandbox__/"
+FAULT_KINDS = ("429", "500", "timeout")
+
+
+class JsonResponse(Response):
+    """A JSON answer serialised with orjson (what both sandbox apps use)."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+# --------------------------------------------------------------------------- limits
+
+
+class RollingWindow:
+    """At most `max_requests` per key in any `window_s` seconds (a sliding log)."""
+
+    def __init__(self, max_requests: int, window_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_requests = max_requests
+        self.window_s = window_s
+        self._clock = clock
+        self._log: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def try_acquire(self, key: str) -> tuple[bool, int]:
+        """Counts one request when allowed; returns (allowed, remaining after it)."""
+        now = self._clock()
+        with self._lock:
+            log = self._log.setdefault(key, deque())
+            edge = now - self.window_s
+            while log and log[0] <= edge:
+                log.popleft()
+            if len(log) >= self.max_requests:
+                return False, 0
+            log.append(now)
+            return True, self.max_requests - len(log)
+
+    def remaining(self, key: str) -> int:
+        now = self._clock()
+        with self._lock:
+            log = self._log.get(key)
+            if not log:
+                return self.max_requests
+            return self.max_requests - sum(1 for t in log if t > now - self.window_s)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._log.clear()
+
+
+class DailyBudget:
+    """At most `max_requests` per key per UTC day."""
+
+    def __init__(self, max_requests: int, clock: Callable[[], float] = time.time) -> None:
+        self.max_requests = max_requests
+        self._clock = clock
+        self._used: dict[str, int] = {}
+        self._day = self._today()
+        self._lock = threading.Lock()
+
+    def _today(self) -> dt.date:
+        return dt.datetime.fromtimestamp(self._clock(), dt.UTC).date()
+
+    def try_acquire(self, key: str) -> tuple[bool, int]:
+        with self._lock:
+            today = self._today()
+            if today != self._day:
+                self._day = today
+                self._used.clear()
+            used = self._used.get(key, 0)
+            if used >= self.max_requests:
+                return False, 0
+            self._used[key] = used + 1
+            return True, self.max_requests - used - 1
+
+    def used(self, key: str) -> int:
+        with self._lock:
+            return self._used.get(key, 0)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._used.clear()
+
+
+# --------------------------------------------------------------------------- stats and faults
+
+
+class Stats:
+    """Calls by "METHOD /route/template", the total and how many were answered 429."""
+
+    def __init__(self) -> None:
+        self._calls: dict[str, int] = {}
+        self.total = 0
+        self.rate_limited = 0
+        self._lock = threading.Lock()
+
+    def count(self, key: str) -> None:
+        with self._lock:
+            self._calls[key] = self._calls.get(key, 0) + 1
+            self.total += 1
+
+    def count_rate_limited(self) -> None:
+        with self._lock:
+            self.rate_limited += 1
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return {"total": self.total, "rate_limited": self.rate_limited, "calls": dict(self._calls)}
+
+    def reset(self) -> None:
+        with self._lock:
+            self._calls.clear()
+            self.total = 0
+            self.rate_limited = 0
+
+
+class FaultSpecError(ValueError):
+    """A fault specification that cannot be used; the message is one sentence for a user."""
+
+
+def parse_fault_spec(spec: str | Mapping[str, Any]) -> dict[str, float]:
+    """Parse `{"429": 0.2, "500": 0.05, "timeout": 0.02, "seed": 1}` (a mapping, a JSON text, or
+    `429=0.2,500=0.05`) into a validated dict; `{}` or "" means no faults."""
+    raw: Mapping[str, Any]
+    if isinstance(spec, str):
+        text = spec.strip()
+        if not text:
+            return {}
+        if text.startswith("{"):
+            try:
+                loaded = orjson.loads(text)
+            except orjson.JSONDecodeError as exc:
+                raise FaultSpecError(f"the fault specification is not valid JSON ({exc})") from None
+            if not isinstance(loaded, dict):
+                raise FaultSpecError("the fault specification must be a JSON object")
+            raw = loaded
+        else:
+            pairs: dict[str, str] = {}
+            for part in text.split(","):
+                name, sep, value = part.partition("=")
+                if not sep or not name.strip():
+                    raise FaultSpecError(f"fault '{part.strip()}' should look like 429=0.2")
+                pairs[name.strip()] = value.strip()
+            raw = pairs
+    else:
+        raw = spec
+    out: dict[str, float] = {}
+    for name, value in raw.items():
+        if name not in (*FAULT_KINDS, "seed", "timeout_s"):
+            raise FaultSpecError(f"unknown fault '{name}': use 429, 500, timeout, seed or timeout_s")
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise FaultSpecError(f"fault '{name}' needs a number, not {value!r}") from None
+        if name in FAULT_KINDS and not 0.0 <= number <= 1.0:
+            raise FaultSpecError(f"fault '{name}' must be a share between 0 and 1, not {value}")
+        if name == "timeout_s" and number < 0:
+            raise FaultSpecError("timeout_s must not be negative")
+        out[name] = number
+    if sum(out.get(k, 0.0) for k in FAULT_KINDS) > 1.0 + 1e-9:
+        raise FaultSpecError("the fault shares add up to more than 1")
+    return out
+
+
+class Faults:
+    """Seeded fault injection: each request draws "429", "500", "timeout" or None."""
+
+    def __init__(self, spec: Mapping[str, float] | None = None, *, timeout_s: float = 30.0) -> None:
+        self.default_timeout_s = timeout_s
+        self._lock = threading.Lock()
+        self.configure(spec or {})
+
+    def configure(self, spec: Mapping[str, float]) -> None:
+        with self._lock:
+            self.shares = {k: float(spec[k]) for k in FAULT_KINDS if spec.get(k)}
+            self.timeout_s = float(spec.get("timeout_s", self.default_timeout_s))
+            self._rng = random.Random(int(spec.get("seed", 0)))
+
+    def as_dict(self) -> dict[str, float]:
+        with self._lock:
+            return dict(self.shares)
+
+    def draw(self) -> str | None:
+        with self._lock:
+            if not self.shares:
+                return None
+            x = self._rng.random()
+            edge = 0.0
+            for kind, share in self.shares.items():
+                edge += share
+                if x < edge:
+                    return kind
+            return None
+
+
+# --------------------------------------------------------------------------- the gate
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """A guard's verdict: a refusal (`response` set) or an admission with extra headers."""
+
+    response: Response | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    rate_limited: bool = False
+
+
+class Guard(Protocol):
+    def admit(self, method: str, template: str, headers: Headers) -> Admission: ...
+
+    def fault(self, kind: str) -> Response:
+        """The CRM's own answer for an injected fault: kind is "429", "500" or "timeout" (a 504)."""
+        ...
+
+
+def route_template(routes: Iterable[BaseRoute], scope: Scope) -> str | None:
+    """The path template of the route that fully matches (None when no route does)."""
+    partial: str | None = None
+    for route in routes:
+        match, _ = route.matches(scope)
+        if match == Match.FULL:
+            return str(getattr(route, "path", "?"))
+        if match == Match.PARTIAL and partial is None:
+            partial = str(getattr(route, "path", "?"))
+    return partial
+
+
+class SandboxMiddleware:
+    """Stats, faults, auth and limits in front of a sandbox CRM app; see the module docstring."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        routes: Iterable[BaseRoute],
+        guard: Guard,
+        stats: Stats | None = None,
+        faults: Faults | None = None,
+    ) -> None:
+        self.app = app
+        self.routes = list(routes)
+        self.guard = guard
+        self.stats = stats or Stats()
+        self.faults = faults or Faults()
+        self.on_reset: list[Callable[[], None]] = []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        if path.startswith(SANDBOX_PREFIX):
+            handled = await self._admin(scope, receive, send)
+            if not handled:
+                await self.app(scope, receive, send)
+            return
+        method: str = scope["method"]
+        template = route_template(self.routes, scope) or path
+        self.stats.count(f"{method} {template}")
+        fault = self.faults.draw()
+        if fault is not None:
+            if fault == "429":
+                self.stats.count_rate_limited()
+            elif fault == "timeout":
+                await asyncio.sleep(self.faults.timeout_s)
+            await self.guard.fault(fault)(scope, receive, send)
+            return
+        admission = self.guard.admit(method, template, Headers(scope=scope))
+        if admission.rate_limited:
+            self.stats.count_rate_limited()
+        if admission.response is not None:
+            for name, value in admission.headers.items():
+                admission.response.headers[name] = value
+            await admission.response(scope, receive, send)
+            return
+        if not admission.headers:
+            await self.app(scope, receive, send)
+            return
+        extra = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in admission.headers.items()]
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = dict(message)
+                message["headers"] = [*message.get("headers", []), *extra]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+    async def _admin(self, scope: Scope, receive: Receive, send: Send) -> bool:
+        path: str = scope["path"].rstrip("/")
+        method: str = scope["method"]
+        response: Response
+        if path == "/__sandbox__/stats" and method == "GET":
+            response = JsonResponse(self.stats.snapshot())
+        elif path == "/__sandbox__/stats/reset" and method == "POST":
+            self.stats.reset()
+            for hook in self.on_reset:
+                hook()
+            response = JsonResponse(self.stats.snapshot())
+        elif path == "/__sandbox__/faults" and method == "POST":
+            body = await Request(scope, receive).body()
+            try:
+                spec = parse_fault_spec(body.decode() if body.strip() else "{}")
+            except (FaultSpecError, UnicodeDecodeError) as exc:
+                response = JsonResponse({"error": str(exc)}, status_code=400)
+            else:
+                self.faults.configure(spec)
+                response = JsonResponse({"faults": self.faults.as_dict(), "timeout_s": self.faults.timeout_s})
+        elif path == "/__sandbox__/faults" and method == "GET":
+            response = JsonResponse({"faults": self.faults.as_dict(), "timeout_s": self.faults.timeout_s})
+        else:
+            return False
+        await response(scope, receive, send)
+        return True
+
+
+def bearer_token(headers: Headers) -> str | None:
+    """The token of an `Authorization: Bearer ...` header (None when absent or malformed)."""
+    value = headers.get("authorization", "")
+    scheme, _, token = value.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+Handler = Callable[[Request], Awaitable[Response]]

@@ -1,0 +1,1381 @@
+"""The sandbox CRM's people: seeded, lazy, and the same for both CRMs.
+
+The model
+---------
+`Population(n, seed, anchor)` stands for n people. Nothing is materialised:
+person i (0 <= i < n) is generated on demand from `random.Random(seed *
+1_000_003 + i)` and kept in a bounded LRU cache, so a population of a million
+starts instantly and costs memory only for the people actually read.
+`anchor` is the data's "now" in epoch seconds (default: today's midnight UTC,
+so one seed gives the same data all day); every timestamp is at or before it.
+
+- `person(i) -> Person`: a frozen record (profile, owner, hidden intent).
+  People work at companies; `company(c) -> Company` (c < `n_companies`) is
+  generated the same way, so several people share one company (Salesforce
+  Accounts). `Person.company_index` links them.
+- `Person.modified_ms` (epoch milliseconds) is non-decreasing in i:
+  `base_modified_ms(i)` computes it without building the person, and
+  `first_modified_at_or_after(t_ms)` is a bisection, so "modified since T,
+  ascending" never scans. `created_ms <= modified_ms`.
+- `activities(i) -> list[SandboxActivity]`: what person i did in the 180 days
+  before the anchor, sorted by time. Ids are stable: `i * 1000 + j`
+  (`ACTIVITY_ID_STRIDE`). The mix follows the hidden `intent` (0..1, most low,
+  a few per cent above `HOT_INTENT`): hot people look at pricing and demo
+  pages, fill in whitepaper and sales forms, attend webinars, reply to emails
+  and have meetings. Some people visit /careers, some emails bounce, students
+  and interns appear. Activities carry no CRM-specific ids beyond their own.
+- `reps() -> list[SandboxRep]`: a fixed sales team in regional teams named
+  exactly "DACH", "Nordics", "UK&I", "Benelux", "Rest of World"; a few are
+  inactive (one in DACH at least). `Person.owner` is an index into that list
+  or None (about 10 % of people are already owned, by a rep of their region).
+- `region_of(country)` gives the team name a country belongs to.
+
+`Store` is the mutable overlay one CRM server keeps on top of the population:
+property writes per (object type, integer key), created records, and per-record
+modified timestamps that move on every write. Object types are free strings
+chosen by each CRM app ("contacts", "tasks" for HubSpot; "Lead", "Task" for
+Salesforce); keys are integers (for people, the person index). Each CRM server
+has its own Store over the shared Population.
+`Store.iter_modified(obj, since_ms, base=...)` yields `(modified_ms, key)` in
+order, merging the untouched base records (by bisection over the population)
+with the written ones (kept sorted by their new timestamp); see `BaseIndex`.
+All Store methods take an internal lock, so one asyncio server (or a thread
+next to it) can use it safely.
+"""
+
+from __future__ import annotations
+
+import bisect
+import datetime as dt
+import heapq
+import itertools
+import random
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, Generic, TypeVar
+
+DAY_MS: Final = 86_400_000
+ACTIVITY_WINDOW_DAYS: Final = 180
+MODIFIED_SPAN_DAYS: Final = 365
+ACTIVITY_ID_STRIDE: Final = 1000
+HOT_INTENT: Final = 0.7
+
+TEAMS: Final = ("DACH", "Nordics", "UK&I", "Benelux", "Rest of World")
+
+ACTIVITY_KINDS: Final = (
+    "page_view",
+    "form_submission",
+    "email_open",
+    "email_click",
+    "email_reply",
+    "email_bounce",
+    "meeting",
+    "call",
+    "note",
+    "webinar_registered",
+    "webinar_attended",
+    "event_attended",
+)
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+FREE_MAIL_DOMAINS: Final = ("gmail.com", "gmx.de", "web.de", "outlook.com", "yahoo.com")
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True, slots=True)
+class Company:
+    index: int
+    name: str
+    domain: str
+    industry: str
+    employees: int
+    annual_revenue: int | None
+    country: str
+    state: str
+    city: str
+
+
+@dataclass(frozen=True, slots=True)
+class Person:
+    index: int
+    first_name: str
+    last_name: str
+    email: str
+    job_title: str
+    company: str
+    company_index: int
+    industry: str
+    employees: int | str  # a str is deliberate garbage ("50-100", "n/a") for the engine to cope with
+    annual_revenue: int | None
+    country: str
+    state: str
+    city: str
+    phone: str
+    website: str
+    lifecycle_stage: str
+    lead_status: str
+    lead_source: str
+    created_ms: int
+    modified_ms: int
+    intent: float  # hidden ground truth, 0..1
+    sf_type: str  # "Lead" or "Contact"
+    owner: int | None  # index into Population.reps()
+    is_student: bool
+    free_mail: bool
+
+    @property
+    def created_at(self) -> float:
+        return self.created_ms / 1000
+
+    @property
+    def modified_at(self) -> float:
+        return self.modified_ms / 1000
+
+    @property
+    def region(self) -> str:
+        return region_of(self.country)
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxActivity:
+    id: int  # person index * ACTIVITY_ID_STRIDE + position
+    person: int
+    kind: str  # one of ACTIVITY_KINDS
+    ts_ms: int
+    attrs: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def ts(self) -> float:
+        return self.ts_ms / 1000
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxRep:
+    index: int
+    id: str  # HubSpot owner id
+    user_id: int  # HubSpot user id
+    email: str
+    first_name: str
+    last_name: str
+    team: str
+    team_id: str
+    timezone: str
+    country: str
+    active: bool
+
+    @property
+    def name(self) -> str:
+        return f"{self.first_name} {self.last_name}"
+
+
+# --------------------------------------------------------------------------- vocabularies
+
+_REGION_BY_COUNTRY: Final = {
+    "Germany": "DACH",
+    "Austria": "DACH",
+    "Switzerland": "DACH",
+    "Sweden": "Nordics",
+    "Norway": "Nordics",
+    "Denmark": "Nordics",
+    "Finland": "Nordics",
+    "United Kingdom": "UK&I",
+    "Ireland": "UK&I",
+    "Netherlands": "Benelux",
+    "Belgium": "Benelux",
+    "Luxembourg": "Benelux",
+}
+
+
+def region_of(country: str) -> str:
+    return _REGION_BY_COUNTRY.get(country, "Rest of World")
+
+
+# country: (weight, phone prefix, company suffixes, [(state, city), ...], first names, last names)
+_DE_FIRST = (
+    "Anna",
+    "Lukas",
+    "Julia",
+    "Jonas",
+    "Laura",
+    "Felix",
+    "Sarah",
+    "Maximilian",
+    "Lea",
+    "Paul",
+    "Katharina",
+    "Tobias",
+    "Sabine",
+    "Andreas",
+    "Stefan",
+    "Claudia",
+    "Matthias",
+    "Nina",
+)
+_DE_LAST = (
+    "Müller",
+    "Schmidt",
+    "Schneider",
+    "Fischer",
+    "Weber",
+    "Meyer",
+    "Wagner",
+    "Becker",
+    "Hoffmann",
+    "Schulz",
+    "Koch",
+    "Richter",
+    "Klein",
+    "Wolf",
+    "Neumann",
+    "Zimmermann",
+    "Krüger",
+    "Hartmann",
+)
+_NORDIC_FIRST = (
+    "Erik",
+    "Lars",
+    "Anna",
+    "Ingrid",
+    "Mikael",
+    "Sofia",
+    "Johan",
+    "Maja",
+    "Nils",
+    "Freja",
+    "Oskar",
+    "Elin",
+    "Mikko",
+    "Aino",
+    "Henrik",
+    "Astrid",
+)
+_NORDIC_LAST = (
+    "Andersson",
+    "Johansson",
+    "Nilsson",
+    "Hansen",
+    "Larsen",
+    "Jensen",
+    "Virtanen",
+    "Korhonen",
+    "Berg",
+    "Lindqvist",
+    "Olsen",
+    "Nielsen",
+    "Karlsson",
+    "Eriksson",
+)
+_EN_FIRST = (
+    "James",
+    "Emma",
+    "Oliver",
+    "Sophie",
+    "Jack",
+    "Charlotte",
+    "Harry",
+    "Emily",
+    "Michael",
+    "Jennifer",
+    "David",
+    "Sarah",
+    "Daniel",
+    "Megan",
+    "Ryan",
+    "Aoife",
+    "Sean",
+    "Ciara",
+)
+_EN_LAST = (
+    "Smith",
+    "Jones",
+    "Taylor",
+    "Brown",
+    "Williams",
+    "Wilson",
+    "Davies",
+    "Evans",
+    "Murphy",
+    "Kelly",
+    "O'Brien",
+    "Walsh",
+    "Johnson",
+    "Miller",
+    "Garcia",
+    "Martinez",
+    "Anderson",
+    "Clark",
+)
+_NL_FIRST = (
+    "Daan",
+    "Emma",
+    "Sem",
+    "Julia",
+    "Lucas",
+    "Sophie",
+    "Thomas",
+    "Lotte",
+    "Pieter",
+    "Marie",
+    "Luc",
+    "Elise",
+)
+_NL_LAST = (
+    "de Jong",
+    "Jansen",
+    "de Vries",
+    "van den Berg",
+    "Bakker",
+    "Janssens",
+    "Peeters",
+    "Maes",
+    "Visser",
+    "Smit",
+    "Dubois",
+    "Schmit",
+)
+_ROMANCE_FIRST = (
+    "Marie",
+    "Pierre",
+    "Camille",
+    "Luca",
+    "Giulia",
+    "Marco",
+    "Sofia",
+    "Javier",
+    "Lucía",
+    "Carlos",
+    "Chiara",
+    "Antoine",
+)
+_ROMANCE_LAST = (
+    "Martin",
+    "Bernard",
+    "Dubois",
+    "Rossi",
+    "Russo",
+    "Bianchi",
+    "García",
+    "Fernández",
+    "López",
+    "Moreau",
+    "Ferrari",
+    "Sánchez",
+)
+_ASIA_FIRST = ("Hiroshi", "Yuki", "Wei", "Li", "Priya", "Rahul", "Min-jun", "Ji-woo", "Kenji", "Mei")
+_ASIA_LAST = ("Sato", "Suzuki", "Wang", "Zhang", "Sharma", "Patel", "Kim", "Park", "Tanaka", "Chen")
+
+_Names = tuple[tuple[str, ...], tuple[str, ...]]
+_COUNTRIES: Final[tuple[tuple[str, float, str, tuple[str, ...], tuple[tuple[str, str], ...], _Names], ...]] = (
+    (
+        "Germany",
+        28,
+        "+49",
+        ("GmbH", "AG", "GmbH & Co. KG", "SE"),
+        (
+            ("Bavaria", "Munich"),
+            ("Bavaria", "Nuremberg"),
+            ("Baden-Württemberg", "Stuttgart"),
+            ("Baden-Württemberg", "Karlsruhe"),
+            ("North Rhine-Westphalia", "Cologne"),
+            ("North Rhine-Westphalia", "Aachen"),
+            ("Lower Saxony", "Wolfsburg"),
+            ("Lower Saxony", "Hanover"),
+            ("Hesse", "Darmstadt"),
+            ("Saxony", "Dresden"),
+            ("Hamburg", "Hamburg"),
+            ("Berlin", "Berlin"),
+        ),
+        (_DE_FIRST, _DE_LAST),
+    ),
+    (
+        "Austria",
+        5,
+        "+43",
+        ("GmbH", "AG"),
+        (("Vienna", "Vienna"), ("Styria", "Graz"), ("Upper Austria", "Linz")),
+        (_DE_FIRST, _DE_LAST),
+    ),
+    (
+        "Switzerland",
+        6,
+        "+41",
+        ("AG", "SA", "GmbH"),
+        (("Zurich", "Zurich"), ("Bern", "Bern"), ("Vaud", "Lausanne"), ("Basel-Stadt", "Basel")),
+        (_DE_FIRST, _DE_LAST),
+    ),
+    (
+        "Sweden",
+        5,
+        "+46",
+        ("AB",),
+        (
+            ("Stockholm", "Stockholm"),
+            ("Västra Götaland", "Gothenburg"),
+            ("Skåne", "Malmö"),
+            ("Östergötland", "Linköping"),
+        ),
+        (_NORDIC_FIRST, _NORDIC_LAST),
+    ),
+    (
+        "Norway",
+        3,
+        "+47",
+        ("AS", "ASA"),
+        (("Oslo", "Oslo"), ("Vestland", "Bergen"), ("Trøndelag", "Trondheim")),
+        (_NORDIC_FIRST, _NORDIC_LAST),
+    ),
+    (
+        "Denmark",
+        3,
+        "+45",
+        ("A/S", "ApS"),
+        (("Capital Region", "Copenhagen"), ("Central Denmark", "Aarhus")),
+        (_NORDIC_FIRST, _NORDIC_LAST),
+    ),
+    (
+        "Finland",
+        3,
+        "+358",
+        ("Oy", "Oyj"),
+        (("Uusimaa", "Helsinki"), ("Pirkanmaa", "Tampere"), ("North Ostrobothnia", "Oulu")),
+        (_NORDIC_FIRST, _NORDIC_LAST),
+    ),
+    (
+        "United Kingdom",
+        10,
+        "+44",
+        ("Ltd", "plc"),
+        (
+            ("England", "London"),
+            ("England", "Manchester"),
+            ("England", "Bristol"),
+            ("England", "Derby"),
+            ("Scotland", "Glasgow"),
+            ("Wales", "Cardiff"),
+        ),
+        (_EN_FIRST, _EN_LAST),
+    ),
+    (
+        "Ireland",
+        2,
+        "+353",
+        ("Ltd", "DAC"),
+        (("Leinster", "Dublin"), ("Munster", "Cork")),
+        (_EN_FIRST, _EN_LAST),
+    ),
+    (
+        "Netherlands",
+        5,
+        "+31",
+        ("B.V.", "N.V."),
+        (("North Holland", "Amsterdam"), ("North Brabant", "Eindhoven"), ("South Holland", "Delft")),
+        (_NL_FIRST, _NL_LAST),
+    ),
+    (
+        "Belgium",
+        3,
+        "+32",
+        ("NV", "SA", "BV"),
+        (("Flanders", "Antwerp"), ("Flanders", "Leuven"), ("Brussels", "Brussels")),
+        (_NL_FIRST, _NL_LAST),
+    ),
+    ("Luxembourg", 1, "+352", ("S.A.", "S.à r.l."), (("Luxembourg", "Luxembourg"),), (_NL_FIRST, _NL_LAST)),
+    (
+        "France",
+        5,
+        "+33",
+        ("SAS", "SA"),
+        (("Île-de-France", "Paris"), ("Auvergne-Rhône-Alpes", "Lyon"), ("Occitanie", "Toulouse")),
+        (_ROMANCE_FIRST, _ROMANCE_LAST),
+    ),
+    (
+        "Italy",
+        4,
+        "+39",
+        ("S.p.A.", "S.r.l."),
+        (("Lombardy", "Milan"), ("Piedmont", "Turin"), ("Emilia-Romagna", "Bologna")),
+        (_ROMANCE_FIRST, _ROMANCE_LAST),
+    ),
+    (
+        "Spain",
+        3,
+        "+34",
+        ("S.A.", "S.L."),
+        (("Madrid", "Madrid"), ("Catalonia", "Barcelona")),
+        (_ROMANCE_FIRST, _ROMANCE_LAST),
+    ),
+    (
+        "Poland",
+        2,
+        "+48",
+        ("Sp. z o.o.", "S.A."),
+        (("Masovia", "Warsaw"), ("Lesser Poland", "Kraków")),
+        (_DE_FIRST, _NORDIC_LAST),
+    ),
+    (
+        "United States",
+        7,
+        "+1",
+        ("Inc.", "LLC", "Corp."),
+        (
+            ("Michigan", "Detroit"),
+            ("California", "San Jose"),
+            ("Texas", "Austin"),
+            ("Washington", "Seattle"),
+            ("Massachusetts", "Boston"),
+        ),
+        (_EN_FIRST, _EN_LAST),
+    ),
+    (
+        "Canada",
+        1,
+        "+1",
+        ("Inc.", "Ltd."),
+        (("Ontario", "Toronto"), ("Quebec", "Montreal")),
+        (_EN_FIRST, _EN_LAST),
+    ),
+    (
+        "Japan",
+        1.5,
+        "+81",
+        ("K.K.", "Co., Ltd."),
+        (("Tokyo", "Tokyo"), ("Aichi", "Nagoya")),
+        (_ASIA_FIRST, _ASIA_LAST),
+    ),
+    (
+        "China",
+        1,
+        "+86",
+        ("Co., Ltd.",),
+        (("Shanghai", "Shanghai"), ("Guangdong", "Shenzhen")),
+        (_ASIA_FIRST, _ASIA_LAST),
+    ),
+    (
+        "India",
+        1,
+        "+91",
+        ("Pvt. Ltd.",),
+        (("Karnataka", "Bengaluru"), ("Maharashtra", "Pune")),
+        (_ASIA_FIRST, _ASIA_LAST),
+    ),
+    ("South Korea", 0.5, "+82", ("Co., Ltd.",), (("Seoul", "Seoul"),), (_ASIA_FIRST, _ASIA_LAST)),
+    ("Brazil", 0.5, "+55", ("Ltda.",), (("São Paulo", "São Paulo"),), (_ROMANCE_FIRST, _ROMANCE_LAST)),
+)
+_COUNTRY_WEIGHTS: Final = tuple(c[1] for c in _COUNTRIES)
+
+# industry: (weight, name words)
+_INDUSTRIES: Final = (
+    ("automotive", 18, ("Automotive", "Motors", "Drive Systems", "Vehicle Engineering", "Mobility")),
+    ("aerospace", 8, ("Aerospace", "Aviation", "Flight Systems", "Aerostructures")),
+    ("energy", 9, ("Energy", "Wind Power", "Grid Systems", "Power Solutions")),
+    ("civil engineering", 7, ("Bau", "Structures", "Bridge Engineering", "Infrastructure")),
+    (
+        "research/university",
+        8,
+        ("Institute of Technology", "University", "Research Centre", "Fraunhofer-Lab"),
+    ),
+    ("industrial manufacturing", 18, ("Maschinenbau", "Industrial Systems", "Automation", "Precision Parts")),
+    ("rail", 4, ("Rail Systems", "Rolling Stock", "Rail Technology")),
+    ("medical devices", 4, ("Medical", "MedTech", "Health Systems")),
+    ("electronics", 7, ("Electronics", "Sensorik", "Semiconductors", "Instruments")),
+    ("software", 6, ("Software", "Digital", "Analytics", "Cloud")),
+    ("retail", 4, ("Retail", "Handel", "Stores")),
+    ("consulting", 4, ("Consulting", "Engineering Services", "Test Services")),
+    ("government", 2, ("Agency", "Authority")),
+)
+_INDUSTRY_WEIGHTS: Final = tuple(x[1] for x in _INDUSTRIES)
+_NAME_STEMS: Final = (
+    "Nord",
+    "Alpen",
+    "Rhein",
+    "Baltic",
+    "Atlas",
+    "Vektor",
+    "Helix",
+    "Kronos",
+    "Polar",
+    "Delta",
+    "Falk",
+    "Merid",
+    "Orion",
+    "Sigma",
+    "Tauern",
+    "Vesta",
+    "Zenit",
+    "Aurora",
+    "Borea",
+    "Cobalt",
+    "Dynamo",
+    "Elbe",
+    "Fjord",
+    "Granit",
+    "Hansa",
+    "Isar",
+    "Jura",
+    "Kelvin",
+    "Lumen",
+    "Main",
+    "Neckar",
+    "Oder",
+    "Pegas",
+    "Quant",
+    "Ruhr",
+    "Saale",
+    "Titan",
+    "Ultra",
+    "Volta",
+    "Weser",
+    "Xeno",
+    "Ypsilon",
+    "Zeta",
+    "Brenner",
+    "Castor",
+)
+
+# (weight, title, is_student)
+_TITLES: Final = (
+    (3, "Intern", True),
+    (3, "Student", True),
+    (2, "Working Student", True),
+    (1, "Master Student", True),
+    (1, "PhD Candidate", True),
+    (12, "Test Engineer", False),
+    (10, "Engineer", False),
+    (6, "Design Engineer", False),
+    (5, "Validation Engineer", False),
+    (4, "Measurement Engineer", False),
+    (4, "Research Engineer", False),
+    (5, "Senior Test Engineer", False),
+    (4, "Technician", False),
+    (3, "Lab Manager", False),
+    (5, "Project Manager", False),
+    (4, "Manager", False),
+    (4, "Head of Test", False),
+    (2, "Head of R&D", False),
+    (2, "Director of Engineering", False),
+    (1, "VP Engineering", False),
+    (1, "CTO", False),
+    (1, "CEO", False),
+    (1, "Managing Director", False),
+    (3, "Purchasing", False),
+    (2, "Buyer", False),
+    (2, "Procurement Manager", False),
+    (2, "Marketing Manager", False),
+    (1, "IT Administrator", False),
+    (1, "Professor", False),
+    (2, "", False),
+)
+_TITLE_WEIGHTS: Final = tuple(t[0] for t in _TITLES)
+
+_LIFECYCLE: Final = (
+    ("subscriber", 25),
+    ("lead", 50),
+    ("marketingqualifiedlead", 12),
+    ("salesqualifiedlead", 5),
+    ("opportunity", 3),
+    ("customer", 4),
+    ("other", 1),
+)
+_LEAD_STATUS: Final = (
+    ("", 40),
+    ("NEW", 25),
+    ("OPEN", 10),
+    ("IN_PROGRESS", 5),
+    ("ATTEMPTED_TO_CONTACT", 6),
+    ("CONNECTED", 4),
+    ("OPEN_DEAL", 2),
+    ("UNQUALIFIED", 5),
+    ("BAD_TIMING", 3),
+)
+_LEAD_SOURCE: Final = (
+    ("Organic search", 25),
+    ("Paid search", 12),
+    ("Trade show", 12),
+    ("Webinar", 10),
+    ("Referral", 6),
+    ("Direct traffic", 12),
+    ("Social media", 8),
+    ("Partner", 5),
+    ("Purchased list", 4),
+    ("Email marketing", 6),
+)
+_GARBAGE_EMPLOYEES: Final = (
+    "50-100",
+    "n/a",
+    "unknown",
+    "1,000+",
+    "ca. 200",
+    "approx 40",
+    "10 to 50",
+    "-",
+    "?",
+)
+
+_GENERIC_PAGES: Final = (
+    ("/", "Home"),
+    ("/products/data-acquisition", "Data acquisition systems"),
+    ("/products/strain-gauges", "Strain gauges"),
+    ("/products/force-sensors", "Force sensors"),
+    ("/products/software", "Measurement software"),
+    ("/blog/strain-gauge-basics", "Blog: Strain gauge basics"),
+    ("/blog/wheatstone-bridge", "Blog: The Wheatstone bridge explained"),
+    ("/blog/fatigue-testing", "Blog: Fatigue testing in practice"),
+    ("/applications/automotive", "Applications: Automotive"),
+    ("/applications/wind-energy", "Applications: Wind energy"),
+    ("/support/downloads", "Downloads"),
+    ("/about", "About us"),
+)
+_HOT_PAGES: Final = (
+    ("/pricing", "Pricing"),
+    ("/demo", "Request a demo"),
+    ("/contact-sales", "Contact sales"),
+    ("/products/data-acquisition/quote", "Request a quote"),
+    ("/case-studies/automotive-durability", "Case study: Automotive durability testing"),
+)
+_CAREERS_PAGES: Final = (
+    ("/careers", "Careers"),
+    ("/careers/working-student-test-engineering", "Working student: Test engineering"),
+    ("/careers/graduate-programme", "Graduate programme"),
+)
+_FORMS: Final = {
+    "newsletter": ("f1a2b3c4-0001", "Newsletter"),
+    "whitepaper": ("f1a2b3c4-0002", "Whitepaper: Strain gauge measurement"),
+    "whitepaper2": ("f1a2b3c4-0003", "Whitepaper: Durability testing of e-axles"),
+    "contact_sales": ("f1a2b3c4-0004", "Contact sales"),
+    "demo": ("f1a2b3c4-0005", "Request a demo"),
+    "webinar": ("f1a2b3c4-0006", "Webinar registration"),
+    "job": ("f1a2b3c4-0007", "Job application"),
+}
+_WEBINARS: Final = (
+    "Webinar: Strain gauge measurement basics",
+    "Webinar: Testing e-mobility drivetrains",
+    "Webinar: Structural health monitoring of bridges",
+)
+_EVENTS: Final = (
+    "Trade show: Sensor+Test Nuremberg",
+    "Trade show: Automotive Testing Expo",
+    "User conference 2025",
+    "Hannover Messe booth visit",
+)
+_EMAIL_SUBJECTS: Final = (
+    "Your copy of the whitepaper",
+    "New: QuantumX data acquisition",
+    "Invitation: measurement webinar",
+    "Monthly newsletter",
+    "Following up on your request",
+    "Quote for your test bench",
+    "Meeting next week?",
+)
+_MEETINGS: Final = ("Discovery call", "Product demo", "Technical deep dive", "Quote review", "Site visit")
+_CALL_DISPOSITIONS: Final = (
+    "Connected",
+    "Left voicemail",
+    "No answer",
+    "Busy",
+    "Wrong number",
+    "Left live message",
+)
+_NOTES: Final = (
+    "Asked about channel count",
+    "Interested in a test bench upgrade",
+    "Budget next quarter",
+    "Met at the trade show",
+    "Not the decision maker",
+    "Forwarded to purchasing",
+)
+
+# the sales team: (first, last, team, timezone, country, active)
+_REPS: Final = (
+    ("Katrin", "Vogel", "DACH", "Europe/Berlin", "Germany", True),
+    ("Markus", "Brandt", "DACH", "Europe/Berlin", "Germany", True),
+    ("Julia", "Hofer", "DACH", "Europe/Berlin", "Austria", True),
+    ("Thomas", "Keller", "DACH", "Europe/Berlin", "Switzerland", True),
+    ("Jens", "Lorenz", "DACH", "Europe/Berlin", "Germany", False),
+    ("Sara", "Lindberg", "Nordics", "Europe/Stockholm", "Sweden", True),
+    ("Mikko", "Laine", "Nordics", "Europe/Stockholm", "Finland", True),
+    ("Ole", "Haugen", "Nordics", "Europe/Stockholm", "Norway", True),
+    ("Oliver", "Bennett", "UK&I", "Europe/London", "United Kingdom", True),
+    ("Niamh", "Byrne", "UK&I", "Europe/London", "Ireland", True),
+    ("Charlotte", "Hughes", "UK&I", "Europe/London", "United Kingdom", False),
+    ("Daan", "Visser", "Benelux", "Europe/Amsterdam", "Netherlands", True),
+    ("Elise", "Peeters", "Benelux", "Europe/Amsterdam", "Belgium", True),
+    ("Rachel", "Morgan", "Rest of World", "America/New_York", "United States", True),
+    ("Kenji", "Watanabe", "Rest of World", "America/New_York", "Japan", True),
+    ("Lucas", "Moreau", "Rest of World", "America/New_York", "France", True),
+    ("Paolo", "Conti", "Rest of World", "America/New_York", "Italy", False),
+)
+
+
+_ASCII_TABLE: Final = str.maketrans(
+    {
+        "ä": "ae",
+        "ö": "oe",
+        "ü": "ue",
+        "ß": "ss",
+        "Ä": "Ae",
+        "Ö": "Oe",
+        "Ü": "Ue",
+        "å": "a",
+        "ø": "o",
+        "æ": "ae",
+        "é": "e",
+        "è": "e",
+        "í": "i",
+        "á": "a",
+        "ó": "o",
+        "ú": "u",
+        "ñ": "n",
+        "ç": "c",
+        "à": "a",
+        " ": "",
+        "'": "",
+        "-": "",
+        "&": "",
+        ".": "",
+        ",": "",
+        "/": "",
+        "+": "",
+    }
+)
+
+
+def _ascii(s: str) -> str:
+    return s.translate(_ASCII_TABLE).lower()
+
+
+def _cum(weights: tuple[float, ...]) -> list[float]:
+    return list(itertools.accumulate(weights))
+
+
+_PICK_CACHE: dict[int, tuple[list[str], list[float]]] = {}
+
+T = TypeVar("T")
+
+
+def _one(r: random.Random, seq: Sequence[T]) -> T:
+    """random.choice, cheaper (one float instead of rejection sampling)."""
+    return seq[int(r.random() * len(seq))]
+
+
+def _weighted(r: random.Random, seq: Sequence[T], cum: Sequence[float]) -> T:
+    """random.choices(seq, cum_weights=cum)[0], cheaper."""
+    return seq[bisect.bisect(cum, r.random() * cum[-1], 0, len(cum) - 1)]
+
+
+def _pick(r: random.Random, weighted: tuple[tuple[str, float], ...]) -> str:
+    cached = _PICK_CACHE.get(id(weighted))
+    if cached is None:
+        cached = _PICK_CACHE[id(weighted)] = ([w[0] for w in weighted], _cum(tuple(w[1] for w in weighted)))
+    return _weighted(r, cached[0], cached[1])
+
+
+def today_midnight_utc() -> float:
+    now = dt.datetime.now(dt.UTC)
+    return dt.datetime(now.year, now.month, now.day, tzinfo=dt.UTC).timestamp()
+
+
+def _build_reps() -> tuple[SandboxRep, ...]:
+    reps = []
+    for k, (first, last, team, tz, country, active) in enumerate(_REPS):
+        reps.append(
+            SandboxRep(
+                index=k,
+                id=str(70_000_001 + k),
+                user_id=9_100_001 + k,
+                email=f"{_ascii(first)}.{_ascii(last)}@sandbox-corp.example",
+                first_name=first,
+                last_name=last,
+                team=team,
+                team_id=str(120_001 + TEAMS.index(team)),
+                timezone=tz,
+                country=country,
+                active=active,
+            )
+        )
+    return tuple(reps)
+
+
+_REP_LIST: Final = _build_reps()
+_COUNTRY_CUM: Final = _cum(_COUNTRY_WEIGHTS)
+_INDUSTRY_CUM: Final = _cum(_INDUSTRY_WEIGHTS)
+_TITLE_CUM: Final = _cum(_TITLE_WEIGHTS)
+_COUNTRY_BY_NAME: Final = {c[0]: c for c in _COUNTRIES}
+
+
+class _Lru(Generic[K, V]):
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.items: OrderedDict[K, V] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def get(self, key: K) -> V | None:
+        with self.lock:
+            value = self.items.get(key)
+            if value is not None:
+                self.items.move_to_end(key)
+            return value
+
+    def put(self, key: K, value: V) -> None:
+        with self.lock:
+            self.items[key] = value
+            if len(self.items) > self.size:
+                self.items.popitem(last=False)
+
+
+# --------------------------------------------------------------------------- population
+
+
+class Population:
+    """n people from a seed; see the module docstring."""
+
+    def __init__(self, n: int, seed: int, anchor: float | None = None, *, cache_size: int = 20_000) -> None:
+        if n < 0:
+            raise ValueError("a population cannot have a negative size")
+        self.n = n
+        self.seed = seed
+        self.anchor = today_midnight_utc() if anchor is None else float(anchor)
+        self.anchor_ms = int(self.anchor * 1000)
+        self.n_companies = max(1, (n + 2) // 3)
+        self._modified_start_ms = self.anchor_ms - MODIFIED_SPAN_DAYS * DAY_MS
+        self._people: _Lru[int, Person] = _Lru(cache_size)
+        self._activities: _Lru[int, list[SandboxActivity]] = _Lru(cache_size // 4 or 1)
+        self._companies: _Lru[int, Company] = _Lru(cache_size // 2 or 1)
+
+    def __len__(self) -> int:
+        return self.n
+
+    # ---- time order
+
+    def base_modified_ms(self, i: int) -> int:
+        """Person i's modified time before any write; non-decreasing in i, below the anchor."""
+        return self._modified_start_ms + (i * MODIFIED_SPAN_DAYS * DAY_MS) // max(self.n, 1)
+
+    def first_modified_at_or_after(self, t_ms: int) -> int:
+        """The smallest i with base_modified_ms(i) >= t_ms (n when there is none)."""
+        return bisect.bisect_left(range(self.n), t_ms, key=self.base_modified_ms)
+
+    def first_modified_after(self, t_ms: int) -> int:
+        """The smallest i with base_modified_ms(i) > t_ms (n when there is none)."""
+        return bisect.bisect_right(range(self.n), t_ms, key=self.base_modified_ms)
+
+    # ---- companies and people
+
+    def company(self, c: int) -> Company:
+        if not 0 <= c < self.n_companies:
+            raise IndexError(c)
+        cached = self._companies.get(c)
+        if cached is not None:
+            return cached
+        r = random.Random(self.seed * 2_000_029 + c + 7_777_777_777)
+        country, _, _, suffixes, places, _ = _weighted(r, _COUNTRIES, _COUNTRY_CUM)
+        industry, _, words = _weighted(r, _INDUSTRIES, _INDUSTRY_CUM)
+        stem = _one(r, _NAME_STEMS)
+        word = _one(r, words)
+        suffix = "" if industry == "research/university" else " " + _one(r, suffixes)
+        name = f"{stem} {word}{suffix}"
+        employees = max(1, int(r.lognormvariate(5.0, 1.6)))
+        revenue = None if r.random() < 0.12 else int(employees * r.uniform(90_000, 260_000) // 1000 * 1000)
+        state, city = _one(r, places)
+        company = Company(
+            index=c,
+            name=name,
+            domain=f"{_ascii(stem + word)}{c}.example",
+            industry=industry,
+            employees=employees,
+            annual_revenue=revenue,
+            country=country,
+            state=state,
+            city=city,
+        )
+        self._companies.put(c, company)
+        return company
+
+    def person(self, i: int) -> Person:
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        cached = self._people.get(i)
+        if cached is not None:
+            return cached
+        person = self._make_person(i)
+        self._people.put(i, person)
+        return person
+
+    def _make_person(self, i: int) -> Person:
+        r = random.Random(self.seed * 1_000_003 + i)
+        # most people are lukewarm at best; about 4 % are hot (>= HOT_INTENT)
+        x = r.random()
+        intent = HOT_INTENT + (1 - HOT_INTENT) * (x - 0.96) / 0.04 if x >= 0.96 else (x / 0.96) ** 2 * HOT_INTENT
+        sf_type = "Lead" if r.random() < 0.7 else "Contact"
+        owned = r.random() < 0.10
+        owner_pick = r.random()
+        company = self.company(r.randrange(self.n_companies))
+        _, _, phone_prefix, _, _, names = _COUNTRY_BY_NAME[company.country]
+        first = _one(r, names[0])
+        last = _one(r, names[1])
+        _, title, is_student = _weighted(r, _TITLES, _TITLE_CUM)
+        if company.industry == "research/university" and r.random() < 0.3:
+            title, is_student = _one(r, (("Student", True), ("PhD Candidate", True), ("Research Engineer", False)))
+        free_mail = r.random() < (0.5 if is_student else 0.12)
+        local = f"{_ascii(first)}.{_ascii(last)}"
+        if free_mail:
+            email = f"{local}{r.randrange(1, 99)}@{_one(r, FREE_MAIL_DOMAINS)}"
+        else:
+            email = f"{local}.{i}@{company.domain}"  # the index keeps emails unique
+        garbage = r.random() < 0.03
+        employees: int | str = _one(r, _GARBAGE_EMPLOYEES) if garbage else company.employees
+        modified_ms = self.base_modified_ms(i)
+        created_ms = modified_ms - int(r.random() ** 1.5 * 3 * 365 * DAY_MS)
+        owner: int | None = None
+        if owned:
+            team = [rep for rep in _REP_LIST if rep.team == region_of(company.country)]
+            active = [rep for rep in team if rep.active]
+            pool = team if owner_pick < 0.1 else active
+            owner = pool[int(owner_pick * 1000) % len(pool)].index
+        stage = _pick(r, _LIFECYCLE)
+        if intent >= HOT_INTENT and stage == "subscriber":
+            stage = "marketingqualifiedlead"
+        return Person(
+            index=i,
+            first_name=first,
+            last_name=last,
+            email=email,
+            job_title=title,
+            company=company.name,
+            company_index=company.index,
+            industry=company.industry,
+            employees=employees,
+            annual_revenue=company.annual_revenue,
+            country=company.country,
+            state=company.state,
+            city=company.city,
+            phone=f"{phone_prefix} {r.randrange(10, 999)} {r.randrange(100000, 9999999)}",
+            website=f"https://www.{company.domain}",
+            lifecycle_stage=stage,
+            lead_status=_pick(r, _LEAD_STATUS),
+            lead_source=_pick(r, _LEAD_SOURCE),
+            created_ms=created_ms,
+            modified_ms=modified_ms,
+            intent=intent,
+            sf_type=sf_type,
+            owner=owner,
+            is_student=is_student,
+            free_mail=free_mail,
+        )
+
+    # ---- activities
+
+    def activities(self, i: int) -> list[SandboxActivity]:
+        """Person i's activities in the 180 days before the anchor, oldest first (shared: do not mutate)."""
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        cached = self._activities.get(i)
+        if cached is not None:
+            return cached
+        made = self._make_activities(i)
+        self._activities.put(i, made)
+        return made
+
+    def _make_activities(self, i: int) -> list[SandboxActivity]:
+        p = self.person(i)
+        r = random.Random(self.seed * 3_000_017 + i + 99_991)
+        hot = p.intent >= HOT_INTENT
+        warm = p.intent >= 0.3
+        if r.random() < 0.05:
+            count = r.randrange(0, 5)
+        elif hot:
+            count = r.randrange(22, 41)
+        elif warm:
+            count = r.randrange(10, 31)
+        else:
+            count = r.randrange(5, 18)
+        careers = r.random() < (0.6 if p.is_student else 0.07)
+        bounces = r.random() < 0.06
+        raw: list[tuple[str, dict[str, str]]] = []
+        for _ in range(count):
+            raw.append(self._one_activity(r, p.intent, careers, bounces))
+        if hot:  # the unmistakable signals
+            raw.append(("page_view", dict(zip(("url", "title"), _one(r, _HOT_PAGES[:2]), strict=True))))
+            form = _FORMS["demo" if r.random() < 0.5 else "contact_sales"]
+            raw.append(("form_submission", {"form_id": form[0], "form_title": form[1]}))
+        if careers and not any(a[1].get("url", "").startswith("/careers") for a in raw):
+            url, title = _one(r, _CAREERS_PAGES)
+            raw.append(("page_view", {"url": url, "title": title}))
+        window = ACTIVITY_WINDOW_DAYS * DAY_MS
+        skew = 1.0 + 2.5 * p.intent  # hot people were active recently
+        stamped = sorted(
+            (
+                (self.anchor_ms - 60_000 - int(r.random() ** skew * (window - 60_000)), kind, attrs)
+                for kind, attrs in raw
+            ),
+            key=lambda t: t[0],
+        )
+        return [
+            SandboxActivity(id=i * ACTIVITY_ID_STRIDE + j, person=i, kind=kind, ts_ms=ts, attrs=attrs)
+            for j, (ts, kind, attrs) in enumerate(stamped)
+        ]
+
+    @staticmethod
+    def _one_activity(r: random.Random, intent: float, careers: bool, bounces: bool) -> tuple[str, dict[str, str]]:
+        x = r.random()
+        if careers and x < 0.12:
+            url, title = _one(r, _CAREERS_PAGES)
+            return "page_view", {"url": url, "title": title}
+        if x < 0.50:
+            url, title = _one(r, _HOT_PAGES) if r.random() < intent * 0.6 else _one(r, _GENERIC_PAGES)
+            return "page_view", {"url": url, "title": title}
+        if x < 0.64:
+            return "email_open", {"subject": _one(r, _EMAIL_SUBJECTS)}
+        if x < 0.72:
+            url, _ = _one(r, _GENERIC_PAGES + _HOT_PAGES)
+            return "email_click", {"url": url, "subject": _one(r, _EMAIL_SUBJECTS)}
+        if x < 0.76:
+            if bounces:
+                return "email_bounce", {"subject": _one(r, _EMAIL_SUBJECTS)}
+            return "email_open", {"subject": _one(r, _EMAIL_SUBJECTS)}
+        if x < 0.83:
+            if intent >= 0.5 and r.random() < 0.5:
+                key = _one(r, ("whitepaper", "whitepaper2", "contact_sales", "demo"))
+            elif careers and r.random() < 0.5:
+                key = "job"
+            else:
+                key = _one(r, ("newsletter", "whitepaper", "whitepaper2", "webinar"))
+            form_id, form_title = _FORMS[key]
+            return "form_submission", {"form_id": form_id, "form_title": form_title}
+        if x < 0.88:
+            campaign = _one(r, _WEBINARS)
+            if r.random() < 0.3 + intent * 0.6:
+                return "webinar_attended", {"campaign": campaign}
+            return "webinar_registered", {"campaign": campaign}
+        if x < 0.90:
+            return "event_attended", {"campaign": _one(r, _EVENTS)}
+        if x < 0.95:
+            if r.random() < intent:
+                return "email_reply", {"subject": "Re: " + _one(r, _EMAIL_SUBJECTS)}
+            return "email_open", {"subject": _one(r, _EMAIL_SUBJECTS)}
+        if x < 0.975:
+            if r.random() < intent:
+                return "meeting", {"title": _one(r, _MEETINGS)}
+            return "call", {"disposition": _one(r, _CALL_DISPOSITIONS)}
+        if r.random() < 0.5:
+            return "call", {"disposition": _one(r, _CALL_DISPOSITIONS)}
+        return "note", {"body": _one(r, _NOTES)}
+
+    # ---- reps
+
+    @staticmethod
+    def reps() -> list[SandboxRep]:
+        return list(_REP_LIST)
+
+
+# --------------------------------------------------------------------------- store
+
+
+@dataclass(frozen=True, slots=True)
+class BaseIndex:
+    """How the untouched base records of one object type are ordered by modified time.
+
+    Keys 0 <= key < n are base records whose modified time is `modified_ms(key)`,
+    non-decreasing in key (for people: `BaseIndex.of(population)`)."""
+
+    n: int
+    modified_ms: Callable[[int], int]
+
+    @staticmethod
+    def of(population: Population) -> BaseIndex:
+        return BaseIndex(population.n, population.base_modified_ms)
+
+    def first_at_or_after(self, t_ms: int) -> int:
+        return bisect.bisect_left(range(self.n), t_ms, key=self.modified_ms)
+
+    def first_after(self, t_ms: int) -> int:
+        return bisect.bisect_right(range(self.n), t_ms, key=self.modified_ms)
+
+
+class _Table:
+    __slots__ = ("archived", "created", "modified", "next_key", "order", "values")
+
+    def __init__(self) -> None:
+        self.values: dict[int, dict[str, Any]] = {}
+        self.modified: dict[int, int] = {}
+        self.order: list[tuple[int, int]] = []  # (modified_ms, key), sorted
+        self.created: dict[int, int] = {}  # key -> created ms
+        self.archived: set[int] = set()
+        self.next_key = 0
+
+
+class Store:
+    """The written overlay of one CRM server; see the module docstring."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._tables: dict[str, _Table] = {}
+        self._last_ms = 0
+        self.lock = threading.RLock()
+
+    def _table(self, obj: str) -> _Table:
+        table = self._tables.get(obj)
+        if table is None:
+            table = self._tables[obj] = _Table()
+        return table
+
+    def now_ms(self) -> int:
+        """The clock in epoch ms, never going backwards."""
+        with self.lock:
+            self._last_ms = max(self._last_ms, int(self._clock() * 1000))
+            return self._last_ms
+
+    def values(self, obj: str, key: int) -> Mapping[str, Any]:
+        """The values written to one record (empty when none); read-only."""
+        with self.lock:
+            table = self._tables.get(obj)
+            if table is None:
+                return {}
+            return dict(table.values.get(key, {}))
+
+    def get(self, obj: str, key: int, name: str, default: Any = None) -> Any:
+        with self.lock:
+            table = self._tables.get(obj)
+            if table is None:
+                return default
+            return table.values.get(key, {}).get(name, default)
+
+    def modified_ms(self, obj: str, key: int) -> int | None:
+        """When the record was last written or created (None: never)."""
+        with self.lock:
+            table = self._tables.get(obj)
+            return None if table is None else table.modified.get(key)
+
+    def created_ms(self, obj: str, key: int) -> int | None:
+        with self.lock:
+            table = self._tables.get(obj)
+            return None if table is None else table.created.get(key)
+
+    def _touch(self, table: _Table, key: int, at_ms: int) -> None:
+        old = table.modified.get(key)
+        if old is not None:
+            pos = bisect.bisect_left(table.order, (old, key))
+            if pos < len(table.order) and table.order[pos] == (old, key):
+                del table.order[pos]
+        table.modified[key] = at_ms
+        bisect.insort(table.order, (at_ms, key))
+
+    def write(self, obj: str, key: int, values: Mapping[str, Any], *, at_ms: int | None = None) -> int:
+        """Merge `values` into the record and move its modified time; returns that time."""
+        with self.lock:
+            table = self._table(obj)
+            at = self.now_ms() if at_ms is None else at_ms
+            table.values.setdefault(key, {}).update(values)
+            self._touch(table, key, at)
+            return at
+
+    def create(self, obj: str, values: Mapping[str, Any], *, first_key: int = 0, at_ms: int | None = None) -> int:
+        """A new record with the next free key >= first_key; returns the key."""
+        with self.lock:
+            table = self._table(obj)
+            key = max(table.next_key, first_key)
+            table.next_key = key + 1
+            at = self.now_ms() if at_ms is None else at_ms
+            table.values[key] = dict(values)
+            table.created[key] = at
+            self._touch(table, key, at)
+            return key
+
+    def archive(self, obj: str, key: int) -> int:
+        with self.lock:
+            table = self._table(obj)
+            table.archived.add(key)
+            at = self.now_ms()
+            self._touch(table, key, at)
+            return at
+
+    def is_archived(self, obj: str, key: int) -> bool:
+        with self.lock:
+            table = self._tables.get(obj)
+            return table is not None and key in table.archived
+
+    def created_keys(self, obj: str) -> list[int]:
+        """Keys of records created through the API, in creation order."""
+        with self.lock:
+            table = self._tables.get(obj)
+            return [] if table is None else sorted(table.created)
+
+    def written_keys(self, obj: str) -> list[int]:
+        with self.lock:
+            table = self._tables.get(obj)
+            return [] if table is None else sorted(table.modified)
+
+    def iter_modified(
+        self,
+        obj: str,
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+        *,
+        base: BaseIndex | None = None,
+        descending: bool = False,
+    ) -> Iterator[tuple[int, int]]:
+        """(modified_ms, key) of every record with since_ms <= modified <= until_ms (both inclusive,
+        None for open), ordered by (modified_ms, key), ascending or descending.
+
+        Base records come from `base` (skipping those the overlay has rewritten); the overlay
+        is snapshotted when iteration starts. Archived records are included: filter them if needed."""
+        lo = since_ms if since_ms is not None else -(2**62)
+        hi = until_ms if until_ms is not None else 2**62
+        with self.lock:
+            table = self._tables.get(obj)
+            if table is None:
+                overlay: list[tuple[int, int]] = []
+                rewritten: frozenset[int] | dict[int, int] = frozenset()
+            else:
+                a = bisect.bisect_left(table.order, (lo, -(2**62)))
+                b = bisect.bisect_right(table.order, (hi, 2**62))
+                overlay = table.order[a:b]
+                rewritten = dict(table.modified)
+        if base is None or base.n == 0:
+            yield from (reversed(overlay) if descending else overlay)
+            return
+        start = base.first_at_or_after(lo)
+        stop = base.first_after(hi)
+
+        def base_iter() -> Iterator[tuple[int, int]]:
+            keys = range(stop - 1, start - 1, -1) if descending else range(start, stop)
+            for k in keys:
+                if k not in rewritten:
+                    yield base.modified_ms(k), k
+
+        if descending:
+            yield from heapq.merge(base_iter(), reversed(overlay), reverse=True)
+        else:
+            yield from heapq.merge(base_iter(), overlay)
+
+    def count_modified(
+        self,
+        obj: str,
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+        *,
+        base: BaseIndex | None = None,
+    ) -> int:
+        """How many records iter_modified would yield, without iterating the base."""
+        lo = since_ms if since_ms is not None else -(2**62)
+        hi = until_ms if until_ms is not None else 2**62
+        with self.lock:
+            table = self._tables.get(obj)
+            overlay_count = 0
+            shadowed = 0
+            if table is not None:
+                a = bisect.bisect_left(table.order, (lo, -(2**62)))
+                b = bisect.bisect_right(table.order, (hi, 2**62))
+                overlay_count = b - a
+                if base is not None:
+                    for k in table.modified:
+                        if k < base.n and lo <= base.modified_ms(k) <= hi:
+                            shadowed += 1
+        base_count = 0 if base is None else max(0, base.first_after(hi) - base.first_at_or_after(lo))
+        return base_count - shadowed + overlay_count

@@ -1,0 +1,202 @@
+"""The sandbox's population: deterministic, lazy, realistic in its proportions; the Store's time index."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from connector.sandbox.data import (
+    ACTIVITY_KINDS,
+    HOT_INTENT,
+    TEAMS,
+    BaseIndex,
+    Person,
+    Population,
+    Store,
+)
+
+ANCHOR = 1_750_000_000.0  # 2025-06-15T15:06:40Z
+
+
+@pytest.fixture(scope="module")
+def people() -> list[Person]:
+    pop = Population(4000, seed=11, anchor=ANCHOR)
+    return [pop.person(i) for i in range(pop.n)]
+
+
+def test_the_same_seed_gives_the_same_people_and_activities() -> None:
+    a = Population(500, seed=5, anchor=ANCHOR)
+    b = Population(500, seed=5, anchor=ANCHOR)
+    for i in (0, 17, 499):
+        assert a.person(i) == b.person(i)
+        assert a.activities(i) == b.activities(i)
+
+
+def test_another_seed_gives_other_people() -> None:
+    a = Population(50, seed=5, anchor=ANCHOR)
+    b = Population(50, seed=6, anchor=ANCHOR)
+    assert [a.person(i).email for i in range(50)] != [b.person(i).email for i in range(50)]
+
+
+def test_the_last_of_a_million_people_is_generated_instantly() -> None:
+    started = time.perf_counter()
+    pop = Population(1_000_000, seed=1)
+    person = pop.person(999_999)
+    pop.activities(999_999)
+    assert time.perf_counter() - started < 0.2
+    assert person.index == 999_999
+
+
+def test_people_outside_the_population_do_not_exist() -> None:
+    pop = Population(10, seed=1, anchor=ANCHOR)
+    with pytest.raises(IndexError):
+        pop.person(10)
+
+
+def test_only_a_minority_has_hot_intent(people: list[Person]) -> None:
+    hot = sum(p.intent >= HOT_INTENT for p in people) / len(people)
+    assert 0.02 <= hot <= 0.08
+
+
+def test_about_a_tenth_is_already_owned_and_about_a_third_are_salesforce_contacts(people: list[Person]) -> None:
+    owned = sum(p.owner is not None for p in people) / len(people)
+    contacts = sum(p.sf_type == "Contact" for p in people) / len(people)
+    assert 0.06 <= owned <= 0.14
+    assert 0.25 <= contacts <= 0.35
+
+
+def test_a_few_employee_counts_are_garbage_text(people: list[Person]) -> None:
+    garbage = sum(isinstance(p.employees, str) for p in people) / len(people)
+    assert 0.01 <= garbage <= 0.06
+
+
+def test_some_people_use_free_mail_and_some_are_students(people: list[Person]) -> None:
+    assert 0.08 <= sum(p.free_mail for p in people) / len(people) <= 0.25
+    assert sum(p.is_student for p in people) > 0
+
+
+def test_most_people_are_in_europe(people: list[Person]) -> None:
+    europe = sum(p.region != "Rest of World" for p in people) / len(people)
+    assert europe > 0.7
+
+
+def test_modified_times_never_decrease_with_the_index_and_stay_before_the_anchor() -> None:
+    pop = Population(1000, seed=2, anchor=ANCHOR)
+    times = [pop.person(i).modified_ms for i in range(pop.n)]
+    assert times == sorted(times)
+    assert times[-1] < pop.anchor_ms
+    assert all(pop.person(i).created_ms <= times[i] for i in range(0, 1000, 37))
+
+
+def test_bisection_finds_the_first_person_modified_at_or_after_a_time() -> None:
+    pop = Population(1000, seed=2, anchor=ANCHOR)
+    t = pop.base_modified_ms(400) + 1
+    i = pop.first_modified_at_or_after(t)
+    assert pop.base_modified_ms(i) >= t > pop.base_modified_ms(i - 1)
+
+
+def test_activities_are_recent_sorted_and_have_stable_ids() -> None:
+    pop = Population(300, seed=4, anchor=ANCHOR)
+    for i in range(0, 300, 7):
+        acts = pop.activities(i)
+        assert [a.ts_ms for a in acts] == sorted(a.ts_ms for a in acts)
+        assert all(pop.anchor_ms - 180 * 86_400_000 <= a.ts_ms <= pop.anchor_ms for a in acts)
+        assert [a.id for a in acts] == [i * 1000 + j for j in range(len(acts))]
+        assert all(a.kind in ACTIVITY_KINDS for a in acts)
+
+
+def test_hot_people_show_buying_signals_and_cold_ones_mostly_do_not() -> None:
+    pop = Population(3000, seed=9, anchor=ANCHOR)
+    hot = [i for i in range(pop.n) if pop.person(i).intent >= HOT_INTENT]
+    assert hot
+    for i in hot:
+        urls = {a.attrs.get("url") for a in pop.activities(i)}
+        assert urls & {"/pricing", "/demo"}
+    cold = [i for i in range(pop.n) if pop.person(i).intent < 0.1][:300]
+    with_demo_form = sum(
+        any(a.attrs.get("form_title") in ("Request a demo", "Contact sales") for a in pop.activities(i)) for i in cold
+    )
+    assert with_demo_form / len(cold) < 0.1
+
+
+def test_some_people_visit_the_careers_pages_and_some_emails_bounce() -> None:
+    pop = Population(2000, seed=3, anchor=ANCHOR)
+    careers = sum(
+        any(str(a.attrs.get("url", "")).startswith("/careers") for a in pop.activities(i)) for i in range(2000)
+    )
+    bounced = sum(any(a.kind == "email_bounce" for a in pop.activities(i)) for i in range(2000))
+    assert 0.05 <= careers / 2000 <= 0.3
+    assert bounced > 0
+
+
+def test_most_people_have_between_five_and_forty_activities() -> None:
+    pop = Population(1000, seed=3, anchor=ANCHOR)
+    counts = [len(pop.activities(i)) for i in range(1000)]
+    assert sum(5 <= c <= 45 for c in counts) / len(counts) > 0.85
+
+
+def test_reps_sit_in_the_five_regional_teams_and_a_few_are_inactive() -> None:
+    reps = Population.reps()
+    assert 15 <= len(reps) <= 20
+    assert {r.team for r in reps} == set(TEAMS)
+    for team in TEAMS:
+        assert 2 <= sum(r.team == team for r in reps) <= 5
+    assert any(not r.active and r.team == "DACH" for r in reps)
+    assert all(r.email.endswith("@sandbox-corp.example") for r in reps)
+    assert len({r.id for r in reps}) == len(reps)
+
+
+def test_owners_belong_to_the_team_of_the_person_s_region(people: list[Person]) -> None:
+    reps = Population.reps()
+    owned = [p for p in people if p.owner is not None]
+    assert all(reps[p.owner].team == p.region for p in owned if p.owner is not None)
+
+
+class FakeClock:
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_a_write_moves_a_record_to_the_end_of_the_modified_order() -> None:
+    pop = Population(100, seed=1, anchor=ANCHOR)
+    clock = FakeClock(ANCHOR + 60)
+    store = Store(clock)
+    base = BaseIndex.of(pop)
+    at = store.write("contacts", 10, {"lead_score": "5"})
+    order = [k for _, k in store.iter_modified("contacts", base=base)]
+    assert order[-1] == 10
+    assert order.count(10) == 1
+    assert len(order) == 100
+    assert store.modified_ms("contacts", 10) == at == int((ANCHOR + 60) * 1000)
+
+
+def test_modified_since_merges_base_and_overlay_in_order_and_counts_without_scanning() -> None:
+    pop = Population(1000, seed=1, anchor=ANCHOR)
+    clock = FakeClock(ANCHOR + 1)
+    store = Store(clock)
+    base = BaseIndex.of(pop)
+    since = pop.base_modified_ms(900)
+    store.write("contacts", 950, {"x": "1"})
+    store.write("contacts", 5, {"x": "1"})
+    seen = list(store.iter_modified("contacts", since, base=base))
+    assert [ms for ms, _ in seen] == sorted(ms for ms, _ in seen)
+    keys = [k for _, k in seen]
+    assert keys[-2:] == [5, 950]
+    assert 950 not in keys[:-2]
+    assert len(keys) == 101
+    assert store.count_modified("contacts", since, base=base) == 101
+    descending = [k for _, k in store.iter_modified("contacts", since, base=base, descending=True)]
+    assert descending == keys[::-1]
+
+
+def test_created_records_get_fresh_keys_and_keep_their_values() -> None:
+    store = Store(FakeClock(ANCHOR))
+    first = store.create("tasks", {"hs_task_subject": "Call back"})
+    second = store.create("tasks", {"hs_task_subject": "Send quote"}, first_key=100)
+    assert (first, second) == (0, 100)
+    assert store.values("tasks", 100) == {"hs_task_subject": "Send quote"}
+    assert store.created_keys("tasks") == [0, 100]

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import inspect
 import os
 import shutil
 import signal
@@ -37,7 +36,7 @@ import trustme
 import uvicorn
 from starlette.types import ASGIApp
 
-from connector.sandbox import hubspot
+from connector.sandbox import hubspot, salesforce
 from connector.sandbox.common import FaultSpecError, parse_fault_spec
 from connector.sandbox.data import Population, Store
 
@@ -106,23 +105,16 @@ def _bind_pair(port: int) -> tuple[socket.socket, socket.socket]:
     return _bind(0), _bind(0)
 
 
-def _salesforce_app(population: Population, store: Store, token: str, opts: SandboxOptions) -> ASGIApp | None:
-    """The other half (connector.sandbox.salesforce), when it is there."""
-    try:
-        from connector.sandbox import salesforce
-    except ImportError:
-        return None
-    build = salesforce.build_app
-    params = inspect.signature(build).parameters
-    kwargs: dict[str, Any] = {"org_id": SALESFORCE_ORG_ID}
-    if "limits" in params:
-        kwargs["limits"] = {"daily": opts.salesforce_daily}
-    if "faults" in params:
-        kwargs["faults"] = opts.faults
-    if "timeout_s" in params:
-        kwargs["timeout_s"] = opts.timeout_s
-    app: ASGIApp = build(population, store, token, **kwargs)
-    return app
+def _salesforce_app(population: Population, store: Store, token: str, opts: SandboxOptions) -> ASGIApp:
+    return salesforce.build_app(
+        population,
+        store,
+        token,
+        org_id=SALESFORCE_ORG_ID,
+        limits={"daily": opts.salesforce_daily},
+        faults=opts.faults,
+        timeout_s=opts.timeout_s,
+    )
 
 
 class _Servers:
@@ -162,18 +154,19 @@ class _Servers:
         common = {"log_level": "warning", "lifespan": "off", "access_log": False, "timeout_graceful_shutdown": 1}
         self.servers = [uvicorn.Server(uvicorn.Config(self.hubspot_app, **common))]  # type: ignore[arg-type]
         self.sockets = [self.hs_sock]
-        if self.salesforce_app is not None:
-            self.servers.append(
-                uvicorn.Server(
-                    uvicorn.Config(
-                        self.salesforce_app,
-                        ssl_certfile=str(cert_file),
-                        ssl_keyfile=str(key_file),
-                        **common,  # type: ignore[arg-type]
-                    )
+        self.servers.append(
+            uvicorn.Server(
+                uvicorn.Config(
+                    self.salesforce_app,
+                    ssl_certfile=str(cert_file),
+                    ssl_keyfile=str(key_file),
+                    # SOQL IN-lists make long URLs: let Salesforce's own 16 KB limit (414) be what answers
+                    h11_max_incomplete_event_size=64 * 1024,
+                    **common,  # type: ignore[arg-type]
                 )
             )
-            self.sockets.append(self.sf_sock)
+        )
+        self.sockets.append(self.sf_sock)
         for server in self.servers:
             server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
 
@@ -181,7 +174,7 @@ class _Servers:
         return {
             "hubspot_url": self.hubspot_url,
             "hubspot_token": self.hubspot_token,
-            "salesforce_url": self.salesforce_url if self.salesforce_app is not None else "",
+            "salesforce_url": self.salesforce_url,
             "salesforce_token": self.salesforce_token,
             "ca_cert": self.ca_cert,
         }

@@ -1,0 +1,250 @@
+"""Telling a rep about a hot lead, beyond the CRM task: e-mail over SMTP and a chat webhook.
+
+Both channels are optional (configured by LEADSCORE_SMTP_URL and
+LEADSCORE_CHAT_WEBHOOK_URL, switched in routing.yaml `notifications:`). A
+channel that fails is reported in the result, never raised: the lead is
+already assigned and the CRM task exists. Nothing is retried: each channel
+claims an idempotency key (in Redis when given one) before it sends, so a
+retried Celery task or a second call with the same notification never
+produces a second e-mail or chat message. The price is at-most-once: a
+message whose sending failed is reported, not sent again.
+
+LEADSCORE_SMTP_URL: smtp://user:password@host:port?from=leads@example.com
+(`smtps://` for implicit TLS on 465, `?starttls=true` to upgrade a plain
+connection; user, password and port are optional).
+
+The chat message is Slack-compatible JSON: {"text": ..., "blocks": [...]}.
+"""
+
+from __future__ import annotations
+
+import smtplib
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from email.utils import formataddr, make_msgid
+from typing import Any, Literal, Protocol
+from urllib.parse import parse_qs, unquote, urlparse
+
+import httpx
+import redis
+
+from connector.config import Settings
+from connector.errors import ConfigError
+
+NotificationKind = Literal[
+    "assigned", "reassigned_to_you", "reassigned_away", "escalated", "rehot", "existing_owner", "unassigned"
+]
+Channel = Literal["email", "chat"]
+Status = Literal["sent", "skipped", "failed", "duplicate"]
+
+DEDUPE_PREFIX = "leadscore:notify:"
+DEDUPE_TTL_S = 30 * 24 * 3600
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    """One message about one lead for one rep. `key` is unique per message; channels append their name."""
+
+    kind: NotificationKind
+    key: str
+    subject: str
+    text: str
+    rep_email: str | None = None
+    rep_name: str = ""
+    url: str | None = None
+    facts: Mapping[str, str] = field(default_factory=dict)
+    chat: bool = True  # also post to the team's chat channel
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelResult:
+    channel: Channel
+    status: Status
+    detail: str = ""
+
+
+class NotifierLike(Protocol):
+    def send(self, note: Notification) -> list[ChannelResult]: ...
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    host: str
+    port: int
+    sender: str
+    user: str | None = field(default=None, repr=False)
+    password: str | None = field(default=None, repr=False)
+    mode: Literal["plain", "starttls", "ssl"] = "plain"
+
+
+def parse_smtp_url(url: str) -> SmtpSettings:
+    """LEADSCORE_SMTP_URL into settings; a malformed value fails naming the variable (never echoing the password)."""
+    parsed = urlparse(url)
+    if parsed.scheme not in ("smtp", "smtps") or not parsed.hostname:
+        raise ConfigError("LEADSCORE_SMTP_URL must look like smtp://user:password@host:port?from=address.")
+    query = parse_qs(parsed.query)
+    unknown = set(query) - {"from", "starttls"}
+    if unknown:
+        names = ", ".join(sorted(unknown))
+        raise ConfigError(f"LEADSCORE_SMTP_URL has unknown options: {names} (known: from, starttls).")
+    try:
+        port = parsed.port
+    except ValueError:
+        raise ConfigError("LEADSCORE_SMTP_URL has a port that is not a number.") from None
+    starttls = query.get("starttls", ["false"])[0].lower() in ("1", "true", "yes")
+    mode: Literal["plain", "starttls", "ssl"] = (
+        "ssl" if parsed.scheme == "smtps" else "starttls" if starttls else "plain"
+    )
+    sender = query.get("from", [f"leadscore@{parsed.hostname}"])[0]
+    if "@" not in sender:
+        raise ConfigError("LEADSCORE_SMTP_URL: from= must be an e-mail address.")
+    return SmtpSettings(
+        host=parsed.hostname,
+        port=port or (465 if mode == "ssl" else 25),
+        sender=sender,
+        user=unquote(parsed.username) if parsed.username else None,
+        password=unquote(parsed.password) if parsed.password else None,
+        mode=mode,
+    )
+
+
+def chat_payload(note: Notification) -> dict[str, Any]:
+    """Slack-compatible message: `text` for clients without blocks, `blocks` for the rest."""
+    blocks: list[dict[str, Any]] = [
+        {"type": "section", "text": {"type": "mrkdwn", "text": f"*{_escape(note.subject)}*"}},
+    ]
+    if note.facts:
+        blocks.append(
+            {
+                "type": "section",
+                "fields": [{"type": "mrkdwn", "text": f"*{_escape(k)}*\n{_escape(v)}"} for k, v in note.facts.items()],
+            }
+        )
+    blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": _escape(note.text)[:2900]}})
+    if note.url:
+        blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": f"<{note.url}|Open in the CRM>"}]})
+    return {"text": note.subject, "blocks": blocks}
+
+
+def _escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+class Notifier:
+    """E-mail and chat, each optional, each at most once per notification key."""
+
+    def __init__(
+        self,
+        *,
+        smtp_url: str | None = None,
+        chat_webhook_url: str | None = None,
+        dedupe: redis.Redis | None = None,
+        email: bool = True,
+        chat: bool = True,
+        timeout: float = 10.0,
+        http: httpx.Client | None = None,
+    ) -> None:
+        self.smtp = parse_smtp_url(smtp_url) if smtp_url and email else None
+        self.chat_url = chat_webhook_url if chat else None
+        self.dedupe = dedupe
+        self.timeout = timeout
+        self._seen: set[str] = set()
+        self._http = http
+        self._own_http = http is None
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, dedupe: redis.Redis | None, *, email: bool = True, chat: bool = True
+    ) -> Notifier:
+        return cls(
+            smtp_url=settings.smtp_url,
+            chat_webhook_url=settings.chat_webhook_url,
+            dedupe=dedupe,
+            email=email,
+            chat=chat,
+        )
+
+    @property
+    def channels(self) -> tuple[Channel, ...]:
+        out: list[Channel] = []
+        if self.smtp is not None:
+            out.append("email")
+        if self.chat_url is not None:
+            out.append("chat")
+        return tuple(out)
+
+    def send(self, note: Notification) -> list[ChannelResult]:
+        results: list[ChannelResult] = []
+        if self.smtp is not None:
+            if not note.rep_email:
+                results.append(ChannelResult("email", "skipped", "no recipient address"))
+            elif not self._claim("email", note.key):
+                results.append(ChannelResult("email", "duplicate", "already sent for this key"))
+            else:
+                results.append(self._email(self.smtp, note))
+        if self.chat_url is not None:
+            if not note.chat:
+                results.append(ChannelResult("chat", "skipped", "not posted to chat"))
+            elif not self._claim("chat", note.key):
+                results.append(ChannelResult("chat", "duplicate", "already sent for this key"))
+            else:
+                results.append(self._chat(self.chat_url, note))
+        return results
+
+    def close(self) -> None:
+        if self._http is not None and self._own_http:
+            self._http.close()
+            self._http = None
+
+    # ------------------------------------------------------------------ channels
+
+    def _claim(self, channel: Channel, key: str) -> bool:
+        full = f"{DEDUPE_PREFIX}{channel}:{key}"
+        if self.dedupe is not None:
+            return bool(self.dedupe.set(full, "1", nx=True, ex=DEDUPE_TTL_S))
+        if full in self._seen:
+            return False
+        self._seen.add(full)
+        return True
+
+    def _email(self, smtp: SmtpSettings, note: Notification) -> ChannelResult:
+        assert note.rep_email
+        msg = EmailMessage()
+        msg["Subject"] = note.subject
+        msg["From"] = smtp.sender
+        msg["To"] = formataddr((note.rep_name, note.rep_email)) if note.rep_name else note.rep_email
+        msg["Message-ID"] = make_msgid(domain=smtp.sender.rsplit("@", 1)[1])
+        body = note.text
+        if note.url:
+            body += f"\n\nOpen in the CRM: {note.url}\n"
+        msg.set_content(body)
+        try:
+            client: smtplib.SMTP
+            if smtp.mode == "ssl":
+                client = smtplib.SMTP_SSL(
+                    smtp.host, smtp.port, timeout=self.timeout, context=ssl.create_default_context()
+                )
+            else:
+                client = smtplib.SMTP(smtp.host, smtp.port, timeout=self.timeout)
+            with client:
+                if smtp.mode == "starttls":
+                    client.starttls(context=ssl.create_default_context())
+                if smtp.user:
+                    client.login(smtp.user, smtp.password or "")
+                client.send_message(msg)
+        except (OSError, smtplib.SMTPException) as exc:
+            return ChannelResult("email", "failed", f"{type(exc).__name__}: {exc}"[:300])
+        return ChannelResult("email", "sent", note.rep_email)
+
+    def _chat(self, url: str, note: Notification) -> ChannelResult:
+        if self._http is None:
+            self._http = httpx.Client(timeout=self.timeout)
+        try:
+            resp = self._http.post(url, json=chat_payload(note), timeout=self.timeout)
+        except httpx.HTTPError as exc:
+            return ChannelResult("chat", "failed", f"{type(exc).__name__}: {exc}"[:300])
+        if resp.status_code >= 300:
+            return ChannelResult("chat", "failed", f"webhook answered {resp.status_code}: {resp.text[:200]}")
+        return ChannelResult("chat", "sent", str(resp.status_code))

@@ -1,0 +1,758 @@
+"""Routing a hot lead to a rep, at once, exactly once: the service around the pure decision.
+
+`Router.assign_hot_lead` runs in a Celery task and may run again for the same
+lead (a retry, a redelivery, a duplicate webhook). Everything it does is keyed
+by (lead key, hot episode) in Redis:
+
+    decision   chosen once (with its pool turn) and stored before any side effect;
+               a rerun reuses it, so it assigns the same rep
+    owner      adapter.set_owner(..., expected=the owner it replaces): only an unowned
+               lead is taken; when the CRM says someone else owns it now, the pool
+               turn and the capacity unit are given back
+    task       created once (the marker is set before the call and cleared only when
+               the call raises, so a crash never leads to a second task)
+    notify     sent once per message and channel (marker here, idempotency key in the notifier)
+    sla        the assignment's deadline in a sorted set, for `check_sla`
+    record     one entry per decision, ids and scores only, for `leadscore explain`
+
+A hot episode starts when a lead becomes hot and ends with `lead_cooled`
+(the pipeline calls it when the band leaves hot); the caller may instead pass
+its own `episode` string. A lead that is hot again in a later episode is
+"re-hot" and follows `rehot:` in routing.yaml.
+
+`Router.check_sla` (Celery beat, every minute or so) reassigns leads whose
+rep has not acted in time: task still open and no activity logged by that rep.
+The lead goes to the next available rep (reps who already had it this episode
+are left out), with the old owner as `expected`, both reps are told; after
+`sla.max_reassignments` it escalates to the region's fallback owner.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, Protocol
+
+import redis
+
+from connector.crm.base import CrmAdapter
+from connector.domain import CRMS, CrmName, Lead, Rep
+from connector.errors import ConfigError, RetryLater
+from connector.mappings.routing import RoutingConfig
+from connector.notify import ChannelResult, Notification, NotificationKind, NotifierLike
+from connector.routing import away
+from connector.routing.away import away_marks, cap_key
+from connector.routing.policy import (
+    AwayMark,
+    Candidate,
+    Decision,
+    RegionCandidates,
+    SkipReason,
+    availability,
+    choose,
+    kept,
+    owner_plan,
+    rep_view,
+    resolve_region,
+)
+from connector.routing.pool import PREFIX, RedisPool
+
+PENDING_TTL_S = 30 * 24 * 3600
+RECORD_TTL_S = 90 * 24 * 3600
+RECORD_KEEP = 50
+SLA_LEASE_S = 300.0
+# `became_hot=True` opens a new hot episode only when the open one is at least this old, so a
+# retried sync page (which may see the old band again) never starts a second episode.
+REHOT_MIN_GAP_S = 3600.0
+
+_UNLOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# Claim a due SLA entry for this worker: push its score past `now` for a lease.
+_CLAIM = """
+local s = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not s or tonumber(s) > tonumber(ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+return 1
+"""
+
+
+class ScoreLike(Protocol):
+    """What routing needs from the engine's ScoreResult."""
+
+    @property
+    def score(self) -> float: ...
+    @property
+    def band(self) -> str: ...
+    @property
+    def grade(self) -> str: ...
+    @property
+    def reasons(self) -> Sequence[str] | str: ...
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _num(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:.1f}"
+
+
+def _reasons(reasons: Sequence[str] | str | None, top: int = 3) -> list[str]:
+    if not reasons:
+        return []
+    if isinstance(reasons, str):
+        parts = [p.strip(" -•\t") for p in reasons.replace(";", "\n").splitlines()]
+    else:
+        parts = [str(r).strip() for r in reasons]
+    return [p for p in parts if p][:top]
+
+
+def routing_record(store: redis.Redis, lead_key: str, prefix: str = PREFIX) -> list[dict[str, Any]]:
+    """Every routing decision kept for a lead, newest first (ids and scores only)."""
+    return [json.loads(_s(raw)) for raw in store.lrange(f"{prefix}record:{lead_key}", 0, -1)]
+
+
+class Router:
+    """Hot-lead routing for both CRMs. Shared by any number of workers through Redis."""
+
+    def __init__(
+        self,
+        config: RoutingConfig,
+        redis: redis.Redis,
+        adapter_for: Callable[[CrmName], CrmAdapter],
+        notifier: NotifierLike | None,
+        clock: Callable[[], float] = time.time,
+        *,
+        prefix: str | None = None,
+        namespace: str | None = None,
+        reps_ttl_s: float = 300.0,
+        lock_ttl_s: float = 120.0,
+    ) -> None:
+        self.config = config
+        self.redis = redis
+        self.adapter_for = adapter_for
+        self.notifier = notifier
+        self.clock = clock
+        # `namespace` "leadscore:routing" and `prefix` "leadscore:routing:" say the same thing
+        self.prefix = prefix if prefix is not None else f"{namespace}:" if namespace else PREFIX
+        self.pool = RedisPool(redis, self.prefix)
+        self.reps_ttl_s = reps_ttl_s
+        self.lock_ttl_s = lock_ttl_s
+        self._reps: dict[str, tuple[float, list[Rep]]] = {}
+        self._unlock = redis.register_script(_UNLOCK)
+        self._claim = redis.register_script(_CLAIM)
+
+    # ------------------------------------------------------------------ public
+
+    def assign_hot_lead(
+        self,
+        lead: Lead,
+        stream: str,
+        result_like: ScoreLike,
+        now: float | None = None,
+        *,
+        episode: str | None = None,
+        became_hot: bool | None = None,
+    ) -> Decision:
+        """Route a lead that is hot; safe to call again for the same episode (same outcome, no repeats).
+
+        The hot episode is, in order of precedence: `episode` when given; a new one when
+        `became_hot` is true (the band written in the CRM was not hot) and the open episode
+        is over an hour old; the open one; else a new one (`lead_cooled` closes an episode).
+        """
+        now = self.clock() if now is None else now
+        adapter = self.adapter_for(lead.crm)
+        with self._lock(lead.key):
+            ep, rehot, previous = self._episode(lead.key, episode, bool(became_hot), now)
+            pkey = self._pending_key(lead.key, ep)
+            state = self._state(pkey)
+            if "r0:decision" not in state:
+                plan = owner_plan(self.config, lead.owner_id, previous, rehot)
+                region = resolve_region(self.config, lead.profile)
+                if plan.action == "keep" and lead.owner_id is not None:
+                    decision = kept(region, lead.owner_id, now, plan)
+                else:
+                    decision = self._route(
+                        lead.crm, region, now, reason=plan.reason, expected=plan.expected_owner, exclude=plan.exclude
+                    )
+                fields = {
+                    "crm": lead.crm,
+                    "stream": stream,
+                    "lead_id": lead.id,
+                    "lead_key": lead.key,
+                    "episode": ep,
+                    "score": _num(float(result_like.score)),
+                    "band": str(result_like.band),
+                    "grade": str(result_like.grade),
+                    "model": str(getattr(result_like, "model_version", "") or ""),
+                    "round": "0",
+                    "sla_count": "0",
+                    "tried": json.dumps([decision.chosen] if decision.outcome == "assigned" else []),
+                    "r0:decision": decision.to_json(),
+                    "r0:at": repr(now),
+                }
+                self._save(pkey, fields)
+                state.update(fields)
+            n = int(state["round"])
+            return self._run_round(adapter, lead, result_like, state, pkey, n, now)
+
+    def lead_cooled(self, lead_key: str) -> None:
+        """The lead's band left hot: its next hot moment is a new episode (re-hot)."""
+        self.redis.hset(self._episode_key(lead_key), "open", "0")
+
+    def check_sla(self, now: float | None = None, *, limit: int = 100) -> list[Decision]:
+        """Reassign (or escalate) every assignment whose SLA has run out; returns the new decisions."""
+        now = self.clock() if now is None else now
+        key = f"{self.prefix}sla"
+        due = self.redis.zrangebyscore(key, "-inf", now, start=0, num=limit)
+        out: list[Decision] = []
+        for raw in due:
+            member = _s(raw)
+            if not self._claim(keys=[key], args=[member, repr(now), repr(now + SLA_LEASE_S)]):
+                continue
+            lead_key, ep = member.rsplit("|", 1)
+            try:
+                decision = self._sla_one(lead_key, ep, now)
+            except RetryLater:
+                continue  # another worker holds the lead; the lease brings it back
+            if decision is not None:
+                out.append(decision)
+        return out
+
+    def routing_record(self, lead_key: str) -> list[dict[str, Any]]:
+        return routing_record(self.redis, lead_key, self.prefix)
+
+    def reps(self, crm: CrmName) -> list[Rep]:
+        """The CRM's owners/users, cached for a few minutes (one list call per worker, not per lead)."""
+        now = self.clock()
+        cached = self._reps.get(crm)
+        if cached is None or cached[0] <= now:
+            cached = (now + self.reps_ttl_s, self.adapter_for(crm).list_reps())
+            self._reps[crm] = cached
+        return cached[1]
+
+    # ------------------------------------------------------------------ the decision
+
+    def _fallback_owner(self, crm: CrmName, region: str | None) -> tuple[str | None, str | None]:
+        owner = self.config.fallback_owner_for(region or self.config.default_region)
+        if owner is None:
+            return None, None
+        by_id = owner.id_for(crm)
+        if by_id:
+            return by_id, None
+        if owner.email:
+            for rep in self.reps(crm):
+                if rep.email.lower() == owner.email and rep.active:
+                    return rep.id, None
+            return None, f"fallback owner {owner.email} is not an active {crm} user"
+        return None, f"no fallback owner configured for {crm}"
+
+    def _route(
+        self,
+        crm: CrmName,
+        region: str,
+        now: float,
+        *,
+        reason: str,
+        expected: str | None = None,
+        exclude: Sequence[str] = (),
+        exclude_detail: str = "the lead's previous owner",
+    ) -> Decision:
+        reps = self.reps(crm)
+        views = [rep_view(self.config, rep) for rep in reps]
+        chain = [region, *self.config.regions[region].fallback]
+        members = {r: [v for v in views if r in v.regions] for r in chain}
+        involved = {v.id: v for vs in members.values() for v in vs}
+        keys = {rid: cap_key(crm, rid, v.day(now)) for rid, v in involved.items()}
+        used = dict(zip(keys, self.pool.used(list(keys.values())), strict=True))
+        marks = away_marks(self.redis, [v.rep for v in involved.values()], self.prefix)
+        attempts = []
+        for r in chain:
+            cands = []
+            for v in members[r]:
+                why: tuple[SkipReason, str] | None = (
+                    ("excluded", exclude_detail)
+                    if v.id in exclude
+                    else availability(v, now, marks.get(v.id, ()), used[v.id])
+                )
+                cands.append(
+                    Candidate(v.id, v.weight, v.capacity, keys[v.id], why[0] if why else None, why[1] if why else "")
+                )
+            attempts.append(RegionCandidates(r, f"{crm}:{r}", tuple(cands)))
+        fallback_id, problem = self._fallback_owner(crm, region)
+        return choose(
+            self.pool,
+            attempts,
+            now,
+            turn_id=uuid.uuid4().hex,
+            fallback_owner=fallback_id,
+            fallback_problem=problem,
+            reason=reason,
+            expected_owner=expected,
+            sla=self.config.sla.enabled,
+        )
+
+    # ------------------------------------------------------------------ carrying a decision out
+
+    def _run_round(
+        self,
+        adapter: CrmAdapter,
+        lead: Lead | None,
+        result_like: ScoreLike | None,
+        state: dict[str, str],
+        pkey: str,
+        n: int,
+        now: float,
+    ) -> Decision:
+        d = Decision.from_json(state[f"r{n}:decision"])
+        if state.get(f"r{n}:done"):
+            return d.with_(replayed=True)
+        crm: CrmName = "salesforce" if state["crm"] == "salesforce" else "hubspot"
+        stream, lead_id, lead_key, ep = state["stream"], state["lead_id"], state["lead_key"], state["episode"]
+        target = d.chosen
+        member = f"{lead_key}|{ep}"
+
+        if d.outcome in ("assigned", "fallback_owner") and target and not state.get(f"r{n}:owner"):
+            ok = target == d.expected_owner or adapter.set_owner(stream, lead_id, target, expected=d.expected_owner)
+            if not ok:
+                if d.turn is not None:
+                    self.pool.release(d.turn)
+                again = adapter.get_leads(stream, [lead_id])
+                now_owner = again[0].owner_id if again else None
+                d = d.with_(
+                    outcome="lost_race",
+                    chosen=now_owner,
+                    notify=False,
+                    sla=False,
+                    note=f"routing chose {target}; the CRM owner changed first, so the turn was given back",
+                )
+                self._save(pkey, {f"r{n}:decision": d.to_json(), f"r{n}:owner": "lost"})
+                self.redis.zrem(f"{self.prefix}sla", member)
+                return self._finish(pkey, state, n, d, task_id=None, notes=[])
+            self._save(pkey, {f"r{n}:owner": "1"})
+
+        task_id = state.get(f"r{n}:task")
+        want_task = d.notify and target is not None and d.outcome != "unassigned" and task_id is None
+        want_notes = d.notify and not state.get(f"r{n}:notified")
+        texts = ("", "")
+        if want_task or want_notes:
+            if lead is None:
+                found = adapter.get_leads(stream, [lead_id])
+                lead = found[0] if found else None
+            texts = self._task_text(adapter, lead, stream, lead_id, state, d, result_like)
+        if want_task and target is not None:
+            subject, body = texts
+            self._save(pkey, {f"r{n}:task": "creating"})
+            try:
+                task_id = adapter.create_task(
+                    stream, lead_id, target, subject=subject, body=body, due=now + self.config.sla.minutes * 60
+                )
+            except BaseException:
+                self.redis.hdel(pkey, f"r{n}:task")
+                raise
+            self._save(pkey, {f"r{n}:task": task_id})
+        # "creating" left by a crash mid-call: the task may exist; never risk a second one.
+
+        notes: list[dict[str, Any]] = []
+        if want_notes:
+            self._save(pkey, {f"r{n}:notified": "1"})
+            for note in self._notifications(crm, adapter, stream, lead_id, state, d, n, texts):
+                results = self._send(note)
+                notes.append({"kind": note.kind, "channels": [[r.channel, r.status, r.detail] for r in results]})
+            self._save(pkey, {f"r{n}:notify_results": json.dumps(notes)})
+
+        if d.sla and d.outcome == "assigned":
+            self.redis.zadd(f"{self.prefix}sla", {member: now + self.config.sla.minutes * 60})
+        else:
+            self.redis.zrem(f"{self.prefix}sla", member)
+        if d.outcome in ("assigned", "fallback_owner") and target:
+            self.redis.hset(self._episode_key(lead_key), mapping={"owner": target, "owner_ep": ep})
+        return self._finish(pkey, state, n, d, task_id=task_id, notes=notes)
+
+    def _finish(
+        self, pkey: str, state: Mapping[str, str], n: int, d: Decision, *, task_id: str | None, notes: list[Any]
+    ) -> Decision:
+        entry = {
+            "lead_key": state["lead_key"],
+            "episode": state["episode"],
+            "round": n,
+            "at": d.at,
+            "reason": d.reason,
+            "outcome": d.outcome,
+            "region": d.region,
+            "chosen_region": d.chosen_region,
+            "chosen": d.chosen,
+            "previous_owner": d.expected_owner,
+            "eligible": list(d.eligible),
+            "skipped": [
+                {"rep_id": s.rep_id, "region": s.region, "reason": s.reason, "detail": s.detail} for s in d.skipped
+            ],
+            "fallback": d.fallback,
+            "note": d.note,
+            "turn": d.turn.seq if d.turn else None,
+            "score": state.get("score"),
+            "band": state.get("band"),
+            "grade": state.get("grade"),
+            "model": state.get("model"),
+            "task_id": task_id if task_id != "creating" else None,
+            "notifications": notes,
+            "summary": d.summary(),
+        }
+        rkey = f"{self.prefix}record:{state['lead_key']}"
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.lpush(rkey, json.dumps(entry, sort_keys=True))
+        pipe.ltrim(rkey, 0, RECORD_KEEP - 1)
+        pipe.expire(rkey, RECORD_TTL_S)
+        pipe.hset(pkey, mapping={f"r{n}:done": "1", "round": str(n)})
+        pipe.expire(pkey, PENDING_TTL_S)
+        pipe.execute()
+        return d
+
+    # ------------------------------------------------------------------ SLA
+
+    def _sla_one(self, lead_key: str, ep: str, now: float) -> Decision | None:
+        member = f"{lead_key}|{ep}"
+        zkey = f"{self.prefix}sla"
+        with self._lock(lead_key):
+            pkey = self._pending_key(lead_key, ep)
+            state = self._state(pkey)
+            if "round" not in state:
+                self.redis.zrem(zkey, member)
+                return None
+            crm: CrmName = "salesforce" if state["crm"] == "salesforce" else "hubspot"
+            adapter = self.adapter_for(crm)
+            n = int(state["round"])
+            if not state.get(f"r{n}:done"):
+                return self._run_round(adapter, None, None, state, pkey, n, now)
+            d = Decision.from_json(state[f"r{n}:decision"])
+            if d.outcome != "assigned" or not d.sla or d.chosen is None:
+                self.redis.zrem(zkey, member)
+                return None
+            rep = d.chosen
+            stream, lead_id = state["stream"], state["lead_id"]
+            since = float(state[f"r{n}:at"])
+            task_id = state.get(f"r{n}:task")
+            task_open = task_id is None or task_id == "creating" or adapter.task_is_open(task_id)
+            if not task_open or adapter.rep_acted_since(stream, lead_id, rep, since):
+                self.redis.zrem(zkey, member)
+                self._save(pkey, {f"r{n}:sla": "met"})
+                return None
+            found = adapter.get_leads(stream, [lead_id])
+            if not found or found[0].owner_id != rep:
+                self.redis.zrem(zkey, member)  # someone moved the lead by hand: their call
+                self._save(pkey, {f"r{n}:sla": "owner changed"})
+                return None
+            lead = found[0]
+            count = int(state.get("sla_count", "0"))
+            tried = [str(t) for t in json.loads(state.get("tried", "[]"))]
+            minutes = self.config.sla.minutes
+            why = f"rep {rep} did not act within {minutes} min"
+            region = d.region or self.config.default_region
+            nd: Decision
+            if count < self.config.sla.max_reassignments:
+                nd = self._route(
+                    crm,
+                    region,
+                    now,
+                    reason="sla",
+                    expected=rep,
+                    exclude=tried,
+                    exclude_detail="had this lead in this episode and did not act in time",
+                )
+                if nd.outcome == "fallback_owner":
+                    nd = nd.with_(reason="sla escalation", note=f"{why}; no other rep available")
+                elif nd.outcome == "unassigned":
+                    nd = nd.with_(
+                        outcome="kept_owner",
+                        chosen=rep,
+                        notify=False,
+                        note=f"{why}; {nd.note.removeprefix('unassigned: ')}; the lead stays with {rep}",
+                    )
+                else:
+                    nd = nd.with_(note=why)
+            else:
+                owner_id, problem = self._fallback_owner(crm, region)
+                if owner_id is not None and owner_id != rep:
+                    nd = Decision(
+                        region=region,
+                        at=now,
+                        outcome="fallback_owner",
+                        chosen=owner_id,
+                        fallback="owner",
+                        reason="sla escalation",
+                        expected_owner=rep,
+                        note=f"{why}; {count} reassignments used",
+                    )
+                else:
+                    problem = problem or (
+                        "no fallback owner configured" if owner_id is None else "the fallback owner already has it"
+                    )
+                    nd = Decision(
+                        region=region,
+                        at=now,
+                        outcome="kept_owner",
+                        chosen=rep,
+                        reason="sla escalation",
+                        notify=False,
+                        note=f"{why}; cannot escalate: {problem}; the lead stays with {rep}",
+                    )
+            fields = {
+                "round": str(n + 1),
+                "sla_count": str(count + 1),
+                "tried": json.dumps([*tried, nd.chosen] if nd.outcome == "assigned" else tried),
+                f"r{n + 1}:decision": nd.to_json(),
+                f"r{n + 1}:at": repr(now),
+                f"r{n}:sla": "missed",
+            }
+            self._save(pkey, fields)
+            state.update(fields)
+            # Round n+1 is not done yet: it runs now, and a crash would resume it on the next check.
+            return self._run_round(adapter, lead, None, state, pkey, n + 1, now)
+
+    # ------------------------------------------------------------------ messages
+
+    def _rep(self, crm: CrmName, rep_id: str | None) -> Rep | None:
+        if rep_id is None:
+            return None
+        return next((r for r in self.reps(crm) if r.id == rep_id), None)
+
+    def _task_text(
+        self,
+        adapter: CrmAdapter,
+        lead: Lead | None,
+        stream: str,
+        lead_id: str,
+        state: Mapping[str, str],
+        d: Decision,
+        result_like: ScoreLike | None,
+    ) -> tuple[str, str]:
+        profile = lead.profile if lead is not None else {}
+        name = " ".join(str(profile.get(k) or "").strip() for k in ("first_name", "last_name")).strip()
+        name = name or str(profile.get("email") or f"record {lead_id}")
+        company = str(profile.get("company") or "").strip()
+        who = f"{name} ({company})" if company else name
+        score, band, grade = state.get("score", "?"), state.get("band", "?"), state.get("grade", "?")
+        if result_like is not None:
+            reasons = _reasons(result_like.reasons)
+        else:
+            reasons = _reasons(lead.written.get("reasons") if lead is not None else None)
+        headline = {
+            "hot": "Hot lead",
+            "re-hot": "Hot again",
+            "existing owner": "Your lead is hot",
+            "sla": "Hot lead reassigned to you",
+            "sla escalation": "Hot lead escalated to you",
+        }.get(d.reason, "Hot lead")
+        subject = f"{headline}: {who}, score {score}"
+        lines = [
+            f"{headline}: please follow up now.",
+            "",
+            f"Name: {name}",
+            f"Company: {company or '-'}",
+            f"Region: {d.chosen_region or d.region or '-'}",
+            f"Score: {score} (band {band}, grade {grade})",
+        ]
+        if reasons:
+            lines += ["Why:", *[f"- {r}" for r in reasons]]
+        if d.note:
+            lines += ["", f"Routing: {d.note}"]
+        if d.outcome == "assigned" and d.sla:
+            lines += [
+                "",
+                f"Act within {self.config.sla.minutes} minutes (log a call, e-mail, meeting or note, or close "
+                "this task); otherwise the lead goes to the next rep.",
+            ]
+        lines += ["", f"Record: {adapter.record_url(stream, lead_id)}"]
+        return subject, "\n".join(lines)
+
+    def _notifications(
+        self,
+        crm: CrmName,
+        adapter: CrmAdapter,
+        stream: str,
+        lead_id: str,
+        state: Mapping[str, str],
+        d: Decision,
+        n: int,
+        texts: tuple[str, str],
+    ) -> list[Notification]:
+        subject, body = texts
+        url = adapter.record_url(stream, lead_id)
+        facts = {
+            "Region": d.chosen_region or d.region or "-",
+            "Score": str(state.get("score", "?")),
+            "Band": str(state.get("band", "?")),
+            "Grade": str(state.get("grade", "?")),
+        }
+        base = f"{state['lead_key']}|{state['episode']}|r{n}"
+        out: list[Notification] = []
+
+        def note(kind: NotificationKind, rep_id: str | None, subj: str, text: str, chat: bool = True) -> None:
+            rep = self._rep(crm, rep_id)
+            out.append(
+                Notification(
+                    kind=kind,
+                    key=f"{base}|{kind}|{rep_id or '-'}",
+                    subject=subj,
+                    text=text,
+                    rep_email=rep.email if rep else None,
+                    rep_name=rep.name if rep else "",
+                    url=url,
+                    facts=facts,
+                    chat=chat,
+                )
+            )
+
+        if d.outcome == "unassigned":
+            note(
+                "unassigned",
+                None,
+                f"Hot lead not assigned, score {facts['Score']}",
+                f"A hot lead in {d.region} could not be assigned: {d.note}.",
+            )
+        elif d.outcome == "kept_owner":
+            note("rehot" if d.reason == "re-hot" else "existing_owner", d.chosen, subject, body)
+        elif d.reason in ("sla", "sla escalation"):
+            note("escalated" if d.outcome == "fallback_owner" else "reassigned_to_you", d.chosen, subject, body)
+            if d.expected_owner:
+                note(
+                    "reassigned_away",
+                    d.expected_owner,
+                    f"Hot lead reassigned: record {lead_id}",
+                    f"The hot lead was reassigned to another rep because {d.note}.",
+                    chat=False,
+                )
+        elif d.outcome in ("assigned", "fallback_owner"):
+            note("assigned", d.chosen, subject, body)
+        return out
+
+    def _send(self, note: Notification) -> list[ChannelResult]:
+        if self.notifier is None:
+            return []
+        try:
+            return self.notifier.send(note)
+        except Exception as exc:  # noqa: BLE001 - optional channels never fail an assignment
+            return [ChannelResult("chat", "failed", f"notifier raised {type(exc).__name__}: {exc}"[:300])]
+
+    # ------------------------------------------------------------------ Redis plumbing
+
+    def _pending_key(self, lead_key: str, ep: str) -> str:
+        return f"{self.prefix}pending:{lead_key}|{ep}"
+
+    def _episode_key(self, lead_key: str) -> str:
+        return f"{self.prefix}episode:{lead_key}"
+
+    def _state(self, key: str) -> dict[str, str]:
+        raw = self.redis.hgetall(key)
+        return {_s(k): _s(v) for k, v in raw.items()}
+
+    def _save(self, key: str, fields: Mapping[str, str]) -> None:
+        pipe = self.redis.pipeline(transaction=True)
+        mapping: dict[Any, Any] = dict(fields)
+        pipe.hset(key, mapping=mapping)
+        pipe.expire(key, PENDING_TTL_S)
+        pipe.execute()
+
+    def _episode(
+        self, lead_key: str, explicit: str | None, became_hot: bool, now: float
+    ) -> tuple[str, bool, str | None]:
+        """(episode id, whether it is a later episode than the one routing last assigned in, that owner)."""
+        key = self._episode_key(lead_key)
+        h = self._state(key)
+        previous = h.get("owner")
+        if explicit is not None:
+            ep = "x:" + explicit.replace("|", "/")
+            self.redis.hset(key, mapping={"last": ep})
+        elif (
+            h.get("open") == "1"
+            and "n" in h
+            and not (became_hot and now - float(h.get("started", now)) >= REHOT_MIN_GAP_S)
+        ):
+            ep = h["n"]
+        else:
+            ep = str(int(h.get("n", "0")) + 1)
+            self.redis.hset(key, mapping={"n": ep, "open": "1", "started": repr(now)})
+        self.redis.expire(key, RECORD_TTL_S)
+        rehot = previous is not None and h.get("owner_ep") != ep
+        return ep, rehot, previous
+
+    @contextmanager
+    def _lock(self, lead_key: str) -> Iterator[None]:
+        key = f"{self.prefix}lock:{lead_key}"
+        token = uuid.uuid4().hex
+        if not self.redis.set(key, token, nx=True, px=int(self.lock_ttl_s * 1000)):
+            raise RetryLater(f"lead {lead_key} is being routed by another worker", wait=2.0)
+        try:
+            yield
+        finally:
+            self._unlock(keys=[key], args=[token])
+
+
+# --------------------------------------------------------------------------- for the command line
+
+Store = Router | redis.Redis
+
+
+def _redis_of(store: Store) -> tuple[redis.Redis, str]:
+    return (store.redis, store.prefix) if isinstance(store, Router) else (store, PREFIX)
+
+
+def set_away(
+    store: Store, rep_email_or_id: str, until: float | dt.date | dt.datetime, *, now: float | None = None
+) -> AwayMark:
+    """`leadscore reps away EMAIL --until DATE`: a date is through that day in the rep's zone; a
+    datetime (aware) or epoch seconds is that instant."""
+    client, prefix = _redis_of(store)
+    if isinstance(until, int | float):
+        until = dt.datetime.fromtimestamp(until, dt.UTC)
+    return away.set_away(client, rep_email_or_id, until, now=now, prefix=prefix)
+
+
+def set_back(store: Store, rep_email_or_id: str, reps: Sequence[Rep] = ()) -> bool:
+    """`leadscore reps back EMAIL`: clear the mark (by e-mail and id when the Router can list the reps)."""
+    client, prefix = _redis_of(store)
+    if isinstance(store, Router) and not reps:
+        reps = [r for crm in _configured(store) for r in store.reps(crm)]
+    return away.set_back(client, rep_email_or_id, reps, prefix=prefix)
+
+
+def list_reps_status(
+    store: Store,
+    now: float,
+    *,
+    config: RoutingConfig | None = None,
+    crm: CrmName | None = None,
+    reps: Sequence[Rep] | None = None,
+) -> list[away.RepStatus]:
+    """`leadscore reps`: every rep of every configured CRM (or of `crm`), available or why not.
+
+    With a Router everything comes from it; with a Redis client give `config`, `crm` and `reps`.
+    Each RepStatus prints as one line.
+    """
+    client, prefix = _redis_of(store)
+    if isinstance(store, Router):
+        out: list[away.RepStatus] = []
+        for name in [crm] if crm else _configured(store):
+            out += away.list_reps_status(client, store.config, store.reps(name), name, now, prefix)
+        return out
+    if config is None or crm is None or reps is None:
+        raise TypeError("with a Redis client, give config, crm and reps")
+    return away.list_reps_status(client, config, reps, crm, now, prefix)
+
+
+def _configured(router: Router) -> list[CrmName]:
+    out: list[CrmName] = []
+    for name in CRMS:
+        try:
+            router.reps(name)
+        except ConfigError:
+            continue  # this CRM is not configured
+        out.append(name)
+    return out

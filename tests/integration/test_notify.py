@@ -1,0 +1,181 @@
+"""Notifications over real sockets: a local SMTP server (aiosmtpd) and a local chat webhook server."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from email import message_from_bytes
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+import redis
+from aiosmtpd.controller import Controller
+
+from connector.config import load_settings
+from connector.errors import ConfigError
+from connector.notify import Notification, Notifier, chat_payload, parse_smtp_url
+from connector.routing.service import Router
+from tests.conftest import free_port
+from tests.integration.test_routing_redis import NOW, FakeCrm, Score, make_config, make_reps
+
+
+class Inbox:
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, list[str], bytes]] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
+        return "250 OK"
+
+
+@pytest.fixture
+def smtp() -> Iterator[tuple[str, Inbox]]:
+    inbox = Inbox()
+    port = free_port()
+    controller = Controller(inbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    yield f"smtp://127.0.0.1:{port}?from=leads@corp.example", inbox
+    controller.stop()
+
+
+class Hook:
+    def __init__(self) -> None:
+        self.bodies: list[dict[str, Any]] = []
+        self.status = 200
+
+
+@pytest.fixture
+def webhook() -> Iterator[tuple[str, Hook]]:
+    hook = Hook()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            length = int(self.headers["Content-Length"])
+            hook.bodies.append(json.loads(self.rfile.read(length)))
+            self.send_response(hook.status)
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/hooks/sales", hook
+    server.shutdown()
+    server.server_close()
+
+
+def note(key: str = "k1") -> Notification:
+    return Notification(
+        kind="assigned",
+        key=key,
+        subject="Hot lead: Anna Muster (Acme GmbH), score 87",
+        text="Hot lead: please follow up now.",
+        rep_email="d1@corp.example",
+        rep_name="Rep d1",
+        url="https://crm.test/contacts/1",
+        facts={"Region": "DACH", "Score": "87"},
+    )
+
+
+def test_an_assignment_sends_one_email_and_one_chat_message_even_when_sent_twice(
+    smtp: tuple[str, Inbox], webhook: tuple[str, Hook], redis_client: redis.Redis
+) -> None:
+    notifier = Notifier(smtp_url=smtp[0], chat_webhook_url=webhook[0], dedupe=redis_client)
+    first = notifier.send(note())
+    second = notifier.send(note())
+    notifier.close()
+    assert [(r.channel, r.status) for r in first] == [("email", "sent"), ("chat", "sent")]
+    assert [(r.channel, r.status) for r in second] == [("email", "duplicate"), ("chat", "duplicate")]
+    [(sender, rcpts, raw)] = smtp[1].messages
+    assert (sender, rcpts) == ("leads@corp.example", ["d1@corp.example"])
+    mail = message_from_bytes(raw)
+    assert mail["Subject"] == "Hot lead: Anna Muster (Acme GmbH), score 87"
+    assert "https://crm.test/contacts/1" in mail.get_payload()
+    [body] = webhook[1].bodies
+    assert body["text"] == "Hot lead: Anna Muster (Acme GmbH), score 87"
+    assert body["blocks"][0]["text"]["text"] == "*Hot lead: Anna Muster (Acme GmbH), score 87*"
+
+
+def test_the_router_sends_exactly_one_email_and_chat_message_per_assignment(
+    smtp: tuple[str, Inbox], webhook: tuple[str, Hook], redis_client: redis.Redis
+) -> None:
+    crm = FakeCrm(reps=make_reps())
+    notifier = Notifier(smtp_url=smtp[0], chat_webhook_url=webhook[0], dedupe=redis_client)
+    router = Router(make_config(), redis_client, lambda _crm: crm, notifier, clock=lambda: NOW)
+    for lead_id in ("1", "2"):
+        lead = crm.add_lead(lead_id)
+        for _ in range(3):  # a retried task, a duplicate webhook
+            router.assign_hot_lead(lead, "contact", Score(), NOW)
+    notifier.close()
+    assert [rcpts for _, rcpts, _ in smtp[1].messages] == [["d1@corp.example"], ["d2@corp.example"]]
+    assert len(webhook[1].bodies) == 2
+    record = router.routing_record("hubspot:contact:1")[0]
+    assert record["notifications"] == [
+        {"kind": "assigned", "channels": [["email", "sent", "d1@corp.example"], ["chat", "sent", "200"]]}
+    ]
+
+
+def test_a_failing_channel_is_reported_and_not_retried(
+    smtp: tuple[str, Inbox], webhook: tuple[str, Hook], redis_client: redis.Redis
+) -> None:
+    webhook[1].status = 500
+    dead_smtp = f"smtp://127.0.0.1:{free_port()}?from=leads@corp.example"
+    notifier = Notifier(smtp_url=dead_smtp, chat_webhook_url=webhook[0], dedupe=redis_client, timeout=2)
+    results = notifier.send(note())
+    assert [(r.channel, r.status) for r in results] == [("email", "failed"), ("chat", "failed")]
+    assert results[0].detail.startswith("ConnectionRefusedError")
+    assert results[1].detail == "webhook answered 500: ok"
+    assert [r.status for r in notifier.send(note())] == ["duplicate", "duplicate"]
+    assert len(webhook[1].bodies) == 1
+    notifier.close()
+
+
+def test_a_failing_channel_does_not_fail_the_assignment(redis_client: redis.Redis) -> None:
+    crm = FakeCrm(reps=make_reps())
+    notifier = Notifier(chat_webhook_url=f"http://127.0.0.1:{free_port()}/hook", dedupe=redis_client, timeout=2)
+    router = Router(make_config(), redis_client, lambda _crm: crm, notifier, clock=lambda: NOW)
+    d = router.assign_hot_lead(crm.add_lead("1"), "contact", Score(), NOW)
+    notifier.close()
+    assert (d.outcome, d.chosen, len(crm.tasks)) == ("assigned", "d1", 1)
+    [entry] = router.routing_record("hubspot:contact:1")[0]["notifications"]
+    assert entry["channels"][0][:2] == ["chat", "failed"]
+
+
+def test_channels_switched_off_in_routing_yaml_or_not_configured_send_nothing() -> None:
+    settings = load_settings({"LEADSCORE_SMTP_URL": "smtp://mail.test:2525?from=a@b.example"})
+    assert Notifier.from_settings(settings, None).channels == ("email",)
+    assert Notifier.from_settings(settings, None, email=False).channels == ()
+    assert Notifier().send(note()) == []
+
+
+def test_the_smtp_url_is_parsed_and_a_bad_one_names_the_variable_without_the_password() -> None:
+    s = parse_smtp_url("smtps://user%40corp:p%2Fss@mail.test?from=leads@corp.example")
+    assert (s.host, s.port, s.user, s.password, s.sender, s.mode) == (
+        "mail.test",
+        465,
+        "user@corp",
+        "p/ss",
+        "leads@corp.example",
+        "ssl",
+    )
+    assert parse_smtp_url("smtp://mail.test:587?starttls=true").mode == "starttls"
+    with pytest.raises(ConfigError) as err:
+        parse_smtp_url("http://user:secret@mail.test")
+    assert "LEADSCORE_SMTP_URL" in str(err.value)
+    assert "secret" not in str(err.value)
+    with pytest.raises(ConfigError, match="unknown options: tls"):
+        parse_smtp_url("smtp://mail.test?tls=1")
+
+
+def test_the_chat_payload_is_slack_compatible_and_escaped() -> None:
+    payload = chat_payload(note())
+    assert set(payload) == {"text", "blocks"}
+    assert [b["type"] for b in payload["blocks"]] == ["section", "section", "section", "context"]
+    assert payload["blocks"][3]["elements"][0]["text"] == "<https://crm.test/contacts/1|Open in the CRM>"
+    odd = chat_payload(Notification(kind="assigned", key="k", subject="R&D <ops>", text="x"))
+    assert odd["blocks"][0]["text"]["text"] == "*R&amp;D &lt;ops&gt;*"

@@ -72,7 +72,8 @@ local window = tonumber(ARGV[3])
 local until_ms = now + tonumber(ARGV[2])
 local base = until_ms - window
 for i = 1, limit do
-  redis.call('ZADD', KEYS[1], base, 'block:' .. i)
+  -- GT: a shorter block never shortens a longer one already in place
+  redis.call('ZADD', KEYS[1], 'GT', base, 'block:' .. i)
 end
 redis.call('PEXPIRE', KEYS[1], window + tonumber(ARGV[2]))
 return 1

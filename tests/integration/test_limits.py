@@ -76,3 +76,12 @@ def test_retry_returns_once_the_call_succeeds() -> None:
         return item
 
     assert call_with_retry(sometimes, sleep=lambda s: None) == "ok"
+
+
+def test_a_shorter_block_never_shortens_a_longer_one(redis_client: redis.Redis) -> None:
+    limiter = SlidingWindowLimiter(redis_client, "rl:blocks", limit=3, window=1.0, margin=0.0)
+    limiter.block_for(0.6)
+    limiter.block_for(0.1)
+    waits: list[float] = []
+    limiter.acquire(sleep=waits.append)
+    assert sum(waits) >= 0.5

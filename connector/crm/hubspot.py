@@ -1,0 +1,813 @@
+"""The HubSpot adapter: contacts, their activities and owners in the engine's vocabulary, scores back.
+
+Built on `connector.crm.hubspot_http.HubSpotTransport` (the official SDK's API
+objects built once, the portal's shared quotas, the one error table and the
+one retry policy). Everything vendor-shaped stays in this module and in
+mappings/hubspot.yaml; the pipeline sees `Lead`, `Activity`, `Rep`.
+
+Calls per page of 100 contacts in a full sync (see `load_activities`):
+1 list call, 1 association read per engagement type mapped (4), one batch read
+per 100 engagements of each type, for the web activity either nothing
+(roll-ups, read with the contacts) or one events call per contact whose
+last-visit / last-conversion date falls inside the look-back (the events API
+answers for one contact per call), and 1 batch update per 100 changed scores.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+from urllib.parse import urlparse
+
+import orjson
+import redis
+
+from connector.crm.base import Page, WriteReport
+from connector.crm.hubspot_http import ApiError, HubSpotTransport, Response
+from connector.crm.limits import DEFAULT_POLICY, RetryPolicy
+from connector.domain import WRITE_FIELDS, Activity, CrmName, Lead, Rep
+from connector.errors import RecordError, RetryLater, StopSync, UserError
+from connector.mappings.hubspot import EngagementRule, EventRule, HubSpotMapping
+
+log = logging.getLogger(__name__)
+
+LIST_LIMIT = 100  # list endpoint page size (the API's maximum)
+SEARCH_LIMIT = 200  # search page size (the API's maximum)
+SEARCH_CAP = 10_000  # search answers 400 beyond this many results per query
+BATCH = 100  # batch read/update inputs per call
+ASSOC_BATCH = 1000  # v4 association batch read inputs per call (HubSpot's limit since 2025)
+EVENTS_LIMIT = 100
+TIE_OFFSET = 20  # beyond this many records sharing one timestamp, page by offset instead of by id
+CACHE_SIZE = 20_000
+
+CONTACT_TYPE_ID = "0-1"
+TASK_TO_CONTACT = 204
+ACTED_TYPES = ("calls", "emails", "meetings", "notes")
+
+# What `setup` creates: engine field -> (type, fieldType, label, options)
+PROPERTY_SPECS: dict[str, tuple[str, str, str, tuple[str, ...]]] = {
+    "score": ("number", "number", "Lead score", ()),
+    "fit": ("number", "number", "Lead fit score", ()),
+    "engagement": ("number", "number", "Lead engagement score", ()),
+    "band": ("enumeration", "select", "Lead band", ("cold", "warm", "hot")),
+    "grade": ("enumeration", "select", "Lead grade", ("A", "B", "C", "D")),
+    "reasons": ("string", "textarea", "Lead score reasons", ()),
+    "scored_at": ("datetime", "date", "Lead scored at", ()),
+    "model": ("string", "text", "Lead score model", ()),
+}
+GROUP = "lead_scoring"
+GROUP_LABEL = "Lead scoring"
+NUMBER_FIELDS = frozenset({"score", "fit", "engagement"})
+
+
+# ----------------------------------------------------------------------------- values
+
+
+def parse_ts(value: Any) -> float | None:
+    """HubSpot times (ISO 8601 strings, epoch milliseconds, dates) as epoch seconds; None if unreadable."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, int | float):
+        return float(value) / 1000
+    text = str(value).strip()
+    if text.isdigit():
+        return int(text) / 1000
+    try:
+        parsed = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=dt.UTC)
+    return parsed.timestamp()
+
+
+def iso(ts: float) -> str:
+    """Epoch seconds as HubSpot's ISO form, whole seconds, UTC."""
+    return dt.datetime.fromtimestamp(int(ts), dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def canonical(engine_field: str, value: Any) -> str:
+    """One spelling per value, so what we read back compares equal to what we would write.
+
+    Numbers become integer strings ("87.0" -> "87"), times ISO seconds in UTC
+    (HubSpot answers "...T10:00:00.000Z" for a value written as epoch ms).
+    """
+    text = "" if value is None else str(value)
+    if engine_field in NUMBER_FIELDS:
+        try:
+            number = float(text)
+        except ValueError:
+            return text.strip()
+        if math.isfinite(number):
+            return str(math.floor(number + 0.5))
+        return text.strip()
+    if engine_field == "scored_at":
+        try:
+            ts = float(text)  # epoch seconds from the engine
+        except ValueError:
+            ts = parse_ts(text) or 0.0
+            if not text.strip():
+                return ""
+        else:
+            if ts > 1e11:  # epoch milliseconds
+                ts /= 1000
+        return iso(ts)
+    if engine_field in ("band", "grade", "model"):
+        return text.strip()
+    return text
+
+
+class _Lru(OrderedDict[str, dict[str, Any]]):
+    def put(self, key: str, value: dict[str, Any]) -> None:
+        self[key] = value
+        self.move_to_end(key)
+        while len(self) > CACHE_SIZE:
+            self.popitem(last=False)
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def _message(body: Any) -> str:
+    if isinstance(body, dict):
+        return str(body.get("message") or body.get("category") or "refused by HubSpot")
+    return "refused by HubSpot"
+
+
+# ----------------------------------------------------------------------------- the adapter
+
+
+class HubSpotAdapter:
+    crm: CrmName = "hubspot"
+    streams: tuple[str, ...] = ("contact",)
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        token: str,
+        mapping: HubSpotMapping,
+        redis: redis.Redis,
+        account: str = "default",
+        timeout: float = 30.0,
+        retry_policy: RetryPolicy = DEFAULT_POLICY,
+    ) -> None:
+        self.mapping = mapping
+        self.base_url = base_url.rstrip("/")
+        self.account = account
+        self.http = HubSpotTransport(
+            base_url=self.base_url,
+            token=token,
+            redis_client=redis,
+            account_name=account,
+            limits=mapping.account,
+            timeout=timeout,
+            policy=retry_policy,
+        )
+        self.apis = self.http.apis
+        self._portal_id: str | None = mapping.account.portal_id
+        self._extra: _Lru = _Lru()  # contact id -> roll-up and gate properties seen in reads
+        acts = mapping.activities
+        extra: list[str] = []
+        if acts.web == "rollups":
+            for rollup in acts.rollups:
+                extra += [rollup.count, rollup.last]
+        if acts.web == "events":
+            extra += acts.event_gates
+        self._extra_props = list(dict.fromkeys(extra))
+        contact = mapping.contact
+        self._read_props = list(
+            dict.fromkeys(
+                [*contact.fields.values(), contact.owner, *mapping.write.values(), contact.modified,
+                 *self._extra_props]
+            )
+        )
+
+    # -- bookkeeping
+
+    @property
+    def api_calls(self) -> int:
+        return self.http.calls
+
+    def close(self) -> None:
+        self.http.close()
+
+    def _call(self, op: Any, *args: Any, **kwargs: Any) -> Response:
+        return self.http.call(op, *args, **kwargs)
+
+    @staticmethod
+    def _stream(stream: str) -> None:
+        if stream != "contact":
+            raise UserError(f"HubSpot has the stream 'contact', not '{stream}'.")
+
+    # -- reading contacts
+
+    def _lead(self, obj: Mapping[str, Any]) -> Lead:
+        props: Mapping[str, Any] = obj.get("properties") or {}
+        contact = self.mapping.contact
+        profile = {
+            engine: props[prop] for engine, prop in contact.fields.items() if props.get(prop) not in (None, "")
+        }
+        written = {
+            engine: canonical(engine, props[prop])
+            for engine, prop in self.mapping.write.items()
+            if props.get(prop) not in (None, "")
+        }
+        lead_id = str(obj["id"])
+        if self._extra_props:
+            self._extra.put(lead_id, {p: props.get(p) for p in self._extra_props})
+        owner = props.get(contact.owner)
+        return Lead(
+            crm="hubspot",
+            object_type="contact",
+            id=lead_id,
+            profile=profile,
+            owner_id=str(owner) if owner not in (None, "") else None,
+            written=written,
+            modified_at=parse_ts(props.get(contact.modified)) or parse_ts(obj.get("updatedAt")),
+        )
+
+    def _leads(self, results: Iterable[Mapping[str, Any]], problems: list[tuple[str, str]]) -> list[Lead]:
+        leads = []
+        for obj in results:
+            try:
+                leads.append(self._lead(obj))
+            except (KeyError, TypeError, ValueError) as exc:
+                problems.append((str(obj.get("id", "?")), f"unreadable record ({type(exc).__name__})"))
+        return leads
+
+    def read_page(self, stream: str, cursor: str | None, *, since: float | None) -> Page:
+        self._stream(stream)
+        if since is None:
+            return self._list_page(cursor)
+        return self._search_page(cursor, since)
+
+    def _list_page(self, cursor: str | None) -> Page:
+        after = orjson.loads(cursor)["after"] if cursor else None
+        resp = self._call(
+            self.apis.contacts.get_page, limit=LIST_LIMIT, after=after, properties=self._read_props, archived=False
+        )
+        problems: list[tuple[str, str]] = []
+        leads = self._leads(resp.body.get("results") or [], problems)
+        nxt = ((resp.body.get("paging") or {}).get("next") or {}).get("after")
+        if nxt is not None and str(nxt) == str(after):
+            raise StopSync(f"HubSpot repeated the page token {nxt!r} of the contact list; stopping to avoid a loop.")
+        stamps = [lead.modified_at for lead in leads if lead.modified_at is not None]
+        return Page(
+            leads=leads,
+            next_cursor=orjson.dumps({"after": str(nxt)}).decode() if nxt is not None else None,
+            high_water=max(stamps) if stamps else None,
+            problems=problems,
+        )
+
+    def _search_page(self, cursor: str | None, since: float) -> Page:
+        # Incremental reads search on the modification time, ascending. The
+        # cursor is the window start `s` (epoch ms, inclusive), how many records
+        # stamped exactly `s` were already returned (`n`) and, while that tie
+        # group is small, their ids (`x`, deduped client-side).
+        #
+        # Why every page restarts the query at the last seen timestamp instead
+        # of paging by offset until HubSpot's 10,000-result cap: (1) search
+        # answers 400 past 10,000 results per query, so a long window must be
+        # restarted anyway; (2) the pipeline writes scores between pages, and
+        # every write moves the contact to the end of the ascending order,
+        # which would shift offsets and silently skip unread contacts. Keyset
+        # paging by (timestamp, seen ids) is immune to both; the offset is used
+        # only inside a large group of contacts sharing one millisecond.
+        modified = self.mapping.contact.modified
+        state: dict[str, Any] = orjson.loads(cursor) if cursor else {}
+        start = int(state.get("s", math.floor(since * 1000)))
+        seen_n = int(state.get("n", 0))
+        seen: set[str] = {str(i) for i in state.get("x", [])}
+        offset = seen_n if seen_n > TIE_OFFSET else 0
+        problems: list[tuple[str, str]] = []
+        if offset + SEARCH_LIMIT > SEARCH_CAP:
+            problems.append(("-", f"more than {SEARCH_CAP} contacts share the modification time {start} ms; "
+                                  "the rest of them is skipped"))
+            start, seen_n, seen, offset = start + 1, 0, set(), 0
+        body: dict[str, Any] = {
+            "filterGroups": [{"filters": [{"propertyName": modified, "operator": "GTE", "value": str(start)}]}],
+            "sorts": [{"propertyName": modified, "direction": "ASCENDING"}],
+            "properties": self._read_props,
+            "limit": SEARCH_LIMIT,
+        }
+        if offset:
+            body["after"] = str(offset)
+        resp = self._call(self.apis.contacts_search.do_search, body, search=True)
+        results = resp.body.get("results") or []
+        fresh = [r for r in results if str(r.get("id")) not in seen]
+        leads = self._leads(fresh, problems)
+        has_more = bool(((resp.body.get("paging") or {}).get("next") or {}).get("after"))
+        stamps_ms: list[tuple[int, str]] = []
+        for obj in results:
+            props = obj.get("properties") or {}
+            ts = parse_ts(props.get(modified)) or parse_ts(obj.get("updatedAt"))
+            stamps_ms.append((round(ts * 1000) if ts is not None else start, str(obj.get("id"))))
+        high = [lead.modified_at for lead in leads if lead.modified_at is not None]
+        if not has_more or not results:
+            next_cursor = None
+        else:
+            last_ms = max(ms for ms, _ in stamps_ms)
+            at_last = [i for ms, i in stamps_ms if ms == last_ms]
+            if last_ms > start:
+                count, ids = len(at_last), at_last
+            else:  # the whole page shares the window start: a large tie group
+                count = seen_n + len([i for i in at_last if i not in seen])
+                ids = [*seen, *at_last] if count <= TIE_OFFSET else []
+            next_cursor = orjson.dumps(
+                {"s": last_ms, "n": count, "x": ids if count <= TIE_OFFSET else []}
+            ).decode()
+        return Page(leads=leads, next_cursor=next_cursor, high_water=max(high) if high else None, problems=problems)
+
+    def get_leads(self, stream: str, ids: Sequence[str]) -> list[Lead]:
+        self._stream(stream)
+        problems: list[tuple[str, str]] = []
+        leads: list[Lead] = []
+        for chunk in _chunks(list(dict.fromkeys(ids)), BATCH):
+            resp = self._call(
+                self.apis.contacts_batch.read,
+                {"inputs": [{"id": i} for i in chunk], "properties": self._read_props},
+                archived=False,
+            )
+            leads += self._leads(resp.body.get("results") or [], problems)
+        return leads
+
+    def _contact_props(self, ids: Sequence[str], props: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Properties of contacts by id: from what reads cached, else one batch read per 100."""
+        out: dict[str, dict[str, Any]] = {}
+        missing = []
+        for i in ids:
+            cached = self._extra.get(i)
+            if cached is not None and all(p in cached for p in props):
+                out[i] = cached
+            else:
+                missing.append(i)
+        for chunk in _chunks(missing, BATCH):
+            resp = self._call(
+                self.apis.contacts_batch.read, {"inputs": [{"id": i} for i in chunk], "properties": list(props)},
+                archived=False,
+            )
+            for obj in resp.body.get("results") or []:
+                values = {p: (obj.get("properties") or {}).get(p) for p in props}
+                out[str(obj["id"])] = values
+                self._extra.put(str(obj["id"]), values)
+        return out
+
+    # -- activities
+
+    def load_activities(self, leads: Sequence[Lead], now: float) -> None:
+        if not leads:
+            return
+        acts = self.mapping.activities
+        cutoff = now - acts.lookback_days * 86400
+        by_id: dict[str, list[Activity]] = {lead.id: [] for lead in leads}
+        ids = list(by_id)
+        self._engagements(ids, by_id, cutoff, now)
+        if acts.web == "events":
+            self._events(ids, by_id, cutoff, now)
+        elif acts.web == "rollups":
+            self._rollups(ids, by_id, cutoff, now)
+        for lead in leads:
+            lead.activities = sorted(by_id[lead.id], key=lambda a: a.ts)
+
+    def _associated(self, ids: Sequence[str], to_type: str) -> dict[str, list[str]]:
+        """contact id -> ids of associated `to_type` objects, via v4 batch reads (paging per contact followed)."""
+        out: dict[str, list[str]] = {i: [] for i in ids}
+        pending: list[dict[str, str]] = [{"id": i} for i in ids]
+        while pending:
+            follow: list[dict[str, str]] = []
+            for chunk in _chunks(pending, ASSOC_BATCH):
+                resp = self._call(self.apis.assoc_batch.get_page, "contacts", to_type, {"inputs": list(chunk)})
+                for result in resp.body.get("results") or []:
+                    frm = str((result.get("from") or {}).get("id"))
+                    out.setdefault(frm, []).extend(str(t["toObjectId"]) for t in result.get("to") or [])
+                    after = ((result.get("paging") or {}).get("next") or {}).get("after")
+                    if after:
+                        follow.append({"id": frm, "after": str(after)})
+            pending = follow
+        return out
+
+    def _batch_read(self, object_type: str, ids: Sequence[str], props: Sequence[str]) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for chunk in _chunks(list(ids), BATCH):
+            resp = self._call(
+                self.apis.objects_batch.read,
+                object_type,
+                {"inputs": [{"id": i} for i in chunk], "properties": list(props)},
+                archived=False,
+            )
+            for obj in resp.body.get("results") or []:
+                props_out = dict(obj.get("properties") or {})
+                props_out.setdefault("hs_createdate", obj.get("createdAt"))
+                out[str(obj["id"])] = props_out
+        return out
+
+    @staticmethod
+    def _emit(rules: Sequence[EngagementRule | EventRule], props: Mapping[str, Any], ts: float) -> list[Activity]:
+        sprops = {k: (None if v is None else str(v)) for k, v in props.items()}
+        out = []
+        for rule in rules:
+            if rule.matches(sprops):
+                attrs = {attr: sprops[p] or "" for attr, p in rule.attrs.items() if sprops.get(p) is not None}
+                out.append(Activity(kind=rule.kind, ts=ts, attrs=attrs))
+        return out
+
+    def _engagements(self, ids: Sequence[str], by_id: dict[str, list[Activity]], cutoff: float, now: float) -> None:
+        rules_by_type: dict[str, list[EngagementRule]] = {}
+        for rule in self.mapping.activities.engagements:
+            rules_by_type.setdefault(rule.type, []).append(rule)
+        for object_type, rules in rules_by_type.items():
+            links = self._associated(ids, object_type)
+            wanted = list(dict.fromkeys(e for i in ids for e in links.get(i, [])))
+            if not wanted:
+                continue
+            props = list(dict.fromkeys(
+                [p for r in rules for p in (*r.when, *r.attrs.values(), r.timestamp)]
+            ))
+            objects = self._batch_read(object_type, wanted, props)
+            for contact_id in ids:
+                for eng_id in links.get(contact_id, []):
+                    obj = objects.get(eng_id)
+                    if obj is None:
+                        continue
+                    ts = parse_ts(obj.get(rules[0].timestamp)) or parse_ts(obj.get("hs_createdate"))
+                    if ts is None or ts < cutoff:
+                        continue
+                    by_id[contact_id] += self._emit(rules, obj, min(ts, now))
+
+    def _events(self, ids: Sequence[str], by_id: dict[str, list[Activity]], cutoff: float, now: float) -> None:
+        # The events API filters on one objectId per call. The cheapest honest
+        # way: ask only for contacts whose gate property (last visit, last
+        # conversion) lies inside the look-back; everyone else has nothing to
+        # find. One call per such contact (more only past EVENTS_LIMIT events),
+        # all mapped event types in that one call when there are several.
+        acts = self.mapping.activities
+        rules_by_type: dict[str, list[EventRule]] = {}
+        for rule in acts.events:
+            rules_by_type.setdefault(rule.type, []).append(rule)
+        targets: Sequence[str] = ids
+        if acts.event_gates:
+            gates = self._contact_props(ids, acts.event_gates)
+            targets = [
+                i for i in ids
+                if any((parse_ts(gates.get(i, {}).get(g)) or 0) >= cutoff for g in acts.event_gates)
+            ]
+        only_type = next(iter(rules_by_type)) if len(rules_by_type) == 1 else None
+        for contact_id in targets:
+            try:
+                self._events_of(contact_id, rules_by_type, only_type, by_id, cutoff, now)
+            except RecordError:
+                log.info("hubspot events of contact %s unreadable; skipped", contact_id)
+
+    def _events_of(
+        self,
+        contact_id: str,
+        rules_by_type: Mapping[str, Sequence[EventRule]],
+        only_type: str | None,
+        by_id: dict[str, list[Activity]],
+        cutoff: float,
+        now: float,
+    ) -> None:
+        after: str | None = None
+        while True:
+            resp = self._call(
+                self.apis.events.get_page,
+                object_type="contact",
+                object_id=contact_id,
+                event_type=only_type,
+                occurred_after=iso(cutoff),
+                limit=EVENTS_LIMIT,
+                after=after,
+                record_id=contact_id,
+            )
+            for event in resp.body.get("results") or []:
+                rules = rules_by_type.get(str(event.get("eventType")))
+                ts = parse_ts(event.get("occurredAt"))
+                if not rules or ts is None or ts < cutoff:
+                    continue
+                by_id[contact_id] += self._emit(rules, event.get("properties") or {}, min(ts, now))
+            nxt = ((resp.body.get("paging") or {}).get("next") or {}).get("after")
+            if not nxt or nxt == after:
+                break
+            after = str(nxt)
+
+    def _rollups(self, ids: Sequence[str], by_id: dict[str, list[Activity]], cutoff: float, now: float) -> None:
+        # Roll-ups count, they do not date: each becomes up to `rollup_max`
+        # synthetic activities stamped with its last-occurrence property, so
+        # decay treats all of them as recent as the latest. No call when the
+        # contacts came from read_page in this process (the properties were
+        # read with them); otherwise one batch read per 100 contacts.
+        acts = self.mapping.activities
+        props = [p for r in acts.rollups for p in (r.count, r.last)]
+        values = self._contact_props(ids, props)
+        for contact_id in ids:
+            got = values.get(contact_id) or {}
+            for rollup in acts.rollups:
+                try:
+                    count = int(float(got.get(rollup.count) or 0))
+                except (TypeError, ValueError):
+                    continue
+                ts = parse_ts(got.get(rollup.last))
+                if count <= 0 or ts is None or ts < cutoff:
+                    continue
+                synthetic = Activity(kind=rollup.kind, ts=min(ts, now), attrs={"source": "rollup"})
+                by_id[contact_id] += [synthetic] * min(count, acts.rollup_max)
+
+    # -- writing scores
+
+    def write_scores(self, stream: str, updates: Mapping[str, Mapping[str, str]]) -> WriteReport:
+        self._stream(stream)
+        report = WriteReport()
+        inputs: list[dict[str, Any]] = []
+        for lead_id, values in updates.items():
+            unknown = [k for k in values if k not in WRITE_FIELDS]
+            if unknown:
+                report.failed.append((lead_id, f"not a written field: {', '.join(unknown)}"))
+                continue
+            if not values:
+                continue
+            inputs.append({
+                "id": lead_id,
+                "properties": {self.mapping.write[k]: canonical(k, v) for k, v in values.items()},
+            })
+        for chunk in _chunks(inputs, BATCH):
+            self._update_batch(list(chunk), report)
+        return report
+
+    def _update_batch(self, chunk: list[dict[str, Any]], report: WriteReport) -> None:
+        # A batch whose outcome is known is never sent again: 200 and 207 are
+        # final (207 names the failed records, the rest are written); a 4xx for
+        # the whole batch wrote nothing, so its halves are tried to find the
+        # refused records. Only RetryLater (nothing known) repeats the batch.
+        try:
+            resp = self._call(self.apis.contacts_batch.update, {"inputs": chunk})
+        except ApiError as exc:
+            if len(chunk) == 1:
+                report.failed.append((chunk[0]["id"], exc.message))
+                return
+            half = len(chunk) // 2
+            self._update_batch(chunk[:half], report)
+            self._update_batch(chunk[half:], report)
+            return
+        sent = [c["id"] for c in chunk]
+        ok = {str(r.get("id")) for r in resp.body.get("results") or []}
+        errors = resp.body.get("errors") or []
+        attributed: dict[str, str] = {}
+        loose: list[str] = []
+        sent_set = set(sent)
+        for err in errors:
+            msg = _message(err)
+            ids = {i for i in _ids_in(err) if i in sent_set}
+            for i in ids:
+                attributed.setdefault(i, msg)
+            if not ids:
+                loose.append(msg)
+        for lead_id in sent:
+            if lead_id in attributed and lead_id not in ok:
+                report.failed.append((lead_id, attributed[lead_id]))
+            elif lead_id in ok or (resp.status == 200 and not errors):
+                report.written.append(lead_id)
+            else:
+                report.failed.append((lead_id, "; ".join(loose) or "HubSpot did not confirm the update"))
+
+    # -- reps and owners
+
+    def list_reps(self) -> list[Rep]:
+        reps: dict[str, Rep] = {}
+        for archived in (False, True):
+            after: str | None = None
+            while True:
+                resp = self._call(self.apis.owners.get_page, limit=100, after=after, archived=archived)
+                for owner in resp.body.get("results") or []:
+                    rep = self._rep(owner, archived)
+                    reps.setdefault(rep.id, rep)
+                nxt = ((resp.body.get("paging") or {}).get("next") or {}).get("after")
+                if not nxt or nxt == after:
+                    break
+                after = str(nxt)
+        return list(reps.values())
+
+    def _rep(self, owner: Mapping[str, Any], archived: bool) -> Rep:
+        conf = self.mapping.reps
+        owner_id = str(owner["id"])
+        email = str(owner.get("email") or "")
+        teams = owner.get("teams") or []
+        names = tuple(str(t.get("name")) for t in sorted(teams, key=lambda t: not t.get("primary")) if t.get("name"))
+        tz = conf.timezones.get(owner_id) or conf.timezones.get(email)
+        if tz is None:
+            tz = next((conf.team_timezones[n] for n in names if n in conf.team_timezones), conf.default_timezone)
+        name = " ".join(p for p in (owner.get("firstName"), owner.get("lastName")) if p) or email or owner_id
+        return Rep(
+            id=owner_id,
+            email=email,
+            name=name,
+            region=None,
+            active=not (archived or owner.get("archived")),
+            timezone=tz,
+            teams=names,
+        )
+
+    def set_owner(self, stream: str, lead_id: str, rep_id: str, *, expected: str | None = None) -> bool:
+        self._stream(stream)
+        prop = self.mapping.contact.owner
+        resp = self._call(self.apis.contacts.get_by_id, lead_id, properties=[prop], record_id=lead_id)
+        current = (resp.body.get("properties") or {}).get(prop) or None
+        if current == rep_id:
+            return True
+        if current != expected:
+            return False
+        self._call(
+            self.apis.contacts.update, lead_id, {"properties": {prop: rep_id}}, record_id=lead_id
+        )
+        return True
+
+    # -- tasks and follow-up
+
+    def create_task(self, stream: str, lead_id: str, rep_id: str, *, subject: str, body: str, due: float) -> str:
+        self._stream(stream)
+        task = {
+            "properties": {
+                "hs_timestamp": iso(due),
+                "hs_task_subject": subject,
+                "hs_task_body": body,
+                "hs_task_status": "NOT_STARTED",
+                "hs_task_priority": self.mapping.tasks.priority,
+                "hs_task_type": self.mapping.tasks.type,
+                "hubspot_owner_id": rep_id,
+            },
+            "associations": [
+                {
+                    "to": {"id": lead_id},
+                    "types": [{"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": TASK_TO_CONTACT}],
+                }
+            ],
+        }
+        resp = self._call(self.apis.objects.create, "tasks", task, record_id=lead_id, idempotent=False)
+        return str(resp.body["id"])
+
+    def task_is_open(self, task_id: str) -> bool:
+        try:
+            resp = self._call(
+                self.apis.objects.get_by_id, "tasks", task_id, properties=["hs_task_status"], record_id=task_id
+            )
+        except RecordError:
+            return False  # deleted: nothing left open
+        return (resp.body.get("properties") or {}).get("hs_task_status") != "COMPLETED"
+
+    def rep_acted_since(self, stream: str, lead_id: str, rep_id: str, since: float) -> bool:
+        self._stream(stream)
+        for object_type in ACTED_TYPES:
+            linked = self._associated([lead_id], object_type).get(lead_id) or []
+            if not linked:
+                continue
+            objects = self._batch_read(object_type, linked, ["hubspot_owner_id", "hs_timestamp", "hs_createdate"])
+            for obj in objects.values():
+                if str(obj.get("hubspot_owner_id") or "") != rep_id:
+                    continue
+                when = max(parse_ts(obj.get("hs_timestamp")) or 0.0, parse_ts(obj.get("hs_createdate")) or 0.0)
+                if when >= since:
+                    return True
+        return False
+
+    def record_url(self, stream: str, lead_id: str) -> str:
+        self._stream(stream)
+        host = urlparse(self.base_url).hostname or ""
+        if host.endswith("hubapi.com"):
+            # api.hubapi.com -> app.hubspot.com, api-eu1.hubapi.com -> app-eu1.hubspot.com
+            app = host.split(".", 1)[0].replace("api", "app", 1) + ".hubspot.com"
+            portal = self._portal()
+            if portal:
+                return f"https://{app}/contacts/{portal}/record/{CONTACT_TYPE_ID}/{lead_id}"
+            return f"https://{app}/contacts/record/{CONTACT_TYPE_ID}/{lead_id}"
+        return f"{self.base_url}/contacts/{self._portal_id or 'sandbox'}/record/{CONTACT_TYPE_ID}/{lead_id}"
+
+    def _portal(self) -> str | None:
+        if self._portal_id is None:
+            try:
+                resp = self._call(
+                    self.apis.contacts_client.call_api, "/account-info/v3/details", "GET", auth_settings=["oauth2"]
+                )
+                portal = resp.body.get("portalId")
+                self._portal_id = str(portal) if portal else None
+            except (ApiError, RetryLater, StopSync, RecordError):
+                log.warning("hubspot portal id unknown; set account.portal_id in mappings/hubspot.yaml")
+        return self._portal_id
+
+    # -- admin
+
+    def _properties(self) -> dict[str, Mapping[str, Any]]:
+        resp = self._call(self.apis.properties.get_all, "contacts", archived=False)
+        return {str(p["name"]): p for p in resp.body.get("results") or []}
+
+    def check(self) -> list[str]:
+        problems: list[str] = []
+        quick = RetryPolicy(attempts=2, total_seconds=5.0, base=0.2, cap=1.0)
+        saved, self.http.policy = self.http.policy, quick
+        try:
+            try:
+                existing = self._properties()
+            except StopSync as exc:
+                return [str(exc)]
+            except RetryLater:
+                return [f"Cannot reach HubSpot at {self.base_url}: check HUBSPOT_BASE_URL and the network."]
+            except ApiError as exc:
+                return [f"HubSpot refused to list contact properties ({exc.status}): {exc.message}"]
+            missing = [p for p in self.mapping.write.values() if p not in existing]
+            if missing:
+                problems.append(
+                    f"The contact propert{'ies' if len(missing) > 1 else 'y'} {', '.join(missing)} "
+                    f"{'are' if len(missing) > 1 else 'is'} missing: run `leadscore setup` to create them."
+                )
+            unknown = [p for p in dict.fromkeys([*self.mapping.contact.fields.values(), *self._extra_props])
+                       if p not in existing]
+            if unknown:
+                problems.append(
+                    f"mappings/hubspot.yaml reads contact propert{'ies' if len(unknown) > 1 else 'y'} that HubSpot "
+                    f"does not have: {', '.join(unknown)}; fix the names or create them."
+                )
+            probes: list[tuple[Any, tuple[Any, ...], dict[str, Any]]] = [
+                (self.apis.contacts.get_page, (), {"limit": 1, "properties": ["email"]}),
+                (self.apis.owners.get_page, (), {"limit": 1}),
+            ]
+            for op, args, kwargs in probes:
+                try:
+                    self._call(op, *args, **kwargs)
+                except StopSync as exc:
+                    if str(exc) not in problems:
+                        problems.append(str(exc))
+                except (RetryLater, ApiError):
+                    continue
+        finally:
+            self.http.policy = saved
+        return problems
+
+    def setup(self) -> list[str]:
+        done: list[str] = []
+        groups = self._call(self.apis.property_groups.get_all, "contacts")
+        if not any(g.get("name") == GROUP for g in groups.body.get("results") or []):
+            try:
+                self._call(
+                    self.apis.property_groups.create, "contacts",
+                    {"name": GROUP, "label": GROUP_LABEL, "displayOrder": -1},
+                )
+                done.append(f"created the contact property group {GROUP}")
+            except ApiError as exc:
+                if exc.status != 409:  # 409: someone made it meanwhile
+                    raise
+        existing = self._properties()
+        made: list[str] = []
+        for engine, prop in self.mapping.write.items():
+            kind, field_type, label, options = PROPERTY_SPECS[engine]
+            have = existing.get(prop)
+            if have is not None:
+                if have.get("type") != kind:
+                    done.append(
+                        f"still to do: the contact property {prop} exists as type {have.get('type')}, "
+                        f"but {engine} needs {kind}; rename it in mappings/hubspot.yaml or change it in HubSpot"
+                    )
+                elif options and not set(options) <= {str(o.get("value")) for o in have.get("options") or []}:
+                    done.append(
+                        f"still to do: the contact property {prop} lacks some of the options {', '.join(options)}; "
+                        "add them in HubSpot"
+                    )
+                continue
+            spec: dict[str, Any] = {
+                "name": prop, "label": label, "type": kind, "fieldType": field_type, "groupName": GROUP,
+            }
+            if options:
+                spec["options"] = [
+                    {"label": o, "value": o, "displayOrder": n, "hidden": False} for n, o in enumerate(options)
+                ]
+            # one call per property (setup runs once; 409 means it appeared meanwhile)
+            try:
+                self._call(self.apis.properties.create, "contacts", spec)
+                made.append(prop)
+            except ApiError as exc:
+                if exc.status != 409:
+                    done.append(f"still to do: HubSpot refused to create {prop}: {exc.message}")
+        if made:
+            done.append(f"created the contact properties {', '.join(made)}")
+        if not done:
+            done.append(f"nothing to do: the group and {len(self.mapping.write)} properties exist")
+        return done
+
+
+def _ids_in(err: Mapping[str, Any]) -> list[str]:
+    """Record ids a batch error names (context.ids / context.id / id)."""
+    out: list[str] = []
+    if err.get("id") is not None:
+        out.append(str(err["id"]))
+    context = err.get("context")
+    if isinstance(context, dict):
+        for value in context.values():
+            if isinstance(value, list):
+                out += [str(v) for v in value]
+            elif isinstance(value, str | int):
+                out.append(str(value))
+    return out

@@ -1,0 +1,373 @@
+"""The HubSpot transport: the official SDK's API objects, the shared quotas, the error table.
+
+Every HubSpot call of the connector goes through `HubSpotTransport.call`, which
+1. takes a slot from the portal's shared `SlidingWindowLimiter` (and from the
+   search limiter for search calls) before the request,
+2. makes the request through the SDK's own transport (urllib3 pools built once)
+   with `_preload_content=False`, so the body is parsed with orjson instead of
+   the SDK's model deserialization (about 1,250 records/s, the bottleneck of a
+   full sync),
+3. reads the X-HubSpot-RateLimit-* headers and corrects the shared limiter
+   when the server knows better (another integration on the same portal, a
+   lower tier than configured),
+4. maps every failure onto connector.errors with ONE table (`classify`), and
+5. retries RetryLater through the one policy, `call_with_retry`.
+
+Tokens and personal data never reach a log line: only record ids, statuses,
+HubSpot categories and correlation ids do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import redis
+import urllib3
+from hubspot import HubSpot
+from hubspot.crm.associations.v4 import BasicApi as AssocBasicApi
+from hubspot.crm.associations.v4 import BatchApi as AssocBatchApi
+from hubspot.crm.associations.v4.exceptions import ApiException as AssociationsApiException
+from hubspot.crm.contacts import BatchApi as ContactsBatchApi
+from hubspot.crm.contacts import SearchApi as ContactsSearchApi
+from hubspot.crm.contacts.exceptions import ApiException as ContactsApiException
+from hubspot.crm.objects import BasicApi as ObjectsBasicApi
+from hubspot.crm.objects import BatchApi as ObjectsBatchApi
+from hubspot.crm.objects.exceptions import ApiException as ObjectsApiException
+from hubspot.crm.owners import OwnersApi
+from hubspot.crm.owners.exceptions import ApiException as OwnersApiException
+from hubspot.crm.properties import BatchApi as PropertiesBatchApi
+from hubspot.crm.properties import CoreApi as PropertiesCoreApi
+from hubspot.crm.properties import GroupsApi as PropertiesGroupsApi
+from hubspot.crm.properties.exceptions import ApiException as PropertiesApiException
+from hubspot.events import EventsApi
+from hubspot.events.exceptions import ApiException as EventsApiException
+
+from connector.crm.limits import (
+    DEFAULT_POLICY,
+    RetryPolicy,
+    SlidingWindowLimiter,
+    call_with_retry,
+    seconds_to_utc_midnight,
+)
+from connector.errors import LeadscoreError, RecordError, RetryLater, StopSync
+from connector.mappings.hubspot import Account
+
+log = logging.getLogger(__name__)
+
+# Each SDK sub-package has its own ApiException with no common base; these are
+# the ones of the packages the adapter uses (their 401/403/404/5xx subclasses
+# included). All carry `.status`, `.body` and `.headers`.
+API_EXCEPTIONS: tuple[type[Exception], ...] = (
+    ContactsApiException,
+    ObjectsApiException,
+    AssociationsApiException,
+    OwnersApiException,
+    PropertiesApiException,
+    EventsApiException,
+)
+
+RATE_WINDOW_S = 10.0
+
+
+@dataclass(slots=True)
+class Response:
+    status: int
+    headers: Mapping[str, str]
+    body: Any
+
+
+class ApiError(LeadscoreError):
+    """A refusal the caller may want to inspect before it becomes a RecordError (batch splitting)."""
+
+    def __init__(self, status: int, body: Any, headers: Mapping[str, str]) -> None:
+        super().__init__(f"HubSpot answered {status}")
+        self.status = status
+        self.body = body if isinstance(body, dict) else {}
+        self.headers = headers
+
+    @property
+    def message(self) -> str:
+        return str(self.body.get("message") or f"HubSpot answered {self.status}")
+
+    @property
+    def category(self) -> str:
+        return str(self.body.get("category") or "")
+
+
+def _parse_body(raw: bytes | str | None) -> Any:
+    if not raw:
+        return {}
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return {"message": raw[:200].decode("utf-8", "replace") if isinstance(raw, bytes) else raw[:200]}
+
+
+def _int(headers: Mapping[str, str], name: str) -> int | None:
+    value = headers.get(name)
+    if value is None:
+        return None
+    try:
+        return int(float(value))
+    except ValueError:
+        return None
+
+
+def _scopes_in(body: Mapping[str, Any]) -> list[str]:
+    """Scope names a MISSING_SCOPES body mentions (errors[].context.required*Scopes)."""
+    found: list[str] = []
+    for err in body.get("errors") or []:
+        context = err.get("context") if isinstance(err, dict) else None
+        if not isinstance(context, dict):
+            continue
+        for key, value in context.items():
+            if "scope" in key.lower() and isinstance(value, list):
+                found.extend(str(v) for v in value if str(v) not in found)
+    return found
+
+
+# ----------------------------------------------------------------------------- the error table
+
+
+def classify(
+    status: int, body: Any, headers: Mapping[str, str], *, record_id: str | None = None
+) -> LeadscoreError:
+    """THE table: a HubSpot status (and category) onto what the connector does about it.
+
+    | status / category                     | error                                  |
+    | 429 policyName DAILY                  | StopSync until the daily reset         |
+    | 429 TEN_SECONDLY_ROLLING / other      | RetryLater(Retry-After or the interval), |
+    |                                       | the shared limiter blocked as long      |
+    | 401 (INVALID_AUTHENTICATION, expired) | StopSync: the token                    |
+    | 403 MISSING_SCOPES                    | StopSync naming the scopes             |
+    | 403 other                             | StopSync with HubSpot's message        |
+    | 408, 5xx, 0 (TLS/transport)           | RetryLater                             |
+    | 400, 404, 409, 422 and other 4xx      | ApiError (RecordError once attributed) |
+
+    Connection errors and timeouts (urllib3 exceptions) are RetryLater too; see `HubSpotTransport.call`.
+    """
+    data: dict[str, Any] = body if isinstance(body, dict) else {}
+    message = str(data.get("message") or "")
+    category = str(data.get("category") or "")
+    if status == 429:
+        policy = str(data.get("policyName") or "")
+        if policy == "DAILY":
+            resume = time.time() + seconds_to_utc_midnight()
+            return StopSync(
+                "HubSpot's daily API limit for this portal is used up; syncing resumes after the daily reset "
+                f"(around {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(resume))}).",
+                resume_at=resume,
+            )
+        # Wait what the server says: Retry-After, else its window's length
+        # (X-HubSpot-RateLimit-Interval-Milliseconds, sent with real 429s).
+        # A 429 that states neither gets the policy's backoff instead.
+        wait: float | None = None
+        interval_ms = _int(headers, "X-HubSpot-RateLimit-Interval-Milliseconds")
+        if interval_ms:
+            wait = interval_ms / 1000
+        retry_after = headers.get("Retry-After")
+        if retry_after is not None:
+            with contextlib.suppress(ValueError):
+                wait = max(0.0, float(retry_after))
+        return RetryLater(f"HubSpot rate limit ({policy or 'unknown policy'})", wait=wait, status=429)
+    if status == 401:
+        return StopSync(
+            "HubSpot rejected the access token (401): set HUBSPOT_ACCESS_TOKEN to a valid private-app token."
+        )
+    if status == 403:
+        if category == "MISSING_SCOPES" or "scope" in message.lower():
+            scopes = _scopes_in(data)
+            if scopes:
+                names = ", ".join(scopes)
+                return StopSync(
+                    f"The HubSpot private app lacks the scope{'s' if len(scopes) > 1 else ''} {names}: "
+                    "add it in the app's settings (Scopes) and use the new token."
+                )
+            return StopSync(
+                "The HubSpot private app lacks a scope this call needs: compare its scopes with the "
+                "connector's list (contacts, owners, schemas, timeline/events) and use the new token."
+            )
+        return StopSync(f"HubSpot refused access (403): {message or 'forbidden'}.")
+    if status == 0 or status == 408 or status >= 500:
+        return RetryLater(f"HubSpot answered {status}", status=status)
+    if record_id is not None:
+        return RecordError(record_id, message or f"HubSpot answered {status}")
+    return ApiError(status, data, headers)
+
+
+# ----------------------------------------------------------------------------- the transport
+
+
+class Apis:
+    """The SDK's API objects, built once (each discovery access builds a new urllib3 pool)."""
+
+    def __init__(self, base_url: str, token: str) -> None:
+        # The SDK's urllib3 retries skip POST and hide calls from our count:
+        # no transport retries, ours (call_with_retry) instead.
+        client = HubSpot(access_token=token, host=base_url, retry=urllib3.Retry(total=False))
+        contacts = client.crm.contacts.basic_api
+        self.contacts = contacts
+        self.contacts_batch = ContactsBatchApi(api_client=contacts.api_client)
+        self.contacts_search = ContactsSearchApi(api_client=contacts.api_client)
+        objects = client.crm.objects.basic_api
+        self.objects: ObjectsBasicApi = objects
+        self.objects_batch = ObjectsBatchApi(api_client=objects.api_client)
+        assoc = client.crm.associations.v4.batch_api
+        self.assoc_batch: AssocBatchApi = assoc
+        self.assoc = AssocBasicApi(api_client=assoc.api_client)
+        self.owners: OwnersApi = client.crm.owners.owners_api
+        props = client.crm.properties.core_api
+        self.properties: PropertiesCoreApi = props
+        self.property_groups = PropertiesGroupsApi(api_client=props.api_client)
+        self.properties_batch = PropertiesBatchApi(api_client=props.api_client)
+        self.events: EventsApi = client.events.events_api
+        self._clients = [
+            contacts.api_client, objects.api_client, assoc.api_client, self.owners.api_client,
+            props.api_client, self.events.api_client,
+        ]
+        self.contacts_client = contacts.api_client
+
+    def close(self) -> None:
+        for api_client in self._clients:
+            api_client.rest_client.pool_manager.clear()
+            api_client.close()
+
+
+class _NoRetry(Exception):
+    """Carries a RetryLater past call_with_retry for a call that must not be repeated blindly."""
+
+    def __init__(self, inner: RetryLater) -> None:
+        super().__init__(str(inner))
+        self.inner = inner
+
+
+# urllib3 failures after which the server surely did nothing (safe to repeat any call)
+_NOT_SENT = (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError)
+
+
+class HubSpotTransport:
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        token: str,
+        redis_client: redis.Redis,
+        account_name: str,
+        limits: Account,
+        timeout: float,
+        policy: RetryPolicy = DEFAULT_POLICY,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.apis = Apis(self.base_url, token)
+        self.timeout = timeout
+        self.policy = policy
+        prefix = f"leadscore:ratelimit:hubspot:{account_name}"
+        self.limiter = SlidingWindowLimiter(
+            redis_client, prefix, limit=limits.rate_per_10s, window=RATE_WINDOW_S, daily_limit=limits.daily
+        )
+        self.search_limiter = SlidingWindowLimiter(
+            redis_client, f"{prefix}:search", limit=limits.search_per_second, window=1.0
+        )
+        # keep a few requests in hand for what we cannot see (other integrations' bursts)
+        self.reserve = max(2, limits.rate_per_10s // 40)
+        self._calls = 0
+        self._lock = threading.Lock()
+
+    @property
+    def calls(self) -> int:
+        return self._calls
+
+    def close(self) -> None:
+        self.apis.close()
+
+    # -- one call
+
+    def call(
+        self,
+        op: Callable[..., Any],
+        *args: Any,
+        search: bool = False,
+        record_id: str | None = None,
+        idempotent: bool = True,
+        **kwargs: Any,
+    ) -> Response:
+        """Run one SDK operation (raw, orjson-parsed), with quotas, the error table and retries.
+
+        idempotent=False (creating a task): repeated only when HubSpot surely
+        did nothing (429, connection refused); after a timeout or a 5xx the
+        RetryLater goes to the caller, whose own key decides.
+        """
+
+        def attempt() -> Response:
+            if search:
+                self.search_limiter.acquire()
+            self.limiter.acquire()
+            with self._lock:
+                self._calls += 1
+            try:
+                raw = op(*args, _preload_content=False, _request_timeout=self.timeout, **kwargs)
+            except urllib3.exceptions.HTTPError as exc:  # timeouts, refused connections, broken reads
+                later = RetryLater(f"HubSpot unreachable or slow ({type(exc).__name__})")
+                if not idempotent and not isinstance(exc, _NOT_SENT):
+                    raise _NoRetry(later) from None
+                raise later from None
+            except API_EXCEPTIONS as exc:
+                status = int(getattr(exc, "status", 0) or 0)
+                headers: Mapping[str, str] = getattr(exc, "headers", None) or {}
+                body = _parse_body(getattr(exc, "body", None))
+                error = classify(status, body, headers, record_id=record_id)
+                log.info(
+                    "hubspot %s on %s: status=%s category=%s correlationId=%s",
+                    type(error).__name__, getattr(op, "__name__", "call"), status,
+                    body.get("category") if isinstance(body, dict) else None,
+                    body.get("correlationId") if isinstance(body, dict) else None,
+                )
+                if status == 429 and isinstance(error, RetryLater) and error.wait:
+                    # everyone sharing the portal waits, not just this worker
+                    self.limiter.block_for(error.wait)
+                if not idempotent and isinstance(error, RetryLater) and status != 429:
+                    raise _NoRetry(error) from None
+                raise error from None
+            try:
+                data = raw.data
+                response = Response(raw.status, raw.headers, _parse_body(data))
+            except urllib3.exceptions.HTTPError as exc:
+                raise RetryLater(f"HubSpot response broken off ({type(exc).__name__})") from None
+            finally:
+                raw.release_conn()
+            if not search:
+                self._observe(response.headers)
+            return response
+
+        try:
+            return call_with_retry(attempt, self.policy)
+        except _NoRetry as wrapped:
+            raise wrapped.inner from None
+
+    def _observe(self, headers: Mapping[str, str]) -> None:
+        """Correct the shared limiter from what the server says is left."""
+        maximum = _int(headers, "X-HubSpot-RateLimit-Max")
+        remaining = _int(headers, "X-HubSpot-RateLimit-Remaining")
+        if maximum is None or remaining is None:
+            return
+        if 0 < maximum < self.limiter.limit:
+            # a lower tier than the mapping says: believe the server
+            log.warning("hubspot allows %s requests per window, not %s: using %s", maximum,
+                        self.limiter.limit, maximum)
+            self.limiter.limit = maximum
+            self.reserve = max(2, maximum // 40)
+        if remaining > self.reserve:
+            return
+        interval_ms = _int(headers, "X-HubSpot-RateLimit-Interval-Milliseconds") or int(RATE_WINDOW_S * 1000)
+        # The server has fewer left than our own share keeps free: someone else
+        # uses the portal too. Hold everyone back for the time that many slots
+        # take to come free at the full rate.
+        seconds = interval_ms / 1000 * (self.reserve - remaining + 1) / maximum
+        self.limiter.block_for(min(seconds, interval_ms / 1000))

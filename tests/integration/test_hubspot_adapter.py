@@ -1,0 +1,451 @@
+"""The HubSpot adapter against the sandbox HubSpot over real HTTP, with the official SDK.
+
+Assertions read the CRM's state back through its API and count calls with the
+sandbox's /__sandbox__/stats; nothing inside the adapter or the SDK is patched.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import redis
+import urllib3
+from hubspot import HubSpot
+
+from connector.crm.base import CrmAdapter
+from connector.crm.hubspot import HubSpotAdapter
+from connector.crm.limits import RetryPolicy
+from connector.domain import Lead
+from connector.mappings.hubspot import Account, HubSpotMapping, load_hubspot_mapping
+from connector.sandbox.server import Sandbox
+
+ROOT = Path(__file__).resolve().parents[2]
+FAST = Account(requests_per_10s=10_000, daily=0)
+HTTP = urllib3.PoolManager()
+
+
+@pytest.fixture(scope="module")
+def shipped() -> HubSpotMapping:
+    return load_hubspot_mapping(ROOT / "mappings" / "hubspot.yaml")
+
+
+def mapping_with(base: HubSpotMapping, **changes: Any) -> HubSpotMapping:
+    return base.model_copy(update=changes)
+
+
+@pytest.fixture
+def fast_mapping(shipped: HubSpotMapping) -> HubSpotMapping:
+    return mapping_with(shipped, account=FAST)
+
+
+@pytest.fixture(scope="module")
+def sandbox() -> Iterator[Sandbox]:
+    with Sandbox.start(contacts=250, seed=7, hubspot_rate=100_000) as sb:
+        yield sb
+
+
+def stats(sb: Sandbox) -> dict[str, Any]:
+    out: dict[str, Any] = orjson.loads(HTTP.request("GET", sb.hubspot_url + "/__sandbox__/stats").data)
+    return out
+
+
+def calls_to(snapshot: dict[str, Any], pattern: str) -> int:
+    """Calls whose "METHOD /path" matches `pattern`, where * stands for one path segment."""
+    want = pattern.split("/")
+    total = 0
+    for key, n in snapshot["calls"].items():
+        have = key.rstrip("/").split("/")
+        if len(have) == len(want) and all(w in ("*", h) for w, h in zip(want, have, strict=True)):
+            total += n
+    return total
+
+
+def reset_stats(sb: Sandbox) -> None:
+    HTTP.request("POST", sb.hubspot_url + "/__sandbox__/stats/reset")
+
+
+def set_faults(sb: Sandbox, spec: dict[str, float]) -> None:
+    HTTP.request("POST", sb.hubspot_url + "/__sandbox__/faults", body=orjson.dumps(spec))
+
+
+def adapter(sb: Sandbox, mapping: HubSpotMapping, r: redis.Redis, **kw: Any) -> HubSpotAdapter:
+    kw.setdefault("token", sb.hubspot_token)
+    return HubSpotAdapter(base_url=sb.hubspot_url, mapping=mapping, redis=r, **kw)
+
+
+def read_all(a: HubSpotAdapter, since: float | None = None) -> list[Lead]:
+    leads: list[Lead] = []
+    cursor = None
+    while True:
+        page = a.read_page("contact", cursor, since=since)
+        leads += page.leads
+        cursor = page.next_cursor
+        if cursor is None:
+            return leads
+
+
+@pytest.fixture
+def r(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def test_the_adapter_fulfils_the_crm_contract(sandbox: Sandbox, fast_mapping: HubSpotMapping,
+                                              r: redis.Redis) -> None:
+    a = adapter(sandbox, fast_mapping, r)
+    assert isinstance(a, CrmAdapter)
+    assert (a.crm, a.streams) == ("hubspot", ("contact",))
+    a.close()
+
+
+def test_a_full_read_pages_the_list_endpoint_100_at_a_time(sandbox: Sandbox, fast_mapping: HubSpotMapping,
+                                                            r: redis.Redis) -> None:
+    a = adapter(sandbox, fast_mapping, r)
+    reset_stats(sandbox)
+    leads = read_all(a)
+    assert len({lead.id for lead in leads}) == len(leads) == 250
+    snap = stats(sandbox)
+    assert snap["total"] == calls_to(snap, "GET /crm/v3/objects/*") == math.ceil(250 / 100)
+    assert a.api_calls == 3
+    person = sandbox.population.person(0)
+    first = next(lead for lead in leads if lead.id == "1")
+    assert first.profile["email"] == person.email
+    assert first.modified_at == person.modified_at
+    a.close()
+
+
+def test_an_incremental_read_returns_only_the_records_changed_since(sandbox: Sandbox, fast_mapping: HubSpotMapping,
+                                                                    r: redis.Redis) -> None:
+    a = adapter(sandbox, fast_mapping, r)
+    a.setup()
+    since = time.time()
+    time.sleep(0.01)
+    report = a.write_scores("contact", {i: {"model": f"inc-{i}"} for i in ("5", "17", "230")})
+    assert sorted(report.written) == ["17", "230", "5"]
+    leads = read_all(a, since=since)
+    assert sorted(lead.id for lead in leads) == ["17", "230", "5"]
+    assert {lead.written["model"] for lead in leads} == {"inc-5", "inc-17", "inc-230"}
+    a.close()
+
+
+def test_an_incremental_read_crosses_the_10000_result_cap_of_search(shipped: HubSpotMapping, r: redis.Redis) -> None:
+    n = 10_150
+    with Sandbox.start(contacts=n, seed=3, hubspot_rate=100_000, search_rate=50) as sb:
+        a = adapter(sb, mapping_with(shipped, account=Account(requests_per_10s=10_000, search_per_second=50)), r)
+        leads = read_all(a, since=0.0)
+        assert len(leads) == n
+        assert len({lead.id for lead in leads}) == n
+        stamps = [lead.modified_at or 0 for lead in leads]
+        assert stamps == sorted(stamps)
+        # no 400 for paging past 10,000: each page restarts from the last timestamp
+        snap = stats(sb)
+        assert snap["total"] == calls_to(snap, "POST /crm/v3/objects/*/search") == math.ceil(n / 200)
+        a.close()
+
+
+def test_writes_between_incremental_pages_skip_nobody(shipped: HubSpotMapping, r: redis.Redis) -> None:
+    # the pipeline writes scores between pages; every write moves a contact to
+    # the end of the modification order, which offset paging would trip over
+    with Sandbox.start(contacts=700, seed=4, hubspot_rate=100_000, search_rate=50) as sb:
+        a = adapter(sb, mapping_with(shipped, account=Account(requests_per_10s=10_000, search_per_second=50)), r)
+        a.setup()
+        seen: Counter[str] = Counter()
+        cursor = None
+        while True:
+            page = a.read_page("contact", cursor, since=0.0)
+            fresh = [lead.id for lead in page.leads if lead.id not in seen]
+            seen.update(lead.id for lead in page.leads)
+            if fresh:
+                assert not a.write_scores("contact", {i: {"score": "1"} for i in fresh}).failed
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+        assert set(seen) == {str(i) for i in range(1, 701)}
+        a.close()
+
+
+def test_activities_are_mapped_onto_engine_kinds_with_batched_calls(sandbox: Sandbox, fast_mapping: HubSpotMapping,
+                                                                   r: redis.Redis) -> None:
+    a = adapter(sandbox, fast_mapping, r)
+    page = a.read_page("contact", None, since=None)
+    reset_stats(sandbox)
+    now = time.time()
+    a.load_activities(page.leads, now)
+    snap = stats(sandbox)
+    pop = sandbox.population
+    cutoff = now - 180 * 86400
+    recent = {i: [act for act in pop.activities(i) if act.ts >= cutoff] for i in range(100)}
+    # the events API is asked only for contacts with a visit or a form in the look-back (event_gates)
+    gated = [i for i in range(100) if any(act.kind in ("page_view", "form_submission") for act in recent[i])]
+    web = ("page_view", "form_submission", "webinar_registered", "webinar_attended", "event_attended")
+    truth = Counter(act.kind for i in range(100) for act in recent[i] if act.kind not in web)
+    truth.update(act.kind for i in gated for act in recent[i] if act.kind in web)
+    got = Counter(act.kind for lead in page.leads for act in lead.activities)
+    for kind in (*web, "call", "meeting", "note", "email_reply", "email_bounce", "email_click"):
+        assert got[kind] == truth[kind], kind
+    assert got["email_open"] == truth["email_open"] + truth["email_click"]  # a clicked email was opened too
+    pricing = [act for lead in page.leads for act in lead.activities if act.attrs.get("url", "").endswith("/pricing")]
+    assert all(act.kind in ("page_view", "email_click") for act in pricing)
+    # one association read per engagement type for the whole page, engagements 100 per batch read
+    assert calls_to(snap, "POST /crm/v4/associations/*/*/batch/read") == 4
+    emails = sum(1 for i in range(100) for act in pop.activities(i) if act.kind.startswith("email_"))
+    assert calls_to(snap, "POST /crm/v3/objects/emails/batch/read") == math.ceil(emails / 100)
+    assert calls_to(snap, "POST /crm/v3/objects/*/batch/read") == math.ceil(emails / 100) + 3
+    # the events API takes one contact per call
+    assert calls_to(snap, "GET /events/v3/events") == len(gated)
+    a.close()
+
+
+def test_rollups_become_synthetic_activities_without_extra_calls(sandbox: Sandbox, shipped: HubSpotMapping,
+                                                                 r: redis.Redis) -> None:
+    acts = shipped.activities.model_copy(update={"web": "rollups", "engagements": []})
+    a = adapter(sandbox, mapping_with(shipped, account=FAST, activities=acts), r)
+    page = a.read_page("contact", None, since=None)
+    reset_stats(sandbox)
+    a.load_activities(page.leads, time.time())
+    assert stats(sandbox)["total"] == 0
+    lead = next(lead for lead in page.leads if lead.activities)
+    views = [act for lead in page.leads for act in lead.activities if act.kind == "page_view"]
+    assert views
+    assert all(act.attrs == {"source": "rollup"} for act in views)
+    assert all(len({act.ts for act in lead.activities if act.kind == "page_view"}) <= 1 for lead in page.leads)
+    assert lead.activities == sorted(lead.activities, key=lambda act: act.ts)
+    a.close()
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def test_written_scores_read_back_in_canonical_form(sandbox: Sandbox, fast_mapping: HubSpotMapping,
+                                                    r: redis.Redis) -> None:
+    a = adapter(sandbox, fast_mapping, r)
+    a.setup()
+    values = {"score": "87.0", "fit": "40", "engagement": "47", "band": "hot", "grade": "A",
+              "reasons": "Visited pricing\nRequested a demo", "scored_at": "1767323045", "model": "v1"}
+    report = a.write_scores("contact", {"11": values, "12": {**values, "score": "12"}})
+    assert sorted(report.written) == ["11", "12"]
+    assert not report.failed
+    back = {lead.id: lead for lead in a.get_leads("contact", ["11", "12", "999999"])}
+    assert set(back) == {"11", "12"}
+    assert back["11"].written == {**values, "score": "87", "scored_at": "2026-01-02T03:04:05Z"}
+    assert back["12"].written["score"] == "12"
+    a.close()
+
+
+def test_a_partial_failure_reports_the_refused_record_and_writes_the_rest(
+    sandbox: Sandbox, fast_mapping: HubSpotMapping, r: redis.Redis
+) -> None:
+    a = adapter(sandbox, fast_mapping, r)
+    a.setup()
+    reset_stats(sandbox)
+    updates = {str(i): {"band": "warm", "model": "p1"} for i in range(20, 30)}
+    updates["23"] = {"band": "lukewarm", "model": "p1"}
+    report = a.write_scores("contact", updates)
+    assert [i for i, _ in report.failed] == ["23"]
+    assert "lukewarm" in report.failed[0][1]
+    assert sorted(report.written) == sorted(i for i in updates if i != "23")
+    # one batch, its outcome known: nothing sent again
+    snap = stats(sandbox)
+    assert snap["total"] == calls_to(snap, "POST /crm/v3/objects/*/batch/update") == 1
+    back = {lead.id: lead.written for lead in a.get_leads("contact", list(updates))}
+    assert back["22"]["band"] == "warm"
+    assert "band" not in back["23"]
+    a.close()
+
+
+def test_faults_do_not_change_the_written_state(shipped: HubSpotMapping, r: redis.Redis) -> None:
+    with Sandbox.start(contacts=300, seed=5, hubspot_rate=100_000) as sb:
+        patient = RetryPolicy(attempts=12, total_seconds=60, base=0.05, cap=0.5)
+        a = adapter(sb, mapping_with(shipped, account=FAST), r, timeout=0.5, retry_policy=patient)
+        a.setup()
+        set_faults(sb, {"429": 0.2, "500": 0.05, "timeout": 0.02, "timeout_s": 1.0, "seed": 11})
+        leads = read_all(a)
+        a.load_activities(leads[:100], time.time())
+        report = a.write_scores("contact", {lead.id: {"score": str(int(lead.id) % 100), "band": "cold"}
+                                            for lead in leads})
+        set_faults(sb, {})
+        assert len(report.written) == 300
+        assert not report.failed
+        faulted = stats(sb)
+        assert faulted["rate_limited"] > 0
+        back = {lead.id: lead.written for lead in read_all(a)}
+        assert all(back[i] == {"score": str(int(i) % 100), "band": "cold"} for i in back)
+        a.close()
+
+
+# ----------------------------------------------------------------------------- admin
+
+
+def test_setup_is_idempotent(shipped: HubSpotMapping, r: redis.Redis) -> None:
+    with Sandbox.start(contacts=10, seed=2, hubspot_rate=100_000) as sb:
+        a = adapter(sb, mapping_with(shipped, account=FAST), r)
+        first = a.setup()
+        assert any("lead_scoring" in line for line in first)
+        assert any("lead_score_model" in line for line in first)
+        assert calls_to(stats(sb), "POST /crm/v3/properties/*") == 8
+        assert a.setup() == ["nothing to do: the group and 8 properties exist"]
+        snap = stats(sb)
+        assert calls_to(snap, "POST /crm/v3/properties/*") == 8
+        assert calls_to(snap, "POST /crm/v3/properties/*/groups") == 1
+        client = HubSpot(access_token=sb.hubspot_token, host=sb.hubspot_url)
+        band = client.crm.properties.core_api.get_by_name("contacts", "lead_band")
+        assert (band.type, [o.value for o in band.options], band.group_name) == (
+            "enumeration", ["cold", "warm", "hot"], "lead_scoring")
+        a.close()
+
+
+def test_check_says_what_to_fix_in_one_sentence_each(shipped: HubSpotMapping, r: redis.Redis) -> None:
+    with Sandbox.start(contacts=10, seed=2, hubspot_rate=100_000) as sb:
+        mapping = mapping_with(shipped, account=FAST)
+        bad = adapter(sb, mapping, r, token="pat-wrong")
+        assert bad.check() == [
+            "HubSpot rejected the access token (401): set HUBSPOT_ACCESS_TOKEN to a valid private-app token."]
+        HTTP.request("POST", sb.hubspot_url + "/__sandbox__/tokens", body=orjson.dumps(
+            {"token": "pat-no-owners", "scopes": ["crm.objects.contacts.read", "crm.schemas.contacts.read"]}))
+        a = adapter(sb, mapping, r)
+        missing = a.check()
+        assert len(missing) == 1
+        assert "lead_score, lead_fit_score" in missing[0]
+        assert "run `leadscore setup`" in missing[0]
+        a.setup()
+        assert a.check() == []
+        scoped = adapter(sb, mapping, r, token="pat-no-owners")
+        assert scoped.check() == [
+            "The HubSpot private app lacks the scope crm.objects.owners.read: add it in the app's settings "
+            "(Scopes) and use the new token."]
+        for x in (bad, a, scoped):
+            x.close()
+    gone = HubSpotAdapter(base_url=sb.hubspot_url, token="t", mapping=mapping, redis=r, timeout=1.0)
+    assert gone.check() == [
+        f"Cannot reach HubSpot at {sb.hubspot_url}: check HUBSPOT_BASE_URL and the network."]
+    gone.close()
+
+
+# ----------------------------------------------------------------------------- limits
+
+
+def test_workers_sharing_the_limiter_are_never_rate_limited(shipped: HubSpotMapping, redis_url: str) -> None:
+    rate = 16
+    with Sandbox.start(contacts=10, seed=2, hubspot_rate=rate) as sb:
+        mapping = mapping_with(shipped, account=Account(requests_per_10s=rate, daily=0))
+        errors: list[BaseException] = []
+
+        def worker() -> None:
+            client = redis.Redis.from_url(redis_url)
+            a = HubSpotAdapter(base_url=sb.hubspot_url, token=sb.hubspot_token, mapping=mapping, redis=client,
+                               account="shared")
+            try:
+                for _ in range(3):
+                    a.list_reps()  # 2 calls each
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+            finally:
+                a.close()
+                client.close()
+
+        threads = [threading.Thread(target=worker) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert not errors
+        snap = stats(sb)
+        assert snap["total"] == 24
+        assert snap["rate_limited"] == 0
+
+
+def test_a_server_allowing_less_than_the_mapping_slows_the_adapter_down(shipped: HubSpotMapping,
+                                                                         r: redis.Redis) -> None:
+    with Sandbox.start(contacts=10, seed=2, hubspot_rate=6) as sb:
+        a = adapter(sb, mapping_with(shipped, account=Account(tier="professional")), r)
+        for _ in range(4):
+            a.list_reps()
+        assert a.http.limiter.limit == 6
+        snap = stats(sb)
+        assert snap["total"] == a.api_calls == 8
+        assert snap["rate_limited"] == 0
+        a.close()
+
+
+# ----------------------------------------------------------------------------- owners and tasks
+
+
+def test_reps_come_from_active_and_archived_owners_with_teams(sandbox: Sandbox, fast_mapping: HubSpotMapping,
+                                                              r: redis.Redis) -> None:
+    a = adapter(sandbox, fast_mapping, r)
+    reps = {rep.email: rep for rep in a.list_reps()}
+    assert len(reps) == 17
+    katrin = reps["katrin.vogel@sandbox-corp.example"]
+    assert (katrin.name, katrin.teams, katrin.timezone, katrin.active, katrin.region) == (
+        "Katrin Vogel", ("DACH",), "Europe/Berlin", True, None)
+    assert sum(not rep.active for rep in reps.values()) == 3
+    a.close()
+
+
+def test_set_owner_assigns_only_when_the_owner_is_as_expected(sandbox: Sandbox, fast_mapping: HubSpotMapping,
+                                                              r: redis.Redis) -> None:
+    a = adapter(sandbox, fast_mapping, r)
+    reps = [rep.id for rep in a.list_reps() if rep.active]
+    lead = next(lead for lead in read_all(a) if lead.owner_id is None and int(lead.id) > 100)
+    assert a.set_owner("contact", lead.id, reps[0]) is True
+    assert a.get_leads("contact", [lead.id])[0].owner_id == reps[0]
+    assert a.set_owner("contact", lead.id, reps[1]) is False  # expected unowned, but reps[0] owns it
+    assert a.set_owner("contact", lead.id, reps[0]) is True  # already theirs
+    assert a.set_owner("contact", lead.id, reps[1], expected=reps[0]) is True
+    assert a.get_leads("contact", [lead.id])[0].owner_id == reps[1]
+    a.close()
+
+
+def test_a_task_is_linked_to_the_contact_with_association_204(sandbox: Sandbox, fast_mapping: HubSpotMapping,
+                                                              r: redis.Redis) -> None:
+    a = adapter(sandbox, fast_mapping, r)
+    rep = next(rep for rep in a.list_reps() if rep.active)
+    due = time.time() + 3600
+    task_id = a.create_task("contact", "42", rep.id, subject="Call the hot lead", body="Score 91", due=due)
+    client = HubSpot(access_token=sandbox.hubspot_token, host=sandbox.hubspot_url)
+    links = client.crm.associations.v4.basic_api.get_page("tasks", task_id, "contacts")
+    assert [(str(x.to_object_id), [t.type_id for t in x.association_types]) for x in links.results] == [
+        ("42", [204])]
+    task = client.crm.objects.basic_api.get_by_id(
+        "tasks", task_id, properties=["hs_task_status", "hs_task_priority", "hs_task_type", "hubspot_owner_id"])
+    assert task.properties == {"hs_task_status": "NOT_STARTED", "hs_task_priority": "HIGH", "hs_task_type": "CALL",
+                               "hubspot_owner_id": rep.id, **{k: v for k, v in task.properties.items()
+                                                              if k.startswith("hs_") and k not in (
+                                                                  "hs_task_status", "hs_task_priority",
+                                                                  "hs_task_type")}}
+    assert a.task_is_open(task_id) is True
+    client.crm.objects.basic_api.update("tasks", task_id, {"properties": {"hs_task_status": "COMPLETED"}})
+    assert a.task_is_open(task_id) is False
+    assert a.task_is_open("90999999999") is False
+    a.close()
+
+
+def test_rep_acted_since_looks_at_the_reps_own_logged_activities(sandbox: Sandbox, fast_mapping: HubSpotMapping,
+                                                                 r: redis.Redis) -> None:
+    a = adapter(sandbox, fast_mapping, r)
+    pop = sandbox.population
+    reps = pop.reps()
+    i = next(i for i in range(250) if pop.person(i).owner is not None
+             and any(act.kind in ("call", "meeting", "note") for act in pop.activities(i)))
+    owner = reps[pop.person(i).owner or 0].id
+    other = next(rep.id for rep in reps if rep.id != owner)
+    last = max(act.ts for act in pop.activities(i) if act.kind in ("call", "meeting", "note", "email_reply",
+                                                                    "email_open", "email_click", "email_bounce"))
+    lead_id = str(i + 1)
+    assert a.rep_acted_since("contact", lead_id, owner, last - 1) is True
+    assert a.rep_acted_since("contact", lead_id, owner, last + 1) is False
+    assert a.rep_acted_since("contact", lead_id, other, 0) is False
+    assert a.record_url("contact", lead_id) == f"{sandbox.hubspot_url}/contacts/sandbox/record/0-1/{lead_id}"
+    a.close()

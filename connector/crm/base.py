@@ -7,6 +7,7 @@ Salesforce adapters translate it into vendor calls. Records cross this line as
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
@@ -34,6 +35,36 @@ class Page:
 class WriteReport:
     written: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)  # (record id, the CRM's message)
+
+
+class CallCounter:
+    """HTTP calls made, in total and by the calling thread.
+
+    A worker's threads share one adapter, so a page's own call count is the
+    difference of the per-thread figure before and after the page.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._total = 0
+        self._local = threading.local()
+
+    def add(self, n: int = 1) -> None:
+        with self._lock:
+            self._total += n
+        self._local.n = getattr(self._local, "n", 0) + n
+
+    def credit(self, n: int) -> None:
+        """Count calls that helper threads made on this thread's behalf (already in the total)."""
+        self._local.n = getattr(self._local, "n", 0) + n
+
+    @property
+    def total(self) -> int:
+        return self._total
+
+    @property
+    def this_thread(self) -> int:
+        return int(getattr(self._local, "n", 0))
 
 
 @runtime_checkable
@@ -104,8 +135,8 @@ class CrmAdapter(Protocol):
         ...
 
     @property
-    def api_calls(self) -> int:
-        """HTTP calls this adapter made (retries included)."""
+    def calls(self) -> CallCounter:
+        """HTTP calls this adapter made (retries included), in total and per thread."""
         ...
 
     def close(self) -> None: ...

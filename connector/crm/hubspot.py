@@ -20,13 +20,14 @@ import logging
 import math
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlparse
 
 import orjson
 import redis
 
-from connector.crm.base import Page, WriteReport
+from connector.crm.base import CallCounter, Page, WriteReport
 from connector.crm.hubspot_http import ApiError, HubSpotTransport, Response
 from connector.crm.limits import DEFAULT_POLICY, RetryPolicy
 from connector.domain import WRITE_FIELDS, Activity, CrmName, Lead, Rep
@@ -40,6 +41,7 @@ SEARCH_LIMIT = 200  # search page size (the API's maximum)
 SEARCH_CAP = 10_000  # search answers 400 beyond this many results per query
 BATCH = 100  # batch read/update inputs per call
 ASSOC_BATCH = 1000  # v4 association batch read inputs per call (HubSpot's limit since 2025)
+EVENT_READERS = 8
 EVENTS_LIMIT = 100
 TIE_OFFSET = 20  # beyond this many records sharing one timestamp, page by offset instead of by id
 CACHE_SIZE = 20_000
@@ -171,6 +173,8 @@ class HubSpotAdapter:
             policy=retry_policy,
         )
         self.apis = self.http.apis
+        # per-contact event reads run a few at a time (the events API has no batch read)
+        self._pool = ThreadPoolExecutor(max_workers=EVENT_READERS, thread_name_prefix="hubspot-events")
         self._portal_id: str | None = mapping.account.portal_id
         self._extra: _Lru = _Lru()  # contact id -> roll-up and gate properties seen in reads
         acts = mapping.activities
@@ -192,10 +196,11 @@ class HubSpotAdapter:
     # -- bookkeeping
 
     @property
-    def api_calls(self) -> int:
+    def calls(self) -> CallCounter:
         return self.http.calls
 
     def close(self) -> None:
+        self._pool.shutdown(wait=True)
         self.http.close()
 
     def _call(self, op: Any, *args: Any, **kwargs: Any) -> Response:
@@ -459,11 +464,21 @@ class HubSpotAdapter:
                 if any((parse_ts(gates.get(i, {}).get(g)) or 0) >= cutoff for g in acts.event_gates)
             ]
         only_type = next(iter(rules_by_type)) if len(rules_by_type) == 1 else None
-        for contact_id in targets:
+
+        def one(contact_id: str) -> tuple[list[Activity], int]:
+            # Runs on the adapter's small pool: the calls are independent and the
+            # shared limiter, not this loop, sets the pace.
+            before = self.calls.this_thread
+            found: dict[str, list[Activity]] = {contact_id: []}
             try:
-                self._events_of(contact_id, rules_by_type, only_type, by_id, cutoff, now)
+                self._events_of(contact_id, rules_by_type, only_type, found, cutoff, now)
             except RecordError:
                 log.info("hubspot events of contact %s unreadable; skipped", contact_id)
+            return found[contact_id], self.calls.this_thread - before
+
+        for contact_id, (activities, calls) in zip(targets, self._pool.map(one, targets), strict=True):
+            by_id[contact_id] += activities
+            self.calls.credit(calls)
 
     def _events_of(
         self,

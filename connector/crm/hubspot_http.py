@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -49,6 +48,7 @@ from hubspot.crm.properties.exceptions import ApiException as PropertiesApiExcep
 from hubspot.events import EventsApi
 from hubspot.events.exceptions import ApiException as EventsApiException
 
+from connector.crm.base import CallCounter
 from connector.crm.limits import (
     DEFAULT_POLICY,
     RetryPolicy,
@@ -277,12 +277,7 @@ class HubSpotTransport:
         )
         # keep a few requests in hand for what we cannot see (other integrations' bursts)
         self.reserve = max(2, limits.rate_per_10s // 40)
-        self._calls = 0
-        self._lock = threading.Lock()
-
-    @property
-    def calls(self) -> int:
-        return self._calls
+        self.calls = CallCounter()
 
     def close(self) -> None:
         self.apis.close()
@@ -309,8 +304,7 @@ class HubSpotTransport:
             if search:
                 self.search_limiter.acquire()
             self.limiter.acquire()
-            with self._lock:
-                self._calls += 1
+            self.calls.add()
             try:
                 raw = op(*args, _preload_content=False, _request_timeout=self.timeout, **kwargs)
             except urllib3.exceptions.HTTPError as exc:  # timeouts, refused connections, broken reads

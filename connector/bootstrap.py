@@ -1,0 +1,143 @@
+"""The one place that turns settings and mapping files into clients, stores and the engine.
+
+A worker process builds one `Runtime` and keeps it: the SDK clients, their
+connection pools and the compiled scoring model live as long as the process.
+The demo builds one around the sandbox and an embedded store.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import redis
+
+from connector.config import Settings
+from connector.domain import CrmName
+from connector.errors import ConfigError
+from connector.runs import RunStore
+
+if TYPE_CHECKING:
+    from connector.crm.base import CrmAdapter
+    from connector.engine import ScoringModel
+    from connector.routing.service import Router
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    redis: redis.Redis
+    namespace: str = "leadscore"
+    # Per-CRM overrides for the demo and tests (e.g. a sandbox's rate), merged into the mapping's limits.
+    overrides: dict[str, Any] = field(default_factory=dict)
+    _adapters: dict[str, CrmAdapter] = field(default_factory=dict, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def mappings_dir(self) -> Path:
+        return self.settings.mappings_dir
+
+    @cached_property
+    def model(self) -> ScoringModel:
+        from connector.engine import load_scoring
+
+        return load_scoring(self.mappings_dir / "scoring.yaml")
+
+    @cached_property
+    def runs(self) -> RunStore:
+        return RunStore(self.redis, self.namespace)
+
+    @property
+    def configured_crms(self) -> list[CrmName]:
+        crms: list[CrmName] = []
+        if self.settings.hubspot_configured:
+            crms.append("hubspot")
+        if self.settings.salesforce_configured:
+            crms.append("salesforce")
+        return crms
+
+    def adapter(self, crm: CrmName) -> CrmAdapter:
+        with self._lock:
+            if crm not in self._adapters:
+                self._adapters[crm] = self._build_adapter(crm)
+            return self._adapters[crm]
+
+    def _build_adapter(self, crm: CrmName) -> CrmAdapter:
+        s = self.settings
+        if crm == "hubspot":
+            from connector.crm.hubspot import HubSpotAdapter
+            from connector.mappings.hubspot import load_hubspot_mapping
+
+            s.require_hubspot()
+            assert s.hubspot_access_token is not None
+            mapping = load_hubspot_mapping(self.mappings_dir / "hubspot.yaml")
+            mapping = self._override(mapping, "hubspot")
+            return HubSpotAdapter(
+                base_url=s.hubspot_base_url, token=s.hubspot_access_token, mapping=mapping, redis=self.redis,
+                account=f"{self.namespace}:hubspot",
+            )
+        if crm == "salesforce":
+            from connector.crm.salesforce import OAuthCredentials, SalesforceAdapter
+            from connector.mappings.salesforce import load_salesforce_mapping
+
+            s.require_salesforce()
+            assert s.salesforce_instance_url is not None
+            assert s.salesforce_access_token is not None
+            oauth = None
+            if s.salesforce_client_id and (s.salesforce_refresh_token or s.salesforce_client_secret):
+                oauth = OAuthCredentials(
+                    client_id=s.salesforce_client_id,
+                    client_secret=s.salesforce_client_secret,
+                    refresh_token=s.salesforce_refresh_token,
+                )
+            mapping_sf = load_salesforce_mapping(self.mappings_dir / "salesforce.yaml")
+            mapping_sf = self._override(mapping_sf, "salesforce")
+            return SalesforceAdapter(
+                instance_url=s.salesforce_instance_url, token=s.salesforce_access_token, mapping=mapping_sf,
+                redis=self.redis, ca_bundle=s.salesforce_ca_bundle, oauth=oauth,
+                account=f"{self.namespace}:salesforce",
+            )
+        raise ConfigError(f"unknown CRM {crm!r}: use hubspot or salesforce.")
+
+    def _override(self, mapping: Any, crm: str) -> Any:
+        patch = self.overrides.get(crm)
+        if not patch:
+            return mapping
+        return mapping.model_copy(update=patch(mapping) if callable(patch) else patch)
+
+    @cached_property
+    def router(self) -> Router:
+        from connector.mappings.routing import load_routing
+        from connector.notify import Notifier
+        from connector.routing.service import Router
+
+        config = load_routing(self.mappings_dir / "routing.yaml")
+        notifier = Notifier.from_settings(
+            self.settings,
+            self.redis,
+            email=config.notifications.email,
+            chat=config.notifications.chat,
+        )
+        return Router(config, self.redis, self.adapter, notifier, namespace=f"{self.namespace}:routing")
+
+    def close(self) -> None:
+        with self._lock:
+            for adapter in self._adapters.values():
+                adapter.close()
+            self._adapters.clear()
+
+
+def build_runtime(
+    settings: Settings,
+    *,
+    redis_client: redis.Redis | None = None,
+    namespace: str = "leadscore",
+    overrides: dict[str, Any] | None = None,
+) -> Runtime:
+    client = redis_client or redis.Redis.from_url(
+        settings.redis_url, socket_timeout=30, socket_connect_timeout=5, health_check_interval=30
+    )
+    return Runtime(settings=settings, redis=client, namespace=namespace, overrides=overrides or {})

@@ -1,0 +1,275 @@
+"""`leadscore demo`: the whole mission on a fresh machine.
+
+Starts the sandbox CRM in its own process, runs a full sync of each CRM
+through the real Celery tasks (an in-process worker; Celery's in-memory
+broker and an embedded Redis-compatible store when REDIS_URL is not set, that
+Redis otherwise), and summarises what happened: records read, scored and
+written, bands, hot leads, assignments per region and rep, API calls, time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from connector.bootstrap import Runtime, build_runtime
+from connector.config import Settings, load_settings
+from connector.errors import UserError
+
+# The demo's sandbox portal is on a paid tier with a raised limit, so that
+# 10,000 contacts finish in seconds; the limiter still paces every call.
+DEMO_HUBSPOT_RATE = 2000
+
+SCORE_FIELDS_SF = [
+    {"name": "Lead_Score__c", "type": "double"},
+    {"name": "Lead_Fit_Score__c", "type": "double"},
+    {"name": "Lead_Engagement_Score__c", "type": "double"},
+    {"name": "Lead_Band__c", "type": "picklist"},
+    {"name": "Lead_Grade__c", "type": "picklist"},
+    {"name": "Lead_Score_Reasons__c", "type": "textarea"},
+    {"name": "Lead_Scored_At__c", "type": "datetime"},
+    {"name": "Lead_Score_Model__c", "type": "string"},
+]
+
+
+@dataclass
+class CrmSummary:
+    crm: str
+    run_id: str
+    status: str
+    message: str
+    counts: dict[str, int]
+    bands: dict[str, int]
+    assignments: dict[str, dict[str, int]]  # region -> rep name -> count
+    api_calls: int
+    rate_limited: int
+    seconds: float
+    failures: list[str] = field(default_factory=list)
+
+
+@dataclass
+class DemoSummary:
+    contacts: int
+    seed: int
+    store: str
+    crms: list[CrmSummary]
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return all(c.status == "done" for c in self.crms)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "contacts": self.contacts,
+            "seed": self.seed,
+            "store": self.store,
+            "seconds": round(self.seconds, 2),
+            "ok": self.ok,
+            "crms": {
+                c.crm: {
+                    "run": c.run_id,
+                    "status": c.status,
+                    "message": c.message,
+                    **c.counts,
+                    "bands": c.bands,
+                    "assignments": c.assignments,
+                    "api_calls": c.api_calls,
+                    "rate_limited": c.rate_limited,
+                    "seconds": round(c.seconds, 2),
+                    "failures": c.failures[:50],
+                }
+                for c in self.crms
+            },
+        }
+
+    def text(self) -> str:
+        out = [f"leadscore demo: {self.contacts} people in each CRM (seed {self.seed}), store: {self.store}"]
+        for c in self.crms:
+            k = c.counts
+            out.append("")
+            out.append(f"{c.crm}: sync {c.status} in {c.seconds:.1f} s" + (f" ({c.message})" if c.message else ""))
+            out.append(f"  read {k.get('read', 0)}, scored {k.get('scored', 0)}, written {k.get('written', 0)}, "
+                       f"unchanged {k.get('unchanged', 0)}, failed {k.get('failed', 0)}")
+            out.append("  bands: " + ", ".join(f"{b} {c.bands.get(b, 0)}" for b in ("hot", "warm", "cold")))
+            out.append(f"  hot leads {k.get('hot', 0)}, newly assigned {k.get('assigned', 0)}")
+            for region in sorted(c.assignments):
+                reps = c.assignments[region]
+                out.append(f"    {region}: " + ", ".join(f"{name} {n}" for name, n in sorted(reps.items())))
+            out.append(f"  API calls {c.api_calls} ({c.api_calls / max(1, k.get('read', 1)) * 1000:.0f} per 1,000 "
+                       f"records), rate-limited answers {c.rate_limited}")
+            for f in c.failures[:5]:
+                out.append(f"  failed: {f}")
+        out.append("")
+        out.append(f"total time {self.seconds:.1f} s")
+        return "\n".join(out)
+
+
+def _mappings_dir(settings: Settings) -> Path:
+    if settings.mappings_dir.is_dir():
+        return settings.mappings_dir
+    packaged = Path(__file__).resolve().parent.parent / "mappings"
+    if packaged.is_dir():
+        return packaged
+    raise UserError(f"the mappings folder {settings.mappings_dir} does not exist; set LEADSCORE_MAPPINGS.")
+
+
+def _admin(url: str, path: str, body: Any, ca: str | None = None) -> Any:
+    import ssl
+
+    req = urllib.request.Request(  # noqa: S310 - the sandbox's own loopback URL
+        url + path,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"Content-Type": "application/json"},
+        method="POST" if body is not None else "GET",
+    )
+    ctx = ssl.create_default_context(cafile=ca) if url.startswith("https") else None
+    with urllib.request.urlopen(req, timeout=30, context=ctx) as resp:  # noqa: S310 - loopback sandbox only
+        return json.loads(resp.read() or b"null")
+
+
+@contextlib.contextmanager
+def _store(settings: Settings) -> Iterator[tuple[redis.Redis, str, str]]:
+    """(client, broker URL, description): the admin's Redis when REDIS_URL is set, else an embedded one."""
+    if settings.redis_url_given:
+        client = redis.Redis.from_url(settings.redis_url)
+        try:
+            client.ping()
+        except redis.RedisError as exc:
+            raise UserError(f"REDIS_URL is set but Redis cannot be reached ({type(exc).__name__}).") from None
+        yield client, settings.redis_url, "Redis at REDIS_URL"
+        client.close()
+        return
+    import fakeredis
+
+    server = fakeredis.FakeServer()
+    yield fakeredis.FakeRedis(server=server), "memory://", "embedded (no Redis server needed)"
+
+
+@contextlib.contextmanager
+def _worker(app: Any, concurrency: int, queue: str) -> Iterator[None]:
+    """A Celery worker inside this process, consuming the demo's queue with a pool of threads."""
+    ready = threading.Event()
+    worker = app.WorkController(
+        app=app,
+        pool_cls="threads",
+        concurrency=concurrency,
+        hostname=f"demo-{uuid.uuid4().hex[:6]}@{socket.gethostname()}",
+        queues=[queue],
+        loglevel="WARNING",
+        without_heartbeat=True,
+        without_mingle=True,
+        without_gossip=True,
+        ready_callback=lambda *_: ready.set(),
+        redirect_stdouts=False,
+    )
+    thread = threading.Thread(target=worker.start, name="demo-worker", daemon=True)
+    thread.start()
+    if not ready.wait(30):
+        raise UserError("the demo's worker did not start within 30 s.")
+    try:
+        yield
+    finally:
+        worker.stop(in_sighandler=False, exitcode=0)
+        thread.join(10)
+
+
+def run_demo(*, crm: str, contacts: int, seed: int, workers: int = 4, progress: bool = True) -> DemoSummary:
+    from connector.sandbox.server import Sandbox
+    from tasks import sync as sync_tasks
+    from tasks.app import app
+    from tasks.runtime import set_runtime
+
+    started = time.perf_counter()
+    base = load_settings()
+    crms = ["hubspot", "salesforce"] if crm == "both" else [crm]
+    mdir = _mappings_dir(base)
+    if progress:
+        print(f"starting the sandbox CRM with {contacts} people ...", file=sys.stderr)
+    with Sandbox.start(contacts=contacts, seed=seed, hubspot_rate=DEMO_HUBSPOT_RATE, in_thread=False) as sb, \
+            _store(base) as (client, broker, store_desc):
+        settings = Settings(
+            redis_url=base.redis_url,
+            redis_url_given=base.redis_url_given,
+            mappings_dir=mdir,
+            hubspot_base_url=sb.hubspot_url,
+            hubspot_access_token=sb.hubspot_token if "hubspot" in crms else None,
+            salesforce_instance_url=sb.salesforce_url if "salesforce" in crms else None,
+            salesforce_access_token=sb.salesforce_token if "salesforce" in crms else None,
+            salesforce_ca_bundle=Path(sb.ca_cert),
+        )
+        namespace = f"leadscore-demo-{uuid.uuid4().hex[:8]}"
+        queue = f"{namespace}-tasks" if base.redis_url_given else "leadscore"
+        rt = build_runtime(settings, redis_client=client, namespace=namespace)
+        rt.overrides["hubspot"] = _demo_hubspot_limits
+        set_runtime(rt)
+        app.conf.update(broker_url=broker, task_default_queue=queue)
+        try:
+            if "salesforce" in crms:
+                # On a real org an admin creates these fields in Setup (`leadscore setup` lists them);
+                # the sandbox lets the demo do that step through its admin endpoint.
+                for obj in ("Lead", "Contact"):
+                    _admin(sb.salesforce_url, "/__sandbox__/salesforce/fields",
+                           {"object": obj, "fields": SCORE_FIELDS_SF}, sb.ca_cert)
+            for name in crms:
+                rt.adapter(name).setup()  # type: ignore[arg-type]
+            for url, ca in ((sb.hubspot_url, None), (sb.salesforce_url, sb.ca_cert)):
+                _admin(url, "/__sandbox__/stats/reset", {}, ca)
+            summaries = []
+            with _worker(app, workers, queue):
+                for name in crms:
+                    summaries.append(_sync_one(rt, sync_tasks, name, sb, progress))
+        finally:
+            set_runtime(None)
+            rt.close()
+    return DemoSummary(contacts, seed, store_desc, summaries, time.perf_counter() - started)
+
+
+def _demo_hubspot_limits(mapping: Any) -> dict[str, Any]:
+    return {"account": mapping.account.model_copy(update={"requests_per_10s": DEMO_HUBSPOT_RATE})}
+
+
+def _sync_one(rt: Runtime, sync_tasks: Any, crm: str, sb: Any, progress: bool) -> CrmSummary:
+    from connector.cli import wait_for_runs
+
+    t0 = time.perf_counter()
+    started = sync_tasks.enqueue_run(crm, True)
+    view = wait_for_runs(rt.runs, [started.run_id], timeout=900, quiet=not progress)[0]
+    seconds = time.perf_counter() - t0
+    url, ca = (sb.hubspot_url, None) if crm == "hubspot" else (sb.salesforce_url, sb.ca_cert)
+    stats = _admin(url, "/__sandbox__/stats", None, ca)
+    bands = {k.split(":", 1)[1]: int(v) for k, v in view.fields.items() if k.startswith("band:")}
+    reps = {r.id: r.name for r in rt.adapter(crm).list_reps()}  # type: ignore[arg-type]
+    assignments: dict[str, Counter[str]] = {}
+    for k, v in view.fields.items():
+        if k.startswith("assigned:"):
+            _, region, rep_id = k.split(":", 2)
+            assignments.setdefault(region, Counter())[reps.get(rep_id, rep_id)] += int(v)
+    counts = {name: view.count(name) for name in ("read", "scored", "written", "unchanged", "failed", "hot",
+                                                   "assigned")}
+    return CrmSummary(
+        crm=crm,
+        run_id=view.id,
+        status=view.status,
+        message=view.fields.get("message", ""),
+        counts=counts,
+        bands=bands,
+        assignments={r: dict(c) for r, c in assignments.items()},
+        api_calls=int(stats.get("total", 0)),
+        rate_limited=int(stats.get("rate_limited", 0)),
+        seconds=seconds,
+        failures=view.failures,
+    )

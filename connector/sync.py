@@ -1,0 +1,211 @@
+"""The sync service: read a page, score it, write back what changed, route new hot leads.
+
+Celery tasks call these functions and nothing else; the same functions serve
+the batch sync, the on-demand sync and the webhook rescore, so there is one
+implementation of "what happens to a record".
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from connector.bootstrap import Runtime
+from connector.domain import CHANGE_FIELDS, CrmName, Lead
+from connector.engine import ScoreResult
+from connector.errors import RecordError, StopSync
+from connector.runs import PageResult
+
+log = logging.getLogger("leadscore.sync")
+
+# Search indexes lag writes by a few moments: an incremental cursor is never
+# moved closer than this to the time its run started, so a record changed just
+# before the run but not yet searchable is read by the next run.
+SEARCH_LAG_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class Started:
+    run_id: str
+    skipped_for: str | None  # the run already holding the account's lock, when this one was skipped
+
+
+def start_run(
+    rt: Runtime, crm: CrmName, *, full: bool, now: float | None = None
+) -> tuple[Started, list[tuple[str, float | None]]]:
+    """Create a run and take the account's lock.
+
+    Returns the run and the first page of each stream to enqueue as (stream, since).
+    A second sync of the same account while one runs is skipped and says which run holds it.
+    """
+    now = time.time() if now is None else now
+    adapter = rt.adapter(crm)
+    runs = rt.runs
+    run_id = runs.new_run(crm, "full" if full else "incremental", adapter.streams, now)
+    holder = runs.try_lock(crm, run_id)
+    if holder is not None:
+        runs.set(run_id, status="skipped", message=f"skipped: sync {holder} of {crm} is still running",
+                 finished=f"{time.time():.3f}")
+        return Started(run_id, holder), []
+    runs.set(run_id, status="running", started=f"{now:.3f}")
+    firsts: list[tuple[str, float | None]] = []
+    for stream in adapter.streams:
+        since = None if full else runs.cursor(crm, stream)
+        runs.add_page(run_id, stream, None)
+        firsts.append((stream, since))
+    log.info("run started", extra={"event": "run_started", "run": run_id, "crm": crm, "full": full})
+    return Started(run_id, None), firsts
+
+
+def score_leads(rt: Runtime, crm: CrmName, stream: str, leads: Sequence[Lead], now: float, result: PageResult) -> None:
+    """Score leads (activities already loaded), write back the changed ones, route new hot leads."""
+    adapter = rt.adapter(crm)
+    model = rt.model
+    updates: dict[str, dict[str, str]] = {}
+    hot: list[tuple[Lead, ScoreResult, bool]] = []
+    for lead in leads:
+        try:
+            scored = model.score(lead.profile, lead.activities, now)
+        except Exception as exc:
+            result.add("failed")
+            result.failures.append(f"{lead.key}: could not be scored ({type(exc).__name__})")
+            log.exception("scoring failed", extra={"event": "score_failed", "record": lead.key})
+            continue
+        result.add("scored")
+        result.add(f"band:{scored.band}")
+        values = scored.write_values(now)
+        if any(values[f] != lead.written.get(f) for f in CHANGE_FIELDS):
+            updates[lead.id] = values
+        else:
+            result.add("unchanged")
+        if scored.band == "hot":
+            result.add("hot")
+            hot.append((lead, scored, lead.written.get("band") != "hot"))
+    if updates:
+        report = adapter.write_scores(stream, updates)
+        result.add("written", len(report.written))
+        for record_id, message in report.failed:
+            result.add("failed")
+            result.failures.append(f"{crm}:{stream}:{record_id}: {message}")
+    for lead, scored, became_hot in hot:
+        if lead.owner_id is not None and not became_hot:
+            continue  # owned and already hot last time: nothing new for routing
+        try:
+            decision = rt.router.assign_hot_lead(lead, stream, scored, now, became_hot=became_hot)
+        except RecordError as exc:
+            result.add("failed")
+            result.failures.append(f"{lead.key}: not assigned: {exc.message}")
+            continue
+        if decision.assigned_now:
+            result.add("assigned")
+            result.add(f"assigned:{decision.region}:{decision.rep_id}")
+
+
+def run_page(
+    rt: Runtime,
+    run_id: str,
+    crm: CrmName,
+    stream: str,
+    cursor: str | None,
+    since: float | None,
+    enqueue_next: Callable[[str], None],
+    now: float | None = None,
+) -> int | None:
+    """Process one page of a run. Returns the pages still pending after it, None if it was done before.
+
+    Raises RetryLater for the task to retry, StopSync to stop the run.
+    """
+    runs = rt.runs
+    if runs.page_done(run_id, stream, cursor):
+        return None
+    view = runs.get(run_id)
+    if view is not None and view.status == "failed":
+        # the run was stopped (StopSync on another page): count this page out without work
+        return runs.finish_page(run_id, stream, cursor, PageResult(), ok=False)
+    now = time.time() if now is None else now
+    started = time.perf_counter()
+    adapter = rt.adapter(crm)
+    calls_before = adapter.calls.this_thread
+    page = adapter.read_page(stream, cursor, since=since)
+    if page.next_cursor is not None and runs.add_page(run_id, stream, page.next_cursor):
+        # enqueue the next page before working on this one, so other workers read ahead
+        enqueue_next(page.next_cursor)
+    result = PageResult(high_water=page.high_water)
+    result.add("read", len(page.leads))
+    for record_id, why in page.problems:
+        result.add("failed")
+        result.failures.append(f"{crm}:{stream}:{record_id}: {why}")
+    if page.leads:
+        adapter.load_activities(page.leads, now)
+        score_leads(rt, crm, stream, page.leads, now, result)
+    result.add("api_calls", adapter.calls.this_thread - calls_before)
+    runs.refresh_lock(crm, run_id)
+    left = runs.finish_page(run_id, stream, cursor, result)
+    log.info(
+        "page done",
+        extra={
+            "event": "page",
+            "run": run_id,
+            "crm": crm,
+            "stream": stream,
+            "ms": round((time.perf_counter() - started) * 1000, 1),
+            **result.counts,
+        },
+    )
+    if left == 0:
+        finish_run(rt, run_id)
+    return left
+
+
+def fail_page(rt: Runtime, run_id: str, crm: CrmName, stream: str, cursor: str | None, why: str, stop: bool) -> None:
+    """A page failed for good: count it, and stop the run when the failure says nothing more will work."""
+    runs = rt.runs
+    result = PageResult()
+    result.failures.append(f"{crm}:{stream}: page failed: {why}")
+    if stop:
+        runs.set(run_id, status="failed", message=why)
+    left = runs.finish_page(run_id, stream, cursor, result, ok=False)
+    log.warning("page failed", extra={"event": "page_failed", "run": run_id, "crm": crm, "stream": stream, "why": why})
+    if left == 0:
+        finish_run(rt, run_id)
+
+
+def finish_run(rt: Runtime, run_id: str) -> None:
+    runs = rt.runs
+    view = runs.get(run_id)
+    if view is None:
+        return
+    crm = view.fields["crm"]
+    ok = view.count("pages_failed") == 0 and view.status != "failed"
+    if ok:
+        started = float(view.fields.get("started") or view.fields.get("created") or time.time())
+        for stream, high in runs.high_waters(run_id).items():
+            runs.save_cursor(crm, stream, min(high, started - SEARCH_LAG_SECONDS))
+    runs.set(
+        run_id,
+        status="done" if ok else "failed",
+        finished=f"{time.time():.3f}",
+        **({} if ok or view.fields.get("message") else {"message": f"{view.count('pages_failed')} page(s) failed"}),
+    )
+    runs.release_lock(crm, run_id)
+    log.info("run finished", extra={"event": "run_finished", "run": run_id, "crm": crm, "ok": ok})
+
+
+def rescore(rt: Runtime, crm: CrmName, stream: str, ids: Sequence[str], now: float | None = None) -> PageResult:
+    """Re-read records and score them now: the webhook path, through the same code as a sync page."""
+    now = time.time() if now is None else now
+    adapter = rt.adapter(crm)
+    calls_before = adapter.calls.this_thread
+    leads = adapter.get_leads(stream, list(ids))
+    result = PageResult()
+    result.add("read", len(leads))
+    if leads:
+        adapter.load_activities(leads, now)
+        score_leads(rt, crm, stream, leads, now, result)
+    result.add("api_calls", adapter.calls.this_thread - calls_before)
+    return result
+
+
+__all__ = ["SEARCH_LAG_SECONDS", "StopSync", "fail_page", "finish_run", "rescore", "run_page", "start_run"]

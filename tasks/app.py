@@ -1,0 +1,66 @@
+"""The Celery app. Ack policy and serialization are set once, here.
+
+Tasks are idempotent (see connector/runs.py), so they are acknowledged late
+and a task whose worker died is delivered again. Retry countdowns stay well
+under the broker's visibility timeout, or a waiting task would be delivered
+twice.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery, Task
+from celery.signals import worker_process_init, worker_process_shutdown
+
+from connector.config import load_settings
+from connector.logs import configure as configure_logs
+
+VISIBILITY_TIMEOUT = 600  # seconds; a page task takes seconds, a retry waits at most MAX_COUNTDOWN
+MAX_COUNTDOWN = 120
+
+app = Celery("leadscore", include=["tasks.sync", "tasks.routing"])
+app.conf.update(
+    broker_url=load_settings().redis_url,
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    worker_prefetch_multiplier=1,
+    task_serializer="json",
+    accept_content=["json"],
+    task_ignore_result=True,
+    broker_connection_retry_on_startup=True,
+    broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT},
+    worker_hijack_root_logger=False,
+    task_default_queue="leadscore",
+    beat_scheduler="tasks.beat:ConfiguredScheduler",
+)
+
+
+def house_task(**options: Any) -> Any:
+    """Our tasks: bound, late-acked, redelivered when a worker dies, a bounded number of retries."""
+    defaults: dict[str, Any] = {
+        "bind": True,
+        "acks_late": True,
+        "reject_on_worker_lost": True,
+        "max_retries": 8,
+    }
+    defaults.update(options)
+    return app.task(**defaults)
+
+
+def countdown(task: Task, wait: float | None) -> float:
+    """The server's wait when it gave one, else exponential backoff; capped under the visibility timeout."""
+    backoff = 2.0 * 2 ** task.request.retries
+    return float(min(MAX_COUNTDOWN, wait if wait is not None else backoff))
+
+
+@worker_process_init.connect
+def _init_worker(**_: Any) -> None:
+    configure_logs()
+
+
+@worker_process_shutdown.connect
+def _close_runtime(**_: Any) -> None:
+    from tasks.runtime import close_runtime
+
+    close_runtime()

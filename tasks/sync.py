@@ -1,0 +1,53 @@
+"""Sync tasks: thin wrappers that call connector.sync and decide about retries."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from connector import sync
+from connector.domain import CrmName
+from connector.errors import RetryLater, StopSync
+from tasks.app import countdown, house_task
+from tasks.runtime import get_runtime
+
+log = logging.getLogger("leadscore.tasks")
+
+
+def enqueue_run(crm: CrmName, full: bool) -> sync.Started:
+    """Start a run and enqueue its first pages; used by the beat task and by `leadscore sync`."""
+    rt = get_runtime()
+    started, firsts = sync.start_run(rt, crm, full=full)
+    for stream, since in firsts:
+        sync_page.delay(started.run_id, crm, stream, None, since)
+    return started
+
+
+@house_task(name="leadscore.sync.start")
+def start_sync(self: Any, crm: CrmName, full: bool = False) -> str:
+    started = enqueue_run(crm, full)
+    if started.skipped_for:
+        log.info("sync skipped", extra={"event": "run_skipped", "crm": crm, "holder": started.skipped_for})
+    return started.run_id
+
+
+@house_task(name="leadscore.sync.page")
+def sync_page(self: Any, run_id: str, crm: CrmName, stream: str, cursor: str | None, since: float | None) -> None:
+    rt = get_runtime()
+
+    def enqueue_next(next_cursor: str) -> None:
+        sync_page.delay(run_id, crm, stream, next_cursor, since)
+
+    try:
+        sync.run_page(rt, run_id, crm, stream, cursor, since, enqueue_next)
+    except RetryLater as exc:
+        if self.request.retries >= self.max_retries:
+            sync.fail_page(rt, run_id, crm, stream, cursor, f"gave up after {self.request.retries} retries: {exc}",
+                           stop=False)
+            return
+        raise self.retry(countdown=countdown(self, exc.wait), exc=exc) from None
+    except StopSync as exc:
+        sync.fail_page(rt, run_id, crm, stream, cursor, str(exc), stop=True)
+    except Exception as exc:
+        log.exception("page crashed", extra={"event": "page_crashed", "run": run_id, "crm": crm})
+        sync.fail_page(rt, run_id, crm, stream, cursor, f"internal error: {type(exc).__name__}", stop=False)

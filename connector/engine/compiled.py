@@ -1,0 +1,482 @@
+"""The compiled scoring model: pure, fast, and able to say why.
+
+`ScoringModel.score(profile, activities, now)` never does I/O and never raises
+on what a CRM gave it: an unreadable field or activity is skipped and named in
+`result.problems`.
+
+How a score is made:
+
+1. Fit: each profile field a rule reads is read once (cached per distinct
+   text); every rule on it that passes contributes its points. Of rules
+   sharing an `exclusive` name, only the first that passes (in file order)
+   counts.
+2. Engagement: each activity is dispatched by kind to the few rules that can
+   match it; which of them match is cached per distinct attribute values.
+   Per rule, occurrences within the window count (the newest `max_count` of
+   them, when set), each worth `points * 0.5 ** (age / half_life)`; the sum is
+   capped at `max_points` (in magnitude, for negative rules too). Activities
+   dated in the future count as age 0.
+3. Each group is held within its caps (min, max); the total is
+   `weights.fit * fit + weights.engagement * engagement`, held within the
+   total caps. Band from the total, grade from fit.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_left, bisect_right
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from operator import itemgetter
+from typing import Any
+
+from connector.domain import Activity
+from connector.engine.decay import DAY, decay_rate
+from connector.engine.result import Contribution, ScoreResult, reasons_text
+from connector.engine.rules import (
+    CACHE_LIMIT,
+    FieldResult,
+    Passed,
+    alias_table,
+    checks_of,
+    fit_plans,
+    kind_plans,
+)
+from connector.engine.values import as_text, fmt_age, fmt_number, show
+from connector.mappings.scoring import BANT_KEYS, EngagementRule, FitRule, ScoringFile
+
+INF = math.inf
+MAX_PROBLEMS = 10
+
+# Per engagement rule, unpacked in the hot path: (name, points, decay rate per
+# second or 0.0, window in seconds, max_count or 0, cap, bant, order in the file)
+_EngSpec = tuple[str, float, float, float, int, float, str | None, int]
+# A contribution on its way into a result: (sort key, file order, contribution, phrase or None)
+_Found = tuple[float, int, Contribution, str | None]
+
+
+# "+25 ", "-9 ": formatting a signed int is the slow part of a reason's text.
+_SIGNED = {r: f"{r:+d} " for r in range(-1000, 1001) if r}
+
+
+class _Unreadable(Exception):
+    """An activity the fast path cannot read; the careful path takes over."""
+
+
+def _bounds(lo: float | None, hi: float | None) -> tuple[float, float]:
+    return (-INF if lo is None else float(lo), INF if hi is None else float(hi))
+
+
+def _round(x: float) -> int:
+    return math.floor(x + 0.5)
+
+
+class ScoringModel:
+    """A scoring file compiled for speed. Build it with `connector.engine.load_scoring`."""
+
+    def __init__(self, spec: ScoringFile, version: str) -> None:
+        self.spec = spec
+        self.version = version
+        settings = spec.model
+        self.label = settings.label
+        self.hot_threshold: int = settings.bands.hot
+        self.warm_threshold: int = settings.bands.warm
+        grades = settings.grades
+        self._grades = (("A", grades.A), ("B", grades.B), ("C", grades.C))
+        caps = settings.caps
+        self._fit_bounds = _bounds(caps.fit.min, caps.fit.max)
+        self._eng_bounds = _bounds(caps.engagement.min, caps.engagement.max)
+        self._total_bounds = _bounds(caps.total.min, caps.total.max)
+        self._w_fit = float(settings.weights.fit)
+        self._w_eng = float(settings.weights.engagement)
+
+        # Fit rules: slot = index in spec.fit; grouped by field.
+        aliases = {name: alias_table(table) for name, table in spec.aliases.items()}
+        self._exclusive = tuple(r.exclusive for r in spec.fit)
+        self._any_exclusive = any(e is not None for e in self._exclusive)
+        # (field, cache to look in first, reader, result when the field is empty)
+        self._fields: tuple[tuple[str, dict[str, FieldResult], Callable[[Any], FieldResult], FieldResult], ...]
+        self._fields = tuple(
+            (p.field, {} if p.by_domain else p.cache, p.read, p.none_result) for p in fit_plans(spec.fit, aliases)
+        )
+
+        # Engagement rules: slot = index in spec.engagement; grouped by kind.
+        nfit = len(spec.fit)
+        self._eng: tuple[_EngSpec, ...] = tuple(
+            self._eng_spec(r, i + nfit, settings.half_life_days, settings.window_days)
+            for i, r in enumerate(spec.engagement)
+        )
+        triples = []
+        for slot, rule in enumerate(spec.engagement):
+            conditions = tuple(
+                (attr, checks_of(cond, attr, lambda t: " ".join(t.split()).casefold()))
+                for attr, cond in rule.where.items()
+            )
+            for kind in rule.kinds():
+                triples.append((slot, kind, conditions))
+        self._plans, self._classes = kind_plans(triples)
+        # kind -> (the attribute whose value decides, or None; value -> class id). A kind whose
+        # rules look at several attributes gets an empty dict here, and is classified in _miss.
+        self._kinds: dict[str, tuple[str | None, dict[Any, int]]] = {
+            kind: (p.key_attrs, p.cache) if not isinstance(p.key_attrs, tuple) else (None, {})
+            for kind, p in self._plans.items()
+        }
+        self._details: dict[int, str] = {}
+        self.profile_fields_used: frozenset[str] = frozenset(r.field for r in spec.fit)
+        self.activity_kinds_used: frozenset[str] = frozenset(self._kinds)
+
+    @staticmethod
+    def _eng_spec(rule: EngagementRule, order: int, half_life: float, window: float | None) -> _EngSpec:
+        rate = decay_rate(rule.half_life_days or half_life) if rule.decay else 0.0
+        win = rule.window_days if rule.window_days is not None else window
+        return (
+            rule.name,
+            float(rule.points),
+            rate,
+            INF if win is None else float(win) * DAY,
+            rule.max_count or 0,
+            INF if rule.max_points is None else float(rule.max_points),
+            rule.bant,
+            order,
+        )
+
+    def __repr__(self) -> str:
+        return f"ScoringModel({self.version!r}, fit={len(self.spec.fit)}, engagement={len(self._eng)})"
+
+    # ------------------------------------------------------------------ scoring
+
+    def score(self, profile: Mapping[str, Any], activities: Sequence[Activity], now: float) -> ScoreResult:
+        """Score one lead at `now` (epoch seconds). Never raises on the record's content."""
+        if not (type(now) is float or type(now) is int) or not math.isfinite(now):
+            raise ValueError(f"now must be a finite number of epoch seconds, not {show(now)}")
+        problems: list[str] = []
+        found: list[_Found] = []
+        bant = dict.fromkeys(BANT_KEYS, 0.0)
+        fit_raw = self._score_fit(profile, found, bant, problems)
+        mark = len(found)
+        try:
+            eng_raw = self._score_engagement(self._collect(activities), now, found, bant)
+        except (_Unreadable, TypeError, AttributeError, ValueError):
+            # Garbage somewhere in the activities: redo carefully, naming what was skipped.
+            del found[mark:]
+            bant = dict.fromkeys(BANT_KEYS, 0.0)
+            for _, _, c, _ in found:
+                if c.bant is not None:
+                    bant[c.bant] += c.points
+            clean = self._sanitize(activities, problems)
+            eng_raw = self._score_engagement(self._collect(clean), now, found, bant)
+        return self._result(fit_raw, eng_raw, found, bant, problems)
+
+    def _score_fit(
+        self, profile: Mapping[str, Any], found: list[_Found], bant: dict[str, float], problems: list[str]
+    ) -> float:
+        if not isinstance(profile, Mapping):
+            problems.append(f"profile: {show(profile)} is not a record of fields")
+            profile = {}
+        matched: list[Passed] = []
+        get = profile.get
+        for name, cache, read, empty in self._fields:
+            raw = get(name)
+            if raw is None:
+                result = empty
+            elif (kind := type(raw)) is str or kind is int or kind is float:
+                result = cache.get(raw) or read(raw)
+            else:
+                result = read(raw)
+            passed, unread = result
+            if passed:
+                matched += passed
+            if unread:
+                problems += unread
+        if not matched:
+            return 0.0
+        if self._any_exclusive and len(matched) > 1:
+            matched.sort(key=itemgetter(0))
+            taken: set[str] = set()
+            kept = []
+            for entry in matched:
+                group = self._exclusive[entry[0]]
+                if group is not None:
+                    if group in taken:
+                        continue
+                    taken.add(group)
+                kept.append(entry)
+            matched = kept
+        total = 0.0
+        for slot, c, text in matched:
+            points = c.points
+            total += points
+            if c.bant is not None:
+                bant[c.bant] += points
+            found.append((-abs(points), slot, c, text))
+        return total
+
+    def _collect(self, activities: Iterable[Activity]) -> dict[int, list[float]]:
+        """Timestamps of the matching activities, by the class of rules they match. The hot loop."""
+        kinds_get = self._kinds.get
+        hits: dict[int, list[float]] = {}
+        hits_get = hits.get
+        miss = self._miss
+        for act in activities:
+            plan = kinds_get(act.kind)
+            if plan is None:
+                continue
+            attr, cache = plan
+            cid = cache.get(act.attrs.get(attr))  # type: ignore[arg-type]  # attrs.get(None) is None
+            if cid is None:
+                cid = miss(act)
+            if cid >= 0:
+                seen = hits_get(cid)
+                if seen is None:
+                    hits[cid] = [act.ts]
+                else:
+                    seen.append(act.ts)
+        return hits
+
+    def _miss(self, act: Activity) -> int:
+        """Classify an activity whose deciding values are not cached yet, and cache them."""
+        plan = self._plans[act.kind]
+        attrs = act.attrs
+        key: Any
+        if isinstance(plan.key_attrs, tuple):
+            key = tuple(attrs.get(a) for a in plan.key_attrs)
+            cache = plan.multi_cache
+        else:
+            key = attrs.get(plan.key_attrs)  # type: ignore[arg-type]
+            cache = plan.cache
+        cid = cache.get(key)
+        if cid is None:
+            cid = plan.classify(attrs)
+            if len(cache) >= CACHE_LIMIT:
+                cache.clear()
+            cache[key] = cid
+        return cid
+
+    def _score_engagement(
+        self, hits: dict[int, list[float]], now: float, found: list[_Found], bant: dict[str, float]
+    ) -> float:
+        if not hits:
+            return 0.0
+        classes = self._classes.slots
+        per_rule: dict[int, list[float]] = {}
+        for cid, stamps in hits.items():
+            spread = sum(stamps)  # TypeError on a timestamp that is not a number
+            if spread - spread != 0.0:  # NaN or infinite
+                raise _Unreadable
+            for slot in classes[cid]:
+                before = per_rule.get(slot)
+                per_rule[slot] = stamps if before is None else before + stamps
+        total = 0.0
+        exp = math.exp
+        floor = math.floor
+        new = tuple.__new__
+        signed = _SIGNED
+        details = self._details
+        eng = self._eng
+        for slot, stamps in per_rule.items():
+            name, points, rate, window, max_count, cap, tag, order = eng[slot]
+            n = len(stamps)
+            if n > 1:
+                stamps.sort()  # oldest first; lists shared between rules stay sorted
+            first = 0
+            if now - stamps[0] > window:
+                first = bisect_left(stamps, now - window)
+                if first == n:
+                    continue
+            seen = n - first
+            if max_count and seen > max_count:
+                first = n - max_count
+            newest = stamps[-1]
+            if newest > now:
+                # dated in the future (clock skew): counts as now, never more
+                end = max(first, bisect_right(stamps, now))
+                weight = float(n - end)
+            else:
+                end = n
+                weight = 0.0
+            if not rate:
+                weight += end - first
+            elif end - first == 1:
+                weight += exp(rate * (stamps[first] - now))
+            else:
+                for t in stamps[first:end] if first or end != n else stamps:
+                    weight += exp(rate * (t - now))
+            value = points * weight
+            if value > cap:
+                value = cap
+            elif value < -cap:
+                value = -cap
+            total += value
+            if tag is not None:
+                bant[tag] += value
+            age = now - newest
+            days = int(age // DAY) if age > 0.0 else 0
+            detail = details.get(seen * 100_000 + days)
+            if detail is None:
+                detail = self._detail(seen, days)
+            r = floor(value + 0.5)
+            text = None if r == 0 else f"{signed.get(r) or f'{r:+d} '}{name} ({detail})"
+            # tuple.__new__ directly: a NamedTuple's own __new__ is a Python-level call
+            found.append((-abs(value), order, new(Contribution, (name, "engagement", value, detail, tag)), text))
+        return total
+
+    def _detail(self, seen: int, days: int) -> str:
+        """'3x, last 2d ago' (cached: a population repeats these a lot)."""
+        when = fmt_age(days * DAY)
+        if len(self._details) > CACHE_LIMIT:
+            self._details.clear()
+        detail = self._details[seen * 100_000 + days] = f"{seen}x, last {when}" if seen > 1 else when
+        return detail
+
+    def _sanitize(self, activities: Any, problems: list[str]) -> list[Activity]:
+        """The readable activities, as plain Activity objects; the rest named in `problems`."""
+        clean: list[Activity] = []
+        try:
+            items = list(activities)
+        except TypeError:
+            problems.append(f"activities: {show(activities)} is not a list of activities")
+            return clean
+        skipped: list[str] = []
+        for i, act in enumerate(items):
+            kind = getattr(act, "kind", None)
+            ts = getattr(act, "ts", None)
+            attrs = getattr(act, "attrs", None)
+            if type(kind) is not str:
+                skipped.append(f"activity {i}: kind {show(kind)} is not text")
+                continue
+            if kind not in self._kinds:
+                continue
+            if not (type(ts) is int or type(ts) is float) or not math.isfinite(ts):
+                skipped.append(f"activity {i} ({kind}): time {show(ts)} is not a number")
+                continue
+            readable: dict[str, str] = {}
+            if isinstance(attrs, Mapping):
+                for k, v in attrs.items():
+                    text = as_text(v)[0]
+                    if type(k) is str and text is not None:
+                        readable[k] = text
+            elif attrs is not None:
+                skipped.append(f"activity {i} ({kind}): attributes {show(attrs)} are not a mapping")
+            clean.append(Activity(kind, float(ts), readable))
+        if len(skipped) > MAX_PROBLEMS:
+            skipped[MAX_PROBLEMS:] = [f"and {len(skipped) - MAX_PROBLEMS} more unreadable activities"]
+        problems.extend(skipped)
+        return clean
+
+    def _result(
+        self,
+        fit_raw: float,
+        eng_raw: float,
+        found: list[_Found],
+        bant: dict[str, float],
+        problems: list[str],
+    ) -> ScoreResult:
+        lo, hi = self._fit_bounds
+        fit = _round(lo if fit_raw < lo else hi if fit_raw > hi else fit_raw)
+        lo, hi = self._eng_bounds
+        engagement = _round(lo if eng_raw < lo else hi if eng_raw > hi else eng_raw)
+        total = self._w_fit * fit + self._w_eng * engagement
+        lo, hi = self._total_bounds
+        score = _round(lo if total < lo else hi if total > hi else total)
+        band = "hot" if score >= self.hot_threshold else "warm" if score >= self.warm_threshold else "cold"
+        grade = "D"
+        for letter, threshold in self._grades:
+            if fit >= threshold:
+                grade = letter
+                break
+        found.sort()  # (-|points|, file order) decide; they are never equal
+        return tuple.__new__(ScoreResult, (
+            score,
+            fit,
+            engagement,
+            band,
+            grade,
+            reasons_text([f[3] for f in found if f[3] is not None]),
+            tuple([f[2] for f in found]),
+            {k: math.floor(v + 0.5) for k, v in bant.items()},
+            self.version,
+            tuple(problems),
+        ))
+
+    # --------------------------------------------------------------- explaining
+
+    def explain(self, profile: Mapping[str, Any], activities: Sequence[Activity], now: float) -> str:
+        """The score of one lead, point by point, for `leadscore explain`."""
+        r = self.score(profile, activities, now)
+        fit_sum = sum(c.points for c in r.contributions if c.group == "fit")
+        eng_sum = sum(c.points for c in r.contributions if c.group == "engagement")
+        settings = self.spec.model
+        lines = [
+            f"Model {self.version}",
+            f"Score {r.score} ({r.band}; warm from {self.warm_threshold}, hot from {self.hot_threshold})",
+            f"  = {fmt_number(settings.weights.fit)} x fit {r.fit}"
+            f" + {fmt_number(settings.weights.engagement)} x engagement {r.engagement}"
+            + _capped(settings.caps.total.min, settings.caps.total.max, "total"),
+            f"Fit grade {r.grade} (A from {settings.grades.A}, B from {settings.grades.B},"
+            f" C from {settings.grades.C}, else D)",
+            "",
+        ]
+        rules: dict[str, FitRule | EngagementRule] = {rule.name: rule for rule in self.spec.fit}
+        rules.update((rule.name, rule) for rule in self.spec.engagement)
+        for group, title, raw, total, bounds in (
+            ("fit", "Fit (profile)", fit_sum, r.fit, settings.caps.fit),
+            ("engagement", "Engagement (activities)", eng_sum, r.engagement, settings.caps.engagement),
+        ):
+            lines.append(f"{title}: {total}")
+            rows = [c for c in r.contributions if c.group == group]
+            for c in rows:
+                tag = f" [{c.bant}]" if c.bant else ""
+                what = f"{c.rule} ({c.detail})" if c.detail else c.rule
+                lines.append(f"  {c.points:+7.1f}  {what}{tag}  -- {_how(rules[c.rule])}")
+            if not rows:
+                lines.append("  (no rule matched)")
+            if _round(raw) != total:
+                held = _capped(bounds.min, bounds.max, group)
+                lines.append(f"  rules sum to {raw:.1f}; held to {total}{held}")
+            lines.append("")
+        lines.append("BANT: " + ", ".join(f"{k} {v}" for k, v in r.bant.items()))
+        lines.append(f"Reasons: {r.reasons}")
+        if r.problems:
+            lines.append("Unreadable, scored without:")
+            lines.extend(f"  {p}" for p in r.problems)
+        return "\n".join(lines)
+
+
+def _capped(lo: float | None, hi: float | None, what: str) -> str:
+    parts = []
+    if lo is not None:
+        parts.append(f"min {fmt_number(lo)}")
+    if hi is not None:
+        parts.append(f"max {fmt_number(hi)}")
+    return f" ({what} {', '.join(parts)})" if parts else ""
+
+
+_OP_WORDS = {
+    "equals": "is the value",
+    "in": "is one of the values",
+    "range": "is in the range",
+    "contains": "contains the text",
+    "matches": "matches the pattern",
+    "words": "has one of the words",
+    "present": "is filled in",
+    "missing": "is empty",
+    "domain_in": "is at one of the domains",
+}
+
+
+def _how(rule: FitRule | EngagementRule) -> str:
+    """The rule's settings in a few words, for the explanation."""
+    if isinstance(rule, FitRule):
+        (op,) = rule.operators()
+        return f"{fmt_number(rule.points)} when {rule.field} {_OP_WORDS[op]}"
+    parts = [f"{fmt_number(rule.points)} each"]
+    if rule.max_count is not None:
+        parts.append(f"newest {rule.max_count}")
+    if rule.max_points is not None:
+        parts.append(f"max {fmt_number(rule.max_points)}")
+    if rule.window_days is not None:
+        parts.append(f"last {fmt_number(rule.window_days)}d")
+    if not rule.decay:
+        parts.append("no decay")
+    elif rule.half_life_days is not None:
+        parts.append(f"half-life {fmt_number(rule.half_life_days)}d")
+    return ", ".join(parts)

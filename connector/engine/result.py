@@ -1,0 +1,91 @@
+"""What the engine says about one lead: the score, its parts, and why."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Literal, NamedTuple
+
+from connector.domain import WRITE_FIELDS
+
+Group = Literal["fit", "engagement"]
+
+# lead_score_reasons is a textarea; keep the rep's summary well inside what
+# both CRMs show without scrolling (and Salesforce's 255-byte text fields can
+# still take a prefix of it).
+REASONS_LIMIT = 480
+NO_REASONS = "No scoring signals yet"
+
+
+class Contribution(NamedTuple):
+    """One rule's share of the score: points after decay and the rule's own caps."""
+
+    rule: str
+    group: Group
+    points: float
+    detail: str
+    bant: str | None
+
+    def phrase(self) -> str | None:
+        """'+25 Decision-maker title (CEO)'; None when it rounds to no points."""
+        return phrase(self.points, self.rule, self.detail)
+
+
+def phrase(points: float, rule: str, detail: str) -> str | None:
+    n = math.floor(points + 0.5)
+    if n == 0:
+        return None
+    return f"{n:+d} {rule} ({detail})" if detail else f"{n:+d} {rule}"
+
+
+def reasons_text(phrases: list[str], limit: int = REASONS_LIMIT) -> str:
+    """The top reasons (given strongest first) joined with '; ', kept under `limit` characters."""
+    if not phrases:
+        return NO_REASONS
+    text = "; ".join(phrases)
+    if len(text) <= limit:
+        return text
+    out = phrases[0][:limit]
+    for p in phrases[1:]:
+        if len(out) + 2 + len(p) > limit:
+            break
+        out = f"{out}; {p}"
+    return out
+
+
+def iso_utc(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
+class ScoreResult(NamedTuple):
+    """The score of one lead. A NamedTuple: immutable and cheap to build a million times."""
+
+    score: int
+    fit: int
+    engagement: int
+    band: str
+    grade: str
+    reasons: str
+    contributions: tuple[Contribution, ...]
+    bant: dict[str, int]
+    model_version: str
+    problems: tuple[str, ...]
+
+    def write_values(self, now: float) -> dict[str, str]:
+        """The values to write back, by engine name (connector.domain.WRITE_FIELDS)."""
+        values = {
+            "score": str(self.score),
+            "fit": str(self.fit),
+            "engagement": str(self.engagement),
+            "band": self.band,
+            "grade": self.grade,
+            "reasons": self.reasons,
+            "scored_at": iso_utc(now),
+            "model": self.model_version,
+        }
+        return {k: values[k] for k in WRITE_FIELDS}
+
+
+def reasons_of(contributions: tuple[Contribution, ...]) -> str:
+    """Reasons text from contributions ordered strongest first."""
+    return reasons_text([p for c in contributions if (p := c.phrase()) is not None])

@@ -1,0 +1,729 @@
+"""The Salesforce adapter: Leads and Contacts in, scores and owners out.
+
+Built on simple-salesforce over one `ApiSession` (see salesforce_http.py): every call
+has a timeout, is counted, waits for the org's shared rate limiter, stops before the
+org's daily API budget is eaten into past the configured floor, and goes through the
+one error table. Transient failures are retried by `call_with_retry`; an expired
+session is refreshed once (OAuth refresh_token or client_credentials grant) and the
+new token shared with every worker through Redis.
+
+Reading: one SOQL query per stream, read a batch at a time. The cursor is the
+`nextRecordsUrl` Salesforce gives (a short path with a query locator), so the pages
+of a sync can be handed from task to task. Salesforce drops an idle locator after
+about 15 minutes; reading it later answers INVALID_QUERY_LOCATOR, which stops the
+stream with a sentence (an incremental sync then resumes from its high-water mark).
+
+Owners: every Salesforce record has one. "Unowned" means owned by one of
+`owners.unassigned` in mappings/salesforce.yaml (the integration user, a catch-all
+user) or, with `owners.queues_are_unassigned`, by a queue (ids starting 00G).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlparse
+
+import redis
+import requests
+from simple_salesforce.api import Salesforce
+from simple_salesforce.bulk2 import SFBulk2Handler
+
+from connector.crm.base import CallCounter, Page, WriteReport
+from connector.crm.limits import DEFAULT_POLICY, RetryPolicy, SlidingWindowLimiter, call_with_retry
+from connector.crm.salesforce_http import (
+    SESSION_EXPIRED,
+    ApiSession,
+    OAuthCredentials,
+    SessionExpired,
+    TokenStore,
+    classify,
+    error_detail,
+    parse_limit_info,
+)
+from connector.crm.salesforce_records import (
+    LINK_FIELDS,
+    activity_from,
+    build_soql,
+    canonical_written,
+    chunked,
+    get_path,
+    in_list_queries,
+    iso_utc,
+    parse_time,
+    soql_datetime,
+    soql_id,
+    soql_string,
+    source_fields,
+    to_salesforce,
+)
+from connector.domain import WRITE_FIELDS, CrmName, Lead, Rep
+from connector.errors import RecordError, RetryLater, StopSync
+from connector.mappings.salesforce import OBJECTS, SALESFORCE_ID, SalesforceMapping
+
+API_VERSION = "59.0"
+COMPOSITE_MAX = 200
+
+T = TypeVar("T")
+
+# What each score field should be in Salesforce: accepted describe types, and how to
+# tell an admin to create it.
+FIELD_SPECS: Mapping[str, tuple[frozenset[str], str, str]] = {
+    "score": (frozenset({"double", "int", "currency", "percent"}), "Number(18,0)", "Lead Score"),
+    "fit": (frozenset({"double", "int", "currency", "percent"}), "Number(18,0)", "Lead Fit Score"),
+    "engagement": (frozenset({"double", "int", "currency", "percent"}), "Number(18,0)", "Lead Engagement Score"),
+    "band": (frozenset({"string", "picklist", "textarea"}), "Text(20)", "Lead Band"),
+    "grade": (frozenset({"string", "picklist", "textarea"}), "Text(5)", "Lead Grade"),
+    "reasons": (frozenset({"textarea", "string"}), "Long Text Area(32768)", "Lead Score Reasons"),
+    "scored_at": (frozenset({"datetime"}), "Date/Time", "Lead Scored At"),
+    "model": (frozenset({"string", "picklist", "textarea"}), "Text(80)", "Lead Score Model"),
+}
+
+# check() reaches the org once, quickly: an unreachable host is reported, not waited out.
+_CHECK_POLICY = RetryPolicy(attempts=1, total_seconds=30.0)
+
+
+class SalesforceAdapter:
+    """CrmAdapter for one Salesforce org (see connector/crm/base.py for the contract)."""
+
+    crm: CrmName = "salesforce"
+    streams: tuple[str, ...] = OBJECTS
+
+    def __init__(
+        self,
+        *,
+        instance_url: str,
+        token: str,
+        mapping: SalesforceMapping,
+        redis: redis.Redis,
+        ca_bundle: Path | None = None,
+        oauth: OAuthCredentials | None = None,
+        account: str = "default",
+        timeout: float = 30.0,
+        retry_policy: RetryPolicy = DEFAULT_POLICY,
+    ) -> None:
+        parsed = urlparse(instance_url)
+        if parsed.scheme != "https" or not parsed.netloc:
+            raise ValueError(f"instance_url must be an https:// URL, not {instance_url!r}")
+        self.instance_url = instance_url.rstrip("/")
+        self.mapping = mapping
+        self.account = account
+        self._configured_token = token
+        self._oauth = oauth
+        self._policy = retry_policy
+        self._redis = redis
+        self._tokens = TokenStore(redis, account)
+        self._usage_key = f"leadscore:salesforce:{account}:api_usage"
+        self._limiter = SlidingWindowLimiter(
+            client=redis,
+            key=f"leadscore:salesforce:{account}:rate",
+            limit=mapping.rate_limit.calls,
+            window=mapping.rate_limit.seconds,
+        )
+        # A worker's threads share one adapter: check() and setup() exempt only their
+        # own calls from the API floor, so the flag is per thread.
+        self._local = threading.local()
+        self.usage: tuple[int, int] | None = None
+        self._session = ApiSession(timeout=timeout, before=self._before_call, after=self._after_call)
+        if ca_bundle is not None:
+            # requests ignores session.verify while REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE
+            # are set in the environment; trust_env=False makes the bundle count.
+            self._session.verify = str(ca_bundle)
+            self._session.trust_env = False
+        self._token = self._tokens.get(token) or token
+        self._sf = self._client(self._token)
+        self._query_headers = {"Sforce-Query-Options": f"batchSize={mapping.page_size}"}
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _client(self, token: str) -> Salesforce:
+        return Salesforce(
+            instance_url=self.instance_url,
+            session_id=token,
+            session=self._session,
+            version=API_VERSION,
+            object_pairs_hook=dict,
+        )
+
+    def _before_call(self, url: str) -> None:
+        if url.startswith(self._token_url()):
+            return
+        if not getattr(self._local, "floor_exempt", False):
+            self._check_floor()
+        self._limiter.acquire()
+
+    def _after_call(self, response: Any) -> None:
+        usage = parse_limit_info(response.headers.get("Sforce-Limit-Info"))
+        if usage is not None:
+            self.usage = usage
+            self._redis.set(self._usage_key, f"{usage[0]}/{usage[1]}", ex=3600)
+
+    def _shared_usage(self) -> tuple[int, int] | None:
+        raw = self._redis.get(self._usage_key)
+        if raw is None:
+            return self.usage
+        text = raw.decode() if isinstance(raw, bytes) else str(raw)
+        return parse_limit_info(f"api-usage={text}") or self.usage
+
+    def _floor_limit(self, total: int) -> int:
+        return math.floor(total * (1 - self.mapping.api_floor_percent / 100))
+
+    def _check_floor(self) -> None:
+        usage = self._shared_usage()
+        if usage is None:
+            return
+        used, total = usage
+        if total > 0 and used >= self._floor_limit(total):
+            raise StopSync(self._floor_sentence(used, total), resume_at=time.time() + 3600)
+
+    def _floor_sentence(self, used: int, total: int) -> str:
+        floor = self.mapping.api_floor_percent
+        return (
+            f"Salesforce API usage is at {used:,} of the org's {total:,} calls for the last 24 hours; "
+            f"the connector stops at {100 - floor:g}% to leave {floor:g}% for other integrations "
+            "(api_floor_percent in mappings/salesforce.yaml), and syncing can resume once older calls "
+            "age out of the rolling 24-hour window"
+        )
+
+    def _token_url(self) -> str:
+        if self._oauth is not None and self._oauth.token_url:
+            return self._oauth.token_url
+        return f"{self.instance_url}/services/oauth2/token"
+
+    def _run(
+        self,
+        fn: Callable[[Salesforce], T],
+        *,
+        record_id: str | None = None,
+        query: str | None = None,
+        policy: RetryPolicy | None = None,
+    ) -> T:
+        """One logical call: retried when transient, refreshed once on an expired session."""
+
+        def attempt() -> T:
+            for refreshed in (False, True):
+                used_token = self._token
+                try:
+                    return fn(self._sf)
+                except Exception as exc:
+                    err = classify(
+                        exc, instance_url=self.instance_url, record_id=record_id, query=query, usage=self.usage
+                    )
+                    if err is exc:
+                        raise
+                    # Keep the cause for the traceback, but not its frames' locals: they
+                    # hold the HTTP response and with it an open connection.
+                    traceback.clear_frames(exc.__traceback__)
+                    if isinstance(err, SessionExpired) and not refreshed:
+                        self._refresh(used_token)
+                        continue
+                    if isinstance(err, SessionExpired):
+                        raise StopSync(SESSION_EXPIRED) from None
+                    raise err from exc
+            raise AssertionError("unreachable")
+
+        return call_with_retry(attempt, policy or self._policy)
+
+    def _refresh(self, expired: str) -> None:
+        """Get a new session: another worker's (from Redis), else a refresh under a shared lock."""
+        shared = self._tokens.get(self._configured_token)
+        if shared and shared != expired:
+            self._use(shared)
+            return
+        if self._oauth is None:
+            raise StopSync(SESSION_EXPIRED)
+        with self._tokens.lock():
+            shared = self._tokens.get(self._configured_token)
+            if shared and shared != expired:
+                self._use(shared)
+                return
+            token = self._request_token(self._oauth)
+            self._tokens.put(self._configured_token, token)
+            self._use(token)
+
+    def _request_token(self, oauth: OAuthCredentials) -> str:
+        try:
+            response = self._session.post(self._token_url(), data=oauth.form())
+        except requests.RequestException as exc:
+            raise classify(exc, instance_url=self.instance_url) from None
+        if response.status_code >= 500:
+            raise RetryLater(f"the Salesforce token endpoint answered {response.status_code}")
+        body: Any
+        try:
+            body = response.json()
+        except ValueError:
+            body = {}
+        token = body.get("access_token") if isinstance(body, Mapping) else None
+        if response.status_code != 200 or not isinstance(token, str) or not token:
+            code, message = error_detail(body)
+            raise StopSync(
+                f"{SESSION_EXPIRED} (the {oauth.grant} refresh was refused: {code or response.status_code}"
+                f"{': ' + message if message else ''})"
+            )
+        return token
+
+    def _use(self, token: str) -> None:
+        self._token = token
+        self._sf = self._client(token)
+
+    # ------------------------------------------------------------------ SOQL helpers
+
+    def _object(self, stream: str) -> str:
+        if stream not in OBJECTS:
+            raise ValueError(f"unknown Salesforce stream {stream!r}; expected one of {', '.join(OBJECTS)}")
+        return stream
+
+    def _select_list(self, stream: str) -> list[str]:
+        fields = ["Id", "OwnerId", "SystemModstamp"]
+        fields += self.mapping.objects[stream].fields.values()  # type: ignore[index]
+        fields += self.mapping.write_fields.as_dict().values()
+        return list(dict.fromkeys(fields))
+
+    def _base_where(self, stream: str) -> list[str]:
+        return ["IsConverted = false"] if stream == "Lead" else []
+
+    def _query_page(self, soql: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._run(lambda sf: sf.query(soql, headers=self._query_headers), query=soql)
+        return result
+
+    def _query_more(self, locator: str, soql: str | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = self._run(
+            lambda sf: sf.query_more(locator, identifier_is_url=True, headers=self._query_headers),
+            query=soql or locator,
+        )
+        return result
+
+    def _query_all(self, soql: str) -> Iterator[dict[str, Any]]:
+        """query_all_iter, one retried call per batch."""
+        result = self._query_page(soql)
+        while True:
+            yield from result["records"]
+            if result.get("done", True) or not result.get("nextRecordsUrl"):
+                return
+            result = self._query_more(result["nextRecordsUrl"], soql)
+
+    # ------------------------------------------------------------------ reading
+
+    def read_page(self, stream: str, cursor: str | None, *, since: float | None) -> Page:
+        obj = self._object(stream)
+        if cursor is None:
+            where = self._base_where(obj)
+            order = None
+            if since is not None:
+                # Inclusive: records stamped in the same second as the last high-water
+                # mark are read again, and the caller dedupes by id.
+                where.append(f"SystemModstamp >= {soql_datetime(since)}")
+                order = "SystemModstamp ASC"
+            result = self._query_page(build_soql(self._select_list(obj), obj, where, order_by=order))
+        else:
+            self._check_cursor(obj, cursor)
+            result = self._query_more(cursor)
+        leads: list[Lead] = []
+        problems: list[tuple[str, str]] = []
+        for record in result["records"]:
+            try:
+                leads.append(self._lead(obj, record))
+            except (KeyError, TypeError, ValueError) as exc:
+                problems.append((str(record.get("Id", "?")), f"cannot be read: {exc}"))
+        stamps = [lead.modified_at for lead in leads if lead.modified_at is not None]
+        next_cursor = None if result.get("done", True) else result.get("nextRecordsUrl")
+        return Page(leads=leads, next_cursor=next_cursor, high_water=max(stamps) if stamps else None, problems=problems)
+
+    def _check_cursor(self, stream: str, cursor: str) -> None:
+        # The cursor is a nextRecordsUrl from this API: a path under /services/data/.
+        if not cursor.startswith("/services/data/") or "/query" not in cursor or "?" in cursor or "//" in cursor:
+            raise ValueError(f"{cursor!r} is not a Salesforce query cursor for {stream}")
+
+    def _lead(self, stream: str, record: Mapping[str, Any]) -> Lead:
+        profile: dict[str, Any] = {}
+        for engine, api in self.mapping.objects[stream].fields.items():  # type: ignore[index]
+            value = get_path(record, api)
+            if value is not None and value != "":
+                profile[engine] = value
+        written: dict[str, str] = {}
+        for engine, api in self.mapping.write_fields.as_dict().items():
+            text = canonical_written(engine, record.get(api))
+            if text is not None:
+                written[engine] = text
+        return Lead(
+            crm="salesforce",
+            object_type=stream,
+            id=str(record["Id"]),
+            profile=profile,
+            owner_id=record.get("OwnerId") or None,
+            written=written,
+            modified_at=parse_time(record.get("SystemModstamp")),
+        )
+
+    def get_leads(self, stream: str, ids: Sequence[str]) -> list[Lead]:
+        obj = self._object(stream)
+        template = build_soql(self._select_list(obj), obj, [*self._base_where(obj), "Id IN ({ids})"])
+        leads: list[Lead] = []
+        for soql in in_list_queries(template, ids):
+            leads.extend(self._lead(obj, r) for r in self._query_all(soql))
+        return leads
+
+    # ------------------------------------------------------------------ activities
+
+    def load_activities(self, leads: Sequence[Lead], now: float) -> None:
+        acts = self.mapping.activities
+        oldest = now - acts.lookback_days * 86400
+        by_id: dict[str, Lead] = {}
+        for lead in leads:
+            lead.activities = []
+            by_id[lead.id[:15]] = lead
+        ids_by_stream: dict[str, list[str]] = {s: [ld.id for ld in leads if ld.object_type == s] for s in OBJECTS}
+        for source_name, source in acts.sources.items():
+            fields = source_fields(source_name, source, acts.rules)
+            links = LINK_FIELDS[source_name]
+            # Task and Event link either object through WhoId: one IN list for both.
+            groups: dict[str, list[str]] = {}
+            for stream, ids in ids_by_stream.items():
+                groups.setdefault(links[stream], []).extend(ids)
+            for link_field, ids in groups.items():
+                if not ids:
+                    continue
+                template = build_soql(
+                    fields, source_name, [f"{link_field} IN ({{ids}})", f"CreatedDate >= {soql_datetime(oldest)}"]
+                )
+                for soql in in_list_queries(template, ids):
+                    for record in self._query_all(soql):
+                        owner = by_id.get(str(record.get(link_field) or "")[:15])
+                        if owner is None:
+                            continue
+                        activity = activity_from(source_name, source, acts.rules, record, oldest=oldest, now=now)
+                        if activity is not None:
+                            owner.activities.append(activity)
+        for lead in leads:
+            lead.activities.sort(key=lambda a: a.ts)
+
+    # ------------------------------------------------------------------ writing
+
+    def write_scores(
+        self, stream: str, updates: Mapping[str, Mapping[str, str]], *, bulk: bool | None = None
+    ) -> WriteReport:
+        """Composite PATCH, 200 records a call; Bulk API 2.0 above `bulk_threshold` (or bulk=True)."""
+        obj = self._object(stream)
+        report = WriteReport()
+        rows: list[tuple[str, dict[str, Any]]] = []
+        names = self.mapping.write_fields
+        for record_id, values in updates.items():
+            if not SALESFORCE_ID.match(record_id):
+                report.failed.append((record_id, "not a Salesforce record id"))
+                continue
+            try:
+                fields = {
+                    names.api(engine): to_salesforce(engine, value)
+                    for engine, value in values.items()
+                    if engine in WRITE_FIELDS
+                }
+            except ValueError as exc:
+                report.failed.append((record_id, str(exc)))
+                continue
+            unknown = sorted(set(values) - set(WRITE_FIELDS))
+            if unknown:
+                report.failed.append((record_id, f"not score fields: {', '.join(unknown)}"))
+                continue
+            if fields:
+                rows.append((record_id, fields))
+        use_bulk = bulk if bulk is not None else len(rows) > self.mapping.bulk_threshold
+        if use_bulk and rows:
+            self._write_bulk(obj, rows, report)
+        else:
+            for chunk in chunked(rows, COMPOSITE_MAX):
+                self._write_composite(obj, chunk, report)
+        return report
+
+    def _write_composite(self, obj: str, rows: Sequence[tuple[str, dict[str, Any]]], report: WriteReport) -> None:
+        body = {
+            "allOrNone": False,
+            "records": [{"attributes": {"type": obj}, "id": rid, **fields} for rid, fields in rows],
+        }
+        try:
+            results = self._run(lambda sf: sf.restful("composite/sobjects", method="PATCH", json=body))
+        except RecordError as exc:
+            # The whole request was refused (400): every record in it failed with that reason.
+            report.failed.extend((rid, exc.message) for rid, _ in rows)
+            return
+        # Results come in request order; a failed one carries no id, so pair by position.
+        for (rid, _), result in zip(rows, results or [], strict=False):
+            if result.get("success"):
+                report.written.append(rid)
+            else:
+                errors = result.get("errors") or []
+                message = "; ".join(f"{e.get('statusCode', 'ERROR')}: {e.get('message', '')}".strip() for e in errors)
+                report.failed.append((rid, message or "Salesforce did not save the record"))
+        answered = len(results or [])
+        report.failed.extend((rid, "Salesforce gave no result for this record") for rid, _ in rows[answered:])
+
+    def _write_bulk(self, obj: str, rows: Sequence[tuple[str, dict[str, Any]]], report: WriteReport) -> None:
+        """One Bulk API 2.0 update job (CSV); failed rows come back per record in failedResults."""
+        columns = list(dict.fromkeys(name for _, fields in rows for name in fields))
+        # In a Bulk API CSV an empty cell leaves the field as it is, which is what a
+        # record that does not update that field wants.
+        records = [{"Id": rid, **{c: self._csv_value(fields.get(c)) for c in columns}} for rid, fields in rows]
+
+        def job(sf: Salesforce) -> tuple[list[dict[str, Any]], list[tuple[str, str]], int]:
+            handler = SFBulk2Handler(sf.session_id, sf.bulk2_url, session=self._session)
+            bulk_type = getattr(handler, obj)
+            results: list[dict[str, Any]] = bulk_type.update(records=records, wait=1)
+            failed: list[tuple[str, str]] = []
+            unprocessed = 0
+            for res in results:
+                if int(res.get("numberRecordsFailed", 0)):
+                    text = bulk_type.get_failed_records(res["job_id"])
+                    for row in csv.DictReader(io.StringIO(text)):
+                        failed.append((row.get("sf__Id") or row.get("Id") or "?", row.get("sf__Error") or ""))
+                unprocessed += int(res.get("numberRecordsTotal", 0)) - int(res.get("numberRecordsProcessed", 0))
+            return results, failed, unprocessed
+
+        _, failed, _ = self._run(job)
+        failed_ids = {rid[:15] for rid, _ in failed}
+        by_prefix = {rid[:15]: rid for rid, _ in rows}
+        for rid, message in failed:
+            report.failed.append((by_prefix.get(rid[:15], rid), _bulk_message(message)))
+        report.written.extend(rid for rid, _ in rows if rid[:15] not in failed_ids)
+
+    @staticmethod
+    def _csv_value(value: Any) -> str:
+        if value is None:
+            return ""
+        if isinstance(value, float) and value.is_integer():
+            return str(int(value))
+        return str(value)
+
+    # ------------------------------------------------------------------ reps and owners
+
+    def list_reps(self) -> list[Rep]:
+        region = self.mapping.reps.region_field
+        fields = list(dict.fromkeys(["Id", "Name", "Email", "IsActive", "TimeZoneSidKey", region]))
+        reps: list[Rep] = []
+        for r in self._query_all(build_soql(fields, "User")):
+            division = (r.get(region) or "").strip() or None
+            reps.append(
+                Rep(
+                    id=r["Id"],
+                    email=r.get("Email") or "",
+                    name=r.get("Name") or "",
+                    region=division,
+                    active=bool(r.get("IsActive")),
+                    timezone=r.get("TimeZoneSidKey") or "UTC",
+                    teams=(division,) if division else (),
+                )
+            )
+        return reps
+
+    def _owner_of(self, obj: str, lead_id: str) -> str | None:
+        soql = build_soql(["Id", "OwnerId"], obj, [f"Id = {soql_id(lead_id)}"])
+        records = self._query_page(soql)["records"]
+        if not records:
+            raise RecordError(lead_id, f"no {obj} with this id")
+        owner = records[0].get("OwnerId")
+        return str(owner) if owner else None
+
+    def set_owner(self, stream: str, lead_id: str, rep_id: str, *, expected: str | None = None) -> bool:
+        obj = self._object(stream)
+        if not SALESFORCE_ID.match(lead_id) or not SALESFORCE_ID.match(rep_id):
+            raise RecordError(lead_id, "not a Salesforce record id")
+        current = self._owner_of(obj, lead_id)
+        if _same_id(current, rep_id):
+            return True
+        allowed = self.mapping.owners.is_unassigned(current) if expected is None else _same_id(current, expected)
+        if not allowed:
+            return False
+        # Sforce-Auto-Assign: FALSE keeps the org's assignment rules from overriding us.
+        self._run(
+            lambda sf: sf.restful(
+                f"sobjects/{obj}/{lead_id}",
+                method="PATCH",
+                json={"OwnerId": rep_id},
+                headers={"Sforce-Auto-Assign": "FALSE"},
+            ),
+            record_id=lead_id,
+        )
+        return True
+
+    # ------------------------------------------------------------------ tasks
+
+    def create_task(self, stream: str, lead_id: str, rep_id: str, *, subject: str, body: str, due: float) -> str:
+        self._object(stream)
+        if not SALESFORCE_ID.match(lead_id) or not SALESFORCE_ID.match(rep_id):
+            raise RecordError(lead_id, "not a Salesforce record id")
+        task = {
+            "WhoId": lead_id,
+            "OwnerId": rep_id,
+            "Subject": subject[:255],
+            "Description": body,
+            "ActivityDate": time.strftime("%Y-%m-%d", time.gmtime(due)),
+            "Status": "Not Started",
+            "Priority": "High",
+        }
+        attempts = 0
+
+        def create(sf: Salesforce) -> str:
+            nonlocal attempts
+            attempts += 1
+            if attempts > 1:
+                # Creating is not idempotent: after a failure the first POST may still
+                # have landed (a timeout), so look for it before sending another.
+                existing = self._find_open_task(sf, lead_id, rep_id, task["Subject"])
+                if existing:
+                    return existing
+            result: Any = sf.restful("sobjects/Task", method="POST", json=task)
+            return str(result["id"])
+
+        return self._run(create, record_id=lead_id)
+
+    def _find_open_task(self, sf: Salesforce, lead_id: str, rep_id: str, subject: str) -> str | None:
+        soql = build_soql(
+            ["Id"],
+            "Task",
+            [
+                f"WhoId = {soql_id(lead_id)}",
+                f"OwnerId = {soql_id(rep_id)}",
+                f"Subject = {soql_string(subject)}",
+                "Status = 'Not Started'",
+            ],
+            limit=1,
+        )
+        records = sf.query(soql)["records"]
+        return str(records[0]["Id"]) if records else None
+
+    def task_is_open(self, task_id: str) -> bool:
+        soql = build_soql(["Id", "IsClosed"], "Task", [f"Id = {soql_id(task_id)}"])
+        records = self._query_page(soql)["records"]
+        return bool(records) and not records[0].get("IsClosed")
+
+    def rep_acted_since(self, stream: str, lead_id: str, rep_id: str, since: float) -> bool:
+        """A closed Task (a logged call or email, or our task done) or an Event by the rep since `since`."""
+        self._object(stream)
+        who, owner, at = soql_id(lead_id), soql_id(rep_id), soql_datetime(since)
+        queries = (
+            build_soql(
+                ["Id"],
+                "Task",
+                [f"WhoId = {who}", f"OwnerId = {owner}", "IsClosed = true", f"LastModifiedDate >= {at}"],
+                limit=1,
+            ),
+            build_soql(["Id"], "Event", [f"WhoId = {who}", f"OwnerId = {owner}", f"CreatedDate >= {at}"], limit=1),
+        )
+        return any(self._query_page(soql)["records"] for soql in queries)
+
+    def record_url(self, stream: str, lead_id: str) -> str:
+        return f"{self.instance_url}/lightning/r/{self._object(stream)}/{lead_id}/view"
+
+    # ------------------------------------------------------------------ setup and check
+
+    def _describe(self, obj: str, policy: RetryPolicy | None = None) -> dict[str, dict[str, Any]]:
+        result = self._run(lambda sf: sf.restful(f"sobjects/{obj}/describe"), policy=policy)
+        return {f["name"].lower(): f for f in (result or {}).get("fields", [])}
+
+    def _field_lines(self, obj: str, fields: Mapping[str, Mapping[str, Any]], *, all_lines: bool) -> list[str]:
+        lines: list[str] = []
+        for engine, api in self.mapping.write_fields.as_dict().items():
+            types, spec, label = FIELD_SPECS[engine]
+            found = fields.get(api.lower())
+            if found is None:
+                lines.append(
+                    f'{obj}: create the field {api} ({spec}), labelled "{label}", '
+                    "and give the integration user Edit access to it"
+                )
+            elif found.get("type") not in types:
+                lines.append(
+                    f"{obj}: the field {api} is of type {found.get('type')}, but the connector writes {spec} "
+                    f"values into it; change its type to {spec} or name another field in mappings/salesforce.yaml"
+                )
+            elif not found.get("updateable", False):
+                lines.append(
+                    f"{obj}: the field {api} ({spec}) is read-only for the integration user; "
+                    "give that user Edit access to it in field-level security"
+                )
+            elif all_lines:
+                lines.append(f"{obj}: the field {api} ({spec}) is in place")
+        for engine, api in self.mapping.objects[obj].fields.items():  # type: ignore[index]
+            name = api.split(".")[0]
+            present = name.lower() in fields or any(
+                str(f.get("relationshipName") or "").lower() == name.lower() for f in fields.values()
+            )
+            if not present:
+                lines.append(
+                    f"{obj}: mappings/salesforce.yaml reads {engine} from {api}, but {obj} has no field "
+                    f"{name}; fix objects.{obj}.fields.{engine}"
+                )
+        return lines
+
+    def setup(self) -> list[str]:
+        """Salesforce fields cannot be created over this REST API: verify them and say what to create."""
+        lines: list[str] = []
+        self._local.floor_exempt = True
+        try:
+            for obj in OBJECTS:
+                lines += self._field_lines(obj, self._describe(obj), all_lines=True)
+        finally:
+            self._local.floor_exempt = False
+        return lines
+
+    def check(self) -> list[str]:
+        problems: list[str] = []
+        self._local.floor_exempt = True
+        try:
+            for obj in OBJECTS:
+                problems += self._field_lines(obj, self._describe(obj, _CHECK_POLICY), all_lines=False)
+        except (StopSync, RetryLater) as exc:
+            return [*problems, _sentence(str(exc))]
+        finally:
+            self._local.floor_exempt = False
+        if self.usage is not None:
+            used, total = self.usage
+            if total > 0 and used >= self._floor_limit(total):
+                problems.append(_sentence(self._floor_sentence(used, total)))
+        return problems
+
+    def usage_line(self) -> str | None:
+        """API usage as last seen, for the CLI: 'Salesforce API usage: 1,234 of 15,000 calls (8%) ...'."""
+        if self.usage is None:
+            return None
+        used, total = self.usage
+        share = 100 * used / total if total else 0.0
+        return (
+            f"Salesforce API usage: {used:,} of {total:,} calls in the last 24 hours ({share:.0f}%); "
+            f"the connector stops at {100 - self.mapping.api_floor_percent:g}%"
+        )
+
+    @property
+    def calls(self) -> CallCounter:
+        """HTTP calls made (retries and token refreshes included), in total and per thread."""
+        return self._session.calls
+
+    @property
+    def api_calls(self) -> int:
+        return self._session.calls.total
+
+    def close(self) -> None:
+        self._session.close()
+
+
+def _same_id(a: str | None, b: str | None) -> bool:
+    return bool(a) and bool(b) and str(a)[:15] == str(b)[:15]
+
+
+def _sentence(text: str) -> str:
+    text = text.strip()
+    return text[:1].upper() + text[1:] + ("" if text.endswith(".") else ".")
+
+
+def _bulk_message(error: str) -> str:
+    # sf__Error looks like "FIELD_CUSTOM_VALIDATION_EXCEPTION:Score too high:Lead_Score__c --".
+    code, _, rest = error.partition(":")
+    message = rest.rsplit(":", 1)[0] if rest.count(":") >= 1 else rest
+    return f"{code}: {message}".strip(": ") if rest else error
+
+
+__all__ = ["FIELD_SPECS", "OAuthCredentials", "SalesforceAdapter", "iso_utc"]

@@ -1,0 +1,561 @@
+"""The Salesforce adapter against the sandbox org, over real HTTPS with simple-salesforce.
+
+Each test drives the adapter, then reads the org back through its REST API (with a
+client of its own) and counts calls in `/__sandbox__/stats`. Nothing inside the
+adapter is patched.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import requests
+from simple_salesforce.api import Salesforce
+
+from connector.crm.base import CrmAdapter
+from connector.crm.limits import RetryPolicy
+from connector.crm.salesforce import SalesforceAdapter
+from connector.crm.salesforce_http import SESSION_EXPIRED, OAuthCredentials
+from connector.crm.salesforce_records import build_soql, soql_id
+from connector.domain import Lead
+from connector.errors import StopSync
+from connector.mappings.salesforce import SalesforceMapping, load_salesforce_mapping
+from connector.sandbox.server import Sandbox, SandboxOptions
+
+ROOT = Path(__file__).resolve().parents[2]
+PEOPLE = 5000
+QUERY = "GET /services/data/{version}/query"
+QUERY_MORE = "GET /services/data/{version}/query/{locator}"
+COMPOSITE = "PATCH /services/data/{version}/composite/sobjects"
+TOKEN = "POST /services/oauth2/token"
+FAST = RetryPolicy(attempts=10, total_seconds=60, base=0.01, cap=0.05)
+
+SCORE_FIELDS = [
+    {"name": "Lead_Score__c", "type": "double"},
+    {"name": "Lead_Fit_Score__c", "type": "double"},
+    {"name": "Lead_Engagement_Score__c", "type": "double"},
+    {"name": "Lead_Band__c", "type": "string", "length": 20},
+    {"name": "Lead_Grade__c", "type": "string", "length": 5},
+    {"name": "Lead_Score_Reasons__c", "type": "textarea"},
+    {"name": "Lead_Scored_At__c", "type": "datetime"},
+    {"name": "Lead_Score_Model__c", "type": "string", "length": 80},
+]
+
+
+class Org:
+    """The test's own view of a sandbox org: admin endpoints and an API client of its own."""
+
+    def __init__(self, sandbox: Sandbox) -> None:
+        self.sandbox = sandbox
+        self.url = sandbox.salesforce_url
+        self.http = requests.Session()
+        self.http.verify = sandbox.ca_cert
+        self.http.trust_env = False
+        info = self.admin("GET", "info")
+        self.oauth = OAuthCredentials(
+            client_id=info["oauth"]["client_id"],
+            client_secret=info["oauth"]["client_secret"],
+            refresh_token=info["oauth"]["refresh_token"],
+        )
+        self.unassigned_owner: str = info["unassigned_owner"]
+        self.made: list[SalesforceAdapter] = []
+        # A token of the test's own, so expiring the adapter's does not blind the test.
+        token = self.http.post(f"{self.url}/services/oauth2/token", data=self.oauth.form(), timeout=10).json()
+        self.sf = Salesforce(instance_url=self.url, session_id=token["access_token"], session=self.http, version="59.0")
+
+    def admin(self, method: str, path: str, body: Any = None) -> Any:
+        response = self.http.request(method, f"{self.url}/__sandbox__/salesforce/{path}", json=body, timeout=10)
+        response.raise_for_status()
+        return response.json()
+
+    def close(self) -> None:
+        """Close every client connection, so the sandbox can shut down at once."""
+        for made in self.made:
+            made.close()
+        self.made.clear()
+        self.http.close()
+
+    def create_score_fields(self) -> None:
+        for obj in ("Lead", "Contact"):
+            self.admin("POST", "fields", {"object": obj, "fields": SCORE_FIELDS})
+
+    def stats(self) -> dict[str, int]:
+        calls: dict[str, int] = self.http.get(f"{self.url}/__sandbox__/stats", timeout=10).json()["calls"]
+        return calls
+
+    def reset_stats(self) -> None:
+        self.http.post(f"{self.url}/__sandbox__/stats/reset", timeout=10).raise_for_status()
+
+    def faults(self, spec: dict[str, float]) -> None:
+        self.http.post(f"{self.url}/__sandbox__/faults", json=spec, timeout=10).raise_for_status()
+
+    def records(self, soql: str) -> list[dict[str, Any]]:
+        return list(self.sf.query_all_iter(soql))
+
+    def adapter(
+        self,
+        client: redis.Redis,
+        mapping: SalesforceMapping,
+        *,
+        token: str | None = None,
+        oauth: OAuthCredentials | None = None,
+        ca: bool = True,
+        timeout: float = 10.0,
+        url: str | None = None,
+    ) -> SalesforceAdapter:
+        made = SalesforceAdapter(
+            instance_url=url or self.url,
+            token=token or self.sandbox.salesforce_token,
+            mapping=mapping,
+            redis=client,
+            ca_bundle=Path(self.sandbox.ca_cert) if ca else None,
+            oauth=oauth,
+            timeout=timeout,
+            retry_policy=FAST,
+        )
+        self.made.append(made)
+        return made
+
+
+@pytest.fixture(scope="module")
+def mapping() -> SalesforceMapping:
+    return load_salesforce_mapping(ROOT / "mappings" / "salesforce.yaml")
+
+
+@pytest.fixture(scope="module")
+def org() -> Iterator[Org]:
+    with Sandbox.start(contacts=PEOPLE, seed=7) as sandbox:
+        view = Org(sandbox)
+        view.create_score_fields()
+        yield view
+        view.close()
+
+
+@pytest.fixture
+def adapter(org: Org, redis_client: redis.Redis, mapping: SalesforceMapping) -> Iterator[SalesforceAdapter]:
+    org.reset_stats()
+    org.faults({})
+    made = org.adapter(redis_client, mapping)
+    yield made
+    made.close()
+    org.made.remove(made)
+
+
+def read_all(adapter: SalesforceAdapter, stream: str, since: float | None = None) -> list[Lead]:
+    leads: list[Lead] = []
+    cursor: str | None = None
+    seen: set[str] = set()
+    while True:
+        page = adapter.read_page(stream, cursor, since=since)
+        leads += page.leads
+        if page.next_cursor is None:
+            return leads
+        assert page.next_cursor not in seen, "a cursor repeated"
+        assert len(page.next_cursor) < 200, "a cursor must stay small"
+        seen.add(page.next_cursor)
+        cursor = page.next_cursor
+
+
+@pytest.fixture(scope="module")
+def some_leads(org: Org) -> list[str]:
+    """Ids of 2,000 unconverted Leads, read by the test's own client; tests use disjoint slices."""
+    return [r["Id"] for r in org.records("SELECT Id FROM Lead WHERE IsConverted = false LIMIT 2000")]
+
+
+def test_the_adapter_fulfils_the_contract(adapter: SalesforceAdapter) -> None:
+    assert isinstance(adapter, CrmAdapter)
+    assert adapter.streams == ("Lead", "Contact")
+
+
+def test_a_full_read_takes_one_query_call_per_2000_records_of_each_object(adapter: SalesforceAdapter, org: Org) -> None:
+    leads = read_all(adapter, "Lead")
+    calls_after_leads = org.stats()
+    contacts = read_all(adapter, "Contact")
+    calls = org.stats()
+
+    assert len(leads) + len(contacts) == PEOPLE
+    assert len({lead.id for lead in leads + contacts}) == PEOPLE
+    lead_calls = calls_after_leads.get(QUERY, 0) + calls_after_leads.get(QUERY_MORE, 0)
+    assert lead_calls == math.ceil(len(leads) / 2000)
+    assert calls.get(QUERY, 0) + calls.get(QUERY_MORE, 0) == lead_calls + math.ceil(len(contacts) / 2000)
+    assert adapter.api_calls == sum(calls.values())
+    first = leads[0]
+    assert first.key == f"salesforce:Lead:{first.id}"
+    assert first.owner_id is not None
+    assert first.modified_at is not None
+    assert {"email", "company", "country"} <= set(first.profile)
+    assert any("company" in c.profile for c in contacts), "Contacts read their company from Account.Name"
+
+
+def test_threads_sharing_one_adapter_each_count_their_own_calls(adapter: SalesforceAdapter) -> None:
+    counts: dict[str, int] = {}
+
+    def read(stream: str) -> None:
+        before = adapter.calls.this_thread
+        read_all(adapter, stream)
+        counts[stream] = adapter.calls.this_thread - before
+
+    threads = [threading.Thread(target=read, args=(stream,)) for stream in adapter.streams]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    assert counts["Lead"] >= 1
+    assert counts["Contact"] >= 1
+    assert adapter.calls.total == counts["Lead"] + counts["Contact"]
+
+
+def test_the_mappings_page_size_is_asked_for_with_sforce_query_options(
+    org: Org, redis_client: redis.Redis, mapping: SalesforceMapping
+) -> None:
+    small = org.adapter(redis_client, mapping.model_copy(update={"page_size": 500}))
+    first = small.read_page("Contact", None, since=None)
+    second = small.read_page("Contact", first.next_cursor, since=None)
+    assert (len(first.leads), len(second.leads)) == (500, 500)
+    assert not {lead.id for lead in first.leads} & {lead.id for lead in second.leads}
+
+
+def test_an_incremental_read_sees_only_what_changed_since(
+    adapter: SalesforceAdapter, org: Org, some_leads: list[str]
+) -> None:
+    changed = some_leads[1000:1010]
+    time.sleep(1.05)  # SystemModstamp has whole seconds: step past earlier tests' writes
+    since = time.time()
+    time.sleep(0.05)
+    report = adapter.write_scores("Lead", {i: {"score": "55", "band": "warm"} for i in changed})
+    assert sorted(report.written) == sorted(changed)
+
+    fresh = read_all(adapter, "Lead", since=math.floor(since))
+
+    assert sorted(lead.id for lead in fresh) == sorted(changed)
+    assert all(lead.written == {"score": "55", "band": "warm"} for lead in fresh)
+    stamps = [lead.modified_at or 0 for lead in fresh]
+    assert stamps == sorted(stamps)
+    assert nothing_after(adapter, time.time() + 5)
+
+
+def in_list(ids: list[str]) -> str:
+    return ", ".join(soql_id(i) for i in ids)
+
+
+def read_until_stopped(adapter: SalesforceAdapter) -> None:
+    for _ in range(100):
+        adapter.read_page("Lead", None, since=None)
+
+
+def nothing_after(adapter: SalesforceAdapter, when: float) -> bool:
+    page = adapter.read_page("Contact", None, since=when)
+    return page.leads == [] and page.next_cursor is None
+
+
+def test_activities_for_a_page_come_from_a_few_in_list_queries(
+    adapter: SalesforceAdapter, org: Org, some_leads: list[str]
+) -> None:
+    leads = adapter.get_leads("Lead", some_leads[:1500])
+    contacts = adapter.read_page("Contact", None, since=None).leads[:500]
+    page = leads + contacts
+    org.reset_stats()
+
+    adapter.load_activities(page, now=time.time())
+
+    calls = org.stats()
+    queries = calls.get(QUERY, 0) + calls.get(QUERY_MORE, 0)
+    assert 3 <= queries <= 16, calls
+    kinds = {a.kind for lead in page for a in lead.activities}
+    assert {"email_open", "email_click", "call", "meeting", "webinar_attended", "form_submission"} <= kinds
+    # Every activity record the org holds for a person became one engine activity.
+    for lead in page[:3] + page[-3:]:
+        link = "LeadId" if lead.object_type == "Lead" else "ContactId"
+        held = sum(
+            len(org.records(build_soql(["Id"], obj, [f"{field} = {soql_id(lead.id)}"])))
+            for obj, field in (("Task", "WhoId"), ("Event", "WhoId"), ("CampaignMember", link))
+        )
+        assert len(lead.activities) == held, lead.id
+        assert [a.ts for a in lead.activities] == sorted(a.ts for a in lead.activities)
+
+
+def test_scores_are_written_200_a_call_and_a_refused_record_does_not_stop_the_others(
+    adapter: SalesforceAdapter, org: Org, some_leads: list[str]
+) -> None:
+    ids = some_leads[:450]
+    bad = ids[7]
+    updates = {
+        i: {
+            "score": "87",
+            "fit": "40",
+            "engagement": "47.0",
+            "band": "hot",
+            "grade": "A",
+            "reasons": "Visited pricing twice\nRequested a demo",
+            "scored_at": "2026-03-01T12:00:00Z",
+            "model": "m" * 100 if i == bad else "v3",
+        }
+        for i in ids
+    }
+
+    report = adapter.write_scores("Lead", updates)
+
+    assert org.stats().get(COMPOSITE) == 3
+    assert [rid for rid, _ in report.failed] == [bad]
+    assert "STRING_TOO_LONG" in report.failed[0][1]
+    assert sorted(report.written) == sorted(set(ids) - {bad})
+    held = {
+        r["Id"]: r
+        for r in org.records(
+            build_soql(
+                ["Id", "Lead_Score__c", "Lead_Engagement_Score__c", "Lead_Band__c", "Lead_Scored_At__c"],
+                "Lead",
+                [f"Id IN ({in_list(ids[:20])})"],
+            )
+        )
+    }
+    assert held[ids[0]]["Lead_Score__c"] == 87
+    assert held[ids[0]]["Lead_Engagement_Score__c"] == 47
+    assert held[ids[0]]["Lead_Band__c"] == "hot"
+    assert held[ids[0]]["Lead_Scored_At__c"].startswith("2026-03-01T12:00:00")
+    assert held[bad]["Lead_Score__c"] is None
+    # Read back through the adapter, the values come as canonical strings.
+    again = adapter.get_leads("Lead", [ids[0]])[0]
+    assert again.written["score"] == "87"
+    assert again.written["engagement"] == "47"
+    assert again.written["scored_at"] == "2026-03-01T12:00:00.000Z"
+
+
+def test_a_large_write_goes_through_bulk_api_2_and_reports_failed_rows(
+    org: Org, redis_client: redis.Redis, mapping: SalesforceMapping, some_leads: list[str]
+) -> None:
+    org.reset_stats()
+    adapter = org.adapter(redis_client, mapping.model_copy(update={"bulk_threshold": 300}))
+    ids = some_leads[500:900]
+    bad = ids[3]
+    updates = {i: {"score": "12", "grade": "TOOLONG" if i == bad else "C"} for i in ids}
+
+    report = adapter.write_scores("Lead", updates)
+
+    calls = org.stats()
+    assert calls.get("POST /services/data/{version}/jobs/ingest") == 1
+    assert COMPOSITE not in calls
+    assert report.failed == [(bad, report.failed[0][1])]
+    assert report.failed[0][1].startswith("STRING_TOO_LONG")
+    assert len(report.written) == 399
+    held = org.records(
+        build_soql(["Id", "Lead_Score__c", "Lead_Grade__c"], "Lead", [f"Id IN ({in_list([ids[0], bad])})"])
+    )
+    values = {r["Id"]: (r["Lead_Score__c"], r["Lead_Grade__c"]) for r in held}
+    assert values == {ids[0]: (12, "C"), bad: (None, None)}
+    adapter.close()
+
+
+def test_transient_failures_and_timeouts_are_retried_to_the_same_end_state(
+    adapter: SalesforceAdapter, org: Org, redis_client: redis.Redis, mapping: SalesforceMapping, some_leads: list[str]
+) -> None:
+    ids = some_leads[1100:1500]
+    org.faults({"500": 0.25, "429": 0.1, "timeout": 0.05, "timeout_s": 1.0, "seed": 3})
+    impatient = org.adapter(redis_client, mapping, timeout=0.5)
+    try:
+        report = impatient.write_scores("Lead", {i: {"score": "33", "band": "cold"} for i in ids})
+        leads = impatient.get_leads("Lead", ids)
+    finally:
+        org.faults({})
+        impatient.close()
+
+    assert sorted(report.written) == sorted(ids)
+    assert report.failed == []
+    assert sorted(lead.id for lead in leads) == sorted(ids)
+    assert impatient.api_calls > 2 + 2  # some calls were repeated
+    held = org.records(build_soql(["Id", "Lead_Score__c"], "Lead", [f"Id IN ({in_list(ids[:50])})"]))
+    assert {r["Lead_Score__c"] for r in held} == {33}
+
+
+def test_set_owner_assigns_an_unowned_lead_without_the_orgs_assignment_rules(
+    adapter: SalesforceAdapter, org: Org, some_leads: list[str]
+) -> None:
+    unowned = org.records(
+        build_soql(["Id"], "Lead", ["IsConverted = false", f"OwnerId = {soql_id(org.unassigned_owner)}"], limit=2)
+    )
+    lead_id = unowned[0]["Id"]
+    reps = [r for r in adapter.list_reps() if r.active and r.region]
+    first, second = reps[0].id, reps[1].id
+
+    assert adapter.set_owner("Lead", lead_id, first) is True
+    # Owned now: a second assignment without `expected` must not steal it.
+    assert adapter.set_owner("Lead", lead_id, second) is False
+    assert adapter.set_owner("Lead", lead_id, first) is True  # already theirs
+    # An SLA reassignment names the rep who loses the lead.
+    assert adapter.set_owner("Lead", lead_id, second, expected=first) is True
+
+    held = org.records(build_soql(["OwnerId"], "Lead", [f"Id = {soql_id(lead_id)}"]))
+    assert held[0]["OwnerId"] == second
+    assert org.admin("GET", "info")["auto_assign_applied"] == 0
+
+
+def test_reps_are_the_orgs_users_with_their_division_as_region(adapter: SalesforceAdapter) -> None:
+    reps = adapter.list_reps()
+    regions = {r.region for r in reps if r.region}
+    assert {"DACH", "Nordics", "UK&I", "Benelux", "Rest of World"} <= regions
+    assert any(not r.active for r in reps)
+    dach = next(r for r in reps if r.region == "DACH")
+    assert dach.teams == ("DACH",)
+    assert "@" in dach.email
+    assert dach.timezone != ""
+
+
+def test_a_task_for_the_rep_is_created_and_followed(
+    adapter: SalesforceAdapter, org: Org, some_leads: list[str]
+) -> None:
+    lead_id = some_leads[1600]
+    rep = next(r for r in adapter.list_reps() if r.active and r.region).id
+    before = time.time() - 1
+    due = time.time() + 86400
+
+    task_id = adapter.create_task("Lead", lead_id, rep, subject="Hot lead: call today", body="Score 91", due=due)
+
+    fields = ["WhoId", "OwnerId", "Subject", "Status", "Priority", "ActivityDate"]
+    held = org.records(build_soql(fields, "Task", [f"Id = {soql_id(task_id)}"]))[0]
+    assert (held["WhoId"], held["OwnerId"], held["Status"], held["Priority"]) == (lead_id, rep, "Not Started", "High")
+    assert held["ActivityDate"] == time.strftime("%Y-%m-%d", time.gmtime(due))
+    assert adapter.task_is_open(task_id) is True
+    assert adapter.rep_acted_since("Lead", lead_id, rep, before) is False
+
+    org.sf.Task.update(task_id, {"Status": "Completed"})
+
+    assert adapter.task_is_open(task_id) is False
+    assert adapter.rep_acted_since("Lead", lead_id, rep, before) is True
+    assert adapter.record_url("Lead", lead_id) == f"{org.url}/lightning/r/Lead/{lead_id}/view"
+
+
+def test_an_expired_token_is_refreshed_mid_run_and_shared_with_other_workers(
+    redis_client: redis.Redis, mapping: SalesforceMapping
+) -> None:
+    with Sandbox.start(contacts=4500, seed=11) as sandbox:
+        org = Org(sandbox)
+        org.create_score_fields()
+        worker = org.adapter(redis_client, mapping, oauth=org.oauth)
+        first = worker.read_page("Lead", None, since=None)
+        assert first.next_cursor is not None
+
+        org.http.post(f"{org.url}/__sandbox__/salesforce/expire", json={"token": sandbox.salesforce_token}, timeout=10)
+        rest = read_all_from(worker, "Lead", first.next_cursor)
+        other = org.adapter(redis_client, mapping, oauth=org.oauth)
+        contacts = read_all(other, "Contact")
+
+        assert len(first.leads) + len(rest) + len(contacts) == 4500
+        calls = org.stats()
+        assert calls.get(TOKEN) == 2  # the test's own token, and one refresh for both workers
+        assert sandbox.salesforce_token not in redis_client.keys("*")
+
+        # A worker without refresh credentials, and no refreshed token shared yet, stops.
+        redis_client.flushall()
+        unrefreshable = org.adapter(redis_client, mapping)
+        with pytest.raises(StopSync) as info:
+            unrefreshable.read_page("Lead", None, since=None)
+        assert str(info.value) == SESSION_EXPIRED
+        org.close()
+
+
+def read_all_from(adapter: SalesforceAdapter, stream: str, cursor: str) -> list[Lead]:
+    leads: list[Lead] = []
+    next_cursor: str | None = cursor
+    while next_cursor is not None:
+        page = adapter.read_page(stream, next_cursor, since=None)
+        leads += page.leads
+        next_cursor = page.next_cursor
+    return leads
+
+
+def test_setup_and_check_name_each_missing_score_field_and_then_pass(
+    redis_client: redis.Redis, mapping: SalesforceMapping
+) -> None:
+    with Sandbox.start(contacts=50, seed=3) as sandbox:
+        org = Org(sandbox)
+        adapter = org.adapter(redis_client, mapping)
+        org.admin("POST", "fields", {"object": "Lead", "fields": [{"name": "Lead_Score__c", "type": "string"}]})
+
+        lines = adapter.setup()
+        problems = adapter.check()
+
+        assert "Lead: create the field Lead_Fit_Score__c (Number(18,0))" in "\n".join(lines)
+        assert sum("Lead_Fit_Score__c" in line for line in lines) == 2  # one line per object
+        assert any(line.startswith("Contact: create the field Lead_Scored_At__c (Date/Time)") for line in lines)
+        assert any(line.startswith("Lead: the field Lead_Score__c is of type string") for line in lines)
+        assert len(problems) == 16
+        assert all(p.startswith(("Lead: ", "Contact: ")) for p in problems)
+
+        org.admin("POST", "fields", {"object": "Contact", "fields": SCORE_FIELDS})
+        org.admin("POST", "fields", {"object": "Lead", "fields": SCORE_FIELDS[1:]})
+        assert [p for p in adapter.check() if "Lead_Score__c" not in p] == []
+        assert adapter.usage_line() is not None
+        assert adapter.usage_line().startswith("Salesforce API usage: ")  # type: ignore[union-attr]
+        org.close()
+
+
+def test_check_reports_a_bad_token_an_unreachable_host_and_an_untrusted_certificate(
+    org: Org, redis_client: redis.Redis, mapping: SalesforceMapping
+) -> None:
+    bad_token = org.adapter(redis_client, mapping, token="00Dbogus!token")
+    assert bad_token.check() == [SESSION_EXPIRED[:1].upper() + SESSION_EXPIRED[1:] + "."]
+
+    no_ca = org.adapter(redis_client, mapping, ca=False)
+    problems = no_ca.check()
+    assert len(problems) == 1
+    assert "TLS certificate" in problems[0]
+    assert "SALESFORCE_CA_BUNDLE" in problems[0]
+    with pytest.raises(StopSync, match="not trusted"):
+        no_ca.read_page("Lead", None, since=None)
+
+    with socket_closed_port() as port:
+        nowhere = org.adapter(redis_client, mapping, url=f"https://127.0.0.1:{port}", timeout=2)
+        problems = nowhere.check()
+    assert len(problems) == 1
+    assert problems[0].startswith("Cannot reach Salesforce at 127.0.0.1:")
+
+
+class socket_closed_port:
+    def __enter__(self) -> int:
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return int(s.getsockname()[1])
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def test_the_api_floor_and_the_daily_limit_stop_the_sync_with_a_sentence(
+    redis_client: redis.Redis, mapping: SalesforceMapping
+) -> None:
+    sandbox = Sandbox._start_thread(SandboxOptions(contacts=20, seed=5, salesforce_daily=20))
+    try:
+        org = Org(sandbox)
+        org.create_score_fields()
+        careful = org.adapter(redis_client, mapping.model_copy(update={"api_floor_percent": 50.0}))
+        with pytest.raises(StopSync) as info:
+            read_until_stopped(careful)
+        assert "Salesforce API usage is at 10 of the org's 20 calls" in str(info.value)
+        assert "leave 50% for other integrations" in str(info.value)
+        # check() still reaches the org (two describes) and reports the usage as a problem.
+        assert careful.check() == [f"{info.value}.".replace("at 10 of", "at 12 of")]
+
+        # Another integration spends the rest of the day's budget...
+        while org.admin("GET", "info")["api_usage"] != "api-usage=20/20":
+            org.records("SELECT Id FROM User LIMIT 1")
+        # ...so a worker that has not seen the usage yet meets Salesforce's own refusal.
+        redis_client.flushall()
+        fresh = org.adapter(redis_client, mapping)
+        with pytest.raises(StopSync) as info:
+            fresh.read_page("Lead", None, since=None)
+        assert "API request limit is used up" in str(info.value)
+        assert "rolling 24 hours" in str(info.value)
+        assert info.value.resume_at is not None
+        org.close()
+    finally:
+        sandbox.stop()

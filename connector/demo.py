@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import socket
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -105,7 +108,8 @@ class DemoSummary:
             out.append(f"  read {k.get('read', 0)}, scored {k.get('scored', 0)}, written {k.get('written', 0)}, "
                        f"unchanged {k.get('unchanged', 0)}, failed {k.get('failed', 0)}")
             out.append("  bands: " + ", ".join(f"{b} {c.bands.get(b, 0)}" for b in ("hot", "warm", "cold")))
-            out.append(f"  hot leads {k.get('hot', 0)}, newly assigned {k.get('assigned', 0)}")
+            out.append(f"  hot leads {k.get('hot', 0)}, newly assigned {k.get('assigned', 0)}"
+                       + (f", left unassigned {k['unassigned']}" if k.get("unassigned") else ""))
             for region in sorted(c.assignments):
                 reps = c.assignments[region]
                 out.append(f"    {region}: " + ", ".join(f"{name} {n}" for name, n in sorted(reps.items())))
@@ -143,7 +147,12 @@ def _admin(url: str, path: str, body: Any, ca: str | None = None) -> Any:
 
 @contextlib.contextmanager
 def _store(settings: Settings) -> Iterator[tuple[redis.Redis, str, str]]:
-    """(client, broker URL, description): the admin's Redis when REDIS_URL is set, else an embedded one."""
+    """(client, broker URL, description) for the demo's broker and shared state.
+
+    REDIS_URL set: that Redis. Else a private redis-server on a free port when one is
+    installed (nothing shared is touched, nothing kept). Else, on a machine with no
+    Redis at all, Celery's in-memory transport and an embedded Redis-compatible store.
+    """
     if settings.redis_url_given:
         client = redis.Redis.from_url(settings.redis_url)
         try:
@@ -153,10 +162,45 @@ def _store(settings: Settings) -> Iterator[tuple[redis.Redis, str, str]]:
         yield client, settings.redis_url, "Redis at REDIS_URL"
         client.close()
         return
+    exe = shutil.which("redis-server")
+    if exe is not None:
+        with _private_redis(exe) as url:
+            client = redis.Redis.from_url(url)
+            yield client, url, "a private redis-server on a free port"
+            client.close()
+        return
     import fakeredis
 
     server = fakeredis.FakeServer()
-    yield fakeredis.FakeRedis(server=server), "memory://", "embedded (no Redis server needed)"
+    yield fakeredis.FakeRedis(server=server), "memory://", "embedded (no Redis server installed)"
+
+
+@contextlib.contextmanager
+def _private_redis(exe: str) -> Iterator[str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with tempfile.TemporaryDirectory(prefix="leadscore-demo-") as tmp:
+        proc = subprocess.Popen(  # noqa: S603 - our own argv, no shell
+            [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", tmp],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        url = f"redis://127.0.0.1:{port}/0"
+        try:
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    redis.Redis.from_url(url).ping()
+                    break
+                except redis.ConnectionError:
+                    if time.monotonic() > deadline or proc.poll() is not None:
+                        raise UserError("the demo could not start its private redis-server.") from None
+                    time.sleep(0.05)
+            yield url
+        finally:
+            proc.terminate()
+            proc.wait(10)
 
 
 @contextlib.contextmanager
@@ -212,6 +256,7 @@ def run_demo(*, crm: str, contacts: int, seed: int, workers: int = 4, progress: 
             salesforce_ca_bundle=Path(sb.ca_cert),
         )
         namespace = f"leadscore-demo-{uuid.uuid4().hex[:8]}"
+        # on the admin's own Redis, a queue of the demo's own so that no production worker takes its tasks
         queue = f"{namespace}-tasks" if base.redis_url_given else "leadscore"
         rt = build_runtime(settings, redis_client=client, namespace=namespace)
         rt.overrides["hubspot"] = _demo_hubspot_limits
@@ -256,10 +301,12 @@ def _sync_one(rt: Runtime, sync_tasks: Any, crm: str, sb: Any, progress: bool) -
     assignments: dict[str, Counter[str]] = {}
     for k, v in view.fields.items():
         if k.startswith("assigned:"):
-            _, region, rep_id = k.split(":", 2)
-            assignments.setdefault(region, Counter())[reps.get(rep_id, rep_id)] += int(v)
+            _, regions, rep_id = k.split(":", 2)
+            lead_region, _, rep_region = regions.partition(">")
+            label = lead_region if rep_region in ("", lead_region) else f"{lead_region} (fallback to {rep_region})"
+            assignments.setdefault(label, Counter())[reps.get(rep_id, rep_id)] += int(v)
     counts = {name: view.count(name) for name in ("read", "scored", "written", "unchanged", "failed", "hot",
-                                                   "assigned")}
+                                                   "assigned", "unassigned")}
     return CrmSummary(
         crm=crm,
         run_id=view.id,

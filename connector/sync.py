@@ -100,7 +100,10 @@ def score_leads(rt: Runtime, crm: CrmName, stream: str, leads: Sequence[Lead], n
             continue
         if decision.assigned_now:
             result.add("assigned")
-            result.add(f"assigned:{decision.region}:{decision.rep_id}")
+            # lead's region > region of the rep who got it (differs on fallback) : rep id
+            result.add(f"assigned:{decision.region}>{decision.chosen_region or decision.region}:{decision.rep_id}")
+        elif decision.outcome == "unassigned":
+            result.add("unassigned")
 
 
 def run_page(

@@ -347,6 +347,7 @@ class SalesforceAdapter:
             value = get_path(record, api)
             if value is not None and value != "":
                 profile[engine] = value
+        owner = record.get("OwnerId") or None
         written: dict[str, str] = {}
         for engine, api in self.mapping.write_fields.as_dict().items():
             text = canonical_written(engine, record.get(api))
@@ -357,7 +358,8 @@ class SalesforceAdapter:
             object_type=stream,
             id=str(record["Id"]),
             profile=profile,
-            owner_id=record.get("OwnerId") or None,
+            # every Salesforce record has an owner; the integration user and queues mean "nobody yet"
+            owner_id=None if self.mapping.owners.is_unassigned(owner) else owner,
             written=written,
             modified_at=parse_time(record.get("SystemModstamp")),
         )

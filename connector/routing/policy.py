@@ -472,15 +472,25 @@ class OwnerPlan:
     exclude: tuple[str, ...] = ()
 
 
-def owner_plan(cfg: RoutingConfig, owner: str | None, previously_assigned: str | None, rehot: bool) -> OwnerPlan:
+def owner_plan(
+    cfg: RoutingConfig,
+    owner: str | None,
+    previously_assigned: str | None,
+    rehot: bool,
+    owner_inactive: bool = False,
+) -> OwnerPlan:
     """A lead that has an owner keeps it; a re-hot lead we routed before follows `rehot:`.
 
     `previously_assigned` is the rep routing gave this lead in an earlier hot
     episode; `rehot` is true when this is a later episode than that one.
+    An owner who is an inactive CRM user cannot act on the lead: it is routed
+    as if unowned, replacing that owner only if they still own it.
     """
     reason = "re-hot" if rehot else "hot"
     if owner is None:
         return OwnerPlan("route", reason)
+    if owner_inactive:
+        return OwnerPlan("route", "owner inactive", expected_owner=owner)
     if rehot and previously_assigned is not None and owner == previously_assigned:
         if cfg.rehot == "reassign":
             return OwnerPlan("route", "re-hot", expected_owner=owner, exclude=(owner,))

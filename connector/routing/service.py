@@ -174,7 +174,10 @@ class Router:
             pkey = self._pending_key(lead.key, ep)
             state = self._state(pkey)
             if "r0:decision" not in state:
-                plan = owner_plan(self.config, lead.owner_id, previous, rehot)
+                inactive = lead.owner_id is not None and any(
+                    r.id == lead.owner_id and not r.active for r in self.reps(lead.crm)
+                )
+                plan = owner_plan(self.config, lead.owner_id, previous, rehot, owner_inactive=inactive)
                 region = resolve_region(self.config, lead.profile)
                 if plan.action == "keep" and lead.owner_id is not None:
                     decision = kept(region, lead.owner_id, now, plan)

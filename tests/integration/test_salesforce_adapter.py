@@ -188,7 +188,11 @@ def test_a_full_read_takes_one_query_call_per_2000_records_of_each_object(adapte
     assert adapter.api_calls == sum(calls.values())
     first = leads[0]
     assert first.key == f"salesforce:Lead:{first.id}"
-    assert first.owner_id is not None
+    # the integration user counts as nobody (mappings/salesforce.yaml owners.unassigned); reps stay owners
+    owners = {lead.owner_id for lead in leads + contacts}
+    assert None in owners
+    assert "0058d00000000G7AAI" not in owners
+    assert any(o is not None and o.startswith("005") for o in owners)
     assert first.modified_at is not None
     assert {"email", "company", "country"} <= set(first.profile)
     assert any("company" in c.profile for c in contacts), "Contacts read their company from Account.Name"

@@ -259,6 +259,11 @@ def test_an_unowned_lead_is_routed() -> None:
     assert owner_plan(config(), owner=None, previously_assigned=None, rehot=False).action == "route"
 
 
+def test_a_lead_owned_by_an_inactive_user_is_routed_replacing_only_that_owner() -> None:
+    plan = owner_plan(config(), owner="gone", previously_assigned=None, rehot=False, owner_inactive=True)
+    assert (plan.action, plan.reason, plan.expected_owner) == ("route", "owner inactive", "gone")
+
+
 def test_by_default_a_re_hot_lead_stays_with_its_owner_who_is_notified() -> None:
     plan = owner_plan(config(), owner="o1", previously_assigned="o1", rehot=True)
     assert (plan.action, plan.notify, plan.reason) == ("keep", True, "re-hot")

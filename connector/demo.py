@@ -30,6 +30,7 @@ import redis
 
 from connector.bootstrap import Runtime, build_runtime
 from connector.config import Settings, load_settings
+from connector.domain import CrmName
 from connector.errors import UserError
 
 # The demo's sandbox portal is on a paid tier with a raised limit, so that
@@ -232,6 +233,7 @@ def _worker(app: Any, concurrency: int, queue: str) -> Iterator[None]:
 
 
 def run_demo(*, crm: str, contacts: int, seed: int, workers: int = 4, progress: bool = True) -> DemoSummary:
+    from connector.cli import wait_for_runs
     from connector.sandbox.server import Sandbox
     from tasks import sync as sync_tasks
     from tasks.app import app
@@ -239,7 +241,7 @@ def run_demo(*, crm: str, contacts: int, seed: int, workers: int = 4, progress: 
 
     started = time.perf_counter()
     base = load_settings()
-    crms = ["hubspot", "salesforce"] if crm == "both" else [crm]
+    crms: list[CrmName] = ["hubspot", "salesforce"] if crm == "both" else [crm]  # type: ignore[list-item]
     mdir = _mappings_dir(base)
     if progress:
         print(f"starting the sandbox CRM with {contacts} people ...", file=sys.stderr)
@@ -270,13 +272,14 @@ def run_demo(*, crm: str, contacts: int, seed: int, workers: int = 4, progress: 
                     _admin(sb.salesforce_url, "/__sandbox__/salesforce/fields",
                            {"object": obj, "fields": SCORE_FIELDS_SF}, sb.ca_cert)
             for name in crms:
-                rt.adapter(name).setup()  # type: ignore[arg-type]
+                rt.adapter(name).setup()
             for url, ca in ((sb.hubspot_url, None), (sb.salesforce_url, sb.ca_cert)):
                 _admin(url, "/__sandbox__/stats/reset", {}, ca)
-            summaries = []
             with _worker(app, workers, queue):
-                for name in crms:
-                    summaries.append(_sync_one(rt, sync_tasks, name, sb, progress))
+                # the CRMs are separate accounts: their syncs run side by side on the same workers
+                run_ids = [sync_tasks.enqueue_run(name, True).run_id for name in crms]
+                views = wait_for_runs(rt.runs, run_ids, timeout=900, quiet=not progress)
+                summaries = [_summarise(rt, name, view, sb) for name, view in zip(crms, views, strict=True)]
         finally:
             set_runtime(None)
             rt.close()
@@ -287,23 +290,23 @@ def _demo_hubspot_limits(mapping: Any) -> dict[str, Any]:
     return {"account": mapping.account.model_copy(update={"requests_per_10s": DEMO_HUBSPOT_RATE})}
 
 
-def _sync_one(rt: Runtime, sync_tasks: Any, crm: str, sb: Any, progress: bool) -> CrmSummary:
-    from connector.cli import wait_for_runs
-
-    t0 = time.perf_counter()
-    started = sync_tasks.enqueue_run(crm, True)
-    view = wait_for_runs(rt.runs, [started.run_id], timeout=900, quiet=not progress)[0]
-    seconds = time.perf_counter() - t0
+def _summarise(rt: Runtime, crm: CrmName, view: Any, sb: Any) -> CrmSummary:
+    seconds = float(view.fields.get("finished") or 0) - float(view.fields.get("started") or 0)
     url, ca = (sb.hubspot_url, None) if crm == "hubspot" else (sb.salesforce_url, sb.ca_cert)
     stats = _admin(url, "/__sandbox__/stats", None, ca)
     bands = {k.split(":", 1)[1]: int(v) for k, v in view.fields.items() if k.startswith("band:")}
-    reps = {r.id: r.name for r in rt.adapter(crm).list_reps()}  # type: ignore[arg-type]
+    reps = {r.id: r.name for r in rt.adapter(crm).list_reps()}
     assignments: dict[str, Counter[str]] = {}
     for k, v in view.fields.items():
         if k.startswith("assigned:"):
             _, regions, rep_id = k.split(":", 2)
             lead_region, _, rep_region = regions.partition(">")
-            label = lead_region if rep_region in ("", lead_region) else f"{lead_region} (fallback to {rep_region})"
+            if rep_region == "queue":
+                label = f"{lead_region} (nobody available: fallback owner)"
+            elif rep_region in ("", lead_region):
+                label = lead_region
+            else:
+                label = f"{lead_region} (fallback to {rep_region})"
             assignments.setdefault(label, Counter())[reps.get(rep_id, rep_id)] += int(v)
     counts = {name: view.count(name) for name in ("read", "scored", "written", "unchanged", "failed", "hot",
                                                    "assigned", "unassigned")}

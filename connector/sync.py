@@ -100,8 +100,9 @@ def score_leads(rt: Runtime, crm: CrmName, stream: str, leads: Sequence[Lead], n
             continue
         if decision.assigned_now:
             result.add("assigned")
-            # lead's region > region of the rep who got it (differs on fallback) : rep id
-            result.add(f"assigned:{decision.region}>{decision.chosen_region or decision.region}:{decision.rep_id}")
+            # lead's region > where it went (another region on fallback, "queue" for the fallback owner) : rep id
+            went = "queue" if decision.outcome == "fallback_owner" else (decision.chosen_region or decision.region)
+            result.add(f"assigned:{decision.region}>{went}:{decision.rep_id}")
         elif decision.outcome == "unassigned":
             result.add("unassigned")
 

@@ -68,6 +68,9 @@ DAY_MS: Final = 86_400_000
 ACTIVITY_WINDOW_DAYS: Final = 180
 MODIFIED_SPAN_DAYS: Final = 365
 ACTIVITY_ID_STRIDE: Final = 1000
+# Share of low-intent people (intent below DORMANT_BELOW_INTENT) who are dormant.
+DORMANT_SHARE = 0.8
+DORMANT_BELOW_INTENT = 0.3
 HOT_INTENT: Final = 0.7
 
 TEAMS: Final = ("DACH", "Nordics", "UK&I", "Benelux", "Rest of World")
@@ -1256,13 +1259,21 @@ class Population:
         count = low + v
         careers = rnd() < (0.6 if p.is_student else 0.07)
         bounces = rnd() < 0.06
-        hot_pages = intent * 0.6
+        # Most of a real CRM is dormant: people who only receive (and now and then open)
+        # marketing e-mail, with no website visit in the window.
+        dormant = intent < DORMANT_BELOW_INTENT and not p.is_student and rnd() < DORMANT_SHARE
+        if dormant:
+            count = int(rnd() * 4)
+            careers = False
+        # buying signals grow steeply with intent: the middle of the population reads warm, not hot
+        strong = intent * intent
+        hot_pages = strong * intent * 0.8
         webinar_attend = 0.3 + intent * 0.6
         raw: list[tuple[str, Mapping[str, str]]] = []
         add = raw.append
         saw_careers = False
         for _ in range(count):
-            x = rnd()
+            x = 0.50 + rnd() * 0.26 if dormant else rnd()  # dormant: e-mail opens, clicks, bounces only
             if careers and x < 0.12:
                 add(("page_view", _CAREERS_VIEWS[int(rnd() * 3)]))
                 saw_careers = True
@@ -1275,7 +1286,7 @@ class Population:
             elif x < 0.76:
                 add(("email_bounce" if bounces else "email_open", _SUBJECT_ATTRS[int(rnd() * 7)]))
             elif x < 0.83:
-                if intent >= 0.5 and rnd() < 0.5:
+                if intent >= 0.6 and rnd() < 0.5:
                     key = _HOT_FORM_KEYS[int(rnd() * 4)]
                 elif careers and rnd() < 0.5:
                     key = "job"
@@ -1288,12 +1299,12 @@ class Population:
             elif x < 0.90:
                 add(("event_attended", _EVENT_ATTRS[int(rnd() * 4)]))
             elif x < 0.95:
-                if rnd() < intent:
+                if rnd() < strong:
                     add(("email_reply", _RE_SUBJECT_ATTRS[int(rnd() * 7)]))
                 else:
                     add(("email_open", _SUBJECT_ATTRS[int(rnd() * 7)]))
             elif x < 0.975:
-                if rnd() < intent:
+                if rnd() < strong:
                     add(("meeting", _MEETING_ATTRS[int(rnd() * 5)]))
                 else:
                     add(("call", _CALL_ATTRS[int(rnd() * 6)]))

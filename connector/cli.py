@@ -325,6 +325,8 @@ def cmd_reps(args: argparse.Namespace) -> int:
 
     rt = _runtime()
     router = rt.router
+    if args.reps_command in ("away", "back"):
+        _known_rep(rt, args.email)
     if args.reps_command == "away":
         until = _parse_until(args.until)
         service.set_away(router, args.email, until)
@@ -339,6 +341,19 @@ def cmd_reps(args: argparse.Namespace) -> int:
     for line in service.list_reps_status(router, time.time()):
         print(line)
     return 0
+
+
+def _known_rep(rt: Any, who: str) -> None:
+    """A typo must not leave the real rep receiving leads: the rep must exist somewhere we route to."""
+    wanted = who.strip().lower()
+    configured = {e.lower() for e in rt.router.config.reps}
+    crms = _crms(rt, None)
+    if wanted in configured:
+        return
+    for crm in crms:
+        if any(wanted in (r.email.lower(), r.id.lower()) for r in rt.router.reps(crm)):
+            return
+    raise UserError(f"no rep has the e-mail or id {who!r} in {' or '.join(crms)} or mappings/routing.yaml.")
 
 
 def _parse_until(value: str) -> dt.date | dt.datetime:

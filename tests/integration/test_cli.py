@@ -1,0 +1,141 @@
+"""The leadscore command as an admin uses it: exit codes and one clear sentence, never a traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from connector.sandbox.server import Sandbox
+from tests.conftest import ROOT, free_port
+
+
+@pytest.fixture(scope="module")
+def sandbox() -> Iterator[Sandbox]:
+    with Sandbox.start(contacts=300, seed=5) as sb:
+        yield sb
+
+
+def run(args: list[str], env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("HUBSPOT_", "SALESFORCE_", "LEADSCORE_"))}
+    clean.pop("REDIS_URL", None)
+    clean.update(env)
+    return subprocess.run(
+        [sys.executable, "-m", "connector.cli", *args],
+        env=clean, capture_output=True, text=True, timeout=timeout, cwd=ROOT, check=False,
+    )
+
+
+def one_sentence(proc: subprocess.CompletedProcess[str]) -> str:
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+def hubspot_env(sb: Sandbox, redis_url: str) -> dict[str, str]:
+    return {"REDIS_URL": redis_url, "HUBSPOT_BASE_URL": sb.hubspot_url, "HUBSPOT_ACCESS_TOKEN": sb.hubspot_token}
+
+
+def test_an_unknown_option_is_one_sentence_and_exit_1() -> None:
+    proc = run(["demo", "--contacts", "many"], {})
+    assert proc.returncode == 1
+    assert one_sentence(proc) == "leadscore: leadscore demo: argument --contacts: 'many' is not a whole number."
+
+
+def test_check_without_any_crm_says_what_to_set(redis_url: str) -> None:
+    proc = run(["check"], {"REDIS_URL": redis_url})
+    assert proc.returncode == 1
+    assert "FAIL no CRM is configured: set HUBSPOT_ACCESS_TOKEN, or SALESFORCE_INSTANCE_URL and " \
+           "SALESFORCE_ACCESS_TOKEN." in proc.stdout
+
+
+def test_a_broken_mapping_file_is_named_with_its_line_and_key(tmp_path: Path, redis_url: str) -> None:
+    for f in (ROOT / "mappings").glob("*.yaml"):
+        (tmp_path / f.name).write_text(f.read_text())
+    text = (tmp_path / "routing.yaml").read_text().replace("sla:\n", "sla:\n  minutess: 3\n", 1)
+    (tmp_path / "routing.yaml").write_text(text)
+    proc = run(["check"], {"REDIS_URL": redis_url, "LEADSCORE_MAPPINGS": str(tmp_path)})
+    assert proc.returncode == 1
+    line = next(x for x in proc.stdout.splitlines() if "routing.yaml" in x)
+    assert line.startswith(f"FAIL {tmp_path / 'routing.yaml'}, line ")
+    assert line.endswith("key 'sla.minutess': unknown key")
+
+
+def test_check_names_missing_properties_until_setup_creates_them(sandbox: Sandbox, redis_url: str) -> None:
+    env = hubspot_env(sandbox, redis_url)
+    before = run(["check"], env)
+    assert before.returncode == 1
+    assert "leadscore setup" in before.stdout
+    first = run(["setup"], env)
+    assert first.returncode == 0, first.stdout + first.stderr
+    second = run(["setup"], env)
+    assert second.returncode == 0
+    assert "nothing to do" in second.stdout
+    after = run(["check"], env)
+    assert after.returncode == 0, after.stdout
+    assert "all checks passed." in after.stdout
+    assert "schedule: hubspot: incremental sync every" in after.stdout
+
+
+def test_a_bad_token_is_one_sentence(sandbox: Sandbox, redis_url: str) -> None:
+    env = {**hubspot_env(sandbox, redis_url), "HUBSPOT_ACCESS_TOKEN": "not-a-token"}
+    proc = run(["check"], env)
+    assert proc.returncode == 1
+    fails = [x for x in proc.stdout.splitlines() if x.startswith("FAIL hubspot:")]
+    assert len(fails) == 1
+    assert "not-a-token" not in proc.stdout + proc.stderr
+
+
+def test_sync_with_no_reachable_redis_is_one_sentence(sandbox: Sandbox) -> None:
+    env = hubspot_env(sandbox, f"redis://127.0.0.1:{free_port()}/0")
+    proc = run(["sync", "--crm", "hubspot"], env)
+    assert proc.returncode == 1
+    assert one_sentence(proc).startswith("leadscore: Redis cannot be reached")
+
+
+def test_explain_shows_one_record_point_by_point(sandbox: Sandbox, redis_url: str) -> None:
+    proc = run(["explain", "--crm", "hubspot", "1"], hubspot_env(sandbox, redis_url))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("hubspot:contact:1\n")
+    assert "score" in proc.stdout.lower()
+
+
+def test_explain_an_unknown_record_says_so(sandbox: Sandbox, redis_url: str) -> None:
+    proc = run(["explain", "--crm", "hubspot", "999999999"], hubspot_env(sandbox, redis_url))
+    assert proc.returncode == 1
+    assert one_sentence(proc) == "leadscore: no hubspot record has the id '999999999'."
+
+
+def test_a_rep_marked_away_shows_as_away_until_marked_back(sandbox: Sandbox, redis_url: str) -> None:
+    env = hubspot_env(sandbox, redis_url)
+    email = "julia.hofer@sandbox-corp.example"
+    away = run(["reps", "away", email, "--until", "2099-01-31"], env)
+    assert away.returncode == 0, away.stderr
+    listed = run(["reps", "list"], env)
+    assert any(email in line and "away" in line for line in listed.stdout.splitlines()), listed.stdout
+    back = run(["reps", "back", email], env)
+    assert back.returncode == 0
+    listed = run(["reps", "list"], env)
+    assert not any(email in line and "away" in line for line in listed.stdout.splitlines()), listed.stdout
+
+
+def test_a_bad_away_date_is_one_sentence(sandbox: Sandbox, redis_url: str) -> None:
+    proc = run(["reps", "away", "julia.hofer@sandbox-corp.example", "--until", "next week"],
+               hubspot_env(sandbox, redis_url))
+    assert proc.returncode == 1
+    assert one_sentence(proc) == (
+        "leadscore: --until must be a date like 2026-12-24 or 2026-12-24T17:00 (UTC), not 'next week'."
+    )
+
+
+def test_marking_an_unknown_rep_away_is_refused(sandbox: Sandbox, redis_url: str) -> None:
+    proc = run(["reps", "away", "nobody@x.example", "--until", "2099-01-31"], hubspot_env(sandbox, redis_url))
+    assert proc.returncode == 1
+    assert one_sentence(proc) == (
+        "leadscore: no rep has the e-mail or id 'nobody@x.example' in hubspot or mappings/routing.yaml."
+    )

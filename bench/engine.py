@@ -10,6 +10,9 @@ Only scoring is timed; generating the population is not.
     python bench/engine.py                 # 100,000 leads, figures then one JSON line
     python bench/engine.py --leads 20000 --json
     python bench/engine.py --profile       # cProfile of the scoring loop, top functions
+
+`results_sha256` fingerprints every result (scores, reasons, contributions'
+points bit for bit): an optimisation must leave it unchanged.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import gc
+import hashlib
 import json
 import math
 import pstats
@@ -154,15 +158,26 @@ def pages(n: int, seed: int, page: int) -> Iterator[list[Lead]]:
         ]
 
 
-def run(model: ScoringModel, leads: list[Lead], bands: Counter[str], grades: Counter[str]) -> float:
-    """Seconds spent scoring `leads` (only the scoring is timed)."""
+def run(
+    model: ScoringModel, leads: list[Lead], bands: Counter[str], grades: Counter[str], digest: Any = None
+) -> float:
+    """Seconds spent scoring `leads` (only the scoring is timed; feeding `digest` is not)."""
     score = model.score
+    results = []
+    keep = results.append
     start = time.perf_counter()
     for profile, activities in leads:
         result = score(profile, activities, NOW)
         bands[result.band] += 1
         grades[result.grade] += 1
-    return time.perf_counter() - start
+        keep(result)
+    seconds = time.perf_counter() - start
+    if digest is not None:
+        for r in results:
+            # every field a sync writes or explains, contributions' float points bit for bit
+            digest.update(repr((r.score, r.fit, r.engagement, r.band, r.grade, r.reasons, r.contributions,
+                                r.bant, r.problems)).encode())
+    return seconds
 
 
 def calibration() -> float:
@@ -194,6 +209,7 @@ def main() -> None:
     ns_per_get = calibration()
     bands: Counter[str] = Counter()
     grades: Counter[str] = Counter()
+    digest = hashlib.sha256()
     seconds = 0.0
     events = 0
     gen_s = time.perf_counter()
@@ -209,7 +225,7 @@ def main() -> None:
         events += sum(len(a) for _, a in page)
         gc.collect()
         gc.freeze()  # generated data is long-lived; keep the collector off it, as a worker would
-        seconds += run(model, page, bands, grades)
+        seconds += run(model, page, bands, grades, digest)
         gc.unfreeze()
         del page
     gen_s = time.perf_counter() - gen_s - seconds
@@ -228,6 +244,7 @@ def main() -> None:
         "warm_share": round(bands["warm"] / n, 4),
         "cold_share": round(bands["cold"] / n, 4),
         "ns_per_dict_get": round(ns_per_get, 1),
+        "results_sha256": digest.hexdigest()[:16],
         "python": sys.version.split()[0],
     }
     if not args.json:
@@ -239,6 +256,8 @@ def main() -> None:
         print("bands        " + ", ".join(f"{b} {bands[b] / n:.1%}" for b in ("hot", "warm", "cold")))
         print("grades       " + ", ".join(f"{g} {grades[g] / n:.1%}" for g in "ABCD"))
         print(f"calibration  a dict.get loop costs {ns_per_get:.0f} ns here (about 20 on a recent laptop)")
+        print(f"results      sha256 {figures['results_sha256']} (same population, model and engine -> same hash;"
+              " compare before and after an engine change)")
     print(json.dumps(figures))
 
 

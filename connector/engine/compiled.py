@@ -54,8 +54,15 @@ _EngSpec = tuple[str, float, float, float, int, float, str | None, int]
 _Found = tuple[float, int, Contribution, str | None]
 
 
+_CONTRIBUTION = itemgetter(2)
+_PHRASE = itemgetter(3)
+
 # "+25 ", "-9 ": formatting a signed int is the slow part of a reason's text.
 _SIGNED = {r: f"{r:+d} " for r in range(-1000, 1001) if r}
+
+
+# What an empty field gives when no rule on it tests for emptiness: skipped at once.
+_NOTHING: FieldResult = ((), ())
 
 
 class _Unreadable(Exception):
@@ -96,7 +103,8 @@ class ScoringModel:
         # (field, cache to look in first, reader, result when the field is empty)
         self._fields: tuple[tuple[str, dict[str, FieldResult], Callable[[Any], FieldResult], FieldResult], ...]
         self._fields = tuple(
-            (p.field, {} if p.by_domain else p.cache, p.read, p.none_result) for p in fit_plans(spec.fit, aliases)
+            (p.field, {} if p.by_domain else p.cache, p.read, _NOTHING if p.none_result == _NOTHING else p.none_result)
+            for p in fit_plans(spec.fit, aliases)
         )
 
         # Engagement rules: slot = index in spec.engagement; grouped by kind.
@@ -177,6 +185,8 @@ class ScoringModel:
         for name, cache, read, empty in self._fields:
             raw = get(name)
             if raw is None:
+                if empty is _NOTHING:
+                    continue
                 result = empty
             elif (kind := type(raw)) is str or kind is int or kind is float:
                 result = cache.get(raw) or read(raw)
@@ -258,49 +268,67 @@ class ScoringModel:
             return 0.0
         classes = self._classes.slots
         per_rule: dict[int, list[float]] = {}
+        lists = hits.values()
+        spread = sum(map(sum, lists))  # TypeError on a timestamp that is not a number
+        if spread - spread != 0.0:  # NaN or infinite somewhere, or (absurd stamps) an overflow
+            for stamps in lists:
+                spread = sum(stamps)
+                if spread - spread != 0.0:
+                    raise _Unreadable
         for cid, stamps in hits.items():
-            spread = sum(stamps)  # TypeError on a timestamp that is not a number
-            if spread - spread != 0.0:  # NaN or infinite
-                raise _Unreadable
             for slot in classes[cid]:
                 before = per_rule.get(slot)
                 per_rule[slot] = stamps if before is None else before + stamps
         total = 0.0
         exp = math.exp
-        floor = math.floor
         new = tuple.__new__
         signed = _SIGNED
         details = self._details
         eng = self._eng
+        append = found.append
         for slot, stamps in per_rule.items():
             name, points, rate, window, max_count, cap, tag, order = eng[slot]
             n = len(stamps)
-            if n > 1:
-                stamps.sort()  # oldest first; lists shared between rules stay sorted
-            first = 0
-            if now - stamps[0] > window:
-                first = bisect_left(stamps, now - window)
-                if first == n:
+            if n == 1:
+                # One occurrence (the common case): the general path below, unrolled.
+                newest = stamps[0]
+                age = now - newest
+                if age > window and newest < now - window:
                     continue
-            seen = n - first
-            if max_count and seen > max_count:
-                first = n - max_count
-            newest = stamps[-1]
-            if newest > now:
-                # dated in the future (clock skew): counts as now, never more
-                end = max(first, bisect_right(stamps, now))
-                weight = float(n - end)
+                seen = 1
+                if age < 0.0:
+                    value = points * 1.0
+                elif rate:
+                    value = points * exp(rate * (newest - now))
+                else:
+                    value = points * 1.0
             else:
-                end = n
-                weight = 0.0
-            if not rate:
-                weight += end - first
-            elif end - first == 1:
-                weight += exp(rate * (stamps[first] - now))
-            else:
-                for t in stamps[first:end] if first or end != n else stamps:
-                    weight += exp(rate * (t - now))
-            value = points * weight
+                stamps.sort()  # oldest first; lists shared between rules stay sorted
+                first = 0
+                if now - stamps[0] > window:
+                    first = bisect_left(stamps, now - window)
+                    if first == n:
+                        continue
+                seen = n - first
+                if max_count and seen > max_count:
+                    first = n - max_count
+                newest = stamps[-1]
+                if newest > now:
+                    # dated in the future (clock skew): counts as now, never more
+                    end = max(first, bisect_right(stamps, now))
+                    weight = float(n - end)
+                else:
+                    end = n
+                    weight = 0.0
+                if not rate:
+                    weight += end - first
+                elif end - first == 1:
+                    weight += exp(rate * (stamps[first] - now))
+                else:
+                    for t in stamps[first:end] if first or end != n else stamps:
+                        weight += exp(rate * (t - now))
+                value = points * weight
+                age = now - newest
             if value > cap:
                 value = cap
             elif value < -cap:
@@ -308,15 +336,12 @@ class ScoringModel:
             total += value
             if tag is not None:
                 bant[tag] += value
-            age = now - newest
             days = int(age // DAY) if age > 0.0 else 0
-            detail = details.get(seen * 100_000 + days)
-            if detail is None:
-                detail = self._detail(seen, days)
-            r = floor(value + 0.5)
+            detail = details.get(seen * 100_000 + days) or self._detail(seen, days)
+            r = math.floor(value + 0.5)
             text = None if r == 0 else f"{signed.get(r) or f'{r:+d} '}{name} ({detail})"
             # tuple.__new__ directly: a NamedTuple's own __new__ is a Python-level call
-            found.append((-abs(value), order, new(Contribution, (name, "engagement", value, detail, tag)), text))
+            append((-abs(value), order, new(Contribution, (name, "engagement", value, detail, tag)), text))
         return total
 
     def _detail(self, seen: int, days: int) -> str:
@@ -390,8 +415,8 @@ class ScoringModel:
             engagement,
             band,
             grade,
-            reasons_text([f[3] for f in found if f[3] is not None]),
-            tuple([f[2] for f in found]),
+            reasons_text(list(filter(None, map(_PHRASE, found)))),  # phrases are never empty
+            tuple(map(_CONTRIBUTION, found)),
             {k: math.floor(v + 0.5) for k, v in bant.items()},
             self.version,
             tuple(problems),

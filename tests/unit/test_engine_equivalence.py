@@ -1,0 +1,162 @@
+"""The compiled engine against a straightforward reading of the rules, float for float.
+
+The engine's fast paths (caches by value and by email domain, one-occurrence
+shortcuts, shared timestamp lists) must not change a single bit of a result:
+here every lead of a sample of the benchmark population, and a few edge cases,
+is scored both ways and compared whole (contributions' points included).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from bisect import bisect_left, bisect_right
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from connector.domain import Activity
+from connector.engine import Contribution, ScoreResult, ScoringModel, load_scoring
+from connector.engine.decay import DAY, decay_rate
+from connector.engine.result import reasons_text
+from connector.engine.rules import Reading, alias_table, checks_of, fit_plans
+from connector.engine.values import as_text, fmt_age
+from connector.mappings.scoring import BANT_KEYS
+
+ROOT = Path(__file__).resolve().parents[2]
+MODEL: ScoringModel = load_scoring(ROOT / "mappings" / "scoring.yaml")
+
+
+def _clamp(x: float, lo: float | None, hi: float | None) -> float:
+    if lo is not None and x < lo:
+        return float(lo)
+    if hi is not None and x > hi:
+        return float(hi)
+    return x
+
+
+def reference(m: ScoringModel, profile: Mapping[str, Any], activities: Sequence[Activity], now: float) -> ScoreResult:
+    """One rule at a time, nothing cached: for clean records (no unreadable activities)."""
+    spec = m.spec
+    settings = spec.model
+    found: list[tuple[float, int, Contribution]] = []
+    # Fit: every rule's test on a fresh reading of its field; the first of an exclusive group counts.
+    aliases = {name: alias_table(table) for name, table in spec.aliases.items()}
+    problems: list[str] = []
+    passed: dict[int, Contribution] = {}
+    for plan in fit_plans(spec.fit, aliases):
+        contributions, unread = plan.evaluate(profile.get(plan.field))
+        problems += unread
+        passed.update((slot, c) for slot, c, _ in contributions)
+    taken: set[str] = set()
+    for slot in sorted(passed):
+        group = spec.fit[slot].exclusive
+        if group is not None:
+            if group in taken:
+                continue
+            taken.add(group)
+        found.append((-abs(passed[slot].points), slot, passed[slot]))
+    # Engagement: the matching occurrences per rule, oldest first.
+    for i, rule in enumerate(spec.engagement):
+        conditions = [(a, checks_of(c, a, lambda t: " ".join(t.split()).casefold())) for a, c in rule.where.items()]
+        stamps = []
+        for act in activities:
+            if act.kind not in rule.kinds():
+                continue
+            readings = [(check, as_text(act.attrs.get(a))[0]) for a, check in conditions]
+            if all(check(Reading(t, None if t is None else t.casefold())) is not None for check, t in readings):
+                stamps.append(float(act.ts))
+        if not stamps:
+            continue
+        stamps.sort()
+        n = len(stamps)
+        win = rule.window_days if rule.window_days is not None else settings.window_days
+        window = math.inf if win is None else float(win) * DAY
+        first = bisect_left(stamps, now - window) if now - stamps[0] > window else 0
+        if first == n:
+            continue
+        seen = n - first
+        if rule.max_count and seen > rule.max_count:
+            first = n - rule.max_count
+        end = max(first, bisect_right(stamps, now)) if stamps[-1] > now else n
+        weight = float(n - end) if end != n else 0.0
+        rate = decay_rate(rule.half_life_days or settings.half_life_days) if rule.decay else 0.0
+        if not rate:
+            weight += end - first
+        else:
+            for t in stamps[first:end]:
+                weight += math.exp(rate * (t - now))
+        value = float(rule.points) * weight
+        cap = math.inf if rule.max_points is None else float(rule.max_points)
+        value = max(-cap, min(cap, value))
+        age = now - stamps[-1]
+        when = fmt_age((int(age // DAY) if age > 0.0 else 0) * DAY)
+        detail = f"{seen}x, last {when}" if seen > 1 else when
+        found.append((-abs(value), len(spec.fit) + i, Contribution(rule.name, "engagement", value, detail, rule.bant)))
+    found.sort(key=lambda f: (f[0], f[1]))
+    contributions = tuple(c for _, _, c in found)
+    caps = settings.caps
+    fit = math.floor(_clamp(sum(c.points for c in contributions if c.group == "fit"), caps.fit.min, caps.fit.max) + 0.5)
+    eng_raw = sum(c.points for c in contributions if c.group == "engagement")
+    engagement = math.floor(_clamp(eng_raw, caps.engagement.min, caps.engagement.max) + 0.5)
+    total = float(settings.weights.fit) * fit + float(settings.weights.engagement) * engagement
+    score = math.floor(_clamp(total, caps.total.min, caps.total.max) + 0.5)
+    band = "hot" if score >= settings.bands.hot else "warm" if score >= settings.bands.warm else "cold"
+    g = settings.grades
+    grade = "A" if fit >= g.A else "B" if fit >= g.B else "C" if fit >= g.C else "D"
+    bant = dict.fromkeys(BANT_KEYS, 0.0)
+    for c in contributions:
+        if c.bant is not None:
+            bant[c.bant] += c.points
+    phrases = [p for c in contributions if (p := c.phrase()) is not None]
+    return ScoreResult(
+        score, fit, engagement, band, grade, reasons_text(phrases), contributions,
+        {k: math.floor(v + 0.5) for k, v in bant.items()}, m.version, tuple(problems),
+    )
+
+
+def _population(n: int) -> list[tuple[dict[str, Any], list[Activity]]]:
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import engine as bench  # bench/engine.py: the benchmark's own population
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    return [lead for page in bench.pages(n, 7, 0) for lead in page]
+
+
+def _same(a: ScoreResult, b: ScoreResult) -> bool:
+    # repr: bit for bit (0.1 + 0.2 and 0.3 differ there), contributions' points included
+    return repr(tuple(a)) == repr(tuple(b))
+
+
+def test_the_benchmark_population_scores_exactly_as_the_rules_read() -> None:
+    now = 1_795_000_000.0
+    leads = _population(1500)
+    model = load_scoring(ROOT / "mappings" / "scoring.yaml")  # fresh caches: first sightings, then hits
+    for _ in range(2):
+        for profile, activities in leads:
+            got = model.score(profile, activities, now)
+            want = reference(model, profile, activities, now)
+            assert _same(got, want), (profile, activities)
+
+
+NOW = 1_800_000_000.0
+EDGES = [
+    [Activity("page_view", NOW + 60, {"url": "/pricing"})],  # one, in the future
+    [Activity("page_view", NOW, {"url": "/pricing"})],  # one, exactly now
+    [Activity("page_view", NOW - 90 * DAY, {"url": "/pricing"})],  # one, at the window's edge
+    [Activity("page_view", NOW - 90 * DAY - 1, {"url": "/pricing?next=/careers"})],  # one, just outside
+    [Activity("email_bounce", NOW - 400 * DAY)],  # no decay, beyond the default window
+    [Activity("email_bounce", NOW - 3 * DAY), Activity("email_bounce", NOW - DAY)],  # max_count 1
+    [Activity("form_submission", NOW - d * DAY, {"form": "Request a demo"}) for d in (1, 5, 9, -1)],
+    [Activity("page_view", NOW - d * DAY, {"url": u}) for d in (0, 1, 100, -2) for u in ("/products/x", "/careers")],
+    [Activity("meeting", NOW - 2 * DAY), Activity("call", NOW + 10), Activity("note", NOW)],
+]
+
+
+@pytest.mark.parametrize("activities", EDGES)
+def test_edge_cases_score_exactly_as_the_rules_read(activities: list[Activity]) -> None:
+    profile = {"job_title": "Head of Test", "email": "a@gmail.com", "country": "DE"}
+    assert _same(MODEL.score(profile, activities, NOW), reference(MODEL, profile, activities, NOW))

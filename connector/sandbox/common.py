@@ -18,6 +18,11 @@ Each CRM app supplies its own `Guard` (HubSpot's error bodies are not Salesforce
 `RollingWindow` and `DailyBudget` are the counters behind HubSpot-style limits:
 `RollingWindow(max_requests, window_s)` per key (a token, or an account), with
 `try_acquire(key) -> (allowed, remaining)`.
+
+`RouteIndex(routes)` finds the route a request matches without trying every route's
+regex (a trie over literal path segments picks the few candidates, which are then tried
+in their original order, so the answer is the one a full scan gives);
+`index_router(app)` makes a Starlette app's router dispatch through one.
 """
 
 from __future__ import annotations
@@ -33,10 +38,11 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import orjson
+from starlette.applications import Starlette
 from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Match
+from starlette.routing import BaseRoute, Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 SANDBOX_PREFIX = "/__sandbox__/"
@@ -69,7 +75,9 @@ class RollingWindow:
         """Counts one request when allowed; returns (allowed, remaining after it)."""
         now = self._clock()
         with self._lock:
-            log = self._log.setdefault(key, deque())
+            log = self._log.get(key)
+            if log is None:
+                log = self._log[key] = deque()
             edge = now - self.window_s
             while log and log[0] <= edge:
                 log.popleft()
@@ -98,18 +106,26 @@ class DailyBudget:
         self.max_requests = max_requests
         self._clock = clock
         self._used: dict[str, int] = {}
-        self._day = self._today()
         self._lock = threading.Lock()
+        self._day = self._today()
+        self._set_bounds(self._day)
 
     def _today(self) -> dt.date:
         return dt.datetime.fromtimestamp(self._clock(), dt.UTC).date()
 
+    def _set_bounds(self, day: dt.date) -> None:
+        start = dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC).timestamp()
+        self._day_start, self._day_end = start, start + 86_400.0
+
     def try_acquire(self, key: str) -> tuple[bool, int]:
         with self._lock:
-            today = self._today()
-            if today != self._day:
-                self._day = today
-                self._used.clear()
+            now = self._clock()
+            if not self._day_start <= now < self._day_end:
+                today = dt.datetime.fromtimestamp(now, dt.UTC).date()
+                self._set_bounds(today)
+                if today != self._day:
+                    self._day = today
+                    self._used.clear()
             used = self._used.get(key, 0)
             if used >= self.max_requests:
                 return False, 0
@@ -268,6 +284,123 @@ def route_template(routes: Iterable[BaseRoute], scope: Scope) -> str | None:
     return partial
 
 
+class _Node:
+    __slots__ = ("here", "literal", "param")
+
+    def __init__(self) -> None:
+        self.literal: dict[str, _Node] = {}
+        self.param: _Node | None = None
+        self.here: list[int] = []
+
+
+_NO_MATCH: tuple[Match, BaseRoute | None, Scope] = (Match.NONE, None, {})
+
+
+class RouteIndex:
+    """The routes a request path can match, found through a trie over literal path segments.
+
+    `match(scope)` gives what trying every route in order gives (the first full match, else
+    the first partial one: a path that matches with another method), as
+    (Match, route or None, child scope), but runs the regexes of the few candidate routes only.
+    A segment holding a parameter ("{id}", "v{version}") matches any non-empty segment;
+    routes the trie cannot describe (a `path` convertor, mounts, hosts) are tried for every path."""
+
+    def __init__(self, routes: Iterable[BaseRoute]) -> None:
+        self.routes = list(routes)
+        self._root = _Node()
+        self._always: list[int] = []
+        for i, route in enumerate(self.routes):
+            segments = self._segments(route)
+            if segments is None:
+                self._always.append(i)
+                continue
+            node = self._root
+            for seg in segments:
+                if seg is None:
+                    if node.param is None:
+                        node.param = _Node()
+                    node = node.param
+                else:
+                    node = node.literal.setdefault(seg, _Node())
+            node.here.append(i)
+
+    @staticmethod
+    def _segments(route: BaseRoute) -> list[str | None] | None:
+        if type(route) is not Route:
+            return None
+        path = route.path
+        if not path.startswith("/") or ":path}" in path:
+            return None
+        return [None if "{" in seg else seg for seg in path.split("/")]
+
+    def _collect(self, node: _Node, segs: list[str], k: int, out: list[int]) -> None:
+        if k == len(segs):
+            out.extend(node.here)
+            return
+        seg = segs[k]
+        child = node.literal.get(seg)
+        if child is not None:
+            self._collect(child, segs, k + 1, out)
+        if node.param is not None and seg:
+            self._collect(node.param, segs, k + 1, out)
+
+    def candidates(self, scope: Scope) -> list[int]:
+        """Indexes (in route order) of the routes that may match; all of them when unsure."""
+        if scope.get("root_path"):
+            return list(range(len(self.routes)))
+        out: list[int] = []
+        self._collect(self._root, scope["path"].split("/"), 0, out)
+        if self._always:
+            out.extend(self._always)
+        if len(out) > 1:
+            out.sort()
+        return out
+
+    def match(self, scope: Scope) -> tuple[Match, BaseRoute | None, Scope]:
+        partial: tuple[Match, BaseRoute | None, Scope] | None = None
+        routes = self.routes
+        for i in self.candidates(scope):
+            route = routes[i]
+            match, child_scope = route.matches(scope)
+            if match is Match.FULL:
+                return match, route, child_scope
+            if match is Match.PARTIAL and partial is None:
+                partial = (match, route, child_scope)
+        return partial or _NO_MATCH
+
+    def template(self, scope: Scope) -> str | None:
+        """What `route_template(routes, scope)` answers."""
+        _, route, _ = self.match(scope)
+        return None if route is None else str(getattr(route, "path", "?"))
+
+
+def index_router(app: Starlette) -> None:
+    """Let `app`'s router find routes through a `RouteIndex` (same routes, order and answers;
+    requests no route matches still go through the router's own code: 404s, slash redirects).
+    Build the index after the last route is added; a router with its own middleware is left alone."""
+    router = app.router
+    plain = router.app
+    if getattr(router, "middleware_stack", None) != plain:
+        return
+    index = RouteIndex(router.routes)
+
+    async def dispatch(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or len(router.routes) != len(index.routes):
+            await plain(scope, receive, send)
+            return
+        _, route, child_scope = index.match(scope)
+        if route is None:
+            await plain(scope, receive, send)
+            return
+        if "router" not in scope:
+            scope["router"] = router
+        scope["route"] = route
+        scope.update(child_scope)
+        await route.handle(scope, receive, send)
+
+    router.middleware_stack = dispatch
+
+
 class SandboxMiddleware:
     """Stats, faults, auth and limits in front of a sandbox CRM app; see the module docstring."""
 
@@ -282,10 +415,13 @@ class SandboxMiddleware:
     ) -> None:
         self.app = app
         self.routes = list(routes)
+        self.index = RouteIndex(self.routes)
         self.guard = guard
         self.stats = stats or Stats()
         self.faults = faults or Faults()
         self.on_reset: list[Callable[[], None]] = []
+        self._keys: dict[tuple[str, str], str] = {}  # (method, template) -> stats key
+        self._names: dict[str, bytes] = {}  # header name -> lower-case latin-1 bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -298,8 +434,13 @@ class SandboxMiddleware:
                 await self.app(scope, receive, send)
             return
         method: str = scope["method"]
-        template = route_template(self.routes, scope) or path
-        self.stats.count(f"{method} {template}")
+        template = self.index.template(scope) or path
+        key = self._keys.get((method, template))
+        if key is None:
+            key = f"{method} {template}"
+            if len(self._keys) < 10_000:  # unmatched paths are their own template: keep it bounded
+                self._keys[method, template] = key
+        self.stats.count(key)
         fault = self.faults.draw()
         if fault is not None:
             if fault == "429":
@@ -319,7 +460,13 @@ class SandboxMiddleware:
         if not admission.headers:
             await self.app(scope, receive, send)
             return
-        extra = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in admission.headers.items()]
+        names = self._names
+        extra: list[tuple[bytes, bytes]] = []
+        for k, v in admission.headers.items():
+            raw = names.get(k)
+            if raw is None:
+                raw = names[k] = k.lower().encode("latin-1")
+            extra.append((raw, v.encode("latin-1")))
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":

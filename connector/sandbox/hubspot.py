@@ -52,6 +52,7 @@ from connector.sandbox.common import (
     SandboxMiddleware,
     Stats,
     bearer_token,
+    index_router,
 )
 from connector.sandbox.data import ACTIVITY_ID_STRIDE, BaseIndex, Population, SandboxActivity, Store
 
@@ -148,11 +149,28 @@ WRITE_SCOPES: Final = {"contacts": "crm.objects.contacts.write", "properties": "
 # --------------------------------------------------------------------------- formatting
 
 
+_ISO_DAYS: dict[int, str] = {}  # day number -> "YYYY-MM-DDT" (bounded below)
+_ISO_SECONDS: dict[int, str] = {}  # second of the day -> "HH:MM:SS" (at most 86,400)
+_ISO_MILLIS: Final = tuple(f".{m:03d}Z" for m in range(1000))
+
+
 def iso_ms(ms: int) -> str:
     """HubSpot's datetime format: 2024-05-01T12:34:56.789Z."""
-    secs, rem = divmod(ms, 1000)
-    t = time.gmtime(secs)
-    return f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}.{rem:03d}Z"
+    day, rem = divmod(ms, 86_400_000)
+    prefix = _ISO_DAYS.get(day)
+    if prefix is None:
+        t = time.gmtime(day * 86_400)
+        prefix = f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T"
+        if len(_ISO_DAYS) >= 100_000:
+            _ISO_DAYS.clear()
+        _ISO_DAYS[day] = prefix
+    secs, milli = divmod(rem, 1000)
+    clock = _ISO_SECONDS.get(secs)
+    if clock is None:
+        hours, rest = divmod(secs, 3600)
+        mins, rest = divmod(rest, 60)
+        clock = _ISO_SECONDS[secs] = f"{hours:02d}:{mins:02d}:{rest:02d}"
+    return prefix + clock + _ISO_MILLIS[milli]
 
 
 def iso_date(ms: int) -> str:
@@ -703,37 +721,40 @@ class HubSpotCrm:
             "hs_lead_source": p.lead_source,
             "hubspot_owner_id": rep_id,
         }
-        wanted = set(names)
-        if wanted & ROLLUP_PROPERTIES:
+        if not ROLLUP_PROPERTIES.isdisjoint(names):
             values.update(self.rollups(key))
         return values
 
     def rollups(self, key: int) -> dict[str, str | None]:
-        views = visits_last = conv_last = open_last = reply_last = 0
+        visits_last = conv_last = open_last = reply_last = 0
         n_views = n_forms = n_open = n_click = n_bounce = 0
         days: set[int] = set()
         conv_name = None
         for a in self.pop.activities(key):
-            if a.kind == "page_view":
+            kind = a.kind
+            if kind == "page_view":
                 n_views += 1
-                days.add(a.ts_ms // 86_400_000)
-                visits_last = max(visits_last, a.ts_ms)
-            elif a.kind == "form_submission":
+                ts = a.ts_ms
+                days.add(ts // 86_400_000)
+                if ts > visits_last:
+                    visits_last = ts
+            elif kind == "form_submission":
                 n_forms += 1
                 if a.ts_ms >= conv_last:
                     conv_last, conv_name = a.ts_ms, a.attrs.get("form_title")
-            elif a.kind == "email_open":
+            elif kind == "email_open":
                 n_open += 1
-                open_last = max(open_last, a.ts_ms)
-            elif a.kind == "email_click":
+                if a.ts_ms > open_last:
+                    open_last = a.ts_ms
+            elif kind == "email_click":
                 n_click += 1
                 n_open += 1
-                open_last = max(open_last, a.ts_ms)
-            elif a.kind == "email_bounce":
+                if a.ts_ms > open_last:
+                    open_last = a.ts_ms
+            elif kind == "email_bounce":
                 n_bounce += 1
-            elif a.kind == "email_reply":
-                reply_last = max(reply_last, a.ts_ms)
-        del views
+            elif kind == "email_reply" and a.ts_ms > reply_last:
+                reply_last = a.ts_ms
         return {
             "hs_analytics_num_page_views": str(n_views),
             "hs_analytics_num_visits": str(len(days)),
@@ -789,10 +810,11 @@ class HubSpotCrm:
     def engagement_values(self, object_type: str, a: SandboxActivity) -> dict[str, str | None]:
         p = self.pop.person(a.person)
         owner = self.reps[p.owner].id if p.owner is not None else None
+        at = iso_ms(a.ts_ms)
         values: dict[str, str | None] = {
-            "hs_timestamp": iso_ms(a.ts_ms),
-            "hs_createdate": iso_ms(a.ts_ms),
-            "hs_lastmodifieddate": iso_ms(a.ts_ms),
+            "hs_timestamp": at,
+            "hs_createdate": at,
+            "hs_lastmodifieddate": at,
             "hs_object_id": str(ENGAGEMENT_ID_BASE + a.id),
             "hubspot_owner_id": owner,
         }
@@ -824,7 +846,7 @@ class HubSpotCrm:
                 {
                     "hs_meeting_title": a.attrs.get("title"),
                     "hs_meeting_outcome": "COMPLETED",
-                    "hs_meeting_start_time": iso_ms(a.ts_ms),
+                    "hs_meeting_start_time": at,
                     "hs_meeting_end_time": iso_ms(a.ts_ms + 1_800_000),
                 }
             )
@@ -836,11 +858,12 @@ class HubSpotCrm:
         values = self.engagement_values(object_type, a)
         wanted = names or ENGAGEMENT_DEFAULTS[object_type]
         props = {n: values.get(n) for n in wanted if n in values or not names}
+        at = iso_ms(a.ts_ms)
         return {
             "id": str(ENGAGEMENT_ID_BASE + a.id),
             "properties": props,
-            "createdAt": iso_ms(a.ts_ms),
-            "updatedAt": iso_ms(a.ts_ms),
+            "createdAt": at,
+            "updatedAt": at,
             "archived": False,
         }
 
@@ -2114,6 +2137,7 @@ class HubSpotApi:
         descending = q.get("sort", "").upper() in ("DESCENDING", "-OCCURREDAT")
         found = []
         if key < self.crm.pop.n:
+            object_id = self.crm.contact_id(key)
             for a, etype, props in self._events_of(key):
                 if event_type and etype != event_type:
                     continue
@@ -2122,7 +2146,7 @@ class HubSpotApi:
                 found.append(
                     {
                         "objectType": "CONTACT",
-                        "objectId": self.crm.contact_id(key),
+                        "objectId": object_id,
                         "eventType": etype,
                         "occurredAt": iso_ms(a.ts_ms),
                         "id": f"{a.id:x}-{etype}",
@@ -2247,6 +2271,7 @@ def build_app(
         middleware=[Middleware(SandboxMiddleware, routes=routes, guard=guard, stats=stats, faults=fault_box)],
     )
     app.router.redirect_slashes = False
+    index_router(app)
     app.state.crm = crm
     app.state.guard = guard
     app.state.stats = stats

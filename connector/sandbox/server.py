@@ -37,7 +37,7 @@ import uvicorn
 from starlette.types import ASGIApp
 
 from connector.sandbox import hubspot, salesforce
-from connector.sandbox.common import FaultSpecError, parse_fault_spec
+from connector.sandbox.common import FaultSpecError, index_router, parse_fault_spec
 from connector.sandbox.data import Population, Store
 
 SALESFORCE_ORG_ID = "00D8d0000000001EAA"
@@ -106,7 +106,7 @@ def _bind_pair(port: int) -> tuple[socket.socket, socket.socket]:
 
 
 def _salesforce_app(population: Population, store: Store, token: str, opts: SandboxOptions) -> ASGIApp:
-    return salesforce.build_app(
+    app = salesforce.build_app(
         population,
         store,
         token,
@@ -115,6 +115,84 @@ def _salesforce_app(population: Population, store: Store, token: str, opts: Sand
         faults=opts.faults,
         timeout_s=opts.timeout_s,
     )
+    index_router(app)
+    return app
+
+
+# --------------------------------------------------------------------------- serving
+
+
+class _CoalescingTransport:
+    """What an HTTP protocol writes in one event-loop step, sent with one write.
+
+    uvicorn writes a response's head and its body separately; on loopback each write is a
+    send() that wakes the client, so one answer cost two. The bytes are the same; everything
+    but writing is the transport's own."""
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._pending: list[bytes] = []
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not data:
+            return
+        if not self._pending:
+            self._loop.call_soon(self._flush)
+        self._pending.append(bytes(data))
+
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
+
+    def _flush(self) -> None:
+        pending = self._pending
+        if pending:
+            self._pending = []
+            self._transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+
+    def write_eof(self) -> None:
+        self._flush()
+        self._transport.write_eof()
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._pending = []
+        self._transport.abort()
+
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size() + sum(len(b) for b in self._pending)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+def _http_protocol() -> type[asyncio.Protocol]:
+    """uvicorn's HTTP/1.1 protocol (httptools when installed, else h11) writing through `_CoalescingTransport`."""
+    base: type[Any]
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as base
+    except ImportError:
+        from uvicorn.protocols.http.h11_impl import H11Protocol as base
+
+    class Protocol(base):  # type: ignore[misc,valid-type]
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(_CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
+
+    return Protocol
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's event loop when installed, else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    return loop
 
 
 class _Servers:
@@ -151,7 +229,14 @@ class _Servers:
         self.hs_sock, self.sf_sock = _bind_pair(opts.port)
         self.hubspot_url = f"http://127.0.0.1:{self.hs_sock.getsockname()[1]}"
         self.salesforce_url = f"https://127.0.0.1:{self.sf_sock.getsockname()[1]}"
-        common = {"log_level": "warning", "lifespan": "off", "access_log": False, "timeout_graceful_shutdown": 1}
+        common = {
+            "log_level": "warning",
+            "lifespan": "off",
+            "access_log": False,
+            "timeout_graceful_shutdown": 1,
+            "http": _http_protocol(),
+            "proxy_headers": False,  # nothing stands in front of the sandbox
+        }
         self.servers = [uvicorn.Server(uvicorn.Config(self.hubspot_app, **common))]  # type: ignore[arg-type]
         self.sockets = [self.hs_sock]
         self.servers.append(
@@ -264,7 +349,7 @@ class Sandbox:
     @classmethod
     def _start_thread(cls, opts: SandboxOptions) -> Sandbox:
         servers = _Servers(opts)
-        loop = asyncio.new_event_loop()
+        loop = _new_loop()
         started = threading.Event()
 
         def run() -> None:
@@ -413,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
     except SandboxError as exc:
         sys.stderr.write(f"leadscore sandbox: {exc}\n")
         return 2
-    loop = asyncio.new_event_loop()
+    loop = _new_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, servers.request_exit)

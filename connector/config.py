@@ -52,6 +52,8 @@ class Settings:
     salesforce_org_id: str | None = None
     smtp_url: str | None = field(default=None, repr=False)
     chat_webhook_url: str | None = field(default=None, repr=False)
+    # The web process (`leadscore serve`) listens on PORT (the Procfile convention).
+    web_port: int = 8000
 
     @property
     def hubspot_configured(self) -> bool:
@@ -88,6 +90,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     assert redis_url is not None
     if urlparse(redis_url).scheme not in ("redis", "rediss", "unix"):
         raise ConfigError(f"REDIS_URL must start with redis://, rediss:// or unix://, not {redis_url!r}.")
+    port = env.get("PORT", "").strip() or "8000"
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ConfigError(f"PORT must be a port number between 1 and 65535, not {port!r}.")
     return Settings(
         redis_url=redis_url,
         redis_url_given=bool(env.get("REDIS_URL", "").strip()),
@@ -104,4 +109,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         salesforce_org_id=env.get("SALESFORCE_ORG_ID", "").strip() or None,
         smtp_url=_secret(env, "LEADSCORE_SMTP_URL"),
         chat_webhook_url=_secret(env, "LEADSCORE_CHAT_WEBHOOK_URL"),
+        web_port=int(port),
     )

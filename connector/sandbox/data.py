@@ -1043,6 +1043,8 @@ class Population:
         self._people: _Lru[int, Person] = _Lru(cache_size)
         self._activities: _Lru[int, list[SandboxActivity]] = _Lru(cache_size // 4 or 1)
         self._companies: _Lru[int, Company] = _Lru(cache_size // 2 or 1)
+        self._added: dict[int, list[SandboxActivity]] = {}  # activities added after start (webhooks' admin hook)
+        self._added_lock = threading.Lock()
         self._lead_blocks: list[bytes | None] = [None] * ((n + _TYPE_BLOCK - 1) >> _TYPE_BLOCK_BITS)
 
     def __len__(self) -> int:
@@ -1231,11 +1233,18 @@ class Population:
         if not 0 <= i < self.n:
             raise IndexError(i)
         cached = self._activities.get(i)
-        if cached is not None:
-            return cached
-        made = self._make_activities(i)
-        self._activities.put(i, made)
-        return made
+        if cached is None:
+            cached = self._make_activities(i)
+            self._activities.put(i, cached)
+        added = self._added.get(i)
+        return [*cached, *added] if added else cached
+
+    def add_activity(self, i: int, kind: str, ts_ms: int, attrs: Mapping[str, str]) -> SandboxActivity:
+        """Person i did something new (POST /__sandbox__/activities); it gets the next activity id."""
+        with self._added_lock:
+            made = SandboxActivity(i * ACTIVITY_ID_STRIDE + len(self.activities(i)), i, kind, ts_ms, dict(attrs))
+            self._added.setdefault(i, []).append(made)
+            return made
 
     def _make_activities(self, i: int) -> list[SandboxActivity]:
         p = self.person(i)

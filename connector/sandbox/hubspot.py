@@ -55,6 +55,7 @@ from connector.sandbox.common import (
     index_router,
 )
 from connector.sandbox.data import ACTIVITY_ID_STRIDE, BaseIndex, Population, SandboxActivity, Store
+from connector.sandbox.webhooks import WebhookEmitter, admin_routes
 
 DEFAULT_RATE: Final = 190
 DEFAULT_DAILY: Final = 500_000
@@ -619,6 +620,8 @@ class _Query:
 
 class HubSpotCrm:
     """The records behind the API: contacts, engagements, tasks, owners, properties."""
+
+    webhooks: WebhookEmitter | None = None  # set by build_app; told about contact changes
 
     def __init__(self, population: Population, store: Store) -> None:
         self.pop = population
@@ -1372,7 +1375,11 @@ class HubSpotApi:
         clean, problems = self.crm.validate_contact_values(props)
         if problems:
             return problems
+        hooks = self.crm.webhooks
+        before = self.crm.contact_values(key, list(clean)) if hooks is not None else None
         self.crm.store.write("contacts", key, clean)
+        if hooks is not None:
+            hooks.hubspot_contact_changed(self.crm.contact_id(key), clean, before)
         return []
 
     async def update_object(self, request: Request) -> Response:
@@ -1449,6 +1456,8 @@ class HubSpotApi:
             if problems:
                 return error_body(_validation_message(problems), "VALIDATION_ERROR"), 400
             key = crm.store.create("contacts", clean, first_key=crm.pop.n)
+            if crm.webhooks is not None:
+                crm.webhooks.hubspot_contact_created(crm.contact_id(key))
             return crm.contact_json(key, list(props) + list(DEFAULT_CONTACT_PROPERTIES)), 201
         if object_type != "tasks":
             return error_body(f"The sandbox does not create {object_type}", "VALIDATION_ERROR"), 400
@@ -1487,6 +1496,8 @@ class HubSpotApi:
         key = self.crm.contact_key(object_id)
         if key is not None and not self.crm.store.is_archived("contacts", key):
             self.crm.store.archive("contacts", key)
+            if self.crm.webhooks is not None:
+                self.crm.webhooks.hubspot_contact_deleted(self.crm.contact_id(key))
         return Response(status_code=204)
 
     # ---- batch
@@ -1633,6 +1644,8 @@ class HubSpotApi:
             key = self.crm.contact_key(str((item or {}).get("id", "")))
             if key is not None and not self.crm.store.is_archived("contacts", key):
                 self.crm.store.archive("contacts", key)
+                if self.crm.webhooks is not None:
+                    self.crm.webhooks.hubspot_contact_deleted(self.crm.contact_id(key))
         return Response(status_code=204)
 
     # ---- search
@@ -2187,9 +2200,11 @@ def build_app(
     search_rate: int = DEFAULT_SEARCH_RATE,
     faults: Mapping[str, float] | None = None,
     timeout_s: float = 30.0,
+    webhooks: WebhookEmitter | None = None,
 ) -> Starlette:
     """The sandbox HubSpot as a Starlette app (stats, faults and the guard included)."""
     crm = HubSpotCrm(population, store)
+    crm.webhooks = webhooks
     api = HubSpotApi(crm)
     guard = HubSpotGuard(token, rate=rate, daily=daily, search_rate=search_rate)
     stats = Stats()
@@ -2238,6 +2253,7 @@ def build_app(
     routes: list[BaseRoute] = [
         Route("/__sandbox__/tokens", add_token, methods=["POST"]),
         Route("/__sandbox__/limits/reset", reset_limits, methods=["POST"]),
+        *(admin_routes(webhooks, crm) if webhooks is not None else []),  # /__sandbox__/webhooks, /activities
     ]
     for object_type in OBJECT_TYPES:
         routes += object_routes(f"/crm/v3/objects/{object_type}", object_type)

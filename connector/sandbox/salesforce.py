@@ -65,6 +65,7 @@ from connector.sandbox.common import Admission, DailyBudget, Faults, JsonRespons
 from connector.sandbox.common import bearer_token as _bearer
 from connector.sandbox.data import ACTIVITY_ID_STRIDE, BaseIndex, Person, Population, SandboxActivity, Store
 from connector.sandbox.soql import Field, FieldType, SObjectType, SoqlError
+from connector.sandbox.webhooks import WebhookEmitter
 
 API_VERSION = "59.0"
 DEFAULT_DAILY_LIMIT = 100_000
@@ -1067,6 +1068,8 @@ def coerce(f: Field, value: Any) -> Any:
 
 
 class Writer:
+    webhooks: WebhookEmitter | None = None  # set by build_app; sends outbound messages for changes
+
     def __init__(self, org: Org) -> None:
         self.org = org
 
@@ -1144,7 +1147,13 @@ class Writer:
         return obj, key, changes, str(current["Id"])
 
     def apply(self, obj: str, key: int, changes: Mapping[str, Any]) -> None:
+        hooks = self.webhooks if obj in ("Lead", "Contact") else None
+        before = dict(self.org.record(obj, key) or {}) if hooks is not None else {}
         self.org.store.write(obj, key, dict(changes))
+        after = self.org.record(obj, key) if hooks is not None else None
+        if hooks is not None and after is not None:
+            changed = [name for name, value in changes.items() if before.get(name) != value]
+            hooks.salesforce_record_changed(obj, str(after["Id"]), after, changed)
 
     def create_task(self, values: Mapping[str, Any]) -> str:
         org = self.org
@@ -1162,6 +1171,8 @@ class Writer:
                 loc = org.locate(who)
                 if loc is not None:
                     org._created_tasks_by_who.setdefault(loc[1], []).append(key)
+        if self.webhooks is not None:
+            self.webhooks.salesforce_activity_created("Task", sf_ids.make_id(sf_ids.TASK, key), changes.get("WhoId"))
         return sf_ids.make_id(sf_ids.TASK, key)
 
 
@@ -1845,6 +1856,7 @@ def build_app(
     timeout_s: float = 30.0,
     oauth: OAuthClient | None = None,
     warm: bool = True,
+    webhooks: WebhookEmitter | None = None,
 ) -> Starlette:
     """The Salesforce half of the sandbox: an ASGI app to serve over TLS.
 
@@ -1867,6 +1879,7 @@ def build_app(
         ],
     )
     state = SalesforceState(org, guard, oauth or OAuthClient(), stats, fault_box)
+    state.writer.webhooks = webhooks
     app.state.salesforce = state
     app.state.stats = stats
     app.state.faults = fault_box

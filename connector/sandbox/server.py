@@ -39,6 +39,7 @@ from starlette.types import ASGIApp
 from connector.sandbox import hubspot, salesforce
 from connector.sandbox.common import FaultSpecError, index_router, parse_fault_spec
 from connector.sandbox.data import Population, Store
+from connector.sandbox.webhooks import WebhookEmitter
 
 SALESFORCE_ORG_ID = "00D8d0000000001EAA"
 DEFAULT_CONTACTS = 1000
@@ -105,7 +106,9 @@ def _bind_pair(port: int) -> tuple[socket.socket, socket.socket]:
     return _bind(0), _bind(0)
 
 
-def _salesforce_app(population: Population, store: Store, token: str, opts: SandboxOptions) -> ASGIApp:
+def _salesforce_app(
+    population: Population, store: Store, token: str, opts: SandboxOptions, webhooks: WebhookEmitter | None = None
+) -> ASGIApp:
     app = salesforce.build_app(
         population,
         store,
@@ -114,6 +117,7 @@ def _salesforce_app(population: Population, store: Store, token: str, opts: Sand
         limits={"daily": opts.salesforce_daily},
         faults=opts.faults,
         timeout_s=opts.timeout_s,
+        webhooks=webhooks,
     )
     index_router(app)
     return app
@@ -205,6 +209,7 @@ class _Servers:
         self.hubspot_store = Store()
         self.salesforce_store = Store()
         self.hubspot_token, self.salesforce_token = _tokens(opts.seed)
+        self.webhooks = WebhookEmitter(portal_id=hubspot.PORTAL_ID, org_id=SALESFORCE_ORG_ID)
         self.hubspot_app = hubspot.build_app(
             self.population,
             self.hubspot_store,
@@ -214,8 +219,11 @@ class _Servers:
             search_rate=opts.search_rate,
             faults=opts.faults,
             timeout_s=opts.timeout_s,
+            webhooks=self.webhooks,
         )
-        self.salesforce_app = _salesforce_app(self.population, self.salesforce_store, self.salesforce_token, opts)
+        self.salesforce_app = _salesforce_app(
+            self.population, self.salesforce_store, self.salesforce_token, opts, self.webhooks
+        )
         self.tmp = Path(tempfile.mkdtemp(prefix="leadscore-sandbox-"))
         ca = trustme.CA()
         cert = ca.issue_cert("127.0.0.1", "localhost")
@@ -229,6 +237,7 @@ class _Servers:
         self.hs_sock, self.sf_sock = _bind_pair(opts.port)
         self.hubspot_url = f"http://127.0.0.1:{self.hs_sock.getsockname()[1]}"
         self.salesforce_url = f"https://127.0.0.1:{self.sf_sock.getsockname()[1]}"
+        self.webhooks.salesforce_url = self.salesforce_url
         common = {
             "log_level": "warning",
             "lifespan": "off",
@@ -276,6 +285,7 @@ class _Servers:
         if started is not None:
             started.set()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self.webhooks.aclose()
 
     def request_exit(self) -> None:
         for server in self.servers:

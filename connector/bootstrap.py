@@ -18,6 +18,7 @@ import redis
 from connector.config import Settings
 from connector.domain import CrmName
 from connector.errors import ConfigError
+from connector.metrics import Metrics
 from connector.runs import RunStore
 
 if TYPE_CHECKING:
@@ -49,6 +50,10 @@ class Runtime:
     @cached_property
     def runs(self) -> RunStore:
         return RunStore(self.redis, self.namespace)
+
+    @cached_property
+    def metrics(self) -> Metrics:
+        return Metrics(self.redis, self.namespace)
 
     @property
     def configured_crms(self) -> list[CrmName]:

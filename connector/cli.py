@@ -51,8 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--workers", type=_positive, default=4, help="worker threads in the demo's own worker")
     d.add_argument("--json", action="store_true", help="print the summary as one JSON object")
 
-    s = sub.add_parser("sandbox", help="run the sandbox CRM (HubSpot and Salesforce APIs) until stopped")
-    s.add_argument("rest", nargs=argparse.REMAINDER)
+    sub.add_parser("sandbox", help="run the sandbox CRM (HubSpot and Salesforce APIs) until stopped")
 
     sub.add_parser("check", help="validate mappings/ and the environment, and reach each configured CRM")
     sub.add_parser("setup", help="create the score properties in HubSpot; verify the Salesforce fields")
@@ -83,6 +82,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         parser = build_parser()
+        if argv[:1] == ["sandbox"]:
+            # the sandbox parses its own options (argparse's REMAINDER drops leading --options)
+            from connector.sandbox.server import main as sandbox_main
+
+            return int(sandbox_main(argv[1:]))
         args = parser.parse_args(argv)
         if args.command is None:
             parser.print_help()
@@ -155,13 +159,6 @@ def _load_mappings(mdir: Path) -> list[str]:
 
 
 # --- commands ----------------------------------------------------------------------------------------
-
-
-def cmd_sandbox(args: argparse.Namespace) -> int:
-    from connector.sandbox.server import main as sandbox_main
-
-    rest = [a for a in args.rest if a != "--"]
-    return int(sandbox_main(rest))
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -388,7 +385,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "demo": cmd_demo,
-    "sandbox": cmd_sandbox,
     "check": cmd_check,
     "setup": cmd_setup,
     "sync": cmd_sync,

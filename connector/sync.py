@@ -48,6 +48,7 @@ def start_run(
     if holder is not None:
         runs.set(run_id, status="skipped", message=f"skipped: sync {holder} of {crm} is still running",
                  finished=f"{time.time():.3f}")
+        rt.metrics.incr("syncs", crm=crm, status="skipped")
         return Started(run_id, holder), []
     runs.set(run_id, status="running", started=f"{now:.3f}")
     firsts: list[tuple[str, float | None]] = []
@@ -100,6 +101,7 @@ def score_leads(rt: Runtime, crm: CrmName, stream: str, leads: Sequence[Lead], n
             continue
         if decision.assigned_now:
             result.add("assigned")
+            rt.metrics.incr("assignments", crm=crm, region=decision.region or "")
             # lead's region > where it went (another region on fallback, "queue" for the fallback owner) : rep id
             went = "queue" if decision.outcome == "fallback_owner" else (decision.chosen_region or decision.region)
             result.add(f"assigned:{decision.region}>{went}:{decision.rep_id}")
@@ -147,6 +149,8 @@ def run_page(
     result.add("api_calls", adapter.calls.this_thread - calls_before)
     runs.refresh_lock(crm, run_id)
     left = runs.finish_page(run_id, stream, cursor, result)
+    if left is not None:  # counted once, like the run's own figures
+        _page_metrics(rt, crm, stream, result, ok=True)
     log.info(
         "page done",
         extra={
@@ -163,6 +167,15 @@ def run_page(
     return left
 
 
+def _page_metrics(rt: Runtime, crm: CrmName, stream: str, result: PageResult, ok: bool) -> None:
+    m = rt.metrics
+    m.incr("api_rate_limited", rt.adapter(crm).calls.take_limited(), crm=crm)
+    m.incr("pages", crm=crm, stream=stream, outcome="ok" if ok else "failed")
+    m.incr("records_scored", result.counts.get("scored", 0), crm=crm, path="sync")
+    m.incr("records_written", result.counts.get("written", 0), crm=crm, path="sync")
+    m.incr("api_calls", result.counts.get("api_calls", 0), crm=crm)
+
+
 def fail_page(rt: Runtime, run_id: str, crm: CrmName, stream: str, cursor: str | None, why: str, stop: bool) -> None:
     """A page failed for good: count it, and stop the run when the failure says nothing more will work."""
     runs = rt.runs
@@ -171,6 +184,8 @@ def fail_page(rt: Runtime, run_id: str, crm: CrmName, stream: str, cursor: str |
     if stop:
         runs.set(run_id, status="failed", message=why)
     left = runs.finish_page(run_id, stream, cursor, result, ok=False)
+    if left is not None:
+        _page_metrics(rt, crm, stream, result, ok=False)
     log.warning("page failed", extra={"event": "page_failed", "run": run_id, "crm": crm, "stream": stream, "why": why})
     if left == 0:
         finish_run(rt, run_id)
@@ -194,6 +209,7 @@ def finish_run(rt: Runtime, run_id: str) -> None:
         **({} if ok or view.fields.get("message") else {"message": f"{view.count('pages_failed')} page(s) failed"}),
     )
     runs.release_lock(crm, run_id)
+    rt.metrics.incr("syncs", crm=crm, status="done" if ok else "failed")
     log.info("run finished", extra={"event": "run_finished", "run": run_id, "crm": crm, "ok": ok})
 
 

@@ -8,6 +8,7 @@ twice.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from celery import Celery, Task
@@ -16,10 +17,11 @@ from celery.signals import worker_process_init, worker_process_shutdown
 from connector.config import load_settings
 from connector.logs import configure as configure_logs
 
-VISIBILITY_TIMEOUT = 600  # seconds; a page task takes seconds, a retry waits at most MAX_COUNTDOWN
+# seconds; a page task takes seconds, a retry waits at most MAX_COUNTDOWN (tests shorten it)
+VISIBILITY_TIMEOUT = int(os.environ.get("LEADSCORE_VISIBILITY_TIMEOUT", "600"))
 MAX_COUNTDOWN = 120
 
-app = Celery("leadscore", include=["tasks.sync", "tasks.routing"])
+app = Celery("leadscore", include=["tasks.sync", "tasks.routing", "tasks.realtime"])
 app.conf.update(
     broker_url=load_settings().redis_url,
     task_acks_late=True,

@@ -48,6 +48,17 @@ class CallCounter:
         self._lock = threading.Lock()
         self._total = 0
         self._local = threading.local()
+        self.limited = 0  # answers that said "too many requests" (429, Salesforce's concurrency limit)
+
+    def pushed_back(self) -> None:
+        with self._lock:
+            self.limited += 1
+
+    def take_limited(self) -> int:
+        """The push-backs since the last call (for metrics), counted once across threads."""
+        with self._lock:
+            n, self.limited = self.limited, 0
+        return n
 
     def add(self, n: int = 1) -> None:
         with self._lock:

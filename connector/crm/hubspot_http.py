@@ -323,6 +323,8 @@ class HubSpotTransport:
                     body.get("category") if isinstance(body, dict) else None,
                     body.get("correlationId") if isinstance(body, dict) else None,
                 )
+                if status == 429:
+                    self.calls.pushed_back()
                 if status == 429 and isinstance(error, RetryLater) and error.wait:
                     # everyone sharing the portal waits, not just this worker
                     self.limiter.block_for(error.wait)

@@ -218,6 +218,8 @@ class SalesforceAdapter:
                     )
                     if err is exc:
                         raise
+                    if isinstance(err, RetryLater) and err.status == 403:  # the concurrency limit
+                        self.calls.pushed_back()
                     # Keep the cause for the traceback, but not its frames' locals: they
                     # hold the HTTP response and with it an open connection.
                     traceback.clear_frames(exc.__traceback__)

@@ -139,3 +139,27 @@ def test_marking_an_unknown_rep_away_is_refused(sandbox: Sandbox, redis_url: str
     assert one_sentence(proc) == (
         "leadscore: no rep has the e-mail or id 'nobody@x.example' in hubspot or mappings/routing.yaml."
     )
+
+
+def test_sandbox_prints_one_json_line_with_what_to_put_in_the_environment() -> None:
+    import json
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "connector.cli", "sandbox", "--contacts", "20", "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+    )
+    try:
+        assert proc.stdout is not None
+        info = json.loads(proc.stdout.readline())
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=20)
+    assert set(info) == {"hubspot_url", "hubspot_token", "salesforce_url", "salesforce_token", "ca_cert"}
+    assert info["salesforce_url"].startswith("https://")
+    assert Path(info["ca_cert"]).name == "ca.pem"
+
+
+def test_sandbox_options_are_checked_with_one_sentence() -> None:
+    proc = run(["sandbox", "--faults", "429=2"], {})
+    assert proc.returncode != 0
+    assert one_sentence(proc) == "leadscore sandbox: --faults: fault '429' must be a share between 0 and 1, not 2"

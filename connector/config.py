@@ -54,6 +54,8 @@ class Settings:
     chat_webhook_url: str | None = field(default=None, repr=False)
     # The web process (`leadscore serve`) listens on PORT (the Procfile convention).
     web_port: int = 8000
+    # Seconds before the broker re-delivers a task whose worker died (LEADSCORE_VISIBILITY_TIMEOUT).
+    visibility_timeout: int = 600
 
     @property
     def hubspot_configured(self) -> bool:
@@ -93,6 +95,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     port = env.get("PORT", "").strip() or "8000"
     if not port.isdigit() or not 1 <= int(port) <= 65535:
         raise ConfigError(f"PORT must be a port number between 1 and 65535, not {port!r}.")
+    vt = env.get("LEADSCORE_VISIBILITY_TIMEOUT", "").strip() or "600"
+    if not vt.isdigit() or not 1 <= int(vt) <= 43200:
+        raise ConfigError(f"LEADSCORE_VISIBILITY_TIMEOUT must be seconds between 1 and 43200, not {vt!r}.")
     return Settings(
         redis_url=redis_url,
         redis_url_given=bool(env.get("REDIS_URL", "").strip()),
@@ -110,4 +115,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         smtp_url=_secret(env, "LEADSCORE_SMTP_URL"),
         chat_webhook_url=_secret(env, "LEADSCORE_CHAT_WEBHOOK_URL"),
         web_port=int(port),
+        visibility_timeout=int(vt),
     )

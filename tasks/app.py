@@ -8,7 +8,6 @@ twice.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from celery import Celery, Task
@@ -17,13 +16,15 @@ from celery.signals import worker_process_init, worker_process_shutdown
 from connector.config import load_settings
 from connector.logs import configure as configure_logs
 
-# seconds; a page task takes seconds, a retry waits at most MAX_COUNTDOWN (tests shorten it)
-VISIBILITY_TIMEOUT = int(os.environ.get("LEADSCORE_VISIBILITY_TIMEOUT", "600"))
-MAX_COUNTDOWN = 120
+_settings = load_settings()
+# A page task takes seconds and a retry waits at most MAX_COUNTDOWN, both well under this.
+VISIBILITY_TIMEOUT = _settings.visibility_timeout
+# a task waiting out its countdown is unacknowledged: it must never outlast the visibility timeout
+MAX_COUNTDOWN = min(120, VISIBILITY_TIMEOUT // 2)
 
 app = Celery("leadscore", include=["tasks.sync", "tasks.routing", "tasks.realtime"])
 app.conf.update(
-    broker_url=load_settings().redis_url,
+    broker_url=_settings.redis_url,
     task_acks_late=True,
     task_reject_on_worker_lost=True,
     worker_prefetch_multiplier=1,

@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+import redis
+
 from connector.domain import CrmName
 from connector.errors import LeadscoreError, StopSync, UserError
 
@@ -238,14 +240,36 @@ def cmd_sync(args: argparse.Namespace) -> int:
     return 0 if all(v.status == "done" for v in views) else 1
 
 
+REDIS_PATIENCE_S = 60.0
+
+
 def wait_for_runs(runs: Any, run_ids: list[str], timeout: float | None = None, quiet: bool = False) -> list[Any]:
     """Show a progress line until every run has finished; print each run's summary."""
     deadline = None if timeout is None else time.monotonic() + timeout
     tty = sys.stderr.isatty()
     last_print = 0.0
     views: list[Any] = []
+    unreachable_since: float | None = None
     while True:
-        views = [runs.get(r) for r in run_ids]
+        try:
+            views = [runs.get(r) for r in run_ids]
+        except redis.RedisError:
+            # Redis restarting: keep asking for a while, then say so in one sentence
+            unreachable_since = unreachable_since or time.monotonic()
+            if time.monotonic() - unreachable_since > REDIS_PATIENCE_S:
+                raise UserError(
+                    f"Redis has not answered for {REDIS_PATIENCE_S:.0f} s, so the sync's progress is unknown; "
+                    "check REDIS_URL and run the sync again."
+                ) from None
+            time.sleep(1)
+            continue
+        unreachable_since = None
+        lost = [r for r, v in zip(run_ids, views, strict=True) if v is None]
+        if lost:
+            raise UserError(
+                f"the state of sync {lost[0]} is gone (Redis was restarted or flushed); run the sync again: "
+                "nothing is written twice."
+            )
         line = "  ".join(_progress(v) for v in views if v is not None)
         now = time.monotonic()
         if not quiet and (tty or now - last_print > 5):

@@ -61,7 +61,7 @@ def start_run(
 
 
 def score_leads(rt: Runtime, crm: CrmName, stream: str, leads: Sequence[Lead], now: float, result: PageResult) -> None:
-    """Score leads (activities already loaded), write back the changed ones, route new hot leads."""
+    """Score leads (activities already loaded), route new hot leads, write back the changed ones."""
     adapter = rt.adapter(crm)
     model = rt.model
     updates: dict[str, dict[str, str]] = {}
@@ -84,12 +84,9 @@ def score_leads(rt: Runtime, crm: CrmName, stream: str, leads: Sequence[Lead], n
         if scored.band == "hot":
             result.add("hot")
             hot.append((lead, scored, lead.written.get("band") != "hot"))
-    if updates:
-        report = adapter.write_scores(stream, updates)
-        result.add("written", len(report.written))
-        for record_id, message in report.failed:
-            result.add("failed")
-            result.failures.append(f"{crm}:{stream}:{record_id}: {message}")
+    # Route before writing: until the band "hot" is in the CRM, a rerun of this page (a worker
+    # killed, Redis lost) still sees these leads as newly hot, and the router resumes or
+    # redoes their routing instead of skipping them as "owned and already hot".
     for lead, scored, became_hot in hot:
         if lead.owner_id is not None and not became_hot:
             continue  # owned and already hot last time: nothing new for routing
@@ -107,6 +104,12 @@ def score_leads(rt: Runtime, crm: CrmName, stream: str, leads: Sequence[Lead], n
             result.add(f"assigned:{decision.region}>{went}:{decision.rep_id}")
         elif decision.outcome == "unassigned":
             result.add("unassigned")
+    if updates:
+        report = adapter.write_scores(stream, updates)
+        result.add("written", len(report.written))
+        for record_id, message in report.failed:
+            result.add("failed")
+            result.failures.append(f"{crm}:{stream}:{record_id}: {message}")
 
 
 def run_page(

@@ -691,7 +691,10 @@ class Router:
         key = f"{self.prefix}lock:{lead_key}"
         token = uuid.uuid4().hex
         if not self.redis.set(key, token, nx=True, px=int(self.lock_ttl_s * 1000)):
-            raise RetryLater(f"lead {lead_key} is being routed by another worker", wait=2.0)
+            # Usually another worker is routing it and is done in a moment; if that worker died,
+            # its lock runs out after lock_ttl_s. No fixed wait: the task's exponential backoff
+            # retries soon at first and outlasts a dead worker's lock before it gives up.
+            raise RetryLater(f"lead {lead_key} is being routed by another worker")
         try:
             yield
         finally:

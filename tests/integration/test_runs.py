@@ -87,3 +87,16 @@ def test_a_second_sync_of_the_same_account_sees_who_holds_the_lock(redis_client:
     assert runs.lock_holder("hubspot") == "run-1"
     runs.release_lock("hubspot", "run-1")
     assert runs.try_lock("hubspot", "run-2") is None
+
+
+def test_waiting_on_a_run_whose_state_is_gone_says_to_run_it_again(redis_client: redis.Redis) -> None:
+    import pytest
+
+    from connector.cli import wait_for_runs
+    from connector.errors import UserError
+
+    runs = RunStore(redis_client, "t")
+    run = runs.new_run("hubspot", "full", ("contact",))
+    redis_client.flushall()  # what a Redis restart without persistence does
+    with pytest.raises(UserError, match=r"^the state of sync .* is gone \(Redis was restarted or flushed\); run the sync"):
+        wait_for_runs(runs, [run], quiet=True)

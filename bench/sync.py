@@ -1,0 +1,552 @@
+"""A full sync through the real pipeline: K Celery worker processes, a private Redis, the sandbox CRM.
+
+Starts a redis-server of its own on a free port, the sandbox CRM in its own
+process (so it does not share a GIL with anything measured), K
+`celery -A tasks worker --pool=prefork --concurrency=1` processes, enqueues
+`leadscore sync --crm CRM --full` and times it until the run is done. Reports
+records per second, API calls (the sandbox's count: total and per 1,000
+records), seconds, and the peak RSS of each worker (main process and its pool
+child, sampled with psutil).
+
+    python bench/sync.py --crm hubspot --contacts 10000 --workers 2
+    python bench/sync.py --crm hubspot --contacts 50000 --workers 4 --kill-worker
+    python bench/sync.py --crm hubspot --contacts 10000 --workers 1 --compare-tap --json
+
+`--rate N`: the sandbox's HubSpot allowance per 10 s (default 10,000, the most
+mappings/hubspot.yaml accepts); the connector's limiter is set just under it.
+`--kill-worker`: a third of the way through, kill -9 one worker's process group,
+start a new worker, and let the broker hand the lost page to it after the
+visibility timeout (LEADSCORE_VISIBILITY_TIMEOUT, `--visibility-timeout`).
+`--compare-tap` (HubSpot): afterwards, singer-io's tap-hubspot 4.5.0 reads the
+same contacts from the sandbox (installed into its own virtualenv under
+~/.cache/leadscore-bench, never into this environment); prints its records/s,
+its API calls and the ratio ours/theirs. The tap only reads; the pipeline also
+reads activities, scores, writes back and routes, so the ratio is the price of
+all that, not a like-for-like race.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+import redis
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from connector.bootstrap import build_runtime  # noqa: E402
+from connector.config import Settings  # noqa: E402
+from connector.runs import RunStore, RunView  # noqa: E402
+from connector.sandbox.server import Sandbox  # noqa: E402
+
+QUEUE = "leadscore"
+TAP_VERSION = "4.5.0"
+TAP_SDIST = Path(tempfile.gettempdir()) / "taph" / f"tap_hubspot-{TAP_VERSION}.tar.gz"  # a local copy, if any
+TAP_PROPERTIES = ["email", "firstname", "lastname", "company", "country", "lifecyclestage"]
+SF_SCORE_FIELDS = [
+    {"name": "Lead_Score__c", "type": "double"},
+    {"name": "Lead_Fit_Score__c", "type": "double"},
+    {"name": "Lead_Engagement_Score__c", "type": "double"},
+    {"name": "Lead_Band__c", "type": "picklist"},
+    {"name": "Lead_Grade__c", "type": "picklist"},
+    {"name": "Lead_Score_Reasons__c", "type": "textarea"},
+    {"name": "Lead_Scored_At__c", "type": "datetime"},
+    {"name": "Lead_Score_Model__c", "type": "string"},
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def say(text: str, quiet: bool = False) -> None:
+    if not quiet:
+        print(text, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- the pieces
+
+
+@contextlib.contextmanager
+def redis_server(tmp: Path) -> Iterator[str]:
+    exe = shutil.which("redis-server")
+    if exe is None:
+        raise SystemExit("bench/sync.py: redis-server is not on PATH (apt-get install redis-server).")
+    port = free_port()
+    proc = subprocess.Popen(
+        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(tmp)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                redis.Redis.from_url(url).ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise SystemExit("bench/sync.py: the private redis-server did not start.") from None
+                time.sleep(0.05)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def bench_mappings(target: Path, connector_rate: int) -> Path:
+    """mappings/ with the portal allowance just under the sandbox's, and reps available around the clock."""
+    shutil.copytree(ROOT / "mappings", target)
+    hub = target / "hubspot.yaml"
+    text = hub.read_text()
+    if "  tier: professional\n" not in text:
+        raise SystemExit("bench/sync.py: mappings/hubspot.yaml has no 'tier: professional' line to extend.")
+    hub.write_text(text.replace("  tier: professional\n",
+                                f"  tier: professional\n  requests_per_10s: {connector_rate}\n", 1)
+                   .replace("  daily: 500000", "  daily: 50000000"))  # fmt: skip
+    routing_path = target / "routing.yaml"
+    routing = yaml.safe_load(routing_path.read_text())
+    routing["defaults"]["hours"] = {"days": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"],
+                                    "start": "00:00", "end": "24:00"}  # fmt: skip
+    routing["defaults"]["capacity"] = None
+    for rep in (routing.get("reps") or {}).values():
+        for key in ("hours", "away", "capacity"):
+            rep.pop(key, None)
+    routing_path.write_text(yaml.safe_dump(routing, sort_keys=False, allow_unicode=True))
+    return target
+
+
+def admin(url: str, path: str, body: Any = None, ca: str | None = None) -> Any:
+    req = urllib.request.Request(  # noqa: S310 - the sandbox's loopback URL
+        url + path,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"Content-Type": "application/json"},
+        method="POST" if body is not None else "GET",
+    )
+    ctx = ssl.create_default_context(cafile=ca) if url.startswith("https") else None
+    with urllib.request.urlopen(req, timeout=60, context=ctx) as resp:  # noqa: S310 - loopback sandbox only
+        return json.loads(resp.read() or b"null")
+
+
+@dataclass
+class Worker:
+    name: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    peak_rss: int = 0  # bytes, main process + pool child together
+    peak_child_rss: int = 0
+
+    def ready(self) -> bool:
+        return " ready." in self.log_path.read_text(errors="replace")
+
+    def sample(self) -> None:
+        try:
+            main = psutil.Process(self.proc.pid)
+            children = main.children(recursive=True)
+            child_rss = sum(c.memory_info().rss for c in children)
+            total = main.memory_info().rss + child_rss
+        except psutil.Error:
+            return
+        self.peak_rss = max(self.peak_rss, total)
+        self.peak_child_rss = max(self.peak_child_rss, child_rss)
+
+
+def start_worker(name: str, env: dict[str, str], tmp: Path) -> Worker:
+    log_path = tmp / f"{name}.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "tasks", "worker", "--pool=prefork", "--concurrency=1",
+             "-Q", QUEUE, "--without-heartbeat", "--without-mingle", "--without-gossip", "-l", "INFO",
+             "-n", f"{name}@%h"],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    return Worker(name, proc, log_path)
+
+
+def wait_ready(workers: list[Worker], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    for w in workers:
+        while not w.ready():
+            if w.proc.poll() is not None or time.monotonic() > deadline:
+                tail = "\n".join(w.log_path.read_text(errors="replace").splitlines()[-20:])
+                raise SystemExit(f"bench/sync.py: worker {w.name} did not start:\n{tail}")
+            time.sleep(0.1)
+
+
+def stop_workers(workers: list[Worker]) -> None:
+    for w in workers:
+        if w.proc.poll() is None:
+            w.proc.send_signal(signal.SIGTERM)
+    for w in workers:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            w.proc.wait(30)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(w.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            w.proc.wait(10)
+
+
+class Sampler:
+    """Samples every worker's RSS a few times a second until stopped."""
+
+    def __init__(self, workers: list[Worker], every: float = 0.25) -> None:
+        self.workers = workers
+        self.every = every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for w in list(self.workers):
+                w.sample()
+            self._stop.wait(self.every)
+
+    def __enter__(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+# --------------------------------------------------------------------------- our pipeline
+
+
+@dataclass
+class Result:
+    crm: str
+    contacts: int
+    workers: int
+    seconds: float
+    view: RunView
+    stats: dict[str, Any]
+    rss: list[tuple[str, int, int]]  # name, peak bytes (main + child), peak child bytes
+    killed: dict[str, Any] = field(default_factory=dict)
+    tap: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def records(self) -> int:
+        return self.view.count("read")
+
+    def figures(self) -> dict[str, Any]:
+        calls = int(self.stats.get("total", 0))
+        out: dict[str, Any] = {
+            "crm": self.crm,
+            "contacts": self.contacts,
+            "records": self.records,
+            "workers": self.workers,
+            "status": self.view.status,
+            "seconds": round(self.seconds, 2),
+            "records_per_s": round(self.records / self.seconds, 1) if self.seconds else 0.0,
+            "api_calls": calls,
+            "api_calls_per_1000": round(calls / max(1, self.records) * 1000, 1),
+            "rate_limited": int(self.stats.get("rate_limited", 0)),
+            "written": self.view.count("written"),
+            "hot": self.view.count("hot"),
+            "assigned": self.view.count("assigned"),
+            "failed": self.view.count("failed"),
+            "peak_rss_mb": round(max((r[1] for r in self.rss), default=0) / 2**20, 1),
+            "peak_rss_mb_per_worker": {name: round(total / 2**20, 1) for name, total, _ in self.rss},
+            "peak_child_rss_mb_per_worker": {name: round(child / 2**20, 1) for name, _, child in self.rss},
+        }
+        if self.killed:
+            out["kill_worker"] = self.killed
+        if self.tap:
+            out["tap_hubspot"] = self.tap
+            if self.tap.get("records_per_s"):
+                out["ratio_records_per_s_ours_over_tap"] = round(out["records_per_s"] / self.tap["records_per_s"], 3)
+        return out
+
+
+def run_pipeline(args: argparse.Namespace, tmp: Path, url: str, sb: Sandbox, quiet: bool) -> Result:
+    connector_rate = max(1, args.rate - max(1, args.rate // 50))  # just under the sandbox's allowance
+    mdir = bench_mappings(tmp / "mappings", connector_rate)
+    api_url, ca = (sb.hubspot_url, None) if args.crm == "hubspot" else (sb.salesforce_url, sb.ca_cert)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HUBSPOT_", "SALESFORCE_", "LEADSCORE_"))}
+    env.update(
+        REDIS_URL=url, HUBSPOT_BASE_URL=sb.hubspot_url, HUBSPOT_ACCESS_TOKEN=sb.hubspot_token,
+        SALESFORCE_INSTANCE_URL=sb.salesforce_url, SALESFORCE_ACCESS_TOKEN=sb.salesforce_token,
+        SALESFORCE_CA_BUNDLE=sb.ca_cert, LEADSCORE_MAPPINGS=str(mdir), PYTHONWARNINGS="ignore",
+        PYTHONUNBUFFERED="1",
+    )  # fmt: skip
+    if args.kill_worker:
+        env["LEADSCORE_VISIBILITY_TIMEOUT"] = str(args.visibility_timeout)
+
+    # `leadscore setup` (HubSpot) or the admin's fields in Setup (Salesforce)
+    settings = Settings(redis_url=url, redis_url_given=True, mappings_dir=mdir, hubspot_base_url=sb.hubspot_url,
+                        hubspot_access_token=sb.hubspot_token, salesforce_instance_url=sb.salesforce_url,
+                        salesforce_access_token=sb.salesforce_token, salesforce_ca_bundle=Path(sb.ca_cert))  # fmt: skip
+    if args.crm == "salesforce":
+        for obj in ("Lead", "Contact"):
+            admin(api_url, "/__sandbox__/salesforce/fields", {"object": obj, "fields": SF_SCORE_FIELDS}, ca)
+    rt = build_runtime(settings, namespace="bench-setup")
+    try:
+        rt.adapter(args.crm).setup()
+        problems = rt.adapter(args.crm).check()
+        if problems:
+            raise SystemExit(f"bench/sync.py: the sandbox is not ready: {problems}")
+    finally:
+        rt.close()
+
+    workers = [start_worker(f"bench{i}", env, tmp) for i in range(args.workers)]
+    client = redis.Redis.from_url(url)
+    runs = RunStore(client)
+    killed: dict[str, Any] = {}
+    try:
+        wait_ready(workers)
+        admin(api_url, "/__sandbox__/stats/reset", {}, ca)
+        say(f"{args.workers} worker(s) ready; syncing {args.contacts:,} {args.crm} people ...", quiet)
+        with Sampler(workers):
+            t0 = time.perf_counter()
+            enq = subprocess.run([sys.executable, "-m", "connector.cli", "sync", "--crm", args.crm, "--full"],
+                                 cwd=ROOT, env=env, capture_output=True, text=True, check=False)  # fmt: skip
+            if enq.returncode != 0:
+                raise SystemExit(f"bench/sync.py: leadscore sync failed: {enq.stderr.strip()}")
+            run_id = enq.stdout.split(" sync ", 1)[1].split()[0]
+            expected_pages = max(1, args.contacts // (100 if args.crm == "hubspot" else 2000))
+            last_print = 0.0
+            while True:
+                view = runs.get(run_id)
+                if view is not None and view.finished:
+                    break
+                now = time.perf_counter()
+                if (
+                    view is not None
+                    and args.kill_worker
+                    and not killed
+                    and view.count("pages_done") >= max(1, expected_pages // 3)
+                ):
+                    killed = kill_and_replace(workers, env, tmp, view, now - t0, quiet)
+                if now - last_print > 10 and view is not None:
+                    say(f"  {now - t0:6.1f} s  pages {view.count('pages_done')}/{view.count('pages_total')}  "
+                        f"read {view.count('read'):,}  assigned {view.count('assigned')}", quiet)  # fmt: skip
+                    last_print = now
+                if now - t0 > args.timeout:
+                    raise SystemExit(f"bench/sync.py: the sync did not finish within {args.timeout} s.")
+                time.sleep(0.1)
+            seconds = time.perf_counter() - t0
+        stats = admin(api_url, "/__sandbox__/stats", None, ca)
+        if killed:
+            killed["tasks_created"] = sum(
+                n
+                for k, n in stats["calls"].items()
+                if k.startswith("POST ") and k.endswith(("/objects/tasks", "/sobjects/{sobject}"))
+            )
+            killed["recovered_after_s"] = round(seconds - killed["at_s"], 1)
+    finally:
+        stop_workers(workers)
+        client.close()
+    rss = [(w.name, w.peak_rss, w.peak_child_rss) for w in workers]
+    return Result(args.crm, args.contacts, args.workers, seconds, view, stats, rss, killed)
+
+
+def kill_and_replace(
+    workers: list[Worker], env: dict[str, str], tmp: Path, view: RunView, at: float, quiet: bool
+) -> dict[str, Any]:
+    victim = workers[0]
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(victim.proc.pid, signal.SIGKILL)
+    victim.proc.wait(10)
+    say(f"  {at:6.1f} s  kill -9 {victim.name} (pages done {view.count('pages_done')}); starting a new worker; "
+        f"its page comes back after the visibility timeout", quiet)  # fmt: skip
+    fresh = start_worker(f"bench{len(workers)}", env, tmp)
+    workers.append(fresh)
+    wait_ready([fresh])
+    return {"victim": victim.name, "at_s": round(at, 1), "pages_done_at_kill": view.count("pages_done")}
+
+
+# --------------------------------------------------------------------------- tap-hubspot
+
+
+TAP_RUNNER = textwrap.dedent(
+    '''
+    """Runs singer-io's tap-hubspot against the sandbox: contacts only, a few properties; counts RECORD messages."""
+    import json, sys, time
+    import tap_hubspot
+    from singer import metadata
+
+    base_url, token, props, out = sys.argv[1], sys.argv[2], sys.argv[3].split(","), sys.argv[4]
+    tap_hubspot.BASE_URL = base_url
+    tap_hubspot.CONFIG.update({"api_key": token, "start_date": "2000-01-01T00:00:00Z",
+                               "select_fields_by_default": False})
+    stream = next(s for s in tap_hubspot.STREAMS if s.tap_stream_id == "contacts")
+    schema, mdata = tap_hubspot.load_discovered_schema(stream)
+    md = metadata.to_map(mdata)
+    md = metadata.write(md, (), "selected", True)
+    for name in props:
+        md = metadata.write(md, ("properties", "property_" + name), "selected", True)
+    catalog = {"streams": [{"stream": "contacts", "tap_stream_id": "contacts", "schema": schema,
+                            "metadata": metadata.to_list(md)}]}
+    with open(out + ".catalog.json", "w") as f:
+        json.dump(catalog, f)
+    with open(out + ".config.json", "w") as f:
+        json.dump({"api_key": token, "start_date": "2000-01-01T00:00:00Z", "select_fields_by_default": "false"}, f)
+
+    class Counter:
+        records = 0
+        def write(self, text):
+            self.records += text.count('"type": "RECORD"') + text.count('"type":"RECORD"')
+            return len(text)
+        def flush(self):
+            pass
+
+    ready = sys.stdin.readline()  # the bench resets the sandbox's counters after discovery
+    counter = Counter()
+    real = sys.stdout
+    sys.stdout = counter
+    sys.argv = ["tap-hubspot", "--config", out + ".config.json", "--properties", out + ".catalog.json"]
+    t0 = time.perf_counter()
+    tap_hubspot.main()
+    seconds = time.perf_counter() - t0
+    sys.stdout = real
+    with open(out, "w") as f:
+        json.dump({"records": counter.records, "seconds": seconds}, f)
+    '''
+)
+
+
+def tap_python(quiet: bool) -> Path:
+    """The python of a virtualenv holding tap-hubspot (created on first use, outside this environment)."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "leadscore-bench"
+    venv = cache / f"tap-hubspot-{TAP_VERSION}"
+    python = venv / "bin" / "python"
+    if python.exists() and subprocess.run([python, "-c", "import tap_hubspot"], capture_output=True,
+                                          check=False).returncode == 0:  # fmt: skip
+        return python
+    say(f"installing tap-hubspot {TAP_VERSION} into {venv} (its own virtualenv) ...", quiet)
+    cache.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    source = str(TAP_SDIST) if TAP_SDIST.exists() else f"tap-hubspot=={TAP_VERSION}"
+    subprocess.run([python, "-m", "pip", "install", "-q", source], check=True, stdout=subprocess.DEVNULL)
+    return python
+
+
+def run_tap(sb: Sandbox, tmp: Path, quiet: bool) -> dict[str, Any]:
+    python = tap_python(quiet)
+    runner = tmp / "tap_runner.py"
+    runner.write_text(TAP_RUNNER)
+    out = tmp / "tap_result.json"
+    say(f"tap-hubspot {TAP_VERSION}: reading the same contacts (properties {', '.join(TAP_PROPERTIES)}) ...", quiet)
+    proc = subprocess.Popen(
+        [python, str(runner), sb.hubspot_url, sb.hubspot_token, ",".join(TAP_PROPERTIES), str(out)],
+        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdin is not None
+    # discovery (the properties endpoint) happens before the tap reads stdin; count only the sync
+    time.sleep(0.5)
+    deadline = time.monotonic() + 60
+    while not (tmp / "tap_result.json.catalog.json").exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            err = proc.stderr.read() if proc.stderr else ""
+            return {"error": f"tap-hubspot did not get through discovery: {err.strip()[-2000:]}"}
+        time.sleep(0.05)
+    admin(sb.hubspot_url, "/__sandbox__/stats/reset", {})
+    _, err = proc.communicate("go\n")
+    stats = admin(sb.hubspot_url, "/__sandbox__/stats")
+    if proc.returncode != 0 or not out.exists():
+        return {"error": f"tap-hubspot failed ({proc.returncode}): {err.strip()[-2000:]}", "calls": stats["calls"]}
+    result = json.loads(out.read_text())
+    records, seconds = int(result["records"]), float(result["seconds"])
+    return {
+        "version": TAP_VERSION,
+        "records": records,
+        "seconds": round(seconds, 2),
+        "records_per_s": round(records / seconds, 1) if seconds else 0.0,
+        "api_calls": int(stats["total"]),
+        "api_calls_per_1000": round(stats["total"] / max(1, records) * 1000, 1),
+        "rate_limited": int(stats["rate_limited"]),
+        "calls": stats["calls"],
+    }
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--crm", choices=("hubspot", "salesforce"), default="hubspot")
+    p.add_argument("--contacts", type=int, default=10_000, help="people in the sandbox CRM")
+    p.add_argument("--workers", type=int, default=2, help="celery worker processes (concurrency 1 each)")
+    p.add_argument("--rate", type=int, default=10_000, help="the sandbox's HubSpot requests per 10 s")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--kill-worker", action="store_true", help="kill -9 one worker a third of the way through")
+    p.add_argument("--visibility-timeout", type=int, default=150,
+                   help="with --kill-worker: the broker's visibility timeout in seconds (above the 120 s "
+                        "routing lock a dead worker may leave behind)")  # fmt: skip
+    p.add_argument("--compare-tap", action="store_true", help="HubSpot: also run tap-hubspot on the same contacts")
+    p.add_argument("--timeout", type=float, default=3600, help="give up after this many seconds")
+    p.add_argument("--json", action="store_true", help="print only the JSON line on stdout")
+    args = p.parse_args(argv)
+    if args.compare_tap and args.crm != "hubspot":
+        p.error("--compare-tap reads HubSpot: use it with --crm hubspot")
+    if not 1 <= args.rate <= 10_000:
+        p.error("--rate must be between 1 and 10,000 (the most mappings/hubspot.yaml accepts)")
+    quiet = args.json
+    # stopped from outside: leave through the `finally` blocks, which stop the workers, the sandbox and Redis
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+    with tempfile.TemporaryDirectory(prefix="leadscore-bench-") as tmp_s:
+        tmp = Path(tmp_s)
+        with redis_server(tmp) as url:
+            say(f"starting the sandbox CRM with {args.contacts:,} people (rate {args.rate} per 10 s) ...", quiet)
+            with Sandbox.start(contacts=args.contacts, seed=args.seed, hubspot_rate=args.rate,
+                               hubspot_daily=50_000_000, in_thread=False) as sb:  # fmt: skip
+                result = run_pipeline(args, tmp, url, sb, quiet)
+                if args.compare_tap:
+                    result.tap = run_tap(sb, tmp, quiet)
+    figures = result.figures()
+    if not quiet:
+        f = figures
+        print(f"{f['crm']}: {f['records']:,} records with {f['workers']} worker(s): {f['status']} in "
+              f"{f['seconds']} s = {f['records_per_s']} records/s")  # fmt: skip
+        print(f"  API calls {f['api_calls']:,} ({f['api_calls_per_1000']} per 1,000 records), "
+              f"rate-limited answers {f['rate_limited']}")  # fmt: skip
+        print(f"  written {f['written']:,}, hot {f['hot']:,}, assigned {f['assigned']:,}, failed {f['failed']}")
+        for name, mb in f["peak_rss_mb_per_worker"].items():
+            print(f"  peak RSS {name}: {mb} MB (pool child {f['peak_child_rss_mb_per_worker'][name]} MB)")
+        if result.killed:
+            k = result.killed
+            print(f"  killed {k['victim']} at {k['at_s']} s (pages done {k['pages_done_at_kill']}); run finished "
+                  f"{k['recovered_after_s']} s later; tasks created {k['tasks_created']} for "
+                  f"{f['assigned']} assignments")  # fmt: skip
+        if result.tap:
+            t = result.tap
+            if "error" in t:
+                print(f"  tap-hubspot: {t['error']}")
+            else:
+                print(f"  tap-hubspot {t['version']}: {t['records']:,} records in {t['seconds']} s = "
+                      f"{t['records_per_s']} records/s, API calls {t['api_calls']:,} "
+                      f"({t['api_calls_per_1000']} per 1,000)")  # fmt: skip
+                print(f"  ratio ours/theirs (records/s): {figures.get('ratio_records_per_s_ours_over_tap')}")
+    line = {k: v for k, v in figures.items() if k != "tap_hubspot"}
+    if result.tap:
+        line["tap_hubspot"] = {k: v for k, v in result.tap.items() if k != "calls"}
+    print(json.dumps(line, sort_keys=True))
+    return 0 if result.view.status == "done" else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -98,5 +98,6 @@ def test_waiting_on_a_run_whose_state_is_gone_says_to_run_it_again(redis_client:
     runs = RunStore(redis_client, "t")
     run = runs.new_run("hubspot", "full", ("contact",))
     redis_client.flushall()  # what a Redis restart without persistence does
-    with pytest.raises(UserError, match=r"^the state of sync .* is gone \(Redis was restarted or flushed\); run the sync"):
+    gone = r"^the state of sync .* is gone \(Redis was restarted or flushed\); run the sync again"
+    with pytest.raises(UserError, match=gone):
         wait_for_runs(runs, [run], quiet=True)

@@ -482,6 +482,45 @@ def run_tap(sb: Sandbox, tmp: Path, quiet: bool) -> dict[str, Any]:
     }
 
 
+def run_our_read(sb: Sandbox, url: str, tmp: Path, quiet: bool) -> dict[str, Any]:
+    """Like for like with the tap: our HubSpot read path alone (list pages of 100, the mapped properties,
+    parsed into Leads), one process, no activities, no scoring, no writes."""
+    import redis as redis_lib
+
+    from connector.config import Settings
+    from connector.crm.hubspot import HubSpotAdapter
+    from connector.mappings.hubspot import load_hubspot_mapping
+
+    mapping = load_hubspot_mapping(bench_mappings(tmp / "read-mappings", 9_900) / "hubspot.yaml")
+    settings = Settings(hubspot_base_url=sb.hubspot_url, hubspot_access_token=sb.hubspot_token)
+    assert settings.hubspot_access_token is not None
+    client = redis_lib.Redis.from_url(url)
+    adapter = HubSpotAdapter(base_url=sb.hubspot_url, token=settings.hubspot_access_token, mapping=mapping,
+                             redis=client, account="bench-read")  # fmt: skip
+    say("our read path: the same contacts, list pages only ...", quiet)
+    admin(sb.hubspot_url, "/__sandbox__/stats/reset", {})
+    records, cursor, started = 0, None, time.perf_counter()
+    try:
+        while True:
+            page = adapter.read_page("contact", cursor, since=None)
+            records += len(page.leads)
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+    finally:
+        adapter.close()
+        client.close()
+    seconds = time.perf_counter() - started
+    stats = admin(sb.hubspot_url, "/__sandbox__/stats")
+    return {
+        "records": records,
+        "seconds": round(seconds, 2),
+        "records_per_s": round(records / seconds, 1) if seconds else 0.0,
+        "api_calls": int(stats["total"]),
+        "profile_fields": len(mapping.contact.fields),
+    }
+
+
 # --------------------------------------------------------------------------- the command
 
 
@@ -517,6 +556,8 @@ def main(argv: list[str] | None = None) -> int:
                 result = run_pipeline(args, tmp, url, sb, quiet)
                 if args.compare_tap:
                     result.tap = run_tap(sb, tmp, quiet)
+                    if "error" not in result.tap:
+                        result.tap["ours_read_only"] = run_our_read(sb, url, tmp, quiet)
     figures = result.figures()
     if not quiet:
         f = figures
@@ -540,7 +581,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  tap-hubspot {t['version']}: {t['records']:,} records in {t['seconds']} s = "
                       f"{t['records_per_s']} records/s, API calls {t['api_calls']:,} "
                       f"({t['api_calls_per_1000']} per 1,000)")  # fmt: skip
-                print(f"  ratio ours/theirs (records/s): {figures.get('ratio_records_per_s_ours_over_tap')}")
+                print(f"  ratio ours/theirs (records/s): {figures.get('ratio_records_per_s_ours_over_tap')} "
+                      "(our whole pipeline against the tap's read)")
+                ours = t["ours_read_only"]
+                print(f"  our read path alone: {ours['records']:,} records in {ours['seconds']} s = "
+                      f"{ours['records_per_s']} records/s, API calls {ours['api_calls']:,}; "
+                      f"read ratio ours/theirs: {round(ours['records_per_s'] / max(1e-9, t['records_per_s']), 2)}")
     line = {k: v for k, v in figures.items() if k != "tap_hubspot"}
     if result.tap:
         line["tap_hubspot"] = {k: v for k, v in result.tap.items() if k != "calls"}

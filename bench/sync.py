@@ -57,22 +57,13 @@ sys.path.insert(0, str(ROOT))
 from connector.bootstrap import build_runtime  # noqa: E402
 from connector.config import Settings  # noqa: E402
 from connector.runs import RunStore, RunView  # noqa: E402
+from connector.sandbox.salesforce import score_field_specs  # noqa: E402
 from connector.sandbox.server import Sandbox  # noqa: E402
 
 QUEUE = "leadscore"
 TAP_VERSION = "4.5.0"
 TAP_SDIST = Path(tempfile.gettempdir()) / "taph" / f"tap_hubspot-{TAP_VERSION}.tar.gz"  # a local copy, if any
 TAP_PROPERTIES = ["email", "firstname", "lastname", "company", "country", "lifecyclestage"]
-SF_SCORE_FIELDS = [
-    {"name": "Lead_Score__c", "type": "double"},
-    {"name": "Lead_Fit_Score__c", "type": "double"},
-    {"name": "Lead_Engagement_Score__c", "type": "double"},
-    {"name": "Lead_Band__c", "type": "picklist"},
-    {"name": "Lead_Grade__c", "type": "picklist"},
-    {"name": "Lead_Score_Reasons__c", "type": "textarea"},
-    {"name": "Lead_Scored_At__c", "type": "datetime"},
-    {"name": "Lead_Score_Model__c", "type": "string"},
-]
 
 
 def free_port() -> int:
@@ -301,7 +292,7 @@ def run_pipeline(args: argparse.Namespace, tmp: Path, url: str, sb: Sandbox, qui
                         salesforce_access_token=sb.salesforce_token, salesforce_ca_bundle=Path(sb.ca_cert))  # fmt: skip
     if args.crm == "salesforce":
         for obj in ("Lead", "Contact"):
-            admin(api_url, "/__sandbox__/salesforce/fields", {"object": obj, "fields": SF_SCORE_FIELDS}, ca)
+            admin(api_url, "/__sandbox__/salesforce/fields", {"object": obj, "fields": score_field_specs()}, ca)
     rt = build_runtime(settings, namespace="bench-setup")
     try:
         rt.adapter(args.crm).setup()

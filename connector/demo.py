@@ -38,16 +38,6 @@ from connector.errors import UserError
 # call, and the summary says which limit was in force.
 DEMO_HUBSPOT_RATE = 20_000
 
-SCORE_FIELDS_SF = [
-    {"name": "Lead_Score__c", "type": "double"},
-    {"name": "Lead_Fit_Score__c", "type": "double"},
-    {"name": "Lead_Engagement_Score__c", "type": "double"},
-    {"name": "Lead_Band__c", "type": "picklist"},
-    {"name": "Lead_Grade__c", "type": "picklist"},
-    {"name": "Lead_Score_Reasons__c", "type": "textarea"},
-    {"name": "Lead_Scored_At__c", "type": "datetime"},
-    {"name": "Lead_Score_Model__c", "type": "string"},
-]
 
 
 @dataclass
@@ -238,6 +228,7 @@ def _worker(app: Any, concurrency: int, queue: str) -> Iterator[None]:
 
 def run_demo(*, crm: str, contacts: int, seed: int, workers: int = 4, progress: bool = True) -> DemoSummary:
     from connector.cli import wait_for_runs
+    from connector.sandbox.salesforce import score_field_specs
     from connector.sandbox.server import Sandbox
     from tasks import sync as sync_tasks
     from tasks.app import app
@@ -274,7 +265,7 @@ def run_demo(*, crm: str, contacts: int, seed: int, workers: int = 4, progress: 
                 # the sandbox lets the demo do that step through its admin endpoint.
                 for obj in ("Lead", "Contact"):
                     _admin(sb.salesforce_url, "/__sandbox__/salesforce/fields",
-                           {"object": obj, "fields": SCORE_FIELDS_SF}, sb.ca_cert)
+                           {"object": obj, "fields": score_field_specs()}, sb.ca_cert)
             for name in crms:
                 rt.adapter(name).setup()
             for url, ca in ((sb.hubspot_url, None), (sb.salesforce_url, sb.ca_cert)):

@@ -43,6 +43,17 @@ class MappingError(UserError):
         super().__init__(f"{where}: {problem}")
 
 
+def not_yaml_bool(value: Any) -> Any:
+    """A pydantic before-validator for text: YAML 1.1 reads NO, no, off, yes, on as booleans
+    (Norway's country code is the classic victim); ask for quotes instead of storing False."""
+    if isinstance(value, bool):
+        raise ValueError(
+            f"{str(value).lower()} is not text here; YAML reads yes/no/on/off as true/false, "
+            "so put the value in quotes (for example 'NO')"
+        )
+    return value
+
+
 def dotted(loc: Loc) -> str:
     out = ""
     for part in loc:

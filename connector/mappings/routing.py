@@ -32,7 +32,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import AfterValidator, BeforeValidator, Field, field_validator, model_validator
 
 from connector.domain import PROFILE_FIELDS
-from connector.mapfile import MappingError, Strict, _Positions, dotted, read_yaml, validate
+from connector.mapfile import MappingError, Strict, _Positions, dotted, not_yaml_bool, read_yaml, validate
 
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -46,16 +46,6 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._&/()+'-]{0,59}$")
 def norm(text: str) -> str:
     """How names are compared everywhere in routing: case and surrounding spaces ignored."""
     return " ".join(text.split()).casefold()
-
-
-def _not_yaml_bool(value: Any) -> Any:
-    # YAML 1.1 reads NO, no, off, yes, on as booleans: Norway's code is the classic victim.
-    if isinstance(value, bool):
-        raise ValueError(
-            f"{str(value).lower()} is not text here; YAML reads yes/no/on/off as true/false, "
-            "so put the value in quotes (for example 'NO')"
-        )
-    return value
 
 
 def _time_text(value: Any) -> Any:
@@ -88,11 +78,11 @@ def _name(value: str) -> str:
     return value
 
 
-Text = Annotated[str, BeforeValidator(_not_yaml_bool)]
+Text = Annotated[str, BeforeValidator(not_yaml_bool)]
 TimeOfDay = Annotated[str, BeforeValidator(_time_text)]
 ZoneName = Annotated[str, AfterValidator(_zone)]
 Email = Annotated[str, AfterValidator(_email)]
-Name = Annotated[str, BeforeValidator(_not_yaml_bool), AfterValidator(_name)]
+Name = Annotated[str, BeforeValidator(not_yaml_bool), AfterValidator(_name)]
 
 
 def _minutes(hhmm: str) -> int:

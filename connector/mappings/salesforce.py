@@ -22,12 +22,12 @@ from __future__ import annotations
 import difflib
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BeforeValidator, Field, ValidationInfo, field_validator, model_validator
 
 from connector.domain import ACTIVITY_KINDS, PROFILE_FIELDS, WRITE_FIELDS
-from connector.mapfile import Strict, load_model
+from connector.mapfile import Strict, load_model, not_yaml_bool
 
 ActivitySource = Literal["Task", "Event", "CampaignMember"]
 ACTIVITY_SOURCES: tuple[ActivitySource, ...] = ("Task", "Event", "CampaignMember")
@@ -65,18 +65,8 @@ def _plain_api_name(value: str) -> str:
     return value
 
 
-def _not_yaml_bool(value: Any) -> Any:
-    # YAML 1.1 reads yes/no/on/off as booleans; a picklist value of "No" would become False.
-    if isinstance(value, bool):
-        raise ValueError(
-            f"{str(value).lower()} is not text here; YAML reads yes/no/on/off/true/false as booleans, "
-            "so put the value in quotes (for example 'true')"
-        )
-    return value
-
-
-ApiName = Annotated[str, BeforeValidator(_not_yaml_bool), Field(min_length=1)]
-Text = Annotated[str, BeforeValidator(_not_yaml_bool)]
+ApiName = Annotated[str, BeforeValidator(not_yaml_bool), Field(min_length=1)]
+Text = Annotated[str, BeforeValidator(not_yaml_bool)]
 
 
 def _profile_field(value: str) -> str:
@@ -93,7 +83,7 @@ def _readable_field(value: str) -> str:
 
 
 ProfileField = Annotated[str, AfterValidator(_profile_field)]
-ReadableField = Annotated[str, BeforeValidator(_not_yaml_bool), AfterValidator(_readable_field)]
+ReadableField = Annotated[str, BeforeValidator(not_yaml_bool), AfterValidator(_readable_field)]
 
 
 class ObjectMapping(Strict):

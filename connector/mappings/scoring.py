@@ -26,7 +26,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BeforeValidator, Field, ValidationInfo, field_validator, model_validator
 
 from connector.domain import ACTIVITY_KINDS, PROFILE_FIELDS
-from connector.mapfile import Strict
+from connector.mapfile import Strict, not_yaml_bool
 
 Bant = Literal["budget", "authority", "need", "timeline"]
 BANT_KEYS: tuple[str, ...] = ("budget", "authority", "need", "timeline")
@@ -47,18 +47,8 @@ def _suggest(word: str, known: frozenset[str] | tuple[str, ...]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-def _not_yaml_bool(value: Any) -> Any:
-    # YAML 1.1 reads NO, no, off, yes, on as booleans: Norway's code is the classic victim.
-    if isinstance(value, bool):
-        raise ValueError(
-            f"{str(value).lower()} is not text here; YAML reads yes/no/on/off as true/false, "
-            "so put the value in quotes (for example 'NO')"
-        )
-    return value
-
-
 def _scalar(value: Any) -> Any:
-    _not_yaml_bool(value)
+    not_yaml_bool(value)
     if not isinstance(value, str | int | float):
         raise ValueError("must be a text or a number")
     return value
@@ -69,7 +59,7 @@ def _listed(value: Any) -> Any:
     return [value] if isinstance(value, str) else value
 
 
-Text = Annotated[str, BeforeValidator(_not_yaml_bool)]
+Text = Annotated[str, BeforeValidator(not_yaml_bool)]
 # One type per key (no unions), so an error points at the key and not at a union member.
 Number = float  # strict mode still takes an int for a float
 Scalar = Annotated[Any, BeforeValidator(_scalar)]

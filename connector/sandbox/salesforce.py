@@ -100,6 +100,11 @@ SCORE_FIELDS: tuple[tuple[str, str, dict[str, Any]], ...] = (
 )
 
 
+def score_field_specs() -> list[dict[str, Any]]:
+    """The body of POST /__sandbox__/salesforce/fields for the score fields (what an admin creates in Setup)."""
+    return [{"name": n, "type": t, **kw} for n, t, kw in SCORE_FIELDS]
+
+
 class ApiError(Exception):
     """An answer in Salesforce's error shape: [{"message", "errorCode", "fields"?}]."""
 
@@ -472,7 +477,7 @@ class Org:
         self.jobs: dict[str, BulkJob] = {}
         if score_fields:
             for obj in PERSON_OBJECTS:
-                self.add_fields(obj, [{"name": n, "type": t, **kw} for n, t, kw in SCORE_FIELDS])
+                self.add_fields(obj, score_field_specs())
 
     # ---- catalog
     def sobject(self, name: str) -> SObjectType | None:

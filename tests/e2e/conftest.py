@@ -51,6 +51,7 @@ from connector.crm.hubspot import parse_ts
 from connector.domain import CHANGE_FIELDS, CrmName
 from connector.runs import RunView
 from connector.sandbox.data import today_midnight_utc
+from connector.sandbox.salesforce import score_field_specs
 from connector.sandbox.server import Sandbox
 from tests.conftest import ROOT, RedisServer
 
@@ -61,17 +62,6 @@ SEED = 5
 ANCHOR = today_midnight_utc()  # the data's "now": one for the whole session, even across midnight
 QUEUE = "leadscore"
 
-# Score fields an admin creates in Salesforce Setup (the demo does the same through the sandbox's admin endpoint).
-SF_SCORE_FIELDS = [
-    {"name": "Lead_Score__c", "type": "double"},
-    {"name": "Lead_Fit_Score__c", "type": "double"},
-    {"name": "Lead_Engagement_Score__c", "type": "double"},
-    {"name": "Lead_Band__c", "type": "picklist"},
-    {"name": "Lead_Grade__c", "type": "picklist"},
-    {"name": "Lead_Score_Reasons__c", "type": "textarea"},
-    {"name": "Lead_Scored_At__c", "type": "datetime"},
-    {"name": "Lead_Score_Model__c", "type": "string"},
-]
 
 
 def salesforce_unavailable() -> str | None:
@@ -297,7 +287,7 @@ class Pipeline:
         """`leadscore setup` (HubSpot) or the admin creating the fields in Setup (Salesforce)."""
         if self.crm == "salesforce":
             for obj in ("Lead", "Contact"):
-                self._admin("/__sandbox__/salesforce/fields", {"object": obj, "fields": SF_SCORE_FIELDS})
+                self._admin("/__sandbox__/salesforce/fields", {"object": obj, "fields": score_field_specs()})
         probe = self.probe()
         try:
             probe.adapter(self.crm).setup()

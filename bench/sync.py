@@ -56,6 +56,7 @@ sys.path.insert(0, str(ROOT))
 
 from connector.bootstrap import build_runtime  # noqa: E402
 from connector.config import Settings  # noqa: E402
+from connector.localredis import private_redis_server  # noqa: E402
 from connector.runs import RunStore, RunView  # noqa: E402
 from connector.sandbox.salesforce import score_field_specs  # noqa: E402
 from connector.sandbox.server import Sandbox  # noqa: E402
@@ -85,26 +86,8 @@ def redis_server(tmp: Path) -> Iterator[str]:
     exe = shutil.which("redis-server")
     if exe is None:
         raise SystemExit("bench/sync.py: redis-server is not on PATH (apt-get install redis-server).")
-    port = free_port()
-    proc = subprocess.Popen(
-        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(tmp)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    url = f"redis://127.0.0.1:{port}/0"
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                redis.Redis.from_url(url).ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise SystemExit("bench/sync.py: the private redis-server did not start.") from None
-                time.sleep(0.05)
+    with private_redis_server(exe) as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def bench_mappings(target: Path, connector_rate: int) -> Path:

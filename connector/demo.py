@@ -13,9 +13,7 @@ import contextlib
 import json
 import shutil
 import socket
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
@@ -32,6 +30,7 @@ from connector.bootstrap import Runtime, build_runtime
 from connector.config import Settings, load_settings
 from connector.domain import CrmName
 from connector.errors import UserError
+from connector.localredis import private_redis_server
 
 # The demo's sandbox portal has a raised limit (real portals: 100 or 190 per 10 s),
 # so that 10,000 contacts finish in seconds; the shared limiter still paces every
@@ -159,7 +158,7 @@ def _store(settings: Settings) -> Iterator[tuple[redis.Redis, str, str]]:
         return
     exe = shutil.which("redis-server")
     if exe is not None:
-        with _private_redis(exe) as url:
+        with private_redis_server(exe) as url:
             client = redis.Redis.from_url(url)
             yield client, url, "a private redis-server on a free port"
             client.close()
@@ -168,34 +167,6 @@ def _store(settings: Settings) -> Iterator[tuple[redis.Redis, str, str]]:
 
     server = fakeredis.FakeServer()
     yield fakeredis.FakeRedis(server=server), "memory://", "embedded (no Redis server installed)"
-
-
-@contextlib.contextmanager
-def _private_redis(exe: str) -> Iterator[str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    with tempfile.TemporaryDirectory(prefix="leadscore-demo-") as tmp:
-        proc = subprocess.Popen(  # noqa: S603 - our own argv, no shell
-            [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", tmp],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        url = f"redis://127.0.0.1:{port}/0"
-        try:
-            deadline = time.monotonic() + 10
-            while True:
-                try:
-                    redis.Redis.from_url(url).ping()
-                    break
-                except redis.ConnectionError:
-                    if time.monotonic() > deadline or proc.poll() is not None:
-                        raise UserError("the demo could not start its private redis-server.") from None
-                    time.sleep(0.05)
-            yield url
-        finally:
-            proc.terminate()
-            proc.wait(10)
 
 
 @contextlib.contextmanager

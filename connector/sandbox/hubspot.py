@@ -246,6 +246,16 @@ def batch_error(
     return out
 
 
+
+def _not_found(object_type: str, missing: list[str]) -> dict[str, Any]:
+    """HubSpot's batch error for ids that do not exist (batch read and batch update say the same)."""
+    return batch_error(
+        "OBJECT_NOT_FOUND",
+        f"Could not get some {_SINGULAR[object_type].upper()} "
+        "objects, they may be deleted or not exist. Check that ids are valid.",
+        {"ids": missing},
+    )
+
 class ApiError(Exception):
     def __init__(self, response: Response) -> None:
         super().__init__("api error")
@@ -1550,14 +1560,7 @@ class HubSpotApi:
                 results.append(found)
         errors = []
         if missing:
-            errors.append(
-                batch_error(
-                    "OBJECT_NOT_FOUND",
-                    f"Could not get some {_SINGULAR[object_type].upper()} "
-                    "objects, they may be deleted or not exist. Check that ids are valid.",
-                    {"ids": missing},
-                )
-            )
+            errors.append(_not_found(object_type, missing))
         return self._batch_answer(results, errors, started)
 
     async def batch_update(self, request: Request) -> Response:
@@ -1608,14 +1611,7 @@ class HubSpotApi:
                 self.crm.store.write("tasks", tkey, clean)
                 results.append(self.crm.task_json(tkey, list(props)))
         if missing:
-            errors.append(
-                batch_error(
-                    "OBJECT_NOT_FOUND",
-                    f"Could not get some {_SINGULAR[object_type].upper()} "
-                    "objects, they may be deleted or not exist. Check that ids are valid.",
-                    {"ids": missing},
-                )
-            )
+            errors.append(_not_found(object_type, missing))
         return self._batch_answer(results, errors, started)
 
     async def batch_create(self, request: Request) -> Response:

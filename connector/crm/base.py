@@ -131,6 +131,14 @@ class CrmAdapter(Protocol):
 
     def task_is_open(self, task_id: str) -> bool: ...
 
+    def open_task(self, stream: str, lead_id: str, rep_id: str, subject_prefixes: Sequence[str]) -> str | None:
+        """An open task of the rep's on the record whose subject starts with one of the prefixes, if any.
+
+        The CRM, not Redis, says whether a rep was already told: after Redis lost the
+        routing state, this keeps a rerun from creating a second task.
+        """
+        ...
+
     def rep_acted_since(self, stream: str, lead_id: str, rep_id: str, since: float) -> bool:
         """Whether the rep logged an activity (call, email, meeting, note) on the record since `since`."""
         ...

@@ -675,6 +675,21 @@ class HubSpotAdapter:
             return False  # deleted: nothing left open
         return (resp.body.get("properties") or {}).get("hs_task_status") != "COMPLETED"
 
+    def open_task(self, stream: str, lead_id: str, rep_id: str, subject_prefixes: Sequence[str]) -> str | None:
+        self._stream(stream)
+        linked = self._associated([lead_id], "tasks").get(lead_id) or []
+        if not linked:
+            return None
+        tasks = self._batch_read("tasks", linked, ["hubspot_owner_id", "hs_task_status", "hs_task_subject"])
+        for task_id, task in tasks.items():
+            if (
+                str(task.get("hubspot_owner_id") or "") == rep_id
+                and task.get("hs_task_status") != "COMPLETED"
+                and str(task.get("hs_task_subject") or "").startswith(tuple(subject_prefixes))
+            ):
+                return str(task_id)
+        return None
+
     def rep_acted_since(self, stream: str, lead_id: str, rep_id: str, since: float) -> bool:
         self._stream(stream)
         for object_type in ACTED_TYPES:

@@ -90,6 +90,7 @@ FIELD_SPECS: Mapping[str, tuple[frozenset[str], str, str]] = {
 _CHECK_POLICY = RetryPolicy(attempts=1, total_seconds=30.0)
 
 
+
 class SalesforceAdapter:
     """CrmAdapter for one Salesforce org (see connector/crm/base.py for the contract)."""
 
@@ -598,6 +599,21 @@ class SalesforceAdapter:
             limit=1,
         )
         records = sf.query(soql)["records"]
+        return str(records[0]["Id"]) if records else None
+
+    def open_task(self, stream: str, lead_id: str, rep_id: str, subject_prefixes: Sequence[str]) -> str | None:
+        self._object(stream)
+        if not SALESFORCE_ID.match(lead_id) or not SALESFORCE_ID.match(rep_id) or not subject_prefixes:
+            return None
+        # the prefixes are routing's own headlines: plain words, no LIKE wildcards in them
+        like = " OR ".join(f"Subject LIKE {soql_string(p + '%')}" for p in subject_prefixes)
+        soql = build_soql(
+            ["Id"],
+            "Task",
+            [f"WhoId = {soql_id(lead_id)}", f"OwnerId = {soql_id(rep_id)}", "IsClosed = false", f"({like})"],
+            limit=1,
+        )
+        records = self._query_page(soql)["records"]
         return str(records[0]["Id"]) if records else None
 
     def task_is_open(self, task_id: str) -> bool:

@@ -119,6 +119,18 @@ def routing_record(store: redis.Redis, lead_key: str, prefix: str = PREFIX) -> l
     return [json.loads(_s(raw)) for raw in store.lrange(f"{prefix}record:{lead_key}", 0, -1)]
 
 
+# Task subjects start with these, by why routing ran; open_task looks for them in the CRM.
+HEADLINES: dict[str, str] = {
+    "hot": "Hot lead",
+    "owner inactive": "Hot lead",
+    "re-hot": "Hot again",
+    "existing owner": "Your lead is hot",
+    "sla": "Hot lead reassigned to you",
+    "sla escalation": "Hot lead escalated to you",
+}
+TASK_HEADLINES: tuple[str, ...] = tuple(sorted(set(HEADLINES.values())))
+
+
 class Router:
     """Hot-lead routing for both CRMs. Shared by any number of workers through Redis."""
 
@@ -350,6 +362,15 @@ class Router:
                 found = adapter.get_leads(stream, [lead_id])
                 lead = found[0] if found else None
             texts = self._task_text(adapter, lead, stream, lead_id, state, d, result_like)
+        if want_task and target is not None and d.outcome == "kept_owner" and d.reason == "existing owner":
+            # An owned lead routing has no record of: if Redis lost what routing did (a rerun
+            # after a restart), we may have set this owner moments ago and already given them
+            # our task. Ask the CRM. (A re-hot lead does get its "Hot again" task.)
+            existing = adapter.open_task(stream, lead_id, target, TASK_HEADLINES)
+            if existing is not None:
+                task_id = existing
+                want_task = False
+                self._save(pkey, {f"r{n}:task": existing})
         if want_task and target is not None:
             subject, body = texts
             self._save(pkey, {f"r{n}:task": "creating"})
@@ -546,13 +567,7 @@ class Router:
             reasons = _reasons(result_like.reasons)
         else:
             reasons = _reasons(lead.written.get("reasons") if lead is not None else None)
-        headline = {
-            "hot": "Hot lead",
-            "re-hot": "Hot again",
-            "existing owner": "Your lead is hot",
-            "sla": "Hot lead reassigned to you",
-            "sla escalation": "Hot lead escalated to you",
-        }.get(d.reason, "Hot lead")
+        headline = HEADLINES.get(d.reason, "Hot lead")
         subject = f"{headline}: {who}, score {score}"
         lines = [
             f"{headline}: please follow up now.",

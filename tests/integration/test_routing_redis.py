@@ -121,6 +121,14 @@ class FakeCrm:
     def task_is_open(self, task_id: str) -> bool:
         return next(t for t in self.tasks if t.id == task_id).open
 
+    def open_task(self, stream: str, lead_id: str, rep_id: str, subject_prefixes: Sequence[str]) -> str | None:
+        prefixes = tuple(subject_prefixes)
+        return next(
+            (t.id for t in self.tasks
+             if t.lead_id == lead_id and t.rep_id == rep_id and t.open and t.subject.startswith(prefixes)),
+            None,
+        )
+
     def rep_acted_since(self, stream: str, lead_id: str, rep_id: str, since: float) -> bool:
         return (lead_id, rep_id) in self.acted
 
@@ -696,3 +704,20 @@ def test_the_command_line_helpers_work_through_the_router(redis_client: redis.Re
     assert router.assign_hot_lead(crm.add_lead("1"), "contact", Score(), NOW).chosen == "d2"
     assert service.set_back(router, "d1") is True  # cleared by id although set by e-mail
     assert service.list_reps_status(router, NOW)[0].available
+
+
+def test_after_redis_lost_the_routing_state_a_rerun_does_not_task_the_owner_twice(
+    redis_client: redis.Redis, crm: FakeCrm
+) -> None:
+    router = make_router(redis_client, crm)
+    lead = crm.add_lead("7")
+    first = router.assign_hot_lead(lead, "contact", Score(), NOW, became_hot=True)
+    assert first.assigned_now
+    redis_client.flushall()  # a Redis restart without persistence
+    rerun = crm.leads["7"]  # the page read again: now owned by the rep routing chose
+    assert rerun.owner_id == first.chosen
+
+    again = make_router(redis_client, crm).assign_hot_lead(rerun, "contact", Score(), NOW, became_hot=True)
+
+    assert again.outcome == "kept_owner"
+    assert [t.rep_id for t in crm.tasks if t.lead_id == "7"] == [first.chosen]

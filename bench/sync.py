@@ -34,14 +34,12 @@ import os
 import shutil
 import signal
 import socket
-import ssl
 import subprocess
 import sys
 import tempfile
 import textwrap
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,7 +57,7 @@ from connector.config import Settings  # noqa: E402
 from connector.localredis import private_redis_server  # noqa: E402
 from connector.runs import RunStore, RunView  # noqa: E402
 from connector.sandbox.salesforce import score_field_specs  # noqa: E402
-from connector.sandbox.server import Sandbox  # noqa: E402
+from connector.sandbox.server import Sandbox, admin_call  # noqa: E402
 
 QUEUE = "leadscore"
 TAP_VERSION = "4.5.0"
@@ -113,15 +111,7 @@ def bench_mappings(target: Path, connector_rate: int) -> Path:
 
 
 def admin(url: str, path: str, body: Any = None, ca: str | None = None) -> Any:
-    req = urllib.request.Request(  # noqa: S310 - the sandbox's loopback URL
-        url + path,
-        data=json.dumps(body).encode() if body is not None else None,
-        headers={"Content-Type": "application/json"},
-        method="POST" if body is not None else "GET",
-    )
-    ctx = ssl.create_default_context(cafile=ca) if url.startswith("https") else None
-    with urllib.request.urlopen(req, timeout=60, context=ctx) as resp:  # noqa: S310 - loopback sandbox only
-        return json.loads(resp.read() or b"null")
+    return admin_call(url, path, body, ca)
 
 
 @dataclass

@@ -10,13 +10,11 @@ written, bands, hot leads, assignments per region and rep, API calls, time.
 from __future__ import annotations
 
 import contextlib
-import json
 import shutil
 import socket
 import sys
 import threading
 import time
-import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -31,6 +29,7 @@ from connector.config import Settings, load_settings
 from connector.domain import CrmName
 from connector.errors import UserError
 from connector.localredis import private_redis_server
+from connector.sandbox.server import Sandbox, admin_call
 
 # The demo's sandbox portal has a raised limit (real portals: 100 or 190 per 10 s),
 # so that 10,000 contacts finish in seconds; the shared limiter still paces every
@@ -125,20 +124,6 @@ def _mappings_dir(settings: Settings) -> Path:
     raise UserError(f"the mappings folder {settings.mappings_dir} does not exist; set LEADSCORE_MAPPINGS.")
 
 
-def _admin(url: str, path: str, body: Any, ca: str | None = None) -> Any:
-    import ssl
-
-    req = urllib.request.Request(  # noqa: S310 - the sandbox's own loopback URL
-        url + path,
-        data=json.dumps(body).encode() if body is not None else None,
-        headers={"Content-Type": "application/json"},
-        method="POST" if body is not None else "GET",
-    )
-    ctx = ssl.create_default_context(cafile=ca) if url.startswith("https") else None
-    with urllib.request.urlopen(req, timeout=30, context=ctx) as resp:  # noqa: S310 - loopback sandbox only
-        return json.loads(resp.read() or b"null")
-
-
 @contextlib.contextmanager
 def _store(settings: Settings) -> Iterator[tuple[redis.Redis, str, str]]:
     """(client, broker URL, description) for the demo's broker and shared state.
@@ -200,7 +185,6 @@ def _worker(app: Any, concurrency: int, queue: str) -> Iterator[None]:
 def run_demo(*, crm: str, contacts: int, seed: int, workers: int = 4, progress: bool = True) -> DemoSummary:
     from connector.cli import wait_for_runs
     from connector.sandbox.salesforce import score_field_specs
-    from connector.sandbox.server import Sandbox
     from tasks import sync as sync_tasks
     from tasks.app import app
     from tasks.runtime import set_runtime
@@ -235,12 +219,12 @@ def run_demo(*, crm: str, contacts: int, seed: int, workers: int = 4, progress: 
                 # On a real org an admin creates these fields in Setup (`leadscore setup` lists them);
                 # the sandbox lets the demo do that step through its admin endpoint.
                 for obj in ("Lead", "Contact"):
-                    _admin(sb.salesforce_url, "/__sandbox__/salesforce/fields",
+                    admin_call(sb.salesforce_url, "/__sandbox__/salesforce/fields",
                            {"object": obj, "fields": score_field_specs()}, sb.ca_cert)
             for name in crms:
                 rt.adapter(name).setup()
             for url, ca in ((sb.hubspot_url, None), (sb.salesforce_url, sb.ca_cert)):
-                _admin(url, "/__sandbox__/stats/reset", {}, ca)
+                admin_call(url, "/__sandbox__/stats/reset", {}, ca)
             with _worker(app, workers, queue):
                 # the CRMs are separate accounts: their syncs run side by side on the same workers
                 run_ids = [sync_tasks.enqueue_run(name, True).run_id for name in crms]
@@ -259,7 +243,7 @@ def _demo_hubspot_limits(mapping: Any) -> dict[str, Any]:
 def _summarise(rt: Runtime, crm: CrmName, view: Any, sb: Any) -> CrmSummary:
     seconds = float(view.fields.get("finished") or 0) - float(view.fields.get("started") or 0)
     url, ca = (sb.hubspot_url, None) if crm == "hubspot" else (sb.salesforce_url, sb.ca_cert)
-    stats = _admin(url, "/__sandbox__/stats", None, ca)
+    stats = admin_call(url, "/__sandbox__/stats", None, ca)
     bands = {k.split(":", 1)[1]: int(v) for k, v in view.fields.items() if k.startswith("band:")}
     reps = {r.id: r.name for r in rt.adapter(crm).list_reps()}
     assignments: dict[str, Counter[str]] = {}

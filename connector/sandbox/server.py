@@ -298,6 +298,23 @@ class _Servers:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+
+def admin_call(url: str, path: str, body: Any = None, ca: str | None = None, timeout: float = 60) -> Any:
+    """One call to a sandbox server's /__sandbox__/ admin endpoints: POST with a body, else GET."""
+    import ssl
+    import urllib.request
+
+    req = urllib.request.Request(  # noqa: S310 - the sandbox's own loopback URL
+        url + path,
+        data=orjson.dumps(body) if body is not None else None,
+        headers={"Content-Type": "application/json"},
+        method="POST" if body is not None else "GET",
+    )
+    ctx = ssl.create_default_context(cafile=ca) if url.startswith("https") else None
+    with urllib.request.urlopen(req, timeout=timeout, context=ctx) as resp:  # noqa: S310 - loopback sandbox only
+        return orjson.loads(resp.read() or b"null")
+
+
 class Sandbox:
     """A running sandbox: URLs, tokens and the CA file; `stop()` or use it as a context manager."""
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -51,6 +52,15 @@ def not_yaml_bool(value: Any) -> Any:
             f"{str(value).lower()} is not text here; YAML reads yes/no/on/off as true/false, "
             "so put the value in quotes (for example 'NO')"
         )
+    return value
+
+
+def time_zone_name(value: str) -> str:
+    """A pydantic after-validator: an IANA time zone name this machine knows."""
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"'{value}' is not a known time zone (use names like Europe/Berlin)") from None
     return value
 
 

@@ -21,14 +21,13 @@ Sections:
 from __future__ import annotations
 
 import re
-import zoneinfo
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from connector.domain import ACTIVITY_KINDS, PROFILE_FIELDS, WRITE_FIELDS
-from connector.mapfile import Strict, load_model
+from connector.mapfile import Strict, load_model, time_zone_name
 
 # HubSpot internal property names: lowercase letters, digits, underscores
 # (custom ones may start with a digit or contain dots in a few legacy cases).
@@ -65,14 +64,6 @@ def _check_property(name: str) -> str:
     return name
 
 
-def _check_timezone(name: str) -> str:
-    try:
-        zoneinfo.ZoneInfo(name)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"'{name}' is not a time zone name such as Europe/Berlin") from None
-    return name
-
-
 def _check_profile_field(name: str) -> str:
     if name not in PROFILE_FIELDS:
         raise ValueError(f"'{name}' is not an engine profile field (one of {', '.join(sorted(PROFILE_FIELDS))})")
@@ -96,7 +87,7 @@ PropertyName = Annotated[str, AfterValidator(_check_property)]
 ProfileField = Annotated[str, AfterValidator(_check_profile_field)]
 WriteField = Annotated[str, AfterValidator(_check_write_field)]
 AttrName = Annotated[str, AfterValidator(_check_attr)]
-TimeZone = Annotated[str, AfterValidator(_check_timezone)]
+TimeZone = Annotated[str, AfterValidator(time_zone_name)]
 
 
 class Account(Strict):

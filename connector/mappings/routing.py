@@ -27,12 +27,20 @@ import difflib
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AfterValidator, BeforeValidator, Field, field_validator, model_validator
 
 from connector.domain import PROFILE_FIELDS
-from connector.mapfile import MappingError, Strict, _Positions, dotted, not_yaml_bool, read_yaml, validate
+from connector.mapfile import (
+    MappingError,
+    Strict,
+    _Positions,
+    dotted,
+    not_yaml_bool,
+    read_yaml,
+    time_zone_name,
+    validate,
+)
 
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -58,14 +66,6 @@ def _time_text(value: Any) -> Any:
     return value
 
 
-def _zone(value: str) -> str:
-    try:
-        ZoneInfo(value)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"'{value}' is not a known time zone (use names like Europe/Berlin)") from None
-    return value
-
-
 def _email(value: str) -> str:
     if not _EMAIL.match(value):
         raise ValueError(f"'{value}' is not an e-mail address")
@@ -80,7 +80,7 @@ def _name(value: str) -> str:
 
 Text = Annotated[str, BeforeValidator(not_yaml_bool)]
 TimeOfDay = Annotated[str, BeforeValidator(_time_text)]
-ZoneName = Annotated[str, AfterValidator(_zone)]
+ZoneName = Annotated[str, AfterValidator(time_zone_name)]
 Email = Annotated[str, AfterValidator(_email)]
 Name = Annotated[str, BeforeValidator(not_yaml_bool), AfterValidator(_name)]
 

@@ -174,6 +174,11 @@ class RunStore:
         failures = [_s(x) for x in self.r.lrange(f"{self._run(run_id)}:failures", 0, 999)]  # type: ignore[union-attr]
         return RunView(run_id, fields, failures)
 
+    def status(self, run_id: str) -> str | None:
+        """The run's status alone (a page checks it before working; no need for the failure list)."""
+        value = self.r.hget(self._run(run_id), "status")
+        return _s(value) if value is not None else None
+
     def recent(self, crm: str, n: int = 10) -> list[str]:
         return [_s(x) for x in self.r.lrange(f"{self.ns}:runs:{crm}", 0, n - 1)]  # type: ignore[union-attr]
 

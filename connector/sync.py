@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from connector.bootstrap import Runtime
 from connector.domain import CHANGE_FIELDS, CrmName, Lead
 from connector.engine import ScoreResult
-from connector.errors import RecordError, StopSync
+from connector.errors import RecordError
 from connector.runs import PageResult
 
 log = logging.getLogger("leadscore.sync")
@@ -129,10 +129,12 @@ def run_page(
     runs = rt.runs
     if runs.page_done(run_id, stream, cursor):
         return None
-    view = runs.get(run_id)
-    if view is not None and view.status == "failed":
+    if runs.status(run_id) == "failed":
         # the run was stopped (StopSync on another page): count this page out without work
-        return runs.finish_page(run_id, stream, cursor, PageResult(), ok=False)
+        left = runs.finish_page(run_id, stream, cursor, PageResult(), ok=False)
+        if left == 0:
+            finish_run(rt, run_id)
+        return left
     now = time.time() if now is None else now
     started = time.perf_counter()
     adapter = rt.adapter(crm)
@@ -231,4 +233,4 @@ def rescore(rt: Runtime, crm: CrmName, stream: str, ids: Sequence[str], now: flo
     return result
 
 
-__all__ = ["SEARCH_LAG_SECONDS", "StopSync", "fail_page", "finish_run", "rescore", "run_page", "start_run"]
+__all__ = ["SEARCH_LAG_SECONDS", "fail_page", "finish_run", "rescore", "run_page", "start_run"]

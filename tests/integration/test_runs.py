@@ -101,3 +101,23 @@ def test_waiting_on_a_run_whose_state_is_gone_says_to_run_it_again(redis_client:
     gone = r"^the state of sync .* is gone \(Redis was restarted or flushed\); run the sync again"
     with pytest.raises(UserError, match=gone):
         wait_for_runs(runs, [run], quiet=True)
+
+
+def test_the_last_page_of_a_stopped_run_finishes_it_and_frees_the_account(redis_client: redis.Redis) -> None:
+    from connector.bootstrap import build_runtime
+    from connector.config import Settings
+    from connector.sync import run_page
+
+    rt = build_runtime(Settings(hubspot_access_token="unused"), redis_client=redis_client, namespace="t")
+    runs = rt.runs
+    run = runs.new_run("hubspot", "full", ("contact",))
+    runs.try_lock("hubspot", run)
+    runs.add_page(run, "contact", None)
+    runs.set(run, status="failed", message="stopped by another page")
+
+    assert run_page(rt, run, "hubspot", "contact", None, None, enqueue_next=lambda _c: None) == 0
+
+    view = runs.get(run)
+    assert view is not None
+    assert view.fields["finished"]
+    assert runs.lock_holder("hubspot") is None

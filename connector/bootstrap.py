@@ -18,6 +18,7 @@ import redis
 from connector.config import Settings
 from connector.domain import CrmName
 from connector.errors import ConfigError
+from connector.mappings.schedule import SyncSchedule
 from connector.metrics import Metrics
 from connector.runs import RunStore
 
@@ -35,6 +36,7 @@ class Runtime:
     # Per-CRM overrides for the demo and tests (e.g. a sandbox's rate), merged into the mapping's limits.
     overrides: dict[str, Any] = field(default_factory=dict)
     _adapters: dict[str, CrmAdapter] = field(default_factory=dict, repr=False)
+    _schedules: dict[str, SyncSchedule] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -80,6 +82,7 @@ class Runtime:
             assert s.hubspot_access_token is not None
             mapping = load_hubspot_mapping(self.mappings_dir / "hubspot.yaml")
             mapping = self._override(mapping, "hubspot")
+            self._schedules[crm] = mapping.schedule
             return HubSpotAdapter(
                 base_url=s.hubspot_base_url, token=s.hubspot_access_token, mapping=mapping, redis=self.redis,
                 account=f"{self.namespace}:hubspot",
@@ -100,12 +103,18 @@ class Runtime:
                 )
             mapping_sf = load_salesforce_mapping(self.mappings_dir / "salesforce.yaml")
             mapping_sf = self._override(mapping_sf, "salesforce")
+            self._schedules[crm] = mapping_sf.schedule
             return SalesforceAdapter(
                 instance_url=s.salesforce_instance_url, token=s.salesforce_access_token, mapping=mapping_sf,
                 redis=self.redis, ca_bundle=s.salesforce_ca_bundle, oauth=oauth,
                 account=f"{self.namespace}:salesforce",
             )
         raise ConfigError(f"unknown CRM {crm!r}: use hubspot or salesforce.")
+
+    def schedule(self, crm: CrmName) -> SyncSchedule:
+        """When beat syncs this CRM: the `schedule:` section of its mapping file."""
+        self.adapter(crm)
+        return self._schedules[crm]
 
     def _override(self, mapping: Any, crm: str) -> Any:
         patch = self.overrides.get(crm)

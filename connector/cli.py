@@ -164,13 +164,12 @@ def _load_mappings(mdir: Path) -> list[str]:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from connector.config import load_settings
     from tasks.beat import schedules
 
-    settings = load_settings()
+    rt = _runtime()
+    settings = rt.settings
     problems = _load_mappings(settings.mappings_dir)
     ok_lines: list[str] = []
-    rt = _runtime()
     try:
         rt.redis.ping()
         ok_lines.append(f"redis: reachable at {_redact(settings.redis_url)}")
@@ -180,20 +179,19 @@ def cmd_check(args: argparse.Namespace) -> int:
     if not rt.configured_crms:
         problems.append("no CRM is configured: set HUBSPOT_ACCESS_TOKEN, or SALESFORCE_INSTANCE_URL and "
                         "SALESFORCE_ACCESS_TOKEN.")
-    if not problems or rt.configured_crms:
-        for crm in rt.configured_crms:
-            try:
-                found = rt.adapter(crm).check()
-            except UserError as exc:
-                found = [str(exc)]
-            problems += [f"{crm}: {p}" for p in found]
-            if not found:
-                ok_lines.append(f"{crm}: reachable, fields and scopes in place")
+    for crm in rt.configured_crms:
         try:
-            for sched in schedules(rt):
-                ok_lines.append(f"schedule: {sched.describe()}")
+            found = rt.adapter(crm).check()
         except UserError as exc:
-            problems.append(str(exc))
+            found = [str(exc)]
+        problems += [f"{crm}: {p}" for p in found]
+        if not found:
+            ok_lines.append(f"{crm}: reachable, fields and scopes in place")
+    try:
+        for crm, sched in schedules(rt):
+            ok_lines.append(f"schedule: {sched.describe(crm)}")
+    except UserError as exc:
+        problems.append(str(exc))
     for line in ok_lines:
         print(f"ok   {line}")
     for line in problems:

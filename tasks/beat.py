@@ -3,49 +3,34 @@ minutes and a full sync once a day; the routing SLA sweep every minute."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from celery.beat import PersistentScheduler
 from celery.schedules import crontab
 
 from connector.bootstrap import Runtime
+from connector.domain import CrmName
+from connector.mappings.schedule import SyncSchedule
 
 
-@dataclass(frozen=True)
-class Schedule:
-    crm: str
-    incremental_every_minutes: int
-    full_daily_at: str  # "HH:MM" UTC
-
-    def describe(self) -> str:
-        return (f"{self.crm}: incremental sync every {self.incremental_every_minutes} min, "
-                f"full sync daily at {self.full_daily_at} UTC")
-
-
-def schedules(rt: Runtime) -> list[Schedule]:
-    out = []
-    for crm in rt.configured_crms:
-        sched = getattr(rt.adapter(crm), "schedule", None)
-        every = getattr(sched, "incremental_every_minutes", 5)
-        at = getattr(sched, "full_daily_at", "02:30")
-        out.append(Schedule(crm, int(every), str(at)))
-    return out
+def schedules(rt: Runtime) -> list[tuple[CrmName, SyncSchedule]]:
+    """Each configured CRM with the `schedule:` section of its mapping file."""
+    return [(crm, rt.schedule(crm)) for crm in rt.configured_crms]
 
 
 def beat_schedule(rt: Runtime) -> dict[str, dict[str, Any]]:
     entries: dict[str, dict[str, Any]] = {
         "routing-sla": {"task": "leadscore.routing.check_sla", "schedule": 60.0},
     }
-    for s in schedules(rt):
+    for crm, s in schedules(rt):
         hour, minute = (int(x) for x in s.full_daily_at.split(":"))
-        entries[f"{s.crm}-incremental"] = {
+        entries[f"{crm}-incremental"] = {
             "task": "leadscore.sync.start", "schedule": s.incremental_every_minutes * 60.0,
-            "args": (s.crm, False),
+            "args": (crm, False),
         }
-        entries[f"{s.crm}-full"] = {
+        entries[f"{crm}-full"] = {
             "task": "leadscore.sync.start", "schedule": crontab(hour=hour, minute=minute),
-            "args": (s.crm, True),
+            "args": (crm, True),
         }
     return entries
 

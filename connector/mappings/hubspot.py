@@ -28,6 +28,7 @@ from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from connector.domain import ACTIVITY_KINDS, PROFILE_FIELDS, WRITE_FIELDS
 from connector.mapfile import Strict, load_model, time_zone_name
+from connector.mappings.schedule import SyncSchedule
 
 # HubSpot internal property names: lowercase letters, digits, underscores
 # (custom ones may start with a digit or contain dots in a few legacy cases).
@@ -266,6 +267,7 @@ class HubSpotMapping(Strict):
     activities: Activities = Field(default_factory=lambda: Activities(web="none"))
     reps: Reps = Field(default_factory=Reps)
     tasks: Tasks = Field(default_factory=Tasks)
+    schedule: SyncSchedule = Field(default_factory=SyncSchedule)
 
     @field_validator("write")
     @classmethod

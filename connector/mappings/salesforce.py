@@ -28,6 +28,7 @@ from pydantic import AfterValidator, BeforeValidator, Field, ValidationInfo, fie
 
 from connector.domain import ACTIVITY_KINDS, PROFILE_FIELDS, WRITE_FIELDS
 from connector.mapfile import Strict, load_model, not_yaml_bool
+from connector.mappings.schedule import SyncSchedule
 
 ActivitySource = Literal["Task", "Event", "CampaignMember"]
 ACTIVITY_SOURCES: tuple[ActivitySource, ...] = ("Task", "Event", "CampaignMember")
@@ -297,6 +298,7 @@ class SalesforceMapping(Strict):
     bulk_threshold: int = Field(default=10_000, ge=1)
     api_floor_percent: float = Field(default=10.0, ge=0, le=90)
     rate_limit: RateLimit = RateLimit()
+    schedule: SyncSchedule = SyncSchedule()
 
     @field_validator("objects")
     @classmethod

@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 from connector import sync  # noqa: E402
 from connector.bootstrap import build_runtime  # noqa: E402
 from connector.config import Settings  # noqa: E402
-from connector.sandbox.server import Sandbox  # noqa: E402
+from sandbox.server import Sandbox  # noqa: E402
 
 SECRET = "bench-webhook-secret-4f3e2d1c"  # noqa: S105 - the bench's own throwaway secret
 WHITEPAPER = {"form_id": "f1a2b3c4-0002", "form_title": "Whitepaper: Strain gauge measurement"}

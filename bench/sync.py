@@ -56,8 +56,8 @@ from connector.bootstrap import build_runtime  # noqa: E402
 from connector.config import Settings  # noqa: E402
 from connector.localredis import private_redis_server  # noqa: E402
 from connector.runs import RunStore, RunView  # noqa: E402
-from connector.sandbox.salesforce import score_field_specs  # noqa: E402
-from connector.sandbox.server import Sandbox, admin_call  # noqa: E402
+from sandbox.salesforce import score_field_specs  # noqa: E402
+from sandbox.server import Sandbox, admin_call  # noqa: E402
 
 QUEUE = "leadscore"
 TAP_VERSION = "4.5.0"

@@ -86,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser = build_parser()
         if argv[:1] == ["sandbox"]:
             # the sandbox parses its own options (argparse's REMAINDER drops leading --options)
-            from connector.sandbox.server import main as sandbox_main
+            from sandbox.server import main as sandbox_main
 
             return int(sandbox_main(argv[1:]))
         args = parser.parse_args(argv)

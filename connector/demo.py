@@ -29,7 +29,7 @@ from connector.config import Settings, load_settings
 from connector.domain import CrmName
 from connector.errors import UserError
 from connector.localredis import private_redis_server
-from connector.sandbox.server import Sandbox, admin_call
+from sandbox.server import Sandbox, admin_call
 
 # The demo's sandbox portal has a raised limit (real portals: 100 or 190 per 10 s),
 # so that 10,000 contacts finish in seconds; the shared limiter still paces every
@@ -184,7 +184,7 @@ def _worker(app: Any, concurrency: int, queue: str) -> Iterator[None]:
 
 def run_demo(*, crm: str, contacts: int, seed: int, workers: int = 4, progress: bool = True) -> DemoSummary:
     from connector.cli import wait_for_runs
-    from connector.sandbox.salesforce import score_field_specs
+    from sandbox.salesforce import score_field_specs
     from tasks import sync as sync_tasks
     from tasks.app import app
     from tasks.runtime import set_runtime

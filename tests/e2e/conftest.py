@@ -50,9 +50,9 @@ from connector.config import Settings
 from connector.crm.hubspot import parse_ts
 from connector.domain import CHANGE_FIELDS, CrmName
 from connector.runs import RunView
-from connector.sandbox.data import today_midnight_utc
-from connector.sandbox.salesforce import score_field_specs
-from connector.sandbox.server import Sandbox
+from sandbox.data import today_midnight_utc
+from sandbox.salesforce import score_field_specs
+from sandbox.server import Sandbox
 from tests.conftest import ROOT, RedisServer
 
 # The sandbox's HubSpot allowance and the connector's, just under it: any 429 is the limiter's fault.

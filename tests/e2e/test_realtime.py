@@ -24,9 +24,9 @@ from connector.bootstrap import Runtime, build_runtime
 from connector.config import Settings
 from connector.domain import Activity
 from connector.metrics import Metrics
-from connector.sandbox.server import Sandbox
 from connector.web import build_app
 from connector.webhooks import PendingQueue
+from sandbox.server import Sandbox
 from tests.conftest import ROOT
 from tests.integration.test_webhooks import WebServer, fast_mappings
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from connector.sandbox.server import Sandbox
+from sandbox.server import Sandbox
 from tests.conftest import ROOT, free_port
 
 

@@ -25,7 +25,7 @@ from connector.crm.hubspot import HubSpotAdapter
 from connector.crm.limits import RetryPolicy
 from connector.domain import Lead
 from connector.mappings.hubspot import Account, HubSpotMapping, load_hubspot_mapping
-from connector.sandbox.server import Sandbox
+from sandbox.server import Sandbox
 
 ROOT = Path(__file__).resolve().parents[2]
 FAST = Account(requests_per_10s=10_000, daily=0)

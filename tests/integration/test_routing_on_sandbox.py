@@ -22,7 +22,7 @@ from connector.bootstrap import Runtime, build_runtime
 from connector.config import Settings
 from connector.domain import Lead
 from connector.routing import service
-from connector.sandbox.server import Sandbox
+from sandbox.server import Sandbox
 from tests.conftest import ROOT
 
 # 2026-11-23 (a Monday) 10:00 UTC: inside working hours in Europe.

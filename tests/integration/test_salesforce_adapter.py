@@ -27,7 +27,7 @@ from connector.crm.salesforce_records import build_soql, soql_id
 from connector.domain import Lead
 from connector.errors import StopSync
 from connector.mappings.salesforce import SalesforceMapping, load_salesforce_mapping
-from connector.sandbox.server import Sandbox, SandboxOptions
+from sandbox.server import Sandbox, SandboxOptions
 
 ROOT = Path(__file__).resolve().parents[2]
 PEOPLE = 5000

@@ -24,7 +24,7 @@ from hubspot.crm.objects.tasks import SimplePublicObjectInputForCreate as TaskCr
 from hubspot.crm.properties import ApiException as PropertiesApiException
 from hubspot.crm.properties import PropertyCreate, PropertyGroupCreate
 
-from connector.sandbox.server import Sandbox
+from sandbox.server import Sandbox
 
 N = 260
 ANCHOR = 1_750_000_000.0

@@ -18,14 +18,14 @@ from simple_salesforce.exceptions import (
     SalesforceRefusedRequest,
 )
 
-from connector.sandbox import sf_ids
-from connector.sandbox.salesforce import (
+from sandbox import sf_ids
+from sandbox.salesforce import (
     SANDBOX_CLIENT_ID,
     SANDBOX_CLIENT_SECRET,
     SANDBOX_REFRESH_TOKEN,
     SCORE_FIELDS,
 )
-from connector.sandbox.server import Sandbox
+from sandbox.server import Sandbox
 
 PEOPLE = 4500
 TASK_KINDS = {"email_open", "email_click", "email_reply", "email_bounce", "call", "note"}

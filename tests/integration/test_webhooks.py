@@ -484,7 +484,7 @@ def test_ids_held_by_a_drain_whose_worker_died_return_to_pending(rt: Runtime, fa
 def test_a_burst_of_1000_deliveries_rescores_every_contact_once(
     redis_url: str, redis_client: redis.Redis, tmp_path: Path
 ) -> None:
-    from connector.sandbox.server import Sandbox
+    from sandbox.server import Sandbox
 
     with Sandbox.start(contacts=1200, seed=3, hubspot_rate=100_000) as sb:
         runtime = build_runtime(_settings(redis_url, hubspot_base_url=sb.hubspot_url,
@@ -547,7 +547,7 @@ class Receiver:
 
 def _emit(setup: Mapping[str, Any], *calls: Any, **options: Any) -> dict[str, Any]:
     """Configure an emitter, make the calls, wait until it has delivered (or given up); its stats."""
-    from connector.sandbox.webhooks import WebhookEmitter
+    from sandbox.webhooks import WebhookEmitter
 
     async def run() -> dict[str, Any]:
         emitter = WebhookEmitter(portal_id=24681357, backoff_s=0.01, window_s=0.01, **options)

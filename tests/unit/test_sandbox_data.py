@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from connector.sandbox.data import (
+from sandbox.data import (
     ACTIVITY_KINDS,
     HOT_INTENT,
     TEAMS,

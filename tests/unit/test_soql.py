@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import pytest
 
-from connector.sandbox import sf_ids, soql
-from connector.sandbox.salesforce import build_catalog
-from connector.sandbox.soql import SObjectType
+from sandbox import sf_ids, soql
+from sandbox.salesforce import build_catalog
+from sandbox.soql import SObjectType
 
 
 class Catalog:

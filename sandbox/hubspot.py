@@ -43,7 +43,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from connector.sandbox.common import (
+from sandbox.common import (
     Admission,
     DailyBudget,
     Faults,
@@ -54,8 +54,8 @@ from connector.sandbox.common import (
     bearer_token,
     index_router,
 )
-from connector.sandbox.data import ACTIVITY_ID_STRIDE, BaseIndex, Population, SandboxActivity, Store
-from connector.sandbox.webhooks import WebhookEmitter, admin_routes
+from sandbox.data import ACTIVITY_ID_STRIDE, BaseIndex, Population, SandboxActivity, Store
+from sandbox.webhooks import WebhookEmitter, admin_routes
 
 DEFAULT_RATE: Final = 190
 DEFAULT_DAILY: Final = 500_000

@@ -60,12 +60,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from connector.sandbox import sf_ids, soql
-from connector.sandbox.common import Admission, DailyBudget, Faults, JsonResponse, SandboxMiddleware, Stats
-from connector.sandbox.common import bearer_token as _bearer
-from connector.sandbox.data import ACTIVITY_ID_STRIDE, BaseIndex, Person, Population, SandboxActivity, Store
-from connector.sandbox.soql import Field, FieldType, SObjectType, SoqlError
-from connector.sandbox.webhooks import WebhookEmitter
+from sandbox import sf_ids, soql
+from sandbox.common import Admission, DailyBudget, Faults, JsonResponse, SandboxMiddleware, Stats
+from sandbox.common import bearer_token as _bearer
+from sandbox.data import ACTIVITY_ID_STRIDE, BaseIndex, Person, Population, SandboxActivity, Store
+from sandbox.soql import Field, FieldType, SObjectType, SoqlError
+from sandbox.webhooks import WebhookEmitter
 
 API_VERSION = "59.0"
 DEFAULT_DAILY_LIMIT = 100_000
@@ -524,7 +524,7 @@ class Org:
         return users
 
     def _register_known_campaigns(self) -> None:
-        from connector.sandbox import data  # the generator's private vocabularies, if any
+        from sandbox import data  # the generator's private vocabularies, if any
 
         names: list[str] = [*getattr(data, "_WEBINARS", ()), *getattr(data, "_EVENTS", ())]
         names += [title for _, title in getattr(data, "_FORMS", {}).values()]

@@ -579,8 +579,8 @@ def admin_routes(emitter: WebhookEmitter, hubspot_crm: Any = None) -> list[Route
 
 def record_hubspot_activity(emitter: WebhookEmitter, crm: Any, body: Mapping[str, Any]) -> dict[str, Any]:
     """Add one activity to a HubSpot contact's person and fire what HubSpot would fire."""
-    from connector.sandbox.data import ACTIVITY_KINDS
-    from connector.sandbox.hubspot import ENGAGEMENT_ID_BASE, ENGAGEMENT_KINDS
+    from sandbox.data import ACTIVITY_KINDS
+    from sandbox.hubspot import ENGAGEMENT_ID_BASE, ENGAGEMENT_KINDS
 
     contact_id = str(body.get("contact", ""))
     key = crm.contact_key(contact_id)

@@ -32,7 +32,7 @@ from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from typing import Any, Protocol
 
-from connector.sandbox import sf_ids
+from sandbox import sf_ids
 
 
 class SoqlError(Exception):

@@ -6,7 +6,7 @@ In a test:
         client = HubSpot(access_token=sb.hubspot_token, host=sb.hubspot_url)
 
 `Sandbox.start(..., in_thread=True)` serves both apps from one background thread's
-event loop; `in_thread=False` starts `python -m connector.sandbox.server` (what
+event loop; `in_thread=False` starts `python -m sandbox.server` (what
 `leadscore sandbox` runs) in its own process, reads its JSON start-up line and
 stops it on `stop()`; benchmarks use that so the sandbox gets its own core.
 `main(argv)` is the `leadscore sandbox` command.
@@ -36,10 +36,10 @@ import trustme
 import uvicorn
 from starlette.types import ASGIApp
 
-from connector.sandbox import hubspot, salesforce
-from connector.sandbox.common import FaultSpecError, index_router, parse_fault_spec
-from connector.sandbox.data import Population, Store
-from connector.sandbox.webhooks import WebhookEmitter
+from sandbox import hubspot, salesforce
+from sandbox.common import FaultSpecError, index_router, parse_fault_spec
+from sandbox.data import Population, Store
+from sandbox.webhooks import WebhookEmitter
 
 SALESFORCE_ORG_ID = "00D8d0000000001EAA"
 DEFAULT_CONTACTS = 1000
@@ -402,7 +402,7 @@ class Sandbox:
         argv = [
             sys.executable,
             "-m",
-            "connector.sandbox.server",
+            "sandbox.server",
             "--port",
             str(opts.port),
             "--contacts",

@@ -15,7 +15,16 @@ Activities become native objects:
   webinar, event or form (Type Webinar / Trade Show / Conference / Other).
 - page views have no native object (that is Pardot) and are left out.
 
-Records nobody owns belong to the integration user ("Sandbox Integration", `UNASSIGNED`).
+Records nobody owns belong to the integration user ("Sandbox Integration", `UNASSIGNED`);
+about two thirds of the unowned Leads sit in a queue instead (`QUEUES`: Groups of Type Queue,
+ids `00G`), which Lead.OwnerId can reference as well as a User.
+
+Lead assignment: the org has an active lead assignment rule (`ASSIGNMENT_RULE_NUMBER`, id `01Q`)
+whose catch-all entry hands a Lead to the first queue. As in Salesforce, REST runs it on every Lead
+update (single record or composite) that does not carry `Sforce-Auto-Assign: FALSE`, whatever the
+update changes (REST API Developer Guide, "Assignment Rule Header"); Bulk API 2.0 runs it only
+for a job created with its `assignmentRuleId` ("Create a Job", Bulk API 2.0 Developer Guide).
+`GET /__sandbox__/salesforce/info` counts how often it ran (`auto_assign_applied`).
 
 Queries never scan more than they must: `Id`/`WhoId`/`LeadId`/`ContactId` = / IN look
 records up by id; `SystemModstamp`/`LastModifiedDate` ranges and ORDER BY walk the
@@ -86,6 +95,14 @@ T = FieldType
 PERSON_OBJECTS = ("Lead", "Contact")
 ACTIVITY_OBJECTS = ("Task", "Event", "CampaignMember")
 UNASSIGNED_USER = 999  # User number of the integration user that owns unassigned records
+# Queues (Groups of Type Queue, ids 00G...) that own Leads nobody works yet: (number, name, developer name).
+# Some unowned Leads sit in one of them, the others with the integration user, as in orgs where an
+# assignment rule or a web-to-lead form fills a queue and reps pick from it.
+QUEUES: tuple[tuple[int, str, str], ...] = ((1, "Inbound Leads", "Inbound_Leads"), (2, "Event Leads", "Event_Leads"))
+# The org's active lead assignment rule (AssignmentRule, id 01Q...): its catch-all entry sends every
+# Lead it evaluates to the first queue. It runs on Lead creates and updates over REST unless the request
+# says `Sforce-Auto-Assign: FALSE`, and in Bulk API 2.0 jobs only when the job names it (assignmentRuleId).
+ASSIGNMENT_RULE_NUMBER = 1
 ROLLED_BACK = "Record rolled back because not all records were valid and the request was using AllOrNone header"
 
 SCORE_FIELDS: tuple[tuple[str, str, dict[str, Any]], ...] = (
@@ -136,9 +153,11 @@ def _system_fields() -> list[Field]:
     ]
 
 
-def _owner() -> Field:
+def _owner(*, queues: bool = False) -> Field:
+    # A Lead's owner is a User or a Queue (a Group of Type Queue, id 00G...): Lead.OwnerId
+    # references Group and User in Salesforce's object reference.
     return _f("OwnerId", T.REFERENCE, "Owner ID", updateable=True, nillable=False, length=18,
-              reference_to=("User",), relationship_name="Owner")  # fmt: skip
+              reference_to=("User", "Group") if queues else ("User",), relationship_name="Owner")  # fmt: skip
 
 
 def _s(name: str, length: int, label: str = "", updateable: bool = True, ftype: FieldType = T.STRING) -> Field:
@@ -166,7 +185,8 @@ def build_catalog() -> dict[str, SObjectType]:
         _owner(),
     ]
     obj("Lead", sf_ids.LEAD, "Lead", [
-        *person_common,
+        *(f for f in person_common if f.name != "OwnerId"),
+        _owner(queues=True),
         _s("Company", 255, "Company"),
         _f("Industry", T.PICKLIST, "Industry", updateable=True, length=255),
         _f("NumberOfEmployees", T.INT, "Employees", updateable=True, precision=8),
@@ -243,6 +263,11 @@ def build_catalog() -> dict[str, SObjectType]:
            picklist=("Sent", "Registered", "Attended", "Responded")),
         _f("HasResponded", T.BOOLEAN, "Responded", nillable=False),
         _f("FirstRespondedDate", T.DATE, "First Responded Date"),
+    ])  # fmt: skip
+    obj("Group", sf_ids.GROUP, "Group", [
+        _s("Name", 40, "Name"), _s("DeveloperName", 80, "Developer Name"),
+        _f("Type", T.PICKLIST, "Type", updateable=False, length=40, picklist=("Queue", "Regular", "Role")),
+        _s("Email", 80, ftype=T.EMAIL),
     ])  # fmt: skip
     obj("User", sf_ids.USER, "User", [
         _s("Username", 80, updateable=False), _s("Name", 121, "Full Name", updateable=False),
@@ -466,7 +491,9 @@ class Org:
         self.base = BaseIndex.of(population)
         self.lock = threading.RLock()
         self.auto_assign_applied = 0
-        self.assignment_rule_owner = sf_ids.make_id(sf_ids.USER, UNASSIGNED_USER)
+        self.queues: dict[int, Record] = self._build_queues(population.anchor)
+        self.assignment_rule_id = sf_ids.make_id(sf_ids.ASSIGNMENT_RULE, ASSIGNMENT_RULE_NUMBER)
+        self.assignment_rule_owner = sf_ids.make_id(sf_ids.GROUP, QUEUES[0][0])
         self.cursors: OrderedDict[str, Cursor] = OrderedDict()
         self._cursor_seq = itertools.count(1)
         self._created_tasks_by_who: dict[int, list[int]] = {}
@@ -549,6 +576,27 @@ class Org:
     def owner_id(self, p: Person) -> str:
         return sf_ids.make_id(sf_ids.USER, UNASSIGNED_USER if p.owner is None else p.owner)
 
+    @staticmethod
+    def _build_queues(anchor: float) -> dict[int, Record]:
+        created = anchor - 2 * 365 * 86400
+        return {
+            number: {
+                "Id": sf_ids.make_id(sf_ids.GROUP, number), "IsDeleted": False, "Name": name,
+                "DeveloperName": dev, "Type": "Queue", "Email": None,
+                "CreatedDate": created, "LastModifiedDate": created, "SystemModstamp": created,
+            }
+            for number, name, dev in QUEUES
+        }  # fmt: skip
+
+    def lead_owner_id(self, p: Person) -> str:
+        """A Lead's owner: its rep, else (nobody works it yet) one of the queues or the integration user."""
+        if p.owner is not None:
+            return sf_ids.make_id(sf_ids.USER, p.owner)
+        slot = (p.index * 2_654_435_761 >> 7) % (len(QUEUES) + 1)
+        if slot < len(QUEUES):
+            return sf_ids.make_id(sf_ids.GROUP, QUEUES[slot][0])
+        return sf_ids.make_id(sf_ids.USER, UNASSIGNED_USER)
+
     # ---- records
     def _overlay(self, obj: str, key: int, rec: Record) -> Record:
         values = self.store.values(obj, key)
@@ -571,7 +619,8 @@ class Org:
             "Id": sf_ids.make_id(sf_ids.LEAD if obj == "Lead" else sf_ids.CONTACT, i), "IsDeleted": False,
             "FirstName": p.first_name, "LastName": p.last_name, "Name": f"{p.first_name} {p.last_name}",
             "Email": p.email, "Title": p.job_title or None, "Phone": p.phone, "LeadSource": p.lead_source,
-            "OwnerId": self.owner_id(p), "CreatedDate": created, "LastModifiedDate": modified,
+            "OwnerId": self.lead_owner_id(p) if obj == "Lead" else self.owner_id(p),
+            "CreatedDate": created, "LastModifiedDate": modified,
             "SystemModstamp": modified,
         }  # fmt: skip
         if obj == "Lead":
@@ -706,6 +755,8 @@ class Org:
             return ("Account", number) if number < self.pop.n_companies else None
         if prefix == sf_ids.USER:
             return ("User", number) if number in self.users else None
+        if prefix == sf_ids.GROUP:
+            return ("Group", number) if number in self.queues else None
         if prefix == sf_ids.CAMPAIGN:
             return ("Campaign", number) if number in self.campaigns else None
         activity = {sf_ids.TASK: "Task", sf_ids.EVENT: "Event", sf_ids.CAMPAIGN_MEMBER: "CampaignMember"}.get(prefix)
@@ -729,6 +780,8 @@ class Org:
             return self.account_record(key)
         if obj == "User":
             return dict(self.users[key])
+        if obj == "Group":
+            return dict(self.queues[key])
         if obj == "Campaign":
             return dict(self.campaigns[key])
         if obj == "Task" and key >= self.task_key_base:
@@ -875,8 +928,8 @@ class Planner:
                             if pred(rec):
                                 recs.append(rec)
                     return self._materialized(recs, q), pred
-        if obj in ("User", "Campaign"):
-            keys = sorted(org.users) if obj == "User" else sorted(org.campaigns)
+        if obj in ("User", "Campaign", "Group"):
+            keys = sorted(org.users if obj == "User" else org.campaigns if obj == "Campaign" else org.queues)
             recs = [r for k in keys if (r := build(obj, k)) is not None and pred(r)]
             return self._materialized(recs, q), pred
         lo, hi, used = _ms_range(conds)
@@ -1138,14 +1191,14 @@ class Writer:
         self, obj_hint: str | None, record_id: Any, values: Mapping[str, Any], *, auto_assign: bool
     ) -> tuple[str, int, dict[str, Any], str]:
         obj, key, current = self.target(obj_hint, record_id)
-        if obj in ("User", "Campaign"):
+        if obj in ("User", "Campaign", "Group"):
             raise ApiError(400, "INSUFFICIENT_ACCESS_OR_READONLY", "insufficient access rights on object id", [])
         changes = self.validate(obj, values)
-        if (
-            auto_assign and obj == "Lead" and "OwnerId" in changes
-            and changes["OwnerId"] != current.get("OwnerId")
-        ):  # fmt: skip
-            # the org's active lead assignment rule runs and has the last word
+        if auto_assign and obj == "Lead":
+            # Salesforce runs the org's active lead assignment rule on every Lead create and update
+            # made over REST unless the request says `Sforce-Auto-Assign: FALSE` (REST API Developer
+            # Guide, "Assignment Rule Header"), whatever fields the update touches: a score write
+            # without the header hands the Lead to the rule's owner, and the rule has the last word.
             changes["OwnerId"] = self.org.assignment_rule_owner
             with self.org.lock:
                 self.org.auto_assign_applied += 1
@@ -1201,6 +1254,7 @@ class BulkJob:
     header: list[str] = field(default_factory=list)
     error: str | None = None
     modified: float = 0.0
+    assignment_rule_id: str | None = None  # the job's assignmentRuleId: the rule to run on its Leads, if any
 
     def info(self, version: str) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -1249,7 +1303,11 @@ def run_bulk_job(org: Org, writer: Writer, job: BulkJob) -> None:
         changes = {k: (None if v == "#N/A" else v) for k, v in values.items() if k.lower() != "id" and v != ""}
         job.processed += 1
         try:
-            obj, key, prepared, _ = writer.prepare(job.object, rid, changes, auto_assign=False)
+            # Bulk API 2.0 runs an assignment rule only when the job names one (assignmentRuleId,
+            # "Create a Job" in the Bulk API 2.0 Developer Guide); no header applies here.
+            obj, key, prepared, _ = writer.prepare(
+                job.object, rid, changes, auto_assign=job.assignment_rule_id is not None
+            )
         except ApiError as err:
             job.failed += 1
             job.failures.append([rid, f"{err.code}:{err.message}:{','.join(err.fields or [])} --", *row])
@@ -1671,9 +1729,15 @@ async def bulk_create(request: Request) -> Response:
     delimiter = str(body.get("columnDelimiter", "COMMA"))
     if line_ending not in ("LF", "CRLF") or delimiter not in _DELIMITERS:
         raise ApiError(400, "INVALIDJOB", "InvalidJob : invalid lineEnding or columnDelimiter")
+    rule = body.get("assignmentRuleId")
+    if rule is not None and (
+        not isinstance(rule, str) or sf_ids.normalize(rule) != st.org.assignment_rule_id or o.name != "Lead"
+    ):
+        raise ApiError(400, "INVALIDJOB", f"InvalidJob : invalid assignmentRuleId: {rule}")
     with st.org.lock:
         job_id = sf_ids.make_id(sf_ids.BULK_JOB, len(st.org.jobs) + 1)
-        job = BulkJob(job_id, o.name, operation, line_ending, delimiter, time.time())
+        job = BulkJob(job_id, o.name, operation, line_ending, delimiter, time.time(),
+                      assignment_rule_id=None if rule is None else st.org.assignment_rule_id)  # fmt: skip
         st.org.jobs[job_id] = job
     return JsonResponse(job.info(version))
 
@@ -1809,6 +1873,8 @@ async def admin_info(request: Request) -> Response:
         "org_id": st.org.org_id, "oauth": vars(st.oauth), "api_usage": st.guard.limit_info(),
         "auto_assign_applied": st.org.auto_assign_applied,
         "assignment_rule_owner": st.org.assignment_rule_owner,
+        "assignment_rule_id": st.org.assignment_rule_id,
+        "queues": {q["Name"]: q["Id"] for q in st.org.queues.values()},
         "unassigned_owner": sf_ids.make_id(sf_ids.USER, UNASSIGNED_USER),
     })  # fmt: skip
 

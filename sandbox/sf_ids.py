@@ -25,6 +25,8 @@ EVENT = "00U"
 CAMPAIGN_MEMBER = "00v"
 CAMPAIGN = "701"
 USER = "005"
+GROUP = "00G"  # a Group; Queues are Groups of Type Queue
+ASSIGNMENT_RULE = "01Q"
 ORG = "00D"
 BULK_JOB = "750"
 

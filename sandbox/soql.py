@@ -382,7 +382,9 @@ class _Parser:
                     break
                 self.advance()
         self.expect_keyword("FROM")
-        if self.tok.kind != "name" or "." in self.tok.text:
+        # `Group` (queues, public groups) is an object name here, not GROUP BY
+        named = self.tok.kind == "name" or (self.tok.kind == "keyword" and self.tok.upper == "GROUP")
+        if not named or "." in self.tok.text:
             raise self.unexpected()
         obj_tok = self.advance()
         sobject = self.catalog.sobject(obj_tok.text)

@@ -71,6 +71,13 @@ from connector.mappings.salesforce import OBJECTS, SALESFORCE_ID, SalesforceMapp
 API_VERSION = "59.0"
 COMPOSITE_MAX = 200
 
+# On every Lead write over REST, score writes included. Without it Salesforce runs the org's active
+# lead assignment rule on each create *and update* (the header defaults to TRUE; REST API Developer
+# Guide, "Assignment Rule Header"), which can hand a Lead that routing just gave a rep to a queue.
+# Bulk API 2.0 has no such header: a job runs an assignment rule only when it names one
+# (`assignmentRuleId`, "Create a Job"), and ours never does.
+NO_AUTO_ASSIGN: Mapping[str, str] = {"Sforce-Auto-Assign": "FALSE"}
+
 T = TypeVar("T")
 
 # What each score field should be in Salesforce: accepted describe types, and how to
@@ -452,7 +459,9 @@ class SalesforceAdapter:
             "records": [{"attributes": {"type": obj}, "id": rid, **fields} for rid, fields in rows],
         }
         try:
-            results = self._run(lambda sf: sf.restful("composite/sobjects", method="PATCH", json=body))
+            results = self._run(
+                lambda sf: sf.restful("composite/sobjects", method="PATCH", json=body, headers=NO_AUTO_ASSIGN)
+            )
         except RecordError as exc:
             # The whole request was refused (400): every record in it failed with that reason.
             report.failed.extend((rid, exc.message) for rid, _ in rows)
@@ -549,7 +558,7 @@ class SalesforceAdapter:
                 f"sobjects/{obj}/{lead_id}",
                 method="PATCH",
                 json={"OwnerId": rep_id},
-                headers={"Sforce-Auto-Assign": "FALSE"},
+                headers=NO_AUTO_ASSIGN,
             ),
             record_id=lead_id,
         )

@@ -401,6 +401,60 @@ def test_set_owner_assigns_an_unowned_lead_without_the_orgs_assignment_rules(
     assert org.admin("GET", "info")["auto_assign_applied"] == 0
 
 
+def _owners(org: Org, ids: list[str]) -> dict[str, str]:
+    rows = org.records(build_soql(["Id", "OwnerId"], "Lead", [f"Id IN ({in_list(ids)})"]))
+    return {r["Id"]: r["OwnerId"] for r in rows}
+
+
+@pytest.mark.parametrize("bulk", [False, True], ids=["composite", "bulk"])
+def test_score_writes_leave_the_owner_routing_set_alone(
+    org: Org, redis_client: redis.Redis, mapping: SalesforceMapping, some_leads: list[str], bulk: bool
+) -> None:
+    # The org's lead assignment rule runs on every REST Lead update that does not say
+    # Sforce-Auto-Assign: FALSE (the sandbox does as Salesforce does): a score write without the
+    # header would hand the lead routing just gave a rep to the rule's queue.
+    ids = some_leads[1700:1705] if bulk else some_leads[1705:1710]
+    adapter = org.adapter(redis_client, mapping)
+    rep = next(r for r in adapter.list_reps() if r.active and r.region).id
+    before = org.admin("GET", "info")["auto_assign_applied"]
+    for lead_id in ids:
+        current = _owners(org, [lead_id])[lead_id]
+        assert adapter.set_owner("Lead", lead_id, rep, expected=current) is True
+
+    report = adapter.write_scores("Lead", {i: {"score": "91", "band": "hot"} for i in ids}, bulk=bulk)
+
+    assert sorted(report.written) == sorted(ids)
+    assert _owners(org, ids) == dict.fromkeys(ids, rep)
+    assert org.admin("GET", "info")["auto_assign_applied"] == before
+    adapter.close()
+
+
+def test_a_lead_waiting_in_a_queue_is_unassigned_and_routing_may_give_it_to_a_rep(
+    org: Org, redis_client: redis.Redis, mapping: SalesforceMapping
+) -> None:
+    # A Lead owned by a queue (00G...) waits for a rep to pick it up: with owners.queues_are_unassigned
+    # (the shipped default) the adapter reports no owner and set_owner may assign it.
+    queues = org.admin("GET", "info")["queues"]
+    inbound = queues["Inbound Leads"]
+    waiting = [r["Id"] for r in org.records(build_soql(
+        ["Id"], "Lead", ["IsConverted = false", f"OwnerId = {soql_id(inbound)}"], limit=3))]  # fmt: skip
+    assert len(waiting) == 3
+    adapter = org.adapter(redis_client, mapping)
+    assert [lead.owner_id for lead in adapter.get_leads("Lead", waiting)] == [None, None, None]
+    rep = next(r for r in adapter.list_reps() if r.active and r.region).id
+    assert adapter.set_owner("Lead", waiting[0], rep) is True
+    assert _owners(org, [waiting[0]]) == {waiting[0]: rep}
+
+    # An org whose queues are worked by teams of their own: a queue counts as an owner, routing keeps off.
+    strict = org.adapter(redis_client, mapping.model_copy(
+        update={"owners": mapping.owners.model_copy(update={"queues_are_unassigned": False})}))  # fmt: skip
+    assert [lead.owner_id for lead in strict.get_leads("Lead", waiting[1:])] == [inbound, inbound]
+    assert strict.set_owner("Lead", waiting[1], rep) is False
+    assert _owners(org, [waiting[1]]) == {waiting[1]: inbound}
+    adapter.close()
+    strict.close()
+
+
 def test_reps_are_the_orgs_users_with_their_division_as_region(adapter: SalesforceAdapter) -> None:
     reps = adapter.list_reps()
     regions = {r.region for r in reps if r.region}

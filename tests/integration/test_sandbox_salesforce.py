@@ -260,6 +260,77 @@ def test_owner_change_without_auto_assign_false_is_overridden_by_the_assignment_
     assert info["auto_assign_applied"] >= 1
 
 
+def _info(sb: Sandbox) -> dict[str, Any]:
+    with _session(sb) as s:
+        data: dict[str, Any] = s.get(f"{sb.salesforce_url}/__sandbox__/salesforce/info").json()
+        return data
+
+
+def _owner_of(sf: Salesforce, lead_id: str) -> str:
+    return str(sf.Lead.get(lead_id)["OwnerId"])
+
+
+@pytest.mark.usefixtures("score_fields")
+def test_any_lead_update_without_auto_assign_false_runs_the_assignment_rule(sandbox: Sandbox, sf: Salesforce) -> None:
+    # REST applies the active assignment rule on Lead updates unless Sforce-Auto-Assign says FALSE,
+    # whatever the update changes: a score write without the header moves the owner too.
+    info = _info(sandbox)
+    rule_owner = info["assignment_rule_owner"]
+    assert rule_owner == info["queues"]["Inbound Leads"]
+    rep = sf_ids.make_id(sf_ids.USER, next(r.index for r in sandbox.population.reps() if r.active))
+    single, composite, kept = _lead_id(sandbox, 23), _lead_id(sandbox, 24), _lead_id(sandbox, 25)
+    for lead_id in (single, composite, kept):
+        sf.Lead.update(lead_id, {"OwnerId": rep}, headers={"Sforce-Auto-Assign": "FALSE"})
+        assert _owner_of(sf, lead_id) == rep
+
+    sf.Lead.update(single, {"Lead_Score__c": 70})
+    sf.restful("composite/sobjects", method="PATCH", json={
+        "allOrNone": False, "records": [{"attributes": {"type": "Lead"}, "id": composite, "Lead_Score__c": 71}]})
+    sf.Lead.update(kept, {"Lead_Score__c": 72}, headers={"Sforce-Auto-Assign": "false"})
+
+    assert _owner_of(sf, single) == rule_owner
+    assert _owner_of(sf, composite) == rule_owner
+    assert _owner_of(sf, kept) == rep
+    assert _info(sandbox)["auto_assign_applied"] == info["auto_assign_applied"] + 2
+
+
+@pytest.mark.usefixtures("score_fields")
+def test_a_bulk_job_runs_the_assignment_rule_only_when_it_names_it(sandbox: Sandbox, sf: Salesforce) -> None:
+    info = _info(sandbox)
+    rep = sf_ids.make_id(sf_ids.USER, next(r.index for r in sandbox.population.reps() if r.active))
+    plain, ruled = _lead_id(sandbox, 26), _lead_id(sandbox, 27)
+    for lead_id in (plain, ruled):
+        sf.Lead.update(lead_id, {"OwnerId": rep}, headers={"Sforce-Auto-Assign": "FALSE"})
+    [result] = sf.bulk2.Lead.update(records=[{"Id": plain, "Lead_Score__c": "5"}], wait=0)
+    assert result["numberRecordsFailed"] == 0
+    assert _owner_of(sf, plain) == rep
+    base = f"{sandbox.salesforce_url}/services/data/v59.0/jobs/ingest"
+    auth = {"Authorization": f"Bearer {sandbox.salesforce_token}"}
+    with _session(sandbox) as s:
+        job = s.post(base, headers=auth, json={"object": "Lead", "operation": "update",
+                                               "assignmentRuleId": info["assignment_rule_id"]}).json()  # fmt: skip
+        s.put(f"{base}/{job['id']}/batches", headers={**auth, "Content-Type": "text/csv"},
+              data=f"Id,Lead_Score__c\n{ruled},6\n").raise_for_status()  # fmt: skip
+        s.patch(f"{base}/{job['id']}", headers=auth, json={"state": "UploadComplete"}).raise_for_status()
+    assert _owner_of(sf, ruled) == info["assignment_rule_owner"]
+
+
+def test_some_unowned_leads_wait_in_queues_which_are_groups(sandbox: Sandbox, sf: Salesforce) -> None:
+    queues = sf.query("SELECT Id, Name, Type FROM Group WHERE Type = 'Queue'")["records"]
+    assert {q["Name"] for q in queues} == {"Inbound Leads", "Event Leads"}
+    assert all(q["Id"].startswith("00G") for q in queues)
+    inbound = next(q["Id"] for q in queues if q["Name"] == "Inbound Leads")
+    rows = sf.query(f"SELECT Id, OwnerId, Owner.Name FROM Lead WHERE OwnerId = '{inbound}' LIMIT 5")["records"]
+    assert len(rows) == 5
+    assert {r["Owner"]["Name"] for r in rows} == {"Inbound Leads"}
+    owners = [r["OwnerId"] for r in sf.query_all_iter("SELECT OwnerId FROM Lead")]
+    assert sum(o.startswith("00G") for o in owners) > 0
+    assert sum(o == _info(sandbox)["unassigned_owner"] for o in owners) > 0
+    # a queue can own a Lead, not a Task
+    with pytest.raises(SalesforceMalformedRequest):
+        sf.Task.create({"WhoId": _lead_id(sandbox, 28), "Subject": "x", "OwnerId": inbound})
+
+
 def test_an_inactive_owner_is_refused(sandbox: Sandbox, sf: Salesforce) -> None:
     inactive = next(r.index for r in sandbox.population.reps() if not r.active)
     with pytest.raises(SalesforceMalformedRequest) as err:

@@ -15,7 +15,8 @@ Each CRM app supplies its own `Guard` (HubSpot's error bodies are not Salesforce
 `/__sandbox__/faults` (POST) are answered by the middleware itself; any other
 `/__sandbox__/...` path goes to the app, exempt from auth, limits and faults.
 
-`RollingWindow` and `DailyBudget` are the counters behind HubSpot-style limits:
+`RollingWindow` and `DailyBudget` are the counters behind HubSpot-style limits, `RollingBudget`
+Salesforce's rolling 24-hour API allocation, `Clock` the time they go by:
 `RollingWindow(max_requests, window_s)` per key (a token, or an account), with
 `try_acquire(key) -> (allowed, remaining)`.
 
@@ -97,6 +98,99 @@ class RollingWindow:
     def reset(self) -> None:
         with self._lock:
             self._log.clear()
+
+
+class Clock:
+    """The time a sandbox server's limits and cursors go by: the wall clock plus an offset.
+
+    `advance(seconds)` moves it forward (`POST /__sandbox__/salesforce/clock`, and tests),
+    so a rolling 24-hour window or a two-day cursor lifetime can be watched running out
+    without waiting. Record timestamps keep the wall clock.
+    """
+
+    def __init__(self, base: Callable[[], float] = time.time) -> None:
+        self._base = base
+        self._offset = 0.0
+        self._lock = threading.Lock()
+
+    def __call__(self) -> float:
+        return self._base() + self._offset
+
+    def advance(self, seconds: float) -> float:
+        with self._lock:
+            self._offset += max(0.0, float(seconds))
+            return self._offset
+
+
+class RollingBudget:
+    """At most `max_requests` per key in any rolling `window_s` (default 24 h).
+
+    Salesforce's daily API allocation is counted this way, not per calendar day: "calls
+    are blocked until usage for the preceding 24 hours drops below the limit" (Salesforce
+    Help, "System Overview: API Usage"; "API Request Limits and Allocations"). Requests are
+    counted in `bucket_s` buckets (a minute by default), so a request leaves the
+    window within a minute of its 24th hour: memory stays at most 1,440 counters
+    a key whatever the allowance.
+    """
+
+    def __init__(
+        self,
+        max_requests: int,
+        window_s: float = 86_400.0,
+        *,
+        bucket_s: float = 60.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.max_requests = max_requests
+        self.window_s = window_s
+        self.bucket_s = bucket_s
+        self._clock = clock
+        self._buckets: dict[str, deque[list[float]]] = {}  # key -> [[bucket start, count], ...] oldest first
+        self._totals: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def _trim(self, key: str, now: float) -> deque[list[float]]:
+        buckets = self._buckets.get(key)
+        if buckets is None:
+            buckets = self._buckets[key] = deque()
+            self._totals[key] = 0
+        edge = now - self.window_s
+        while buckets and buckets[0][0] + self.bucket_s <= edge:
+            self._totals[key] -= int(buckets.popleft()[1])
+        return buckets
+
+    def _add(self, key: str, now: float, n: int) -> None:
+        buckets = self._trim(key, now)
+        start = now - now % self.bucket_s
+        if buckets and buckets[-1][0] == start:
+            buckets[-1][1] += n
+        else:
+            buckets.append([start, float(n)])
+        self._totals[key] += n
+
+    def record(self, key: str, n: int = 1) -> None:
+        """Count `n` requests now, allowed or not (an admin setting the usage)."""
+        with self._lock:
+            self._add(key, self._clock(), n)
+
+    def try_acquire(self, key: str) -> tuple[bool, int]:
+        with self._lock:
+            now = self._clock()
+            self._trim(key, now)
+            if self._totals[key] >= self.max_requests:
+                return False, 0
+            self._add(key, now, 1)
+            return True, max(0, self.max_requests - self._totals[key])
+
+    def used(self, key: str) -> int:
+        with self._lock:
+            self._trim(key, self._clock())
+            return self._totals[key]
+
+    def reset(self) -> None:
+        with self._lock:
+            self._buckets.clear()
+            self._totals.clear()
 
 
 class DailyBudget:

@@ -70,7 +70,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sandbox import sf_ids, soql
-from sandbox.common import Admission, DailyBudget, Faults, JsonResponse, SandboxMiddleware, Stats
+from sandbox.common import Admission, Clock, Faults, JsonResponse, RollingBudget, SandboxMiddleware, Stats
 from sandbox.common import bearer_token as _bearer
 from sandbox.data import ACTIVITY_ID_STRIDE, BaseIndex, Person, Population, SandboxActivity, Store
 from sandbox.soql import Field, FieldType, SObjectType, SoqlError
@@ -83,7 +83,13 @@ DEFAULT_BATCH = 2000
 MIN_BATCH = 200
 EXACT_COUNT_LIMIT = 20_000
 SORT_LIMIT = 200_000
-MAX_CURSORS = 2_000
+# Query locators (the id in nextRecordsUrl, "01g...-2000" as the REST API Developer Guide's examples
+# show) and their results are available for two days after the initial query since API 56.0, with no
+# limit on open cursors ("API Query Cursor Limits", Salesforce App Limits Cheatsheet; Knowledge article
+# 000384958, which gives the locator an 0r8 prefix where the REST examples show 01g: the sandbox keeps
+# 01g). Using an expired locator answers 400 INVALID_QUERY_LOCATOR.
+LOCATOR_LIFETIME_S = 2 * 86_400
+MAX_CURSORS = 10_000  # the sandbox's own memory bound (Salesforce has none); the oldest go first
 COMPOSITE_MAX = 200
 TYPE_BLOCK = 4096
 
@@ -454,6 +460,7 @@ class Cursor:
     batch: int
     endpoint: str
     positions: dict[int, Any] = field(default_factory=dict)  # records delivered -> where to resume
+    created: float = 0.0  # the org clock at the initial query: the locator lives LOCATOR_LIFETIME_S from then
 
 
 @dataclass(slots=True)
@@ -495,6 +502,7 @@ class Org:
         self.assignment_rule_id = sf_ids.make_id(sf_ids.ASSIGNMENT_RULE, ASSIGNMENT_RULE_NUMBER)
         self.assignment_rule_owner = sf_ids.make_id(sf_ids.GROUP, QUEUES[0][0])
         self.cursors: OrderedDict[str, Cursor] = OrderedDict()
+        self.clock = Clock()  # for query-locator lifetimes and the rolling API allowance
         self._cursor_seq = itertools.count(1)
         self._created_tasks_by_who: dict[int, list[int]] = {}
         self.task_key_base = population.n * ACTIVITY_ID_STRIDE
@@ -1339,11 +1347,13 @@ class SalesforceGuard:
 
     OPEN = frozenset({"/services/oauth2/token", "/services/data"})
 
-    def __init__(self, token: str, org_id: str, daily_limit: int) -> None:
+    def __init__(self, token: str, org_id: str, daily_limit: int, clock: Clock | None = None) -> None:
         self.org_id = org_id
         self.valid: set[str] = {token}
         self.current = token
-        self.budget = DailyBudget(daily_limit)
+        self.clock = clock or Clock()
+        # the org's API allocation: requests in the last 24 hours, a rolling window, not a calendar day
+        self.budget = RollingBudget(daily_limit, clock=self.clock)
         self.daily_limit = daily_limit
         self._lock = threading.Lock()
 
@@ -1544,16 +1554,18 @@ def _run_query(request: Request, endpoint: str) -> Response:
         start = plan.start
     if q.limit is not None:
         total = min(total, q.limit)
-    cursor = Cursor(q, plan, total, _batch_size(request), endpoint)
-    cursor.positions[0] = start
     org = st.org
+    cursor = Cursor(q, plan, total, _batch_size(request), endpoint, created=org.clock())
+    cursor.positions[0] = start
     with org.lock:
-        seq = next(org._cursor_seq)
-        cursor_id = sf_ids.make_id("01g", seq)
-        org.cursors[cursor_id] = cursor
-        while len(org.cursors) > MAX_CURSORS:
-            org.cursors.popitem(last=False)
-    return _page(st, version, cursor_id, cursor, 0)
+        cursor_id = sf_ids.make_id("01g", next(org._cursor_seq))
+    response = _page(st, version, cursor_id, cursor, 0)
+    if len(cursor.positions) > 1:  # more to come: the locator is kept (a one-batch answer has none)
+        with org.lock:
+            org.cursors[cursor_id] = cursor
+            while len(org.cursors) > MAX_CURSORS:
+                org.cursors.popitem(last=False)
+    return response
 
 
 @_endpoint
@@ -1572,7 +1584,12 @@ async def query_more(request: Request) -> Response:
     version = _version(request)
     locator = str(request.path_params["locator"])
     cursor_id, _, offset = locator.rpartition("-")
-    cursor = st.org.cursors.get(cursor_id)
+    org = st.org
+    cursor = org.cursors.get(cursor_id)
+    if cursor is not None and org.clock() - cursor.created > LOCATOR_LIFETIME_S:
+        with org.lock:
+            org.cursors.pop(cursor_id, None)
+        cursor = None
     if cursor is None or not offset.isdigit():
         raise ApiError(400, "INVALID_QUERY_LOCATOR", "invalid query locator")
     return _page(st, version, cursor_id, cursor, int(offset))
@@ -1860,11 +1877,26 @@ async def admin_limits(request: Request) -> Response:
         used = min(int(data.get("used", 0)), daily)
     except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError) as exc:
         return JsonResponse({"error": str(exc)}, 400)
-    budget = DailyBudget(daily)
-    for _ in range(used):
-        budget.try_acquire(guard.org_id)
+    budget = RollingBudget(daily, clock=guard.clock)
+    if used:
+        budget.record(guard.org_id, used)
     guard.budget, guard.daily_limit = budget, daily
     return JsonResponse({"api_usage": guard.limit_info()})
+
+
+async def admin_clock(request: Request) -> Response:
+    """Move the org's clock forward (`{"advance_s": N}`): the rolling 24-hour API usage and query
+    locators' two-day lifetime go by it, so both can be watched running out."""
+    st = _state(request)
+    try:
+        data = orjson.loads(await request.body() or b"{}")
+        seconds = float(data.get("advance_s", 0))
+    except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError) as exc:
+        return JsonResponse({"error": str(exc)}, 400)
+    if seconds < 0:
+        return JsonResponse({"error": "advance_s must not be negative"}, 400)
+    offset = st.org.clock.advance(seconds)
+    return JsonResponse({"offset_s": offset, "api_usage": st.guard.limit_info()})
 
 
 async def admin_info(request: Request) -> Response:
@@ -1912,6 +1944,7 @@ def routes() -> list[Route]:
         Route("/__sandbox__/salesforce/fields", admin_fields, methods=["POST"]),
         Route("/__sandbox__/salesforce/info", admin_info, methods=["GET"]),
         Route("/__sandbox__/salesforce/limits", admin_limits, methods=["POST"]),
+        Route("/__sandbox__/salesforce/clock", admin_clock, methods=["POST"]),
     ]
 
 
@@ -1937,7 +1970,7 @@ def build_app(
     Lead/Contact index in a background thread so the first full scan does not wait for it."""
     daily = int((limits or {}).get("daily", DEFAULT_DAILY_LIMIT))
     org = Org(population, store, org_id=org_id, score_fields=score_fields)
-    guard = SalesforceGuard(token, org_id, daily)
+    guard = SalesforceGuard(token, org_id, daily, clock=org.clock)
     stats = Stats()
     fault_box = Faults(faults or {}, timeout_s=timeout_s)
     table = routes()

@@ -9,8 +9,9 @@ new token shared with every worker through Redis.
 
 Reading: one SOQL query per stream, read a batch at a time. The cursor is the
 `nextRecordsUrl` Salesforce gives (a short path with a query locator), so the pages
-of a sync can be handed from task to task. Salesforce drops an idle locator after
-about 15 minutes; reading it later answers INVALID_QUERY_LOCATOR, which stops the
+of a sync can be handed from task to task. Since API 56.0 a locator and its results
+live two days after the initial query, with no limit on open cursors ("API Query
+Cursor Limits"); reading one later answers INVALID_QUERY_LOCATOR, which stops the
 stream with a sentence (an incremental sync then resumes from its high-water mark).
 
 Owners: every Salesforce record has one. "Unowned" means owned by one of

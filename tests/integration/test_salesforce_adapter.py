@@ -617,3 +617,21 @@ def test_the_api_floor_and_the_daily_limit_stop_the_sync_with_a_sentence(
         org.close()
     finally:
         sandbox.stop()
+
+
+def test_a_page_cursor_older_than_two_days_stops_the_stream_with_a_sentence(
+    redis_client: redis.Redis, mapping: SalesforceMapping
+) -> None:
+    # Query locators live two days after the initial query (API 56.0+): a sync page handed on
+    # later than that meets INVALID_QUERY_LOCATOR and says so, instead of retrying forever.
+    with Sandbox.start(contacts=700, seed=3) as sandbox:
+        org = Org(sandbox)
+        org.create_score_fields()
+        adapter = org.adapter(redis_client, mapping.model_copy(update={"page_size": 200}))
+        first = adapter.read_page("Lead", None, since=None)
+        assert first.next_cursor is not None
+        assert len(adapter.read_page("Lead", first.next_cursor, since=None).leads) == 200
+        org.admin("POST", "clock", {"advance_s": 2 * 86_400 + 60})
+        with pytest.raises(StopSync, match=r"query cursor expired or is invalid .*INVALID_QUERY_LOCATOR"):
+            adapter.read_page("Lead", first.next_cursor, since=None)
+        org.close()

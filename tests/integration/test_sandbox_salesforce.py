@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -443,3 +444,50 @@ def test_an_overlong_query_url_is_refused_as_salesforce_does(sandbox: Sandbox) -
             headers={"Authorization": f"Bearer {sandbox.salesforce_token}"},
         )
     assert r.status_code in (414, 431)
+
+
+# --------------------------------------------------------------------------- the org's clock
+
+
+@pytest.fixture
+def small() -> Iterator[Sandbox]:
+    """A sandbox of its own, whose clock a test may move forward without disturbing the others."""
+    with Sandbox.start(contacts=700, seed=3) as sb:
+        yield sb
+
+
+def test_a_query_locator_lives_two_days_from_the_query_then_answers_invalid_query_locator(small: Sandbox) -> None:
+    sf = _client(small)
+    options = {"Sforce-Query-Options": "batchSize=200"}
+    first = sf.query("SELECT Id FROM Lead", headers=options)
+    locator = first["nextRecordsUrl"]
+    assert re.fullmatch(r"/services/data/v59\.0/query/01g[0-9A-Za-z]{15}-200", locator)
+    single = sf.query("SELECT Id FROM User WHERE IsActive = true")
+    assert single["done"] is True
+    assert "nextRecordsUrl" not in single
+
+    _admin(small, "salesforce/clock", {"advance_s": 2 * 86_400 - 60})
+    assert len(sf.query_more(locator, identifier_is_url=True)["records"]) == 200  # still within two days
+    _admin(small, "salesforce/clock", {"advance_s": 120})
+    with pytest.raises(SalesforceMalformedRequest) as err:
+        sf.query_more(locator, identifier_is_url=True)
+    assert err.value.content == [{"message": "invalid query locator", "errorCode": "INVALID_QUERY_LOCATOR"}]
+    sf.session.close()
+
+
+def test_the_api_allowance_is_a_rolling_24_hours_not_a_calendar_day(small: Sandbox) -> None:
+    sf = _client(small)
+    _admin(small, "salesforce/limits", {"daily": 10, "used": 10})
+    with pytest.raises(SalesforceRefusedRequest) as err:
+        sf.query("SELECT Id FROM User")
+    assert err.value.content[0]["errorCode"] == "REQUEST_LIMIT_EXCEEDED"
+    # 23 hours later (past any midnight) the calls of the last 24 hours still count
+    _admin(small, "salesforce/clock", {"advance_s": 23 * 3600})
+    with pytest.raises(SalesforceRefusedRequest):
+        sf.query("SELECT Id FROM User")
+    # once they are more than 24 hours old they no longer do
+    _admin(small, "salesforce/clock", {"advance_s": 3600 + 120})
+    sf.query("SELECT Id FROM User")
+    assert sf.api_usage["api-usage"].used == 1
+    assert sf.api_usage["api-usage"].total == 10
+    sf.session.close()

@@ -194,32 +194,43 @@ class RollingBudget:
 
 
 class DailyBudget:
-    """At most `max_requests` per key per UTC day."""
+    """At most `max_requests` per key per calendar day in `zone` (UTC unless given).
 
-    def __init__(self, max_requests: int, clock: Callable[[], float] = time.time) -> None:
+    HubSpot's daily limit resets at midnight in the portal's own time zone (the account
+    details' `timeZone`), so the sandbox portal's day follows its configured zone.
+    """
+
+    def __init__(
+        self, max_requests: int, clock: Callable[[], float] = time.time, zone: dt.tzinfo = dt.UTC
+    ) -> None:
         self.max_requests = max_requests
+        self.zone = zone
         self._clock = clock
         self._used: dict[str, int] = {}
         self._lock = threading.Lock()
         self._day = self._today()
         self._set_bounds(self._day)
 
-    def _today(self) -> dt.date:
-        return dt.datetime.fromtimestamp(self._clock(), dt.UTC).date()
+    def _today(self, now: float | None = None) -> dt.date:
+        return dt.datetime.fromtimestamp(self._clock() if now is None else now, self.zone).date()
 
     def _set_bounds(self, day: dt.date) -> None:
-        start = dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC).timestamp()
-        self._day_start, self._day_end = start, start + 86_400.0
+        start = dt.datetime(day.year, day.month, day.day, tzinfo=self.zone).timestamp()
+        nxt = day + dt.timedelta(days=1)
+        self._day_start = start
+        self._day_end = dt.datetime(nxt.year, nxt.month, nxt.day, tzinfo=self.zone).timestamp()
+
+    def _roll(self, now: float) -> None:
+        if not self._day_start <= now < self._day_end:
+            today = self._today(now)
+            self._set_bounds(today)
+            if today != self._day:
+                self._day = today
+                self._used.clear()
 
     def try_acquire(self, key: str) -> tuple[bool, int]:
         with self._lock:
-            now = self._clock()
-            if not self._day_start <= now < self._day_end:
-                today = dt.datetime.fromtimestamp(now, dt.UTC).date()
-                self._set_bounds(today)
-                if today != self._day:
-                    self._day = today
-                    self._used.clear()
+            self._roll(self._clock())
             used = self._used.get(key, 0)
             if used >= self.max_requests:
                 return False, 0
@@ -228,7 +239,14 @@ class DailyBudget:
 
     def used(self, key: str) -> int:
         with self._lock:
+            self._roll(self._clock())
             return self._used.get(key, 0)
+
+    def resets_at(self) -> float:
+        """When the current day ends (epoch seconds): the next midnight in the zone."""
+        with self._lock:
+            self._roll(self._clock())
+            return self._day_end
 
     def reset(self) -> None:
         with self._lock:

@@ -16,9 +16,10 @@ Records
   (e_submitted_form) and webinar/event attendance (custom event types pe<portal>_...),
   one objectId per call as in the real API.
 
-Limits: a rolling 10 s window per token (`rate`) with a daily budget, rate-limit
-headers on every answer except search; search has its own `search_rate` per second
-per account and sends no rate-limit headers.
+Limits: a rolling 10 s window per token (`rate`) with a daily budget that resets at
+midnight in the portal's time zone (`Portal.time_zone`, reported by GET
+/account-info/v3/details), rate-limit headers on every answer except search; search
+has its own `search_rate` per second per account and sends no rate-limit headers.
 Extra admin endpoint: `POST /__sandbox__/tokens {"token": "...", "scopes": [...]}`
 adds a token with only those scopes (omit scopes for all).
 """
@@ -34,6 +35,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
+from zoneinfo import ZoneInfo
 
 import orjson
 from starlette.applications import Starlette
@@ -61,6 +63,7 @@ DEFAULT_RATE: Final = 190
 DEFAULT_DAILY: Final = 500_000
 DEFAULT_SEARCH_RATE: Final = 5
 PORTAL_ID: Final = 24_681_357
+DEFAULT_TIMEZONE: Final = "Europe/Berlin"  # the sandbox company's portal (its reps sit mostly in DACH)
 WINDOW_MS: Final = 10_000
 
 LIST_LIMIT: Final = 100
@@ -502,13 +505,49 @@ ENGAGEMENT_DEFAULTS: Final = {
 # --------------------------------------------------------------------------- the guard
 
 
+@dataclass(frozen=True)
+class Portal:
+    """The sandbox portal's account, as GET /account-info/v3/details reports it.
+
+    Source: HubSpot's Account Info spec (PublicApiSpecs/Account/Account Info/Rollouts/144923/v3/
+    accountInfo.json, PortalInformationResponse). The daily API limit resets at midnight in
+    `time_zone`, the portal's own zone, not UTC.
+    """
+
+    portal_id: int = PORTAL_ID
+    time_zone: str = DEFAULT_TIMEZONE
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.time_zone)
+
+    def details(self, now: float) -> dict[str, Any]:
+        offset = self.zone.utcoffset(dt.datetime.fromtimestamp(now, self.zone)) or dt.timedelta(0)
+        ms = int(offset.total_seconds() * 1000)
+        sign = "-" if ms < 0 else "+"
+        hours, minutes = divmod(abs(ms) // 60_000, 60)
+        return {
+            "portalId": self.portal_id,
+            "accountType": "STANDARD",
+            "timeZone": self.time_zone,
+            "companyCurrency": "EUR",
+            "additionalCurrencies": ["USD", "GBP", "CHF"],
+            "utcOffset": f"{sign}{hours:02d}:{minutes:02d}",
+            "utcOffsetMilliseconds": ms,
+            "uiDomain": "app-eu1.hubspot.com",
+            "dataHostingLocation": "eu1",
+        }
+
+
 class HubSpotGuard:
     """Bearer tokens with scopes, the 10-second window, the daily budget and search's own limit."""
 
-    def __init__(self, token: str, *, rate: int, daily: int, search_rate: int) -> None:
+    def __init__(
+        self, token: str, *, rate: int, daily: int, search_rate: int, zone: dt.tzinfo = dt.UTC
+    ) -> None:
         self.tokens: dict[str, frozenset[str] | None] = {token: None}
         self.window = RollingWindow(rate, WINDOW_MS / 1000)
-        self.daily = DailyBudget(daily)
+        self.daily = DailyBudget(daily, zone=zone)  # the portal's day: midnight in its own time zone
         self.search = RollingWindow(search_rate, 1.0)
         self.lock = threading.Lock()
 
@@ -632,6 +671,7 @@ class HubSpotCrm:
     """The records behind the API: contacts, engagements, tasks, owners, properties."""
 
     webhooks: WebhookEmitter | None = None  # set by build_app; told about contact changes
+    portal: Portal = Portal()  # set by build_app
 
     def __init__(self, population: Population, store: Store) -> None:
         self.pop = population
@@ -2174,6 +2214,23 @@ class HubSpotApi:
     async def event_types(self, request: Request) -> Response:
         return JsonResponse({"eventTypes": [EVENT_PAGE_VIEW, EVENT_FORM, *EVENT_CUSTOM.values()]})
 
+    # ---- account info v3
+
+    async def account_details(self, request: Request) -> Response:
+        """GET /account-info/v3/details (accountInfo.json, PortalInformationResponse)."""
+        return JsonResponse(self.crm.portal.details(time.time()))
+
+    async def private_app_usage(self, request: Request) -> Response:
+        """GET /account-info/v3/api-usage/daily/private-apps: today's usage and when it resets
+        (the portal's midnight, as the spec's example shows: resetsAt 04:00Z for US/Eastern in summer)."""
+        guard: HubSpotGuard = request.app.state.guard
+        now = int(time.time() * 1000)
+        return JsonResponse({"results": [{
+            "name": "private-apps-api-calls-daily", "usageLimit": guard.daily.max_requests,
+            "currentUsage": guard.daily.used("account"), "collectedAt": iso_ms(now), "fetchStatus": "SUCCESS",
+            "resetsAt": iso_ms(int(guard.daily.resets_at() * 1000)).replace(".000Z", "Z"),
+        }]})  # fmt: skip
+
 
 def _wrap(handler: Callable[[Request], Any]) -> Callable[[Request], Any]:
     async def endpoint(request: Request) -> Response:
@@ -2197,12 +2254,16 @@ def build_app(
     faults: Mapping[str, float] | None = None,
     timeout_s: float = 30.0,
     webhooks: WebhookEmitter | None = None,
+    portal: Portal | None = None,
 ) -> Starlette:
-    """The sandbox HubSpot as a Starlette app (stats, faults and the guard included)."""
+    """The sandbox HubSpot as a Starlette app (stats, faults and the guard included).
+
+    `portal` sets the account's id and time zone (the daily limit resets at midnight there)."""
     crm = HubSpotCrm(population, store)
     crm.webhooks = webhooks
+    crm.portal = portal or Portal()
     api = HubSpotApi(crm)
-    guard = HubSpotGuard(token, rate=rate, daily=daily, search_rate=search_rate)
+    guard = HubSpotGuard(token, rate=rate, daily=daily, search_rate=search_rate, zone=crm.portal.zone)
     stats = Stats()
     fault_box = Faults(faults, timeout_s=timeout_s)
 
@@ -2277,6 +2338,8 @@ def build_app(
         Route("/events/v3/events", w(api.events), methods=["GET"]),
         Route("/events/v3/events/", w(api.events), methods=["GET"]),
         Route("/events/v3/events/event-types", w(api.event_types), methods=["GET"]),
+        Route("/account-info/v3/details", w(api.account_details), methods=["GET"]),
+        Route("/account-info/v3/api-usage/daily/private-apps", w(api.private_app_usage), methods=["GET"]),
     ]
     app = Starlette(
         routes=routes,

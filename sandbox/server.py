@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
 import trustme
@@ -63,6 +64,7 @@ class SandboxOptions:
     faults: Mapping[str, float] = field(default_factory=dict)
     timeout_s: float = 30.0
     salesforce_daily: int = 100_000
+    hubspot_timezone: str = hubspot.DEFAULT_TIMEZONE  # the portal's zone: its daily limit resets at midnight there
 
     def validate(self) -> None:
         if not 0 <= self.contacts <= MAX_CONTACTS:
@@ -73,6 +75,12 @@ class SandboxOptions:
             raise SandboxError(f"--hubspot-rate must be at least 1 request per 10 seconds, not {self.hubspot_rate}")
         if self.hubspot_daily < 1:
             raise SandboxError(f"the HubSpot daily budget must be at least 1, not {self.hubspot_daily}")
+        try:
+            ZoneInfo(self.hubspot_timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise SandboxError(
+                f"--hubspot-timezone must be a time zone name like America/New_York, not {self.hubspot_timezone!r}"
+            ) from None
 
 
 def _tokens(seed: int) -> tuple[str, str]:
@@ -220,6 +228,7 @@ class _Servers:
             faults=opts.faults,
             timeout_s=opts.timeout_s,
             webhooks=self.webhooks,
+            portal=hubspot.Portal(time_zone=opts.hubspot_timezone),
         )
         self.salesforce_app = _salesforce_app(
             self.population, self.salesforce_store, self.salesforce_token, opts, self.webhooks
@@ -359,8 +368,10 @@ class Sandbox:
         search_rate: int = hubspot.DEFAULT_SEARCH_RATE,
         faults: Mapping[str, float] | str | None = None,
         timeout_s: float = 30.0,
+        hubspot_timezone: str = hubspot.DEFAULT_TIMEZONE,
     ) -> Sandbox:
         opts = SandboxOptions(
+            hubspot_timezone=hubspot_timezone,
             contacts=contacts,
             seed=seed,
             hubspot_rate=hubspot_rate,
@@ -417,6 +428,8 @@ class Sandbox:
             str(opts.search_rate),
             "--timeout-s",
             str(opts.timeout_s),
+            "--hubspot-timezone",
+            opts.hubspot_timezone,
         ]
         if opts.anchor is not None:
             argv += ["--anchor", repr(opts.anchor)]
@@ -488,6 +501,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--search-rate", type=int, default=hubspot.DEFAULT_SEARCH_RATE, help="searches per second")
     p.add_argument("--faults", default="", help='e.g. 429=0.2,500=0.05 or {"429": 0.2, "seed": 1}')
     p.add_argument("--timeout-s", type=float, default=30.0, help="how long a 'timeout' fault hangs")
+    p.add_argument("--hubspot-timezone", default=hubspot.DEFAULT_TIMEZONE,
+                   help="the portal's time zone: its daily API limit resets at midnight there")  # fmt: skip
     p.add_argument("--anchor", type=float, default=None, help=argparse.SUPPRESS)
     return p
 
@@ -512,6 +527,7 @@ def options_from_argv(argv: list[str]) -> SandboxOptions:
         anchor=ns.anchor,
         faults=faults,
         timeout_s=ns.timeout_s,
+        hubspot_timezone=ns.hubspot_timezone,
     )
     opts.validate()
     return opts

@@ -719,13 +719,9 @@ class HubSpotAdapter:
 
     def _portal(self) -> str | None:
         if self._portal_id is None:
-            try:
-                resp = self._call(
-                    self.apis.contacts_client.call_api, "/account-info/v3/details", "GET", auth_settings=["oauth2"]
-                )
-                portal = resp.body.get("portalId")
-                self._portal_id = str(portal) if portal else None
-            except (ApiError, RetryLater, StopSync, RecordError):
+            portal = self.http.account_details().get("portalId")
+            self._portal_id = str(portal) if portal else None
+            if self._portal_id is None:
                 log.warning("hubspot portal id unknown; set account.portal_id in mappings/hubspot.yaml")
         return self._portal_id
 

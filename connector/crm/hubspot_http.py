@@ -20,11 +20,14 @@ HubSpot categories and correlation ids do.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
 import redis
@@ -54,7 +57,9 @@ from connector.crm.limits import (
     RetryPolicy,
     SlidingWindowLimiter,
     call_with_retry,
-    seconds_to_utc_midnight,
+    day_in,
+    reset_words,
+    utc_day,
 )
 from connector.errors import LeadscoreError, RecordError, RetryLater, StopSync
 from connector.mappings.hubspot import Account
@@ -74,6 +79,13 @@ API_EXCEPTIONS: tuple[type[Exception], ...] = (
 )
 
 RATE_WINDOW_S = 10.0
+# The account details API (PublicApiSpecs/Account/Account Info/.../v3/accountInfo.json,
+# GET /account-info/v3/details): portalId and timeZone ("US/Eastern" in the spec's example).
+# HubSpot's daily limit resets at midnight in that zone; the spec's private-app usage example
+# (resetsAt 04:00Z for a US/Eastern portal in summer) shows the same.
+ACCOUNT_DETAILS_PATH = "/account-info/v3/details"
+PORTAL_CACHE_S = 86_400  # the portal's details, shared by the workers in Redis this long
+DETAILS_RETRY_S = 600.0  # after the details could not be read, wait this long before asking again
 
 
 @dataclass(slots=True)
@@ -137,12 +149,18 @@ def _scopes_in(body: Mapping[str, Any]) -> list[str]:
 
 
 def classify(
-    status: int, body: Any, headers: Mapping[str, str], *, record_id: str | None = None
+    status: int,
+    body: Any,
+    headers: Mapping[str, str],
+    *,
+    record_id: str | None = None,
+    daily_reset: Callable[[], tuple[float, str]] | None = None,
 ) -> LeadscoreError:
     """THE table: a HubSpot status (and category) onto what the connector does about it.
 
     | status / category                     | error                                  |
-    | 429 policyName DAILY                  | StopSync until the daily reset         |
+    | 429 policyName DAILY                  | StopSync until the daily reset (the    |
+    |                                       | portal's midnight: `daily_reset`)      |
     | 429 TEN_SECONDLY_ROLLING / other      | RetryLater(Retry-After or the interval), |
     |                                       | the shared limiter blocked as long      |
     | 401 (INVALID_AUTHENTICATION, expired) | StopSync: the token                    |
@@ -159,10 +177,10 @@ def classify(
     if status == 429:
         policy = str(data.get("policyName") or "")
         if policy == "DAILY":
-            resume = time.time() + seconds_to_utc_midnight()
+            resume, when = daily_reset() if daily_reset else (utc_day(time.time())[1], "")
             return StopSync(
                 "HubSpot's daily API limit for this portal is used up; syncing resumes after the daily reset "
-                f"(around {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(resume))}).",
+                f"at {when or reset_words(resume, None)}.",
                 resume_at=resume,
             )
         # Wait what the server says: Retry-After, else its window's length
@@ -270,8 +288,17 @@ class HubSpotTransport:
         self.policy = policy
         prefix = f"leadscore:ratelimit:hubspot:{account_name}"
         self.limiter = SlidingWindowLimiter(
-            redis_client, prefix, limit=limits.rate_per_10s, window=RATE_WINDOW_S, daily_limit=limits.daily
-        )
+            redis_client, prefix, limit=limits.rate_per_10s, window=RATE_WINDOW_S, daily_limit=limits.daily,
+            day=self._portal_day,
+        )  # fmt: skip
+        self._redis = redis_client
+        self._details_key = f"leadscore:hubspot:{account_name}:details"
+        self._details: dict[str, Any] | None = None
+        self._zone: dt.tzinfo | None = ZoneInfo(limits.timezone) if limits.timezone else None
+        self.limiter.zone = self._zone
+        self._details_lock = threading.RLock()
+        self._resolving = threading.local()
+        self._details_retry_at = 0.0  # after a failed read, not asked again before this
         self.search_limiter = SlidingWindowLimiter(
             redis_client, f"{prefix}:search", limit=limits.search_per_second, window=1.0
         )
@@ -282,6 +309,67 @@ class HubSpotTransport:
     def close(self) -> None:
         self.apis.close()
 
+    # -- the portal's details and its day
+
+    def account_details(self) -> dict[str, Any]:
+        """The portal's account details (portalId, timeZone...), {} when they cannot be read now.
+
+        Read once per account and shared through Redis for a day; the call is not counted against
+        the day's budget (it finds out when the day ends).
+        """
+        if self._details is not None:
+            return self._details
+        with self._details_lock:
+            if self._details is not None:
+                return self._details
+            if getattr(self._resolving, "on", False) or time.time() < self._details_retry_at:
+                return {}  # asked from inside the call that reads them (a 429 DAILY on it), or failed lately
+            cached = self._redis.get(self._details_key)
+            if cached is not None:
+                self._details = dict(orjson.loads(cached))
+                return self._details
+            self._resolving.on = True
+            try:
+                resp = self.call(
+                    self.apis.contacts_client.call_api, ACCOUNT_DETAILS_PATH, "GET", auth_settings=["oauth2"],
+                    count_daily=False,
+                )  # fmt: skip
+            except (ApiError, RetryLater, StopSync, RecordError) as exc:
+                self._details_retry_at = time.time() + DETAILS_RETRY_S
+                log.warning("hubspot account details unreadable (%s): the daily limit is taken to reset at "
+                            "midnight UTC; set account.timezone in mappings/hubspot.yaml", type(exc).__name__)
+                return {}
+            finally:
+                self._resolving.on = False
+            details = resp.body if isinstance(resp.body, dict) else {}
+            self._redis.set(self._details_key, orjson.dumps(details), ex=PORTAL_CACHE_S)
+            self._details = details
+            return details
+
+    def portal_zone(self) -> dt.tzinfo | None:
+        """The portal's time zone: account.timezone in the mapping, else the account details API's."""
+        if self._zone is None:
+            name = self.account_details().get("timeZone")
+            if isinstance(name, str) and name:
+                try:
+                    self._zone = ZoneInfo(name)
+                except (ZoneInfoNotFoundError, ValueError):
+                    log.warning("hubspot portal time zone %r unknown here; the daily reset is taken at UTC midnight",
+                                name)
+                    self._zone = dt.UTC
+                self.limiter.zone = self._zone
+        return self._zone
+
+    def _portal_day(self, now: float) -> tuple[float, float]:
+        zone = self.portal_zone()
+        return day_in(zone)(now) if zone is not None else utc_day(now)
+
+    def _daily_reset(self) -> tuple[float, str]:
+        """When the portal's daily limit resets, in epoch seconds and in words."""
+        zone = self.portal_zone()
+        at = (day_in(zone) if zone is not None else utc_day)(time.time())[1]
+        return at, reset_words(at, zone)
+
     # -- one call
 
     def call(
@@ -291,6 +379,7 @@ class HubSpotTransport:
         search: bool = False,
         record_id: str | None = None,
         idempotent: bool = True,
+        count_daily: bool = True,
         **kwargs: Any,
     ) -> Response:
         """Run one SDK operation (raw, orjson-parsed), with quotas, the error table and retries.
@@ -298,12 +387,13 @@ class HubSpotTransport:
         idempotent=False (creating a task): repeated only when HubSpot surely
         did nothing (429, connection refused); after a timeout or a 5xx the
         RetryLater goes to the caller, whose own key decides.
+        count_daily=False: not counted against the day's budget (reading the portal's time zone).
         """
 
         def attempt() -> Response:
             if search:
                 self.search_limiter.acquire()
-            self.limiter.acquire()
+            self.limiter.acquire(count_daily=count_daily)
             self.calls.add()
             try:
                 raw = op(*args, _preload_content=False, _request_timeout=self.timeout, **kwargs)
@@ -316,7 +406,7 @@ class HubSpotTransport:
                 status = int(getattr(exc, "status", 0) or 0)
                 headers: Mapping[str, str] = getattr(exc, "headers", None) or {}
                 body = _parse_body(getattr(exc, "body", None))
-                error = classify(status, body, headers, record_id=record_id)
+                error = classify(status, body, headers, record_id=record_id, daily_reset=self._daily_reset)
                 log.info(
                     "hubspot %s on %s: status=%s category=%s correlationId=%s",
                     type(error).__name__, getattr(op, "__name__", "call"), status,
@@ -325,6 +415,9 @@ class HubSpotTransport:
                 )
                 if status == 429:
                     self.calls.pushed_back()
+                if status == 429 and isinstance(error, StopSync) and error.resume_at:
+                    # DAILY: every worker of the portal stops calling until the portal's midnight
+                    self.limiter.stop_until(error.resume_at)
                 if status == 429 and isinstance(error, RetryLater) and error.wait:
                     # everyone sharing the portal waits, not just this worker
                     self.limiter.block_for(error.wait)
@@ -349,6 +442,18 @@ class HubSpotTransport:
 
     def _observe(self, headers: Mapping[str, str]) -> None:
         """Correct the shared limiter from what the server says is left."""
+        daily = _int(headers, "X-HubSpot-RateLimit-Daily")
+        daily_left = _int(headers, "X-HubSpot-RateLimit-Daily-Remaining")
+        if (
+            daily and daily_left is not None and daily_left * 10 <= daily
+            and self._zone is None and not getattr(self._resolving, "on", False)
+        ):  # fmt: skip
+            # The portal's day is nearly used up: learn when it ends while calls still go through
+            # (once HubSpot answers DAILY, the account details cannot be read either).
+            self.portal_zone()
+        self._observe_window(headers)
+
+    def _observe_window(self, headers: Mapping[str, str]) -> None:
         maximum = _int(headers, "X-HubSpot-RateLimit-Max")
         remaining = _int(headers, "X-HubSpot-RateLimit-Remaining")
         if maximum is None or remaining is None:

@@ -15,6 +15,7 @@ once.
 
 from __future__ import annotations
 
+import datetime as dt
 import random
 import time
 import uuid
@@ -29,29 +30,53 @@ from connector.errors import RetryLater, StopSync
 
 T = TypeVar("T")
 
-# KEYS[1] the window's sorted set, KEYS[2] the daily counter (may be "").
-# ARGV: limit, window_ms, member, daily_limit (0 = none), daily_ttl_s
-# Returns {granted (1/0), wait_ms, reason}.
+# KEYS[1] the window's sorted set, KEYS[2] the daily counts (a hash: hour number -> grants in that
+# hour), KEYS[3] the stop mark (set until the day's end when the server said the day's budget is gone).
+# ARGV: limit, window_ms, member, daily_limit (0 = no budget of our own), count_daily (1/0),
+#       since_hour (the hour number of the account's last midnight; -1 = not known yet),
+#       day_left_ms (until the account's next midnight, with since_hour)
+# Returns {granted (1/0), wait_ms, reason}; reason 'day?' asks for since_hour (only when the grants of
+# the last 25 hours, an upper bound of today's, reach 90% of the budget: the account's day is needed
+# rarely, and is known before the budget runs out).
 _ACQUIRE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local limit = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
 local daily_limit = tonumber(ARGV[4])
-if daily_limit > 0 then
-  local used = tonumber(redis.call('GET', KEYS[2]) or '0')
-  if used >= daily_limit then
-    return {0, redis.call('PTTL', KEYS[2]), 'daily'}
+local count_daily = tonumber(ARGV[5]) == 1
+local hour = math.floor(now / 3600000)
+if count_daily then
+  local stopped = redis.call('PTTL', KEYS[3])
+  if stopped > 0 then
+    return {0, stopped, 'daily'}
   end
+end
+if count_daily and daily_limit > 0 then
+  local since_hour = tonumber(ARGV[6])
+  local counts = redis.call('HGETALL', KEYS[2])
+  local recent, today = 0, 0
+  for i = 1, #counts, 2 do
+    local h = tonumber(counts[i])
+    local c = tonumber(counts[i + 1])
+    if h < hour - 26 then
+      redis.call('HDEL', KEYS[2], counts[i])
+    else
+      if h >= hour - 24 then recent = recent + c end
+      if since_hour >= 0 and h >= since_hour then today = today + c end
+    end
+  end
+  if since_hour < 0 and recent * 10 >= daily_limit * 9 then return {0, 0, 'day?'} end
+  if since_hour >= 0 and today >= daily_limit then return {0, tonumber(ARGV[7]), 'daily'} end
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
 local n = redis.call('ZCARD', KEYS[1])
 if n < limit then
   redis.call('ZADD', KEYS[1], now, ARGV[3])
   redis.call('PEXPIRE', KEYS[1], window)
-  if daily_limit > 0 then
-    local v = redis.call('INCR', KEYS[2])
-    if v == 1 then redis.call('EXPIRE', KEYS[2], tonumber(ARGV[5])) end
+  if count_daily and daily_limit > 0 then
+    redis.call('HINCRBY', KEYS[2], hour, 1)
+    redis.call('EXPIRE', KEYS[2], 100000)
   end
   return {1, 0, 'ok'}
 end
@@ -85,6 +110,36 @@ def seconds_to_utc_midnight(now: float | None = None) -> int:
     return max(1, int(86400 - (now % 86400)))
 
 
+# A calendar day of an account: now (epoch seconds) -> (when the day began, when it ends), epoch seconds.
+DayOf = Callable[[float], tuple[float, float]]
+
+
+def utc_day(now: float) -> tuple[float, float]:
+    start = now - now % 86400
+    return start, start + 86400
+
+
+def day_in(zone: dt.tzinfo) -> DayOf:
+    """Days that end at midnight in `zone` (a HubSpot portal's daily limit resets at the portal's midnight)."""
+
+    def day(now: float) -> tuple[float, float]:
+        local = dt.datetime.fromtimestamp(now, zone).date()
+        start = dt.datetime.combine(local, dt.time(0), tzinfo=zone).timestamp()
+        end = dt.datetime.combine(local + dt.timedelta(days=1), dt.time(0), tzinfo=zone).timestamp()
+        return min(start, now), max(end, now + 1)
+
+    return day
+
+
+def reset_words(at: float, zone: dt.tzinfo | None) -> str:
+    """'2026-12-04 00:00 America/New_York (05:00 UTC)': a reset time as an admin reads it."""
+    utc = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(at))
+    if zone is None or zone == dt.UTC:
+        return utc
+    local = dt.datetime.fromtimestamp(at, zone)
+    return f"{local:%Y-%m-%d %H:%M} {zone} ({time.strftime('%H:%M UTC', time.gmtime(at))})"
+
+
 @dataclass
 class SlidingWindowLimiter:
     """At most `limit` grants in any `window` seconds, across all processes sharing `key`.
@@ -92,6 +147,17 @@ class SlidingWindowLimiter:
     `margin` widens the window a little so that requests granted just inside
     it do not reach the server just inside its own window after uneven
     network delay.
+
+    With `daily_limit`, at most that many grants per calendar day of the
+    account, whose days `day` tells (UTC unless the account says otherwise:
+    a HubSpot portal's day ends at midnight in its own time zone). Grants are
+    counted per hour; `day` is asked only once the grants of the last 25 hours
+    reach the budget, so an account whose day must be looked up (an API call)
+    is looked up when it matters, not on every worker's start. In a zone whose
+    midnight is not on the hour, the hour holding midnight counts whole toward
+    the new day (a few calls early, never late). `stop_until` holds every caller
+    back until the day ends, when the server said the day's budget is gone
+    although our own count did not.
     """
 
     client: redis.Redis
@@ -101,38 +167,71 @@ class SlidingWindowLimiter:
     daily_limit: int = 0
     margin: float = 0.1
     max_wait: float = 120.0
+    day: DayOf = utc_day
+    zone: dt.tzinfo | None = None  # the zone `day` follows, for messages
 
     def __post_init__(self) -> None:
         self._acquire = self.client.register_script(_ACQUIRE)
         self._block = self.client.register_script(_BLOCK)
+        self._today: tuple[float, float] | None = None  # the account's current day, once asked
 
-    def acquire(self, sleep: Callable[[float], None] = time.sleep) -> float:
+    def _day_args(self, now: float, ask: bool) -> tuple[int, int]:
+        """(since_hour, ms left in the day) for the script; (-1, 0) while the day need not be known."""
+        known = self._today
+        if known is None or now >= known[1]:
+            if not ask:
+                return -1, 0
+            known = self._today = self.day(now)
+        return int(known[0] // 3600), max(1, int((known[1] - now) * 1000))
+
+    @property
+    def _stop_key(self) -> str:
+        return f"{self.key}:daily-stop"
+
+    @property
+    def _daily_key(self) -> str:
+        return f"{self.key}:daily-hours"
+
+    def acquire(self, sleep: Callable[[float], None] = time.sleep, *, count_daily: bool = True) -> float:
         """Block until a slot is granted; returns the seconds waited.
 
-        Raises StopSync when the daily budget is used up (waiting would take hours).
+        Raises StopSync when the day's budget is used up (waiting would take hours).
+        count_daily=False: a call that is not counted against the day (finding out when the day ends).
         """
         waited = 0.0
         window_ms = int((self.window + self.margin) * 1000)
-        daily_key = f"{self.key}:daily"
+        ask = False
         while True:
+            since_hour, left_ms = self._day_args(time.time(), ask) if count_daily and self.daily_limit else (-1, 0)
             granted, wait_ms, reason = self._acquire(
-                keys=[self.key, daily_key],
-                args=[self.limit, window_ms, uuid.uuid4().hex, self.daily_limit, seconds_to_utc_midnight()],
-            )
+                keys=[self.key, self._daily_key, self._stop_key],
+                args=[self.limit, window_ms, uuid.uuid4().hex, self.daily_limit, 1 if count_daily else 0,
+                      since_hour, left_ms],
+            )  # fmt: skip
             if int(granted):
                 return waited
             reason_s = reason.decode() if isinstance(reason, bytes) else str(reason)
+            if reason_s == "day?":
+                ask = True
+                continue
             if reason_s == "daily":
-                resume = time.time() + max(0, int(wait_ms)) / 1000
+                resume = time.time() + max(1, int(wait_ms)) / 1000
+                ours = self.daily_limit > 0 and since_hour >= 0
+                budget = (
+                    f"the daily API budget of {self.daily_limit} calls for {self.key} is used up" if ours
+                    else f"the server said the daily API limit for {self.key} is used up"
+                )  # fmt: skip
                 raise StopSync(
-                    f"the daily API budget of {self.daily_limit} calls for {self.key} is used up; "
-                    f"syncing resumes after the daily reset at "
-                    f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(resume))}",
+                    f"{budget}; syncing resumes after the daily reset at {reset_words(resume, self.zone)}",
                     resume_at=resume,
                 )
             pause = min(int(wait_ms) / 1000 + random.uniform(0, 0.02), self.max_wait)
             sleep(pause)
             waited += pause
+
+    def stop_until(self, resume: float) -> None:
+        """Grant nothing to anyone until `resume` (the server said the day's budget is gone)."""
+        self.client.set(self._stop_key, "1", px=max(1, int((resume - time.time()) * 1000)))
 
     def block_for(self, seconds: float) -> None:
         """Grant nothing to anyone for `seconds` (the server told us to wait)."""
@@ -140,8 +239,10 @@ class SlidingWindowLimiter:
         self._block(keys=[self.key], args=[self.limit, int(seconds * 1000), window_ms])
 
     def used_today(self) -> int:
-        value = self.client.get(f"{self.key}:daily")
-        return int(value) if value is not None else 0
+        """Grants since the account's last midnight (asks `day`)."""
+        since = int(self.day(time.time())[0] // 3600)
+        counts = self.client.hgetall(self._daily_key)
+        return sum(int(c) for h, c in counts.items() if int(h) >= since)
 
 
 @dataclass(frozen=True)

@@ -99,6 +99,9 @@ class Account(Strict):
     daily: int = Field(default=500_000, ge=0)  # 0 = no daily budget enforced here
     search_per_second: int = Field(default=5, ge=1, le=100)
     portal_id: str | None = None  # for record links; discovered from the API when absent
+    # The portal's time zone (Settings > Account Defaults): HubSpot's daily limit resets at
+    # midnight there. When absent it is read from the account details API (timeZone).
+    timezone: TimeZone | None = None
 
     @property
     def rate_per_10s(self) -> int:

@@ -6,6 +6,7 @@ sandbox's /__sandbox__/stats; nothing inside the adapter or the SDK is patched.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import threading
 import time
@@ -13,6 +14,7 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import orjson
 import pytest
@@ -22,8 +24,9 @@ from hubspot import HubSpot
 
 from connector.crm.base import CrmAdapter
 from connector.crm.hubspot import HubSpotAdapter
-from connector.crm.limits import RetryPolicy
+from connector.crm.limits import RetryPolicy, day_in
 from connector.domain import Lead
+from connector.errors import StopSync
 from connector.mappings.hubspot import Account, HubSpotMapping, load_hubspot_mapping
 from sandbox.server import Sandbox
 
@@ -377,6 +380,69 @@ def test_a_server_allowing_less_than_the_mapping_slows_the_adapter_down(shipped:
         assert snap["total"] == a.calls.total == 8
         assert snap["rate_limited"] == 0
         a.close()
+
+
+def _next_midnight(zone: str) -> float:
+    return day_in(ZoneInfo(zone))(time.time())[1]
+
+
+def test_the_daily_limit_pauses_every_worker_until_the_portals_own_midnight(shipped: HubSpotMapping,
+                                                                            redis_url: str) -> None:
+    # HubSpot's daily limit resets at midnight in the portal's time zone (account details: timeZone),
+    # not UTC: a New York portal that pauses until UTC midnight resumes into DAILY again.
+    with Sandbox.start(contacts=10, seed=2, hubspot_rate=100_000, hubspot_daily=20,
+                       hubspot_timezone="America/New_York") as sb:  # fmt: skip
+        mapping = mapping_with(shipped, account=Account(requests_per_10s=10_000, daily=0))
+        first, second = redis.Redis.from_url(redis_url), redis.Redis.from_url(redis_url)
+        a = adapter(sb, mapping, first)
+        for _ in range(9):
+            a.list_reps()  # 18 calls of the portal's 20
+        with pytest.raises(StopSync) as info:
+            a.list_reps()  # 19, 20 (the account details read in between), then DAILY
+        assert info.value.resume_at == pytest.approx(_next_midnight("America/New_York"), abs=5)
+        assert "00:00 America/New_York" in str(info.value)
+        snap = stats(sb)
+        # the time zone was read once, while the last calls of the day still went through
+        assert calls_to(snap, "GET /account-info/v3/details") == 1
+        assert snap["rate_limited"] == 1
+        b = adapter(sb, mapping, second)  # another worker: it does not call at all until then
+        with pytest.raises(StopSync) as again:
+            b.list_reps()
+        assert again.value.resume_at == pytest.approx(info.value.resume_at, abs=5)
+        assert stats(sb)["total"] == snap["total"]
+        a.close()
+        b.close()
+        first.close()
+        second.close()
+
+
+def test_the_mappings_portal_time_zone_wins_and_spares_the_lookup(shipped: HubSpotMapping, r: redis.Redis) -> None:
+    with Sandbox.start(contacts=10, seed=2, hubspot_rate=100_000) as sb:
+        a = adapter(sb, mapping_with(shipped, account=Account(requests_per_10s=10_000, daily=4,
+                                                              timezone="Asia/Tokyo")), r)  # fmt: skip
+        a.list_reps()
+        a.list_reps()
+        with pytest.raises(StopSync, match="daily API budget of 4 calls") as info:
+            a.list_reps()
+        assert info.value.resume_at == pytest.approx(_next_midnight("Asia/Tokyo"), abs=5)
+        assert "00:00 Asia/Tokyo" in str(info.value)
+        assert calls_to(stats(sb), "GET /account-info/v3/details") == 0
+        a.close()
+
+
+def test_the_sandbox_reports_its_portals_time_zone_and_when_the_day_resets(shipped: HubSpotMapping) -> None:
+    with Sandbox.start(contacts=10, seed=2, hubspot_timezone="America/Los_Angeles") as sb:
+        auth = {"Authorization": f"Bearer {sb.hubspot_token}"}
+        details = orjson.loads(HTTP.request("GET", sb.hubspot_url + "/account-info/v3/details", headers=auth).data)
+        assert details["timeZone"] == "America/Los_Angeles"
+        assert details["portalId"] == 24_681_357
+        assert details["utcOffsetMilliseconds"] in (-7 * 3_600_000, -8 * 3_600_000)
+        usage = orjson.loads(HTTP.request("GET", sb.hubspot_url + "/account-info/v3/api-usage/daily/private-apps",
+                                          headers=auth).data)["results"][0]  # fmt: skip
+        resets = dt.datetime.fromisoformat(usage["resetsAt"].replace("Z", "+00:00")).timestamp()
+        assert resets == pytest.approx(_next_midnight("America/Los_Angeles"), abs=1)
+        assert usage["currentUsage"] == 2
+        assert HTTP.request("GET", sb.hubspot_url + "/account-info/v3/details").status == 401
 
 
 # ----------------------------------------------------------------------------- owners and tasks

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import multiprocessing
 import time
+from zoneinfo import ZoneInfo
 
 import pytest
 import redis
 
-from connector.crm.limits import RetryPolicy, SlidingWindowLimiter, call_with_retry
+from connector.crm.limits import RetryPolicy, SlidingWindowLimiter, call_with_retry, day_in
 from connector.errors import RetryLater, StopSync
 
 
@@ -41,6 +42,49 @@ def test_a_used_up_daily_budget_stops_instead_of_waiting(redis_client: redis.Red
         limiter.acquire()
     with pytest.raises(StopSync, match="daily API budget of 3 calls"):
         limiter.acquire()
+
+
+def test_the_daily_budget_follows_the_accounts_own_day_and_asks_for_it_only_near_the_end(
+    redis_client: redis.Redis,
+) -> None:
+    new_york = ZoneInfo("America/New_York")
+    asked: list[float] = []
+
+    def portal_day(now: float) -> tuple[float, float]:
+        asked.append(now)  # in the adapter: one call to the account details API
+        return day_in(new_york)(now)
+
+    limiter = SlidingWindowLimiter(redis_client, "rl:ny", limit=100, window=10, daily_limit=20, day=portal_day,
+                                   zone=new_york)  # fmt: skip
+    for _ in range(17):
+        limiter.acquire()
+    assert asked == []  # far from the budget, nobody needs to know when the day ends
+    for _ in range(3):
+        limiter.acquire()
+    assert len(asked) == 1  # near it, once
+    with pytest.raises(StopSync) as info:
+        limiter.acquire()
+    midnight = day_in(new_york)(time.time())[1]
+    assert info.value.resume_at == pytest.approx(midnight, abs=5)
+    assert "daily API budget of 20 calls" in str(info.value)
+    assert "00:00 America/New_York" in str(info.value)
+    assert limiter.used_today() == 20
+
+    # the same grants seen by an account whose day began after them: its budget is whole again
+    later = SlidingWindowLimiter(redis_client, "rl:ny", limit=100, window=10, daily_limit=20,
+                                 day=lambda now: (now + 3600, now + 90_000))  # fmt: skip
+    for _ in range(19):
+        later.acquire()  # no StopSync: none of the 20 grants above fall in this new day
+
+
+def test_the_servers_word_that_the_day_is_over_stops_every_caller_until_then(redis_client: redis.Redis) -> None:
+    limiter = SlidingWindowLimiter(redis_client, "rl:stop", limit=100, window=10)
+    other = SlidingWindowLimiter(redis_client, "rl:stop", limit=100, window=10)
+    limiter.stop_until(time.time() + 3600)
+    with pytest.raises(StopSync, match="the server said the daily API limit") as info:
+        other.acquire()
+    assert info.value.resume_at == pytest.approx(time.time() + 3600, abs=5)
+    other.acquire(count_daily=False)  # what finds out when the day ends still goes through
 
 
 def test_block_for_holds_every_caller_back(redis_client: redis.Redis) -> None:

@@ -1064,12 +1064,20 @@ def check_value(ptype: str, field_type: str, options: set[str] | None, name: str
 
 
 def _validation_message(problems: list[dict[str, str]]) -> str:
-    return (
-        "Property values were not valid: "
-        + orjson.dumps(
-            [{"isValid": False, "message": p["message"], "error": p["error"], "name": p["name"]} for p in problems]
-        ).decode()
-    )
+    """HubSpot's 400 message for invalid property values: the problems as JSON after a fixed prefix
+    (as real answers show, e.g. `Property values were not valid: [{"isValid":false,"message":"Property
+    \\"x\\" does not exist","error":"PROPERTY_DOESNT_EXIST","name":"x","localizedErrorMessage":...,
+    "portalId":...}]`), each problem once."""
+    seen: set[tuple[str, str, str]] = set()
+    items = []
+    for p in problems:
+        key = (p["name"], p["error"], p["message"])
+        if key in seen:
+            continue
+        seen.add(key)
+        items.append({"isValid": False, "message": p["message"], "error": p["error"], "name": p["name"],
+                      "localizedErrorMessage": p["message"], "portalId": PORTAL_ID})  # fmt: skip
+    return "Property values were not valid: " + orjson.dumps(items).decode()
 
 
 # --------------------------------------------------------------------------- search
@@ -1425,12 +1433,15 @@ class HubSpotApi:
         clean, problems = self.crm.validate_contact_values(props)
         if problems:
             return problems
+        self._write_contact(key, clean)
+        return []
+
+    def _write_contact(self, key: int, clean: Mapping[str, str]) -> None:
         hooks = self.crm.webhooks
         before = self.crm.contact_values(key, list(clean)) if hooks is not None else None
-        self.crm.store.write("contacts", key, clean)
+        self.crm.store.write("contacts", key, dict(clean))
         if hooks is not None:
             hooks.hubspot_contact_changed(self.crm.contact_id(key), clean, before)
-        return []
 
     async def update_object(self, request: Request) -> Response:
         object_type = self._object_type(request)
@@ -1604,54 +1615,56 @@ class HubSpotApi:
         return self._batch_answer(results, errors, started)
 
     async def batch_update(self, request: Request) -> Response:
+        """POST /crm/v3/objects/{type}/batch/update.
+
+        Like HubSpot, invalid input refuses the whole batch before anything is written: a property
+        that does not exist, a read-only one, a value that is not one of an enumeration's options or
+        not of the property's type answers 400 VALIDATION_ERROR listing the problems (without saying
+        which inputs carry them), and nothing is written. 207 is for per-record outcomes once the
+        batch is valid: ids that do not exist (OBJECT_NOT_FOUND) while the others are written.
+        """
         started = iso_ms(int(time.time() * 1000))
         object_type = self._object_type(request)
         if object_type not in ("contacts", "tasks"):
             return validation_error(f"The sandbox does not update {object_type}")
         body = await self._json(request)
         inputs = self._batch_inputs(body)
-        results: list[dict[str, Any]] = []
-        errors: list[dict[str, Any]] = []
+        problems: list[dict[str, str]] = []
+        valid: list[tuple[str, int, dict[str, str], list[str]]] = []  # (id, key, clean values, names)
         missing: list[str] = []
         seen: set[str] = set()
         for item in inputs:
             if not isinstance(item, dict) or not isinstance(item.get("properties"), dict):
-                errors.append(batch_error("VALIDATION_ERROR", "Each input needs an id and properties", {}))
-                continue
+                return validation_error("Each input needs an id and a properties object")
             object_id = str(item.get("id", ""))
             if object_id in seen:
                 return validation_error(f"Duplicate IDs found in batch input: [{object_id}]. IDs must be unique")
             seen.add(object_id)
             props = item["properties"]
             if object_type == "contacts":
+                clean, found = self.crm.validate_contact_values(props)
                 key = self.crm.contact_key(object_id)
-                if key is None or self.crm.store.is_archived("contacts", key):
-                    missing.append(object_id)
-                    continue
-                problems = self._apply_contact_update(key, props)
-                if problems:
-                    errors.append(
-                        batch_error(
-                            "VALIDATION_ERROR",
-                            _validation_message(problems),
-                            {"ids": [object_id], "propertyName": [p["name"] for p in problems]},
-                        )
-                    )
-                    continue
-                results.append(self.crm.contact_json(key, list(props) + list(DEFAULT_CONTACT_PROPERTIES)))
+                gone = key is None or self.crm.store.is_archived("contacts", key)
             else:
-                tkey = self.crm.task_key(object_id)
-                if tkey is None:
-                    missing.append(object_id)
-                    continue
-                clean, problems = self._validate_task(props, creating=False)
-                if problems:
-                    errors.append(batch_error("VALIDATION_ERROR", _validation_message(problems), {"ids": [object_id]}))
-                    continue
-                self.crm.store.write("tasks", tkey, clean)
-                results.append(self.crm.task_json(tkey, list(props)))
-        if missing:
-            errors.append(_not_found(object_type, missing))
+                clean, found = self._validate_task(props, creating=False)
+                key = self.crm.task_key(object_id)
+                gone = key is None
+            problems += found
+            if gone or key is None:
+                missing.append(object_id)
+            elif not found:
+                valid.append((object_id, key, clean, list(props)))
+        if problems:
+            return validation_error(_validation_message(problems))
+        results: list[dict[str, Any]] = []
+        for _object_id, key, clean, names in valid:
+            if object_type == "contacts":
+                self._write_contact(key, clean)
+                results.append(self.crm.contact_json(key, names + list(DEFAULT_CONTACT_PROPERTIES)))
+            else:
+                self.crm.store.write("tasks", key, clean)
+                results.append(self.crm.task_json(key, names))
+        errors = [_not_found(object_type, missing)] if missing else []
         return self._batch_answer(results, errors, started)
 
     async def batch_create(self, request: Request) -> Response:

@@ -40,6 +40,10 @@ LIST_LIMIT = 100  # list endpoint page size (the API's maximum)
 SEARCH_LIMIT = 200  # search page size (the API's maximum)
 SEARCH_CAP = 10_000  # search answers 400 beyond this many results per query
 BATCH = 100  # batch read/update inputs per call
+# Calls spent finding the record whose value HubSpot refused in a batch it turned down as a whole
+# (a 400 says what, not whose): one bad record of 100 takes 14 (two per halving), so two or three
+# are found; past this the rest of the batch is reported unwritten instead of costing more calls.
+ISOLATION_CALLS = 32
 ASSOC_BATCH = 1000  # v4 association batch read inputs per call (HubSpot's limit since 2025)
 EVENT_READERS = 8
 EVENTS_LIMIT = 100
@@ -555,20 +559,37 @@ class HubSpotAdapter:
             self._update_batch(list(chunk), report)
         return report
 
-    def _update_batch(self, chunk: list[dict[str, Any]], report: WriteReport) -> None:
+    def _update_batch(self, chunk: list[dict[str, Any]], report: WriteReport, budget: list[int] | None = None) -> None:
         # A batch whose outcome is known is never sent again: 200 and 207 are
-        # final (207 names the failed records, the rest are written); a 4xx for
-        # the whole batch wrote nothing, so its halves are tried to find the
-        # refused records. Only RetryLater (nothing known) repeats the batch.
+        # final (207 names the records HubSpot could not find, the rest are
+        # written). A 400 refuses the whole batch and writes nothing. When it is
+        # about a property (missing, read-only, an option it lacks) every batch
+        # would meet it: the sync stops and says what to run. Otherwise a value
+        # of some record was refused and the message does not say whose: the
+        # halves are tried to find it, within ISOLATION_CALLS for the batch.
+        # Only RetryLater (nothing known) repeats the batch.
+        budget = [ISOLATION_CALLS] if budget is None else budget
         try:
             resp = self._call(self.apis.contacts_batch.update, {"inputs": chunk})
         except ApiError as exc:
+            refusal = property_refusal(exc.body)
+            if refusal is not None:
+                raise StopSync(refusal) from None
+            said = problems_text(exc.body) or exc.message
             if len(chunk) == 1:
-                report.failed.append((chunk[0]["id"], exc.message))
+                report.failed.append((chunk[0]["id"], said))
                 return
+            if budget[0] < 2:
+                report.failed.extend(
+                    (c["id"], f"not written: HubSpot refused its batch ({said}) and the record it refused "
+                              "was not found within the calls allowed for that")
+                    for c in chunk
+                )  # fmt: skip
+                return
+            budget[0] -= 2
             half = len(chunk) // 2
-            self._update_batch(chunk[:half], report)
-            self._update_batch(chunk[half:], report)
+            self._update_batch(chunk[:half], report, budget)
+            self._update_batch(chunk[half:], report, budget)
             return
         sent = [c["id"] for c in chunk]
         ok = {str(r.get("id")) for r in resp.body.get("results") or []}
@@ -822,6 +843,51 @@ class HubSpotAdapter:
         if not done:
             done.append(f"nothing to do: the group and {len(self.mapping.write)} properties exist")
         return done
+
+
+_VALUES_PREFIX = "Property values were not valid: "
+
+
+def property_problems(body: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The problems a VALIDATION_ERROR lists: HubSpot puts them as JSON after a fixed prefix of its message
+    (`Property values were not valid: [{"isValid":false,"message":...,"error":"PROPERTY_DOESNT_EXIST",
+    "name":"lead_band",...}]`); [] when the message is not of that form."""
+    message = str(body.get("message") or "")
+    if body.get("category") != "VALIDATION_ERROR" or not message.startswith(_VALUES_PREFIX):
+        return []
+    try:
+        items = orjson.loads(message[len(_VALUES_PREFIX):])
+    except orjson.JSONDecodeError:
+        return []
+    return [i for i in items if isinstance(i, dict)] if isinstance(items, list) else []
+
+
+def problems_text(body: Mapping[str, Any]) -> str:
+    """'lead_score: abc is not a valid number' for each problem listed ('' when none is)."""
+    return "; ".join(f"{p.get('name')}: {p.get('message')}" for p in property_problems(body))
+
+
+def property_refusal(body: Mapping[str, Any]) -> str | None:
+    """One sentence for the admin when HubSpot refused a write because of a property itself, else None.
+
+    PROPERTY_DOESNT_EXIST, READ_ONLY_VALUE and INVALID_OPTION (the property lacks an option the engine
+    writes, such as a band) are about the portal's properties, not about one record: every batch would
+    meet them. Other problems (a value of the wrong type) belong to the records that carry them.
+    """
+    for problem in property_problems(body):
+        name = str(problem.get("name") or "?")
+        code = str(problem.get("error") or "")
+        if code == "PROPERTY_DOESNT_EXIST":
+            return (f"HubSpot has no contact property {name} to write scores into: run `leadscore setup` to "
+                    "create it, or fix its name under write: in mappings/hubspot.yaml.")  # fmt: skip
+        if code == "READ_ONLY_VALUE":
+            return (f"HubSpot refuses writes to the contact property {name}, which is read-only: name a property "
+                    "the connector may write under write: in mappings/hubspot.yaml and run `leadscore setup`.")
+        if code == "INVALID_OPTION":
+            return (f"The HubSpot contact property {name} lacks an option the connector writes "
+                    f"({problem.get('message') or 'not one of the allowed options'}): run `leadscore setup` to see "
+                    "which options to add to it.")  # fmt: skip
+    return None
 
 
 def _ids_in(err: Mapping[str, Any]) -> list[str]:

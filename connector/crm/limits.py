@@ -133,6 +133,7 @@ def day_in(zone: dt.tzinfo) -> DayOf:
 
 def reset_words(at: float, zone: dt.tzinfo | None) -> str:
     """'2026-12-04 00:00 America/New_York (05:00 UTC)': a reset time as an admin reads it."""
+    at = round(at / 60) * 60  # to the minute: a reset computed a few milliseconds early still reads 00:00
     utc = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(at))
     if zone is None or zone == dt.UTC:
         return utc
@@ -216,6 +217,8 @@ class SlidingWindowLimiter:
                 continue
             if reason_s == "daily":
                 resume = time.time() + max(1, int(wait_ms)) / 1000
+                if self._today is not None and abs(resume - self._today[1]) < 5:
+                    resume = self._today[1]  # the day's end itself, not a millisecond before it
                 ours = self.daily_limit > 0 and since_hour >= 0
                 budget = (
                     f"the daily API budget of {self.daily_limit} calls for {self.key} is used up" if ours

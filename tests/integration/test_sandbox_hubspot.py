@@ -188,7 +188,7 @@ def test_search_allows_five_requests_per_second_and_sends_no_rate_limit_headers(
 # ---------------------------------------------------------------- writes
 
 
-def test_batch_update_applies_good_inputs_and_answers_207_for_the_rest(client: HubSpot) -> None:
+def test_batch_update_refuses_a_batch_with_a_bad_property_and_answers_207_for_missing_ids(client: HubSpot) -> None:
     groups = client.crm.properties.groups_api
     props = client.crm.properties.core_api
     groups.create("contacts", PropertyGroupCreate(name="batch_test", label="Batch test"), _request_timeout=TIMEOUT)
@@ -215,11 +215,25 @@ def test_batch_update_applies_good_inputs_and_answers_207_for_the_rest(client: H
         {"id": "12", "properties": {"no_such_property": "1"}},
         {"id": "987654", "properties": {"batch_score": "1"}},
     ]
+    # A property that does not exist or an option it lacks refuses the whole batch: 400, nothing written.
+    with pytest.raises(ContactsApiException) as refused:
+        client.crm.contacts.batch_api.update(BatchInputSimplePublicObjectBatchInput(inputs=inputs),
+                                             _request_timeout=TIMEOUT)  # fmt: skip
+    assert refused.value.status == 400
+    body = json.loads(refused.value.body)
+    assert body["category"] == "VALIDATION_ERROR"
+    prefix = "Property values were not valid: "
+    assert body["message"].startswith(prefix)
+    listed = {(p["name"], p["error"]) for p in json.loads(body["message"][len(prefix):])}
+    assert listed == {("batch_band", "INVALID_OPTION"), ("no_such_property", "PROPERTY_DOESNT_EXIST")}
+    untouched = client.crm.contacts.basic_api.get_by_id("10", properties=["batch_score"])
+    assert untouched.properties["batch_score"] is None
+    # A valid batch answers 207 for the ids it cannot find and writes the others.
     answer = client.crm.contacts.batch_api.update(
-        BatchInputSimplePublicObjectBatchInput(inputs=inputs), _request_timeout=TIMEOUT
+        BatchInputSimplePublicObjectBatchInput(inputs=[inputs[0], inputs[3]]), _request_timeout=TIMEOUT
     )
-    assert answer.num_errors == 3
-    assert {e.category for e in answer.errors} == {"VALIDATION_ERROR", "OBJECT_NOT_FOUND"}
+    assert answer.num_errors == 1
+    assert {e.category for e in answer.errors} == {"OBJECT_NOT_FOUND"}
     assert [r.id for r in answer.results] == ["10"]
     read = client.crm.contacts.basic_api.get_by_id("10", properties=["batch_score", "batch_band"])
     assert read.properties["batch_score"] == "87"

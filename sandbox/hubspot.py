@@ -77,6 +77,13 @@ MAX_FILTER_GROUPS: Final = 5
 MAX_FILTERS_PER_GROUP: Final = 6
 MAX_FILTERS: Final = 18
 
+# batch/update: a property that does not exist or is read-only, or an option an enumeration lacks,
+# refuses the whole batch with 400 (confirmed: docs/crm-api-notes.md). Whether a value of the wrong
+# type (a word for a number) does the same or fails only its record (207) is unverified: assumed
+# to refuse the batch too. With False, such a record gets its own VALIDATION_ERROR in a 207.
+VALUE_ERRORS_REFUSE_BATCH: Final = True
+PROPERTY_ERRORS: Final = frozenset({"PROPERTY_DOESNT_EXIST", "READ_ONLY_VALUE", "INVALID_OPTION"})
+
 ENGAGEMENT_ID_BASE: Final = 50_000_000_000
 TASK_ID_BASE: Final = 90_000_000_000
 
@@ -1618,10 +1625,11 @@ class HubSpotApi:
         """POST /crm/v3/objects/{type}/batch/update.
 
         Like HubSpot, invalid input refuses the whole batch before anything is written: a property
-        that does not exist, a read-only one, a value that is not one of an enumeration's options or
-        not of the property's type answers 400 VALIDATION_ERROR listing the problems (without saying
-        which inputs carry them), and nothing is written. 207 is for per-record outcomes once the
-        batch is valid: ids that do not exist (OBJECT_NOT_FOUND) while the others are written.
+        that does not exist, a read-only one, a value that is not one of an enumeration's options
+        (and, see VALUE_ERRORS_REFUSE_BATCH, one not of the property's type) answers 400
+        VALIDATION_ERROR listing the problems without saying which inputs carry them, and nothing
+        is written. 207 is for per-record outcomes of a valid batch: ids that do not exist
+        (OBJECT_NOT_FOUND) while the others are written.
         """
         started = iso_ms(int(time.time() * 1000))
         object_type = self._object_type(request)
@@ -1631,6 +1639,7 @@ class HubSpotApi:
         inputs = self._batch_inputs(body)
         problems: list[dict[str, str]] = []
         valid: list[tuple[str, int, dict[str, str], list[str]]] = []  # (id, key, clean values, names)
+        refused: list[dict[str, Any]] = []  # per-record value errors, when they do not refuse the batch
         missing: list[str] = []
         seen: set[str] = set()
         for item in inputs:
@@ -1649,6 +1658,9 @@ class HubSpotApi:
                 clean, found = self._validate_task(props, creating=False)
                 key = self.crm.task_key(object_id)
                 gone = key is None
+            if found and not VALUE_ERRORS_REFUSE_BATCH and not any(p["error"] in PROPERTY_ERRORS for p in found):
+                refused.append(batch_error("VALIDATION_ERROR", _validation_message(found), {"ids": [object_id]}))
+                continue
             problems += found
             if gone or key is None:
                 missing.append(object_id)
@@ -1664,7 +1676,7 @@ class HubSpotApi:
             else:
                 self.crm.store.write("tasks", key, clean)
                 results.append(self.crm.task_json(key, names))
-        errors = [_not_found(object_type, missing)] if missing else []
+        errors = refused + ([_not_found(object_type, missing)] if missing else [])
         return self._batch_answer(results, errors, started)
 
     async def batch_create(self, request: Request) -> Response:

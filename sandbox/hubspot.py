@@ -27,6 +27,8 @@ adds a token with only those scopes (omit scopes for all).
 from __future__ import annotations
 
 import datetime as dt
+import heapq
+import random
 import re
 import threading
 import time
@@ -47,6 +49,7 @@ from starlette.routing import BaseRoute, Route
 
 from sandbox.common import (
     Admission,
+    Clock,
     DailyBudget,
     Faults,
     JsonResponse,
@@ -64,6 +67,10 @@ DEFAULT_DAILY: Final = 500_000
 DEFAULT_SEARCH_RATE: Final = 5
 PORTAL_ID: Final = 24_681_357
 DEFAULT_TIMEZONE: Final = "Europe/Berlin"  # the sandbox company's portal (its reps sit mostly in DACH)
+# Search lags writes: "fresh changes take a few moments to show up in search" (docs/crm-api-notes.md;
+# HubSpot documents no figure). Each contact write becomes searchable after a delay drawn between
+# these bounds, so writes can also show up out of order. Unverified figures, kept easy to change.
+DEFAULT_SEARCH_LAG_S: Final = (0.0, 3.0)
 WINDOW_MS: Final = 10_000
 
 LIST_LIMIT: Final = 100
@@ -674,6 +681,75 @@ class _Query:
     archived: bool
 
 
+_Shown = tuple[int, dict[str, str | None]] | None  # what search shows of a lately written contact
+
+
+class SearchIndex:
+    """What contact search sees: each write becomes searchable some moments after it is made.
+
+    Until then search finds the contact as it was indexed before the write: at its previous
+    `lastmodifieddate` with the values it had then (a contact created meanwhile is not found at
+    all). Reads by id (GET, batch/read, list) see every write at once, as in HubSpot. Each write's
+    delay is drawn between `lag_s` bounds (seeded); `clock` is the index's own, which
+    `POST /__sandbox__/search` can move forward (`{"advance_s": N}`) or re-bound (`{"lag_s": [lo, hi]}`).
+    """
+
+    def __init__(self, lag_s: tuple[float, float] = DEFAULT_SEARCH_LAG_S, seed: int = 0) -> None:
+        self.lag_s = lag_s
+        self.clock = Clock()
+        self._rng = random.Random(seed)
+        self._lock = threading.Lock()
+        # key -> writes not yet searchable, oldest first: (searchable at ms, modified ms)
+        self._pending: dict[int, list[tuple[int, int]]] = {}
+        # key -> what search shows meanwhile: (modified ms, values by name) or None (not indexed at all)
+        self._shown: dict[int, tuple[int, dict[str, str | None]] | None] = {}
+
+    def configure(self, lag_s: tuple[float, float]) -> None:
+        with self._lock:
+            self.lag_s = lag_s
+
+    def written(self, key: int, before: tuple[int, dict[str, str | None]] | None, at_ms: int) -> None:
+        """A write at `at_ms`; `before` is what search showed until now (None: nothing, a new contact)."""
+        with self._lock:
+            lo, hi = self.lag_s
+            if hi <= 0 and key not in self._pending:
+                return
+            delay_ms = int(self._rng.uniform(lo, hi) * 1000) if hi > lo else int(lo * 1000)
+            now_ms = int(self.clock() * 1000)
+            if key not in self._pending:
+                self._shown[key] = before
+            else:  # still showing an older version: it keeps the old values of what this write changes too
+                shown = self._shown.get(key)
+                for name, value in (before[1] if before else {}).items():
+                    if shown is not None:
+                        shown[1].setdefault(name, value)
+            self._pending.setdefault(key, []).append((now_ms + delay_ms, at_ms))
+
+    def hidden(self) -> dict[int, tuple[int, dict[str, str | None]] | None]:
+        """Contacts whose latest write search does not show yet -> what it shows instead: the
+        modified ms and the values it had before (None: the contact is not found at all)."""
+        now_ms = int(self.clock() * 1000)
+        with self._lock:
+            out: dict[int, tuple[int, dict[str, str | None]] | None] = {}
+            for key in list(self._pending):
+                waiting = self._pending[key]
+                if all(visible <= now_ms for visible, _ in waiting):
+                    del self._pending[key]
+                    self._shown.pop(key, None)
+                    continue
+                if any(visible <= now_ms for visible, _ in waiting):
+                    # a later write became searchable before an earlier one: search shows the later one
+                    newest = max(modified for visible, modified in waiting if visible <= now_ms)
+                    self._pending[key] = [(v, m) for v, m in waiting if m > newest]
+                    self._shown[key] = (newest, {})  # (its values: the sandbox shows the current ones)
+                out[key] = self._shown.get(key)
+            return out
+
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+
 class HubSpotCrm:
     """The records behind the API: contacts, engagements, tasks, owners, properties."""
 
@@ -702,6 +778,22 @@ class HubSpotCrm:
             self.groups[name] = {"name": name, "label": label, "displayOrder": k, "archived": False}
         self.task_contacts: dict[int, list[int]] = {}  # task key -> contact keys
         self.contact_tasks: dict[int, list[int]] = {}  # contact key -> task keys
+        self.search_index = SearchIndex((0.0, 0.0))  # build_app sets the portal's lag
+
+    def write_contact(self, key: int, values: Mapping[str, str]) -> int:
+        """Merge values into a contact (its lastmodifieddate moves); search sees it some moments later."""
+        index = self.search_index
+        before = (self.contact_modified_ms(key), self.contact_values(key, list(values))) if index.lag_s[1] > 0 else None
+        at = self.store.write("contacts", key, dict(values))
+        if before is not None:
+            index.written(key, before, at)
+        return at
+
+    def create_contact(self, values: Mapping[str, str]) -> int:
+        key = self.store.create("contacts", dict(values), first_key=self.pop.n)
+        if self.search_index.lag_s[1] > 0:
+            self.search_index.written(key, None, self.contact_created_ms(key))
+        return key
 
     # ---- ids
 
@@ -1446,7 +1538,7 @@ class HubSpotApi:
     def _write_contact(self, key: int, clean: Mapping[str, str]) -> None:
         hooks = self.crm.webhooks
         before = self.crm.contact_values(key, list(clean)) if hooks is not None else None
-        self.crm.store.write("contacts", key, dict(clean))
+        self.crm.write_contact(key, clean)
         if hooks is not None:
             hooks.hubspot_contact_changed(self.crm.contact_id(key), clean, before)
 
@@ -1523,7 +1615,7 @@ class HubSpotApi:
             clean, problems = crm.validate_contact_values(props)
             if problems:
                 return error_body(_validation_message(problems), "VALIDATION_ERROR"), 400
-            key = crm.store.create("contacts", clean, first_key=crm.pop.n)
+            key = crm.create_contact(clean)
             if crm.webhooks is not None:
                 crm.webhooks.hubspot_contact_created(crm.contact_id(key))
             return crm.contact_json(key, list(props) + list(DEFAULT_CONTACT_PROPERTIES)), 201
@@ -1716,8 +1808,9 @@ class HubSpotApi:
         body = await self._json(request)
         groups, sort, limit, offset, names, query = parse_search(body)
         if object_type == "contacts":
-            total, page = self._search_contacts(groups, sort, limit, offset, query)
-            results = [self.crm.contact_json(k, names) for k in page]
+            hidden = self.crm.search_index.hidden()
+            total, page = self._search_contacts(groups, sort, limit, offset, query, hidden)
+            results = [self._searched_json(k, names, hidden.get(k)) for k in page]
         else:
             total, ids = self._search_engagements(object_type, groups, sort, limit, offset)
             results = [r for r in (self.crm.object_json(object_type, i, names) for i in ids) if r is not None]
@@ -1726,13 +1819,34 @@ class HubSpotApi:
             out["paging"] = {"next": {"after": str(offset + limit)}}
         return JsonResponse(out)
 
-    def _contact_prop(self, key: int, name: str) -> str | None:
+    def _searched_json(self, key: int, names: Sequence[str] | None, shown: _Shown) -> dict[str, Any]:
+        """A search hit as the index has it: a contact written lately shows its previous version."""
+        body = self.crm.contact_json(key, names)
+        if shown is not None:
+            at = iso_ms(shown[0])
+            body["updatedAt"] = at
+            props = body["properties"]
+            for name in props:
+                if name == "lastmodifieddate":
+                    props[name] = at
+                elif name in shown[1]:
+                    props[name] = shown[1][name]
+        return body
+
+    def _contact_prop(self, key: int, name: str, shown: _Shown = None) -> str | None:
+        if shown is not None:
+            if name == "lastmodifieddate":
+                return iso_ms(shown[0])
+            if name in shown[1]:
+                return shown[1][name]
         return self.crm.contact_values(key, [name]).get(name)
 
-    def _matches(self, key: int, groups: list[list[Filter]], query: str) -> bool:
+    def _matches(self, key: int, groups: list[list[Filter]], query: str, shown: _Shown = None) -> bool:
         if query:
             q = query.lower()
             vals = self.crm.contact_values(key, ["email", "firstname", "lastname", "company", "phone"])
+            if shown is not None:
+                vals.update({k: v for k, v in shown[1].items() if k in vals})
             if not any(v and q in v.lower() for v in vals.values()):
                 return False
         if not groups:
@@ -1742,7 +1856,7 @@ class HubSpotApi:
             ok = True
             for f in group:
                 if f.prop not in cache:
-                    cache[f.prop] = self._contact_prop(key, f.prop)
+                    cache[f.prop] = self._contact_prop(key, f.prop, shown)
                 if not f.matches(cache[f.prop]):
                     ok = False
                     break
@@ -1800,32 +1914,40 @@ class HubSpotApi:
         return sorted(keys)
 
     def _search_contacts(
-        self, groups: list[list[Filter]], sort: tuple[str, bool] | None, limit: int, offset: int, query: str
+        self,
+        groups: list[list[Filter]],
+        sort: tuple[str, bool] | None,
+        limit: int,
+        offset: int,
+        query: str,
+        hidden: Mapping[int, _Shown] | None = None,
     ) -> tuple[int, list[int]]:
         crm = self.crm
         store = crm.store
+        hidden = hidden or {}
 
         def live(k: int) -> bool:
-            return not store.is_archived("contacts", k)
+            return not store.is_archived("contacts", k) and not (k in hidden and hidden[k] is None)
+
+        def matches(k: int) -> bool:
+            return self._matches(k, groups, query, hidden.get(k))
 
         sort_prop, descending = sort if sort else ("hs_object_id", False)
         by_modified = sort_prop == "lastmodifieddate"
         ids = self._id_candidates(groups)
         if ids is not None:
-            matched = [k for k in ids if live(k) and self._matches(k, groups, query)]
-            return len(matched), self._sorted(matched, sort_prop, descending)[offset : offset + limit]
+            matched = [k for k in ids if live(k) and matches(k)]
+            return len(matched), self._sorted(matched, sort_prop, descending, hidden)[offset : offset + limit]
         bounds = self._modified_bounds(groups)
         if by_modified or bounds is not None:
             lo, hi = bounds if bounds is not None else (None, None)
-            stream: Iterator[int] = (
-                k for _, k in store.iter_modified("contacts", lo, hi, base=crm.base, descending=descending)
-            )
+            stream = self._searchable_by_modified(lo, hi, descending, hidden)
             fast_total = not query and (not groups or self._only_modified_filters(groups))
             if by_modified:
                 page: list[int] = []
                 total = 0
                 for k in stream:
-                    if not live(k) or not self._matches(k, groups, query):
+                    if not live(k) or not matches(k):
                         continue
                     if offset <= total < offset + limit:
                         page.append(k)
@@ -1841,9 +1963,10 @@ class HubSpotApi:
                         and lo <= crm.contact_modified_ms(k) <= (hi or 2**62)
                     )
                     total = store.count_modified("contacts", lo, hi, base=crm.base) - archived
+                    total += self._hidden_shift(lo, hi, hidden)
                 return total, page
-            matched = [k for k in stream if live(k) and self._matches(k, groups, query)]
-            return len(matched), self._sorted(matched, sort_prop, descending)[offset : offset + limit]
+            matched = [k for k in stream if live(k) and matches(k)]
+            return len(matched), self._sorted(matched, sort_prop, descending, hidden)[offset : offset + limit]
         # a scan in id order: base people, then created contacts
         every = [*range(crm.pop.n), *(k for k in store.created_keys("contacts") if k >= crm.pop.n)]
         if sort_prop == "hs_object_id":
@@ -1851,24 +1974,58 @@ class HubSpotApi:
             page = []
             total = 0
             for k in order:
-                if live(k) and self._matches(k, groups, query):
+                if live(k) and matches(k):
                     if offset <= total < offset + limit:
                         page.append(k)
                     total += 1
             return total, page
-        matched = [k for k in every if live(k) and self._matches(k, groups, query)]
-        return len(matched), self._sorted(matched, sort_prop, descending)[offset : offset + limit]
+        matched = [k for k in every if live(k) and matches(k)]
+        return len(matched), self._sorted(matched, sort_prop, descending, hidden)[offset : offset + limit]
 
-    def _sorted(self, keys: list[int], prop: str, descending: bool) -> list[int]:
+    def _searchable_by_modified(
+        self, lo: int | None, hi: int | None, descending: bool, hidden: Mapping[int, _Shown]
+    ) -> Iterator[int]:
+        """Contact keys by the modified time search knows (a contact written lately at its previous one)."""
+        crm = self.crm
+        stream: Iterable[tuple[int, int]] = crm.store.iter_modified(
+            "contacts", lo, hi, base=crm.base, descending=descending
+        )
+        if not hidden:
+            return (k for _, k in stream)
+        shown_at = sorted(
+            ((shown[0], k) for k, shown in hidden.items()
+             if shown is not None and (lo is None or shown[0] >= lo) and (hi is None or shown[0] <= hi)),
+            reverse=descending,
+        )  # fmt: skip
+        moved = (item for item in stream if item[1] not in hidden)
+        return (k for _, k in heapq.merge(moved, shown_at, reverse=descending))
+
+    def _hidden_shift(self, lo: int | None, hi: int | None, hidden: Mapping[int, _Shown]) -> int:
+        """How the count of contacts modified in [lo, hi] differs in search from the store's."""
+        shift = 0
+        for k, shown in hidden.items():
+            if self.crm.store.is_archived("contacts", k):
+                continue
+            now = self.crm.contact_modified_ms(k)
+            shift -= (lo is None or now >= lo) and (hi is None or now <= hi)
+            if shown is not None:
+                shift += (lo is None or shown[0] >= lo) and (hi is None or shown[0] <= hi)
+        return shift
+
+    def _sorted(
+        self, keys: list[int], prop: str, descending: bool, hidden: Mapping[int, _Shown] | None = None
+    ) -> list[int]:
         if prop == "hs_object_id":
             return sorted(keys, reverse=descending)
+        hidden = hidden or {}
 
         def sort_key(k: int) -> tuple[int, Any, int]:
+            shown = hidden.get(k)
             if prop == "lastmodifieddate":
-                return (0, self.crm.contact_modified_ms(k), k)
+                return (0, shown[0] if shown is not None else self.crm.contact_modified_ms(k), k)
             if prop == "createdate":
                 return (0, self.crm.contact_created_ms(k), k)
-            v = self._contact_prop(k, prop)
+            v = self._contact_prop(k, prop, shown)
             return (1, "", k) if v is None else (0, v.lower(), k)
 
         return sorted(keys, key=sort_key, reverse=descending)
@@ -2280,13 +2437,16 @@ def build_app(
     timeout_s: float = 30.0,
     webhooks: WebhookEmitter | None = None,
     portal: Portal | None = None,
+    search_lag_s: tuple[float, float] = DEFAULT_SEARCH_LAG_S,
 ) -> Starlette:
     """The sandbox HubSpot as a Starlette app (stats, faults and the guard included).
 
-    `portal` sets the account's id and time zone (the daily limit resets at midnight there)."""
+    `portal` sets the account's id and time zone (the daily limit resets at midnight there);
+    `search_lag_s` the bounds of the delay before a contact write shows up in search."""
     crm = HubSpotCrm(population, store)
     crm.webhooks = webhooks
     crm.portal = portal or Portal()
+    crm.search_index = SearchIndex(search_lag_s, seed=population.seed)
     api = HubSpotApi(crm)
     guard = HubSpotGuard(token, rate=rate, daily=daily, search_rate=search_rate, zone=crm.portal.zone)
     stats = Stats()
@@ -2303,6 +2463,26 @@ def build_app(
     async def reset_limits(request: Request) -> Response:
         guard.reset()
         return JsonResponse({"ok": True})
+
+    async def search_index(request: Request) -> Response:
+        """GET: the search index's lag and how many contacts it has not caught up with; POST
+        `{"lag_s": [lo, hi]}` re-bounds the lag of later writes, `{"advance_s": N}` moves the index's
+        clock (writes pending less than N seconds become searchable)."""
+        index = crm.search_index
+        if request.method == "POST":
+            try:
+                body = orjson.loads(await request.body() or b"{}")
+                if "lag_s" in body:
+                    lo, hi = (float(x) for x in body["lag_s"])
+                    if not 0 <= lo <= hi:
+                        raise ValueError("lag_s must be [lo, hi] with 0 <= lo <= hi")
+                    index.configure((lo, hi))
+                if "advance_s" in body:
+                    index.clock.advance(float(body["advance_s"]))
+            except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError) as exc:
+                return JsonResponse({"error": str(exc)}, status_code=400)
+        index.hidden()
+        return JsonResponse({"lag_s": list(index.lag_s), "pending": index.pending()})
 
     w = _wrap
 
@@ -2335,6 +2515,7 @@ def build_app(
     routes: list[BaseRoute] = [
         Route("/__sandbox__/tokens", add_token, methods=["POST"]),
         Route("/__sandbox__/limits/reset", reset_limits, methods=["POST"]),
+        Route("/__sandbox__/search", search_index, methods=["GET", "POST"]),
         *(admin_routes(webhooks, crm) if webhooks is not None else []),  # /__sandbox__/webhooks, /activities
     ]
     for object_type in OBJECT_TYPES:

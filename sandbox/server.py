@@ -65,6 +65,7 @@ class SandboxOptions:
     timeout_s: float = 30.0
     salesforce_daily: int = 100_000
     hubspot_timezone: str = hubspot.DEFAULT_TIMEZONE  # the portal's zone: its daily limit resets at midnight there
+    search_lag_s: float = hubspot.DEFAULT_SEARCH_LAG_S[1]  # a contact write shows up in search within this
 
     def validate(self) -> None:
         if not 0 <= self.contacts <= MAX_CONTACTS:
@@ -75,6 +76,8 @@ class SandboxOptions:
             raise SandboxError(f"--hubspot-rate must be at least 1 request per 10 seconds, not {self.hubspot_rate}")
         if self.hubspot_daily < 1:
             raise SandboxError(f"the HubSpot daily budget must be at least 1, not {self.hubspot_daily}")
+        if not 0 <= self.search_lag_s <= 3600:
+            raise SandboxError(f"--search-lag must be between 0 and 3600 seconds, not {self.search_lag_s}")
         try:
             ZoneInfo(self.hubspot_timezone)
         except (ZoneInfoNotFoundError, ValueError):
@@ -229,6 +232,7 @@ class _Servers:
             timeout_s=opts.timeout_s,
             webhooks=self.webhooks,
             portal=hubspot.Portal(time_zone=opts.hubspot_timezone),
+            search_lag_s=(0.0, opts.search_lag_s),
         )
         self.salesforce_app = _salesforce_app(
             self.population, self.salesforce_store, self.salesforce_token, opts, self.webhooks
@@ -369,9 +373,11 @@ class Sandbox:
         faults: Mapping[str, float] | str | None = None,
         timeout_s: float = 30.0,
         hubspot_timezone: str = hubspot.DEFAULT_TIMEZONE,
+        search_lag_s: float = hubspot.DEFAULT_SEARCH_LAG_S[1],
     ) -> Sandbox:
         opts = SandboxOptions(
             hubspot_timezone=hubspot_timezone,
+            search_lag_s=search_lag_s,
             contacts=contacts,
             seed=seed,
             hubspot_rate=hubspot_rate,
@@ -430,6 +436,8 @@ class Sandbox:
             str(opts.timeout_s),
             "--hubspot-timezone",
             opts.hubspot_timezone,
+            "--search-lag",
+            str(opts.search_lag_s),
         ]
         if opts.anchor is not None:
             argv += ["--anchor", repr(opts.anchor)]
@@ -503,6 +511,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout-s", type=float, default=30.0, help="how long a 'timeout' fault hangs")
     p.add_argument("--hubspot-timezone", default=hubspot.DEFAULT_TIMEZONE,
                    help="the portal's time zone: its daily API limit resets at midnight there")  # fmt: skip
+    p.add_argument("--search-lag", type=float, default=hubspot.DEFAULT_SEARCH_LAG_S[1],
+                   help="seconds within which a contact write shows up in search (each write: 0 to this)")  # fmt: skip
     p.add_argument("--anchor", type=float, default=None, help=argparse.SUPPRESS)
     return p
 
@@ -528,6 +538,7 @@ def options_from_argv(argv: list[str]) -> SandboxOptions:
         faults=faults,
         timeout_s=ns.timeout_s,
         hubspot_timezone=ns.hubspot_timezone,
+        search_lag_s=ns.search_lag,
     )
     opts.validate()
     return opts

@@ -596,7 +596,7 @@ def record_hubspot_activity(emitter: WebhookEmitter, crm: Any, body: Mapping[str
     at = int(time.time() * 1000) if ts_ms is None else int(ts_ms)
     before = crm.rollups(key)
     activity = crm.pop.add_activity(key, kind, at, {str(k): str(v) for k, v in attrs.items()})
-    crm.store.write("contacts", key, {})  # the contact's lastmodifieddate moves, as in HubSpot
+    crm.write_contact(key, {})  # the contact's lastmodifieddate moves, as in HubSpot
     after = crm.rollups(key)
     emitter.hubspot_contact_changed(contact_id, after, before, at_ms=at, source="ANALYTICS")
     engagement_type = next((t for t, kinds in ENGAGEMENT_KINDS.items() if kind in kinds), None)

@@ -84,6 +84,21 @@ def adapter(sb: Sandbox, mapping: HubSpotMapping, r: redis.Redis, **kw: Any) -> 
     return HubSpotAdapter(base_url=sb.hubspot_url, mapping=mapping, redis=r, **kw)
 
 
+def search_index(sb: Sandbox, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    answer = HTTP.request("POST" if body is not None else "GET", sb.hubspot_url + "/__sandbox__/search",
+                          body=orjson.dumps(body) if body is not None else None)  # fmt: skip
+    out: dict[str, Any] = orjson.loads(answer.data)
+    return out
+
+
+def wait_searchable(sb: Sandbox, timeout: float = 30.0) -> None:
+    """Until the sandbox's search index has caught up with every write."""
+    deadline = time.monotonic() + timeout
+    while search_index(sb)["pending"]:
+        assert time.monotonic() < deadline, "the search index did not catch up"
+        time.sleep(0.05)
+
+
 def read_all(a: HubSpotAdapter, since: float | None = None) -> list[Lead]:
     leads: list[Lead] = []
     cursor = None
@@ -137,6 +152,7 @@ def test_an_incremental_read_returns_only_the_records_changed_since(sandbox: San
     time.sleep(0.01)
     report = a.write_scores("contact", {i: {"model": f"inc-{i}"} for i in ("5", "17", "230")})
     assert sorted(report.written) == ["17", "230", "5"]
+    wait_searchable(sandbox)  # search shows writes a few moments after them, as in HubSpot
     leads = read_all(a, since=since)
     assert sorted(lead.id for lead in leads) == ["17", "230", "5"]
     assert {lead.written["model"] for lead in leads} == {"inc-5", "inc-17", "inc-230"}

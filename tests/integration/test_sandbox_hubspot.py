@@ -438,3 +438,28 @@ def test_an_injected_timeout_makes_the_sdk_time_out_without_wedging_the_server(
     finally:
         admin(sandbox, "faults", {})
     assert client.crm.contacts.basic_api.get_page(limit=1, _request_timeout=TIMEOUT).results
+
+
+def test_search_shows_a_write_only_once_its_index_caught_up() -> None:
+    # HubSpot's search lags writes: until then it finds the contact as it was (reads by id see it at once).
+    with Sandbox.start(contacts=20, seed=4, search_lag_s=0) as sb:
+        raw(sb, "POST", "/__sandbox__/search", json={"lag_s": [3600, 3600]})
+        before = raw(sb, "GET", "/crm/v3/objects/contacts/5", params={"properties": "lastmodifieddate"}).json()
+        raw(sb, "PATCH", "/crm/v3/objects/contacts/5", json={"properties": {"jobtitle": "Index Tester"}})
+        made = raw(sb, "POST", "/crm/v3/objects/contacts", json={"properties": {"email": "new@example.com"}}).json()
+        by_title = {"filterGroups": [{"filters": [{"propertyName": "jobtitle", "operator": "EQ",
+                                                   "value": "Index Tester"}]}], "properties": ["jobtitle"]}  # fmt: skip
+        assert raw(sb, "POST", "/crm/v3/objects/contacts/search", json=by_title).json()["total"] == 0
+        everyone = raw(sb, "POST", "/crm/v3/objects/contacts/search",
+                       json={"limit": 100, "properties": ["jobtitle", "lastmodifieddate"]}).json()  # fmt: skip
+        assert made["id"] not in [r["id"] for r in everyone["results"]]
+        five = next(r for r in everyone["results"] if r["id"] == "5")
+        assert five["properties"]["lastmodifieddate"] == before["properties"]["lastmodifieddate"]
+        assert five["properties"]["jobtitle"] != "Index Tester"
+        by_id = raw(sb, "GET", "/crm/v3/objects/contacts/5", params={"properties": "jobtitle"}).json()
+        assert by_id["properties"]["jobtitle"] == "Index Tester"
+        assert raw(sb, "GET", "/__sandbox__/search").json()["pending"] == 2
+
+        raw(sb, "POST", "/__sandbox__/search", json={"advance_s": 3600})
+        assert raw(sb, "POST", "/crm/v3/objects/contacts/search", json=by_title).json()["total"] == 1
+        assert raw(sb, "GET", "/__sandbox__/search").json() == {"lag_s": [3600.0, 3600.0], "pending": 0}

@@ -66,6 +66,7 @@ class SandboxOptions:
     salesforce_daily: int = 100_000
     hubspot_timezone: str = hubspot.DEFAULT_TIMEZONE  # the portal's zone: its daily limit resets at midnight there
     search_lag_s: float = hubspot.DEFAULT_SEARCH_LAG_S[1]  # a contact write shows up in search within this
+    association_page_size: int = hubspot.ASSOC_PAGE_SIZE  # associations per input of a v4 batch read
 
     def validate(self) -> None:
         if not 0 <= self.contacts <= MAX_CONTACTS:
@@ -76,6 +77,8 @@ class SandboxOptions:
             raise SandboxError(f"--hubspot-rate must be at least 1 request per 10 seconds, not {self.hubspot_rate}")
         if self.hubspot_daily < 1:
             raise SandboxError(f"the HubSpot daily budget must be at least 1, not {self.hubspot_daily}")
+        if self.association_page_size < 1:
+            raise SandboxError(f"the association page size must be at least 1, not {self.association_page_size}")
         if not 0 <= self.search_lag_s <= 3600:
             raise SandboxError(f"--search-lag must be between 0 and 3600 seconds, not {self.search_lag_s}")
         try:
@@ -233,6 +236,7 @@ class _Servers:
             webhooks=self.webhooks,
             portal=hubspot.Portal(time_zone=opts.hubspot_timezone),
             search_lag_s=(0.0, opts.search_lag_s),
+            association_page_size=opts.association_page_size,
         )
         self.salesforce_app = _salesforce_app(
             self.population, self.salesforce_store, self.salesforce_token, opts, self.webhooks
@@ -374,8 +378,10 @@ class Sandbox:
         timeout_s: float = 30.0,
         hubspot_timezone: str = hubspot.DEFAULT_TIMEZONE,
         search_lag_s: float = hubspot.DEFAULT_SEARCH_LAG_S[1],
+        association_page_size: int = hubspot.ASSOC_PAGE_SIZE,
     ) -> Sandbox:
         opts = SandboxOptions(
+            association_page_size=association_page_size,
             hubspot_timezone=hubspot_timezone,
             search_lag_s=search_lag_s,
             contacts=contacts,
@@ -438,6 +444,8 @@ class Sandbox:
             opts.hubspot_timezone,
             "--search-lag",
             str(opts.search_lag_s),
+            "--association-page-size",
+            str(opts.association_page_size),
         ]
         if opts.anchor is not None:
             argv += ["--anchor", repr(opts.anchor)]
@@ -514,6 +522,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--search-lag", type=float, default=hubspot.DEFAULT_SEARCH_LAG_S[1],
                    help="seconds within which a contact write shows up in search (each write: 0 to this)")  # fmt: skip
     p.add_argument("--anchor", type=float, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--association-page-size", type=int, default=hubspot.ASSOC_PAGE_SIZE, help=argparse.SUPPRESS)
     return p
 
 
@@ -539,6 +548,7 @@ def options_from_argv(argv: list[str]) -> SandboxOptions:
         timeout_s=ns.timeout_s,
         hubspot_timezone=ns.hubspot_timezone,
         search_lag_s=ns.search_lag,
+        association_page_size=ns.association_page_size,
     )
     opts.validate()
     return opts

@@ -386,9 +386,15 @@ class HubSpotAdapter:
             lead.activities = sorted(by_id[lead.id], key=lambda a: a.ts)
 
     def _associated(self, ids: Sequence[str], to_type: str) -> dict[str, list[str]]:
-        """contact id -> ids of associated `to_type` objects, via v4 batch reads (paging per contact followed)."""
+        """contact id -> ids of associated `to_type` objects, via v4 batch reads.
+
+        A batch read pages within each input: a contact with more associations than one page holds
+        comes back with `paging.next.after`, sent back with its id in the next round (all such
+        contacts of a round in one call). Association ids are strings in the v4 spec.
+        """
         out: dict[str, list[str]] = {i: [] for i in ids}
         pending: list[dict[str, str]] = [{"id": i} for i in ids]
+        asked: set[tuple[str, str]] = set()
         while pending:
             follow: list[dict[str, str]] = []
             for chunk in _chunks(pending, ASSOC_BATCH):
@@ -398,6 +404,10 @@ class HubSpotAdapter:
                     out.setdefault(frm, []).extend(str(t["toObjectId"]) for t in result.get("to") or [])
                     after = ((result.get("paging") or {}).get("next") or {}).get("after")
                     if after:
+                        if (frm, str(after)) in asked:
+                            raise StopSync(f"HubSpot repeated the page token {after!r} of contact {frm}'s "
+                                           f"{to_type} associations; stopping to avoid a loop.")  # fmt: skip
+                        asked.add((frm, str(after)))
                         follow.append({"id": frm, "after": str(after)})
             pending = follow
         return out

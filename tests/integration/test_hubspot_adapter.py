@@ -227,6 +227,35 @@ def test_activities_are_mapped_onto_engine_kinds_with_batched_calls(sandbox: San
     a.close()
 
 
+def test_a_contact_with_more_associations_than_a_page_holds_is_read_to_the_end(
+    shipped: HubSpotMapping, r: redis.Redis
+) -> None:
+    # v4 batch reads page within each input: the rest of a contact's associations come with
+    # paging.next.after, which the adapter sends back with the contact's id until none is left.
+    page_size = 3
+    with Sandbox.start(contacts=60, seed=8, hubspot_rate=100_000, association_page_size=page_size) as sb:
+        acts = shipped.activities.model_copy(update={"web": "none"})
+        a = adapter(sb, mapping_with(shipped, account=FAST, activities=acts), r)
+        leads = a.read_page("contact", None, since=None).leads
+        reset_stats(sb)
+        now = time.time()
+        a.load_activities(leads, now)
+        pop = sb.population
+        kinds = {"emails": ("email_open", "email_click", "email_reply", "email_bounce"), "calls": ("call",),
+                 "meetings": ("meeting",), "notes": ("note",)}  # fmt: skip
+        per_type = {t: [sum(act.kind in ks for act in pop.activities(i)) for i in range(60)] for t, ks in kinds.items()}
+        assert max(per_type["emails"]) > page_size  # some contact needs more than one page
+        cutoff = now - shipped.activities.lookback_days * 86400
+        truth = Counter(act.kind for i in range(60) for act in pop.activities(i)
+                        if act.ts >= cutoff and act.kind in ("call", "note", "email_reply", "email_bounce"))
+        got = Counter(act.kind for lead in leads for act in lead.activities)
+        for kind in ("call", "note", "email_reply", "email_bounce"):
+            assert got[kind] == truth[kind], kind
+        rounds = sum(max(1, max(-(-n // page_size) for n in counts)) for counts in per_type.values())
+        assert calls_to(stats(sb), "POST /crm/v4/associations/*/*/batch/read") == rounds
+        a.close()
+
+
 def test_rollups_become_synthetic_activities_without_extra_calls(sandbox: Sandbox, shipped: HubSpotMapping,
                                                                  r: redis.Redis) -> None:
     acts = shipped.activities.model_copy(update={"web": "rollups", "engagements": []})

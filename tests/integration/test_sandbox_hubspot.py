@@ -347,7 +347,7 @@ def test_engagements_are_associated_both_ways_and_read_in_batches(sandbox: Sandb
     back = raw(
         sandbox, "POST", "/crm/v4/associations/emails/contacts/batch/read", json={"inputs": [{"id": email.id}]}
     ).json()
-    assert back["results"][0]["to"][0]["toObjectId"] == int(contact_id)
+    assert back["results"][0]["to"][0]["toObjectId"] == str(contact_id)  # a string in the v4 spec
     assert back["results"][0]["to"][0]["associationTypes"][0]["typeId"] == 198
     batch = raw(
         sandbox,
@@ -463,3 +463,30 @@ def test_search_shows_a_write_only_once_its_index_caught_up() -> None:
         raw(sb, "POST", "/__sandbox__/search", json={"advance_s": 3600})
         assert raw(sb, "POST", "/crm/v3/objects/contacts/search", json=by_title).json()["total"] == 1
         assert raw(sb, "GET", "/__sandbox__/search").json() == {"lag_s": [3600.0, 3600.0], "pending": 0}
+
+
+def test_v4_batch_read_pages_within_an_input_and_is_not_counted_in_the_ten_second_window() -> None:
+    with Sandbox.start(contacts=40, seed=6, hubspot_rate=3, association_page_size=2) as sb:
+        person = next(i for i in range(40) if sum(a.kind.startswith("email_") for a in sb.population.activities(i)) > 4)
+        emails = [str(50_000_000_000 + a.id) for a in sb.population.activities(person) if a.kind.startswith("email_")]
+        contact = str(person + 1)
+        seen: list[str] = []
+        pages = 0
+        ask: dict[str, str] = {"id": contact}
+        while True:
+            resp = raw(sb, "POST", "/crm/v4/associations/contacts/emails/batch/read", json={"inputs": [ask]})
+            assert resp.status_code == 200  # three calls a window allowed, yet none refused
+            [result] = resp.json()["results"]
+            seen += [t["toObjectId"] for t in result["to"]]
+            pages += 1
+            after = (result.get("paging") or {}).get("next", {}).get("after")
+            if not after:
+                break
+            assert not after.isdigit()  # an opaque token, sent back as it came
+            ask = {"id": contact, "after": after}
+        assert seen == emails
+        assert all(isinstance(t, str) for t in seen)
+        assert pages == -(-len(emails) // 2) > 2
+        # the window still has all its three requests for everything else
+        head = raw(sb, "GET", f"/crm/v3/objects/contacts/{contact}")
+        assert head.headers["X-HubSpot-RateLimit-Remaining"] == "2"

@@ -93,10 +93,10 @@ def bench_mappings(target: Path, connector_rate: int) -> Path:
     shutil.copytree(ROOT / "mappings", target)
     hub = target / "hubspot.yaml"
     text = hub.read_text()
-    if "  tier: professional\n" not in text:
-        raise SystemExit("bench/sync.py: mappings/hubspot.yaml has no 'tier: professional' line to extend.")
-    hub.write_text(text.replace("  tier: professional\n",
-                                f"  tier: professional\n  requests_per_10s: {connector_rate}\n", 1)
+    if "  tier: enterprise\n" not in text:
+        raise SystemExit("bench/sync.py: mappings/hubspot.yaml has no 'tier: enterprise' line to extend.")
+    hub.write_text(text.replace("  tier: enterprise\n",
+                                f"  tier: enterprise\n  requests_per_10s: {connector_rate}\n", 1)
                    .replace("  daily: 500000", "  daily: 50000000"))  # fmt: skip
     routing_path = target / "routing.yaml"
     routing = yaml.safe_load(routing_path.read_text())

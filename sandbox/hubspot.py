@@ -14,7 +14,9 @@ Records
 - owners: the Population's reps; inactive reps are archived owners.
 - events (/events/v3/events): page views (e_visited_page), form submissions
   (e_submitted_form) and webinar/event attendance (custom event types pe<portal>_...),
-  one objectId per call as in the real API.
+  one objectId per call as in the real API. Enterprise only: a portal of a lower tier
+  (`Portal.tier`, `--hubspot-tier`) answers 403 (see EVENTS_TIER_STATUS).
+- account details (/account-info/v3/details): the portal's id and time zone.
 
 Limits: a rolling 10 s window per token (`rate`) with a daily budget that resets at
 midnight in the portal's time zone (`Portal.time_zone`, reported by GET
@@ -530,6 +532,18 @@ ENGAGEMENT_DEFAULTS: Final = {
 # --------------------------------------------------------------------------- the guard
 
 
+TIERS: Final = ("free", "starter", "professional", "enterprise")
+# What the events API (/events/v3/events, its event types too) answers a portal without an Enterprise
+# subscription. The spec marks the API Enterprise-only (PublicApiSpecs/Events/Events/Rollouts/147897/v3/
+# events.json: x-hubspot-product-tier-requirements ENTERPRISE for every hub); live portals below that tier
+# were reported to answer 403 with a message asking for the event-detail-read or web-analytics-api-access
+# scope, which private apps cannot be given there (public reports, e.g. PipedreamHQ/pipedream#11810).
+# The status and that message are what is known; the category and the exact wording are unverified.
+EVENTS_TIER_STATUS: Final = 403
+EVENTS_TIER_MESSAGE: Final = "Insufficient scopes, requires one of: [event-detail-read,web-analytics-api-access]"
+EVENTS_TIER_CATEGORY: Final = "MISSING_SCOPES"  # unverified
+
+
 @dataclass(frozen=True)
 class Portal:
     """The sandbox portal's account, as GET /account-info/v3/details reports it.
@@ -541,6 +555,12 @@ class Portal:
 
     portal_id: int = PORTAL_ID
     time_zone: str = DEFAULT_TIMEZONE
+    # The highest subscription tier of the portal's hubs: the events API answers only on enterprise.
+    tier: str = "enterprise"
+
+    @property
+    def has_events_api(self) -> bool:
+        return self.tier == "enterprise"
 
     @property
     def zone(self) -> ZoneInfo:
@@ -2398,7 +2418,16 @@ class HubSpotApi:
                 out.append((a, EVENT_CUSTOM[a.kind], {"campaign": a.attrs.get("campaign", "")}))
         return out
 
+    def _events_refused(self) -> JsonResponse | None:
+        if self.crm.portal.has_events_api:
+            return None
+        return error(EVENTS_TIER_STATUS, EVENTS_TIER_MESSAGE, EVENTS_TIER_CATEGORY)
+
     async def events(self, request: Request) -> Response:
+        """GET /events/v3/events (Enterprise only: see EVENTS_TIER_STATUS)."""
+        refused = self._events_refused()
+        if refused is not None:
+            return refused
         q = request.query_params
         object_type = q.get("objectType")
         if object_type not in ("contact", "contacts", "0-1"):
@@ -2444,6 +2473,9 @@ class HubSpotApi:
         return JsonResponse(body)
 
     async def event_types(self, request: Request) -> Response:
+        refused = self._events_refused()
+        if refused is not None:
+            return refused
         return JsonResponse({"eventTypes": [EVENT_PAGE_VIEW, EVENT_FORM, *EVENT_CUSTOM.values()]})
 
     # ---- account info v3

@@ -67,6 +67,7 @@ class SandboxOptions:
     hubspot_timezone: str = hubspot.DEFAULT_TIMEZONE  # the portal's zone: its daily limit resets at midnight there
     search_lag_s: float = hubspot.DEFAULT_SEARCH_LAG_S[1]  # a contact write shows up in search within this
     association_page_size: int = hubspot.ASSOC_PAGE_SIZE  # associations per input of a v4 batch read
+    hubspot_tier: str = "enterprise"  # the portal's subscription tier: the events API needs enterprise
 
     def validate(self) -> None:
         if not 0 <= self.contacts <= MAX_CONTACTS:
@@ -77,6 +78,8 @@ class SandboxOptions:
             raise SandboxError(f"--hubspot-rate must be at least 1 request per 10 seconds, not {self.hubspot_rate}")
         if self.hubspot_daily < 1:
             raise SandboxError(f"the HubSpot daily budget must be at least 1, not {self.hubspot_daily}")
+        if self.hubspot_tier not in hubspot.TIERS:
+            raise SandboxError(f"--hubspot-tier must be one of {', '.join(hubspot.TIERS)}, not {self.hubspot_tier!r}")
         if self.association_page_size < 1:
             raise SandboxError(f"the association page size must be at least 1, not {self.association_page_size}")
         if not 0 <= self.search_lag_s <= 3600:
@@ -234,7 +237,7 @@ class _Servers:
             faults=opts.faults,
             timeout_s=opts.timeout_s,
             webhooks=self.webhooks,
-            portal=hubspot.Portal(time_zone=opts.hubspot_timezone),
+            portal=hubspot.Portal(time_zone=opts.hubspot_timezone, tier=opts.hubspot_tier),
             search_lag_s=(0.0, opts.search_lag_s),
             association_page_size=opts.association_page_size,
         )
@@ -379,8 +382,10 @@ class Sandbox:
         hubspot_timezone: str = hubspot.DEFAULT_TIMEZONE,
         search_lag_s: float = hubspot.DEFAULT_SEARCH_LAG_S[1],
         association_page_size: int = hubspot.ASSOC_PAGE_SIZE,
+        hubspot_tier: str = "enterprise",
     ) -> Sandbox:
         opts = SandboxOptions(
+            hubspot_tier=hubspot_tier,
             association_page_size=association_page_size,
             hubspot_timezone=hubspot_timezone,
             search_lag_s=search_lag_s,
@@ -446,6 +451,8 @@ class Sandbox:
             str(opts.search_lag_s),
             "--association-page-size",
             str(opts.association_page_size),
+            "--hubspot-tier",
+            opts.hubspot_tier,
         ]
         if opts.anchor is not None:
             argv += ["--anchor", repr(opts.anchor)]
@@ -519,6 +526,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout-s", type=float, default=30.0, help="how long a 'timeout' fault hangs")
     p.add_argument("--hubspot-timezone", default=hubspot.DEFAULT_TIMEZONE,
                    help="the portal's time zone: its daily API limit resets at midnight there")  # fmt: skip
+    p.add_argument("--hubspot-tier", default="enterprise", choices=hubspot.TIERS,
+                   help="the portal's subscription tier (the events API answers only on enterprise)")  # fmt: skip
     p.add_argument("--search-lag", type=float, default=hubspot.DEFAULT_SEARCH_LAG_S[1],
                    help="seconds within which a contact write shows up in search (each write: 0 to this)")  # fmt: skip
     p.add_argument("--anchor", type=float, default=None, help=argparse.SUPPRESS)
@@ -549,6 +558,7 @@ def options_from_argv(argv: list[str]) -> SandboxOptions:
         hubspot_timezone=ns.hubspot_timezone,
         search_lag_s=ns.search_lag,
         association_page_size=ns.association_page_size,
+        hubspot_tier=ns.hubspot_tier,
     )
     opts.validate()
     return opts

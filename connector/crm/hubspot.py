@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
+import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -49,6 +50,11 @@ EVENT_READERS = 8
 EVENTS_LIMIT = 100
 TIE_OFFSET = 20  # beyond this many records sharing one timestamp, page by offset instead of by id
 CACHE_SIZE = 20_000
+# The events API is Enterprise-only (events.json: x-hubspot-product-tier-requirements ENTERPRISE); on other
+# tiers it answers 403. Once refused, web activity comes from roll-ups, and the API is asked again this long
+# after (a portal may upgrade). Workers share the refusal through Redis and look at it this often.
+EVENTS_RECHECK_S = 6 * 3600
+EVENTS_FLAG_CACHE_S = 30.0
 
 CONTACT_TYPE_ID = "0-1"
 TASK_TO_CONTACT = 204
@@ -181,21 +187,64 @@ class HubSpotAdapter:
         self._pool = ThreadPoolExecutor(max_workers=EVENT_READERS, thread_name_prefix="hubspot-events")
         self._portal_id: str | None = mapping.account.portal_id
         self._extra: _Lru = _Lru()  # contact id -> roll-up and gate properties seen in reads
-        acts = mapping.activities
+        self._redis = redis
+        self._events_off_key = f"leadscore:hubspot:{account}:events-refused"
+        self._events_seen: tuple[float, str | None] = (0.0, None)  # (when Redis was asked, why refused)
+        self._events_warned = False
+        self._props: dict[str, tuple[list[str], list[str]]] = {
+            mode: self._props_for(mode) for mode in ("events", "rollups", "none")
+        }
+
+    def _props_for(self, web: str) -> tuple[list[str], list[str]]:
+        """(roll-up or gate properties, every property a contact read asks for) with `web` as the source."""
+        acts = self.mapping.activities
         extra: list[str] = []
-        if acts.web == "rollups":
+        if web == "rollups":
             for rollup in acts.rollups:
                 extra += [rollup.count, rollup.last]
-        if acts.web == "events":
+        if web == "events":
             extra += acts.event_gates
-        self._extra_props = list(dict.fromkeys(extra))
-        contact = mapping.contact
-        self._read_props = list(
-            dict.fromkeys(
-                [*contact.fields.values(), contact.owner, *mapping.write.values(), contact.modified,
-                 *self._extra_props]
-            )
-        )
+        contact = self.mapping.contact
+        read = [*contact.fields.values(), contact.owner, *self.mapping.write.values(), contact.modified, *extra]
+        return list(dict.fromkeys(extra)), list(dict.fromkeys(read))
+
+    # -- where web activity comes from
+
+    def events_refused(self) -> str | None:
+        """Why HubSpot refused the events API lately (shared by the workers through Redis), else None."""
+        asked, why = self._events_seen
+        if time.monotonic() - asked > EVENTS_FLAG_CACHE_S:
+            raw = self._redis.get(self._events_off_key)
+            why = raw.decode() if isinstance(raw, bytes) else raw
+            self._events_seen = (time.monotonic(), why)
+        return why
+
+    def _refuse_events(self, why: str) -> None:
+        self._redis.set(self._events_off_key, why, ex=EVENTS_RECHECK_S)
+        self._events_seen = (time.monotonic(), why)
+
+    def _web(self) -> str:
+        """Where web activity comes from now: the mapping's choice, or roll-ups while the events API refuses."""
+        web = self.mapping.activities.web
+        if web == "events" and self.events_refused() is not None:
+            fallback = "rollups" if self.mapping.activities.rollups else "none"
+            if not self._events_warned:
+                self._events_warned = True
+                log.warning(
+                    "HubSpot refuses the events API on this portal (it needs an Enterprise subscription), so web "
+                    "activity comes from %s instead until activities.web in mappings/hubspot.yaml says so.",
+                    "the contacts' roll-up properties" if fallback == "rollups" else "nowhere (no rollups mapped)",
+                )
+            return fallback
+        return web
+
+    @property
+    def _extra_props(self) -> list[str]:
+        return self._props[self._web()][0]
+
+    @property
+    def _read_props(self) -> list[str]:
+        return self._props[self._web()][1]
 
     # -- bookkeeping
 
@@ -378,9 +427,10 @@ class HubSpotAdapter:
         by_id: dict[str, list[Activity]] = {lead.id: [] for lead in leads}
         ids = list(by_id)
         self._engagements(ids, by_id, cutoff, now)
-        if acts.web == "events":
-            self._events(ids, by_id, cutoff, now)
-        elif acts.web == "rollups":
+        web = self._web()
+        if web == "events" and not self._events(ids, by_id, cutoff, now):
+            web = self._web()  # refused just now: the roll-ups (or nothing) for this page too
+        if web == "rollups":
             self._rollups(ids, by_id, cutoff, now)
         for lead in leads:
             lead.activities = sorted(by_id[lead.id], key=lambda a: a.ts)
@@ -460,7 +510,8 @@ class HubSpotAdapter:
                         continue
                     by_id[contact_id] += self._emit(rules, obj, min(ts, now))
 
-    def _events(self, ids: Sequence[str], by_id: dict[str, list[Activity]], cutoff: float, now: float) -> None:
+    def _events(self, ids: Sequence[str], by_id: dict[str, list[Activity]], cutoff: float, now: float) -> bool:
+        """Web activity from the events API; False (nothing added) when HubSpot refuses it for this portal."""
         # The events API filters on one objectId per call. The cheapest honest
         # way: ask only for contacts whose gate property (last visit, last
         # conversion) lies inside the look-back; everyone else has nothing to
@@ -479,20 +530,30 @@ class HubSpotAdapter:
             ]
         only_type = next(iter(rules_by_type)) if len(rules_by_type) == 1 else None
 
-        def one(contact_id: str) -> tuple[list[Activity], int]:
+        def one(contact_id: str) -> tuple[list[Activity] | None, int]:
             # Runs on the adapter's small pool: the calls are independent and the
             # shared limiter, not this loop, sets the pace.
             before = self.calls.this_thread
             found: dict[str, list[Activity]] = {contact_id: []}
             try:
+                if self.events_refused() is not None:
+                    return None, 0
                 self._events_of(contact_id, rules_by_type, only_type, found, cutoff, now)
             except RecordError:
                 log.info("hubspot events of contact %s unreadable; skipped", contact_id)
+            except ApiError as exc:  # 403: the portal's tier has no events API
+                self._refuse_events(f"{exc.status}: {exc.message}")
+                return None, self.calls.this_thread - before
             return found[contact_id], self.calls.this_thread - before
 
-        for contact_id, (activities, calls) in zip(targets, self._pool.map(one, targets), strict=True):
-            by_id[contact_id] += activities
+        answers = list(zip(targets, self._pool.map(one, targets), strict=True))
+        for _, (_, calls) in answers:
             self.calls.credit(calls)
+        if any(activities is None for _, (activities, _) in answers):
+            return False
+        for contact_id, (activities, _) in answers:
+            by_id[contact_id] += activities or []
+        return True
 
     def _events_of(
         self,
@@ -514,6 +575,7 @@ class HubSpotAdapter:
                 limit=EVENTS_LIMIT,
                 after=after,
                 record_id=contact_id,
+                refusals=(403,),  # below Enterprise the events API answers 403: the caller falls back
             )
             for event in resp.body.get("results") or []:
                 rules = rules_by_type.get(str(event.get("eventType")))
@@ -800,9 +862,31 @@ class HubSpotAdapter:
                         problems.append(str(exc))
                 except (RetryLater, ApiError):
                     continue
+            if self.mapping.activities.web == "events":
+                refused = self._probe_events()
+                if refused:
+                    problems.append(refused)
         finally:
             self.http.policy = saved
         return problems
+
+    def _probe_events(self) -> str | None:
+        """A sentence when the portal refuses the events API that the mapping reads web activity from."""
+        try:
+            self._call(self.apis.events.get_types, refusals=(403,))
+        except ApiError as exc:
+            if exc.status != 403:
+                return None
+            self._refuse_events(f"{exc.status}: {exc.message}")
+            fallback = "roll-up properties" if self.mapping.activities.rollups else "nowhere (no rollups are mapped)"
+            return (
+                f"HubSpot refuses the events API on this portal ({exc.status}: {exc.message}), which needs a "
+                "Marketing, Sales, Service, Content or Data Hub Enterprise subscription: set activities.web: rollups "
+                f"in mappings/hubspot.yaml (until then syncs take web activity from {fallback})."
+            )
+        except (RetryLater, StopSync, RecordError):
+            return None
+        return None
 
     def setup(self) -> list[str]:
         done: list[str] = []
@@ -852,6 +936,10 @@ class HubSpotAdapter:
             done.append(f"created the contact properties {', '.join(made)}")
         if not done:
             done.append(f"nothing to do: the group and {len(self.mapping.write)} properties exist")
+        if self.mapping.activities.web == "events":
+            refused = self._probe_events()
+            if refused:
+                done.append(f"still to do: {refused}")
         return done
 
 

@@ -380,6 +380,7 @@ class HubSpotTransport:
         record_id: str | None = None,
         idempotent: bool = True,
         count_daily: bool = True,
+        refusals: tuple[int, ...] = (),
         **kwargs: Any,
     ) -> Response:
         """Run one SDK operation (raw, orjson-parsed), with quotas, the error table and retries.
@@ -388,6 +389,7 @@ class HubSpotTransport:
         did nothing (429, connection refused); after a timeout or a 5xx the
         RetryLater goes to the caller, whose own key decides.
         count_daily=False: not counted against the day's budget (reading the portal's time zone).
+        refusals: statuses the caller handles itself, raised as ApiError instead of going through the table.
         """
 
         def attempt() -> Response:
@@ -406,6 +408,8 @@ class HubSpotTransport:
                 status = int(getattr(exc, "status", 0) or 0)
                 headers: Mapping[str, str] = getattr(exc, "headers", None) or {}
                 body = _parse_body(getattr(exc, "body", None))
+                if status in refusals:
+                    raise ApiError(status, body, headers) from None
                 error = classify(status, body, headers, record_id=record_id, daily_reset=self._daily_reset)
                 log.info(
                     "hubspot %s on %s: status=%s category=%s correlationId=%s",

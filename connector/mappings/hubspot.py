@@ -24,7 +24,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
 
 from connector.domain import ACTIVITY_KINDS, PROFILE_FIELDS, WRITE_FIELDS
 from connector.mapfile import Strict, load_model, time_zone_name
@@ -44,6 +44,8 @@ TIER_RATES: dict[str, int] = {
     # public (OAuth) apps, per portal
     "oauth": 110,
 }
+
+BELOW_ENTERPRISE = frozenset({"free", "starter", "professional"})
 
 DEFAULT_WRITE: dict[str, str] = {
     "score": "lead_score",
@@ -230,8 +232,9 @@ class Rollup(Strict):
 
 class Activities(Strict):
     # Where web activity (page views, form submissions) comes from:
-    # events = the events API (Enterprise portals), rollups = counters on the
-    # contact (any tier), none = engagements only.
+    # events = the events API (Enterprise portals only; on others HubSpot answers 403,
+    # and the adapter falls back to the roll-ups with one warning), rollups = counters
+    # on the contact (any tier), none = engagements only.
     web: Literal["events", "rollups", "none"] = "events"
     lookback_days: int = Field(default=180, ge=1, le=3650)
     engagements: list[EngagementRule] = Field(default_factory=list)
@@ -271,6 +274,19 @@ class HubSpotMapping(Strict):
     reps: Reps = Field(default_factory=Reps)
     tasks: Tasks = Field(default_factory=Tasks)
     schedule: SyncSchedule = Field(default_factory=SyncSchedule)
+
+    @field_validator("activities")
+    @classmethod
+    def _events_need_enterprise(cls, value: Activities, info: ValidationInfo) -> Activities:
+        # The events API is Enterprise-only (HubSpot's events spec: x-hubspot-product-tier-requirements
+        # ENTERPRISE): a portal below that answers 403 to every call.
+        account = info.data.get("account")
+        if value.web == "events" and isinstance(account, Account) and account.tier in BELOW_ENTERPRISE:
+            raise ValueError(
+                f"web is 'events', but the events API needs an Enterprise portal and account.tier is "
+                f"'{account.tier}': set web: rollups, or tier: enterprise if one of the portal's hubs is Enterprise"
+            )
+        return value
 
     @field_validator("write")
     @classmethod

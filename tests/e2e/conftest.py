@@ -90,8 +90,8 @@ def e2e_mappings(target: Path, hubspot_rate: int = CONNECTOR_RATE) -> Path:
     shutil.copytree(ROOT / "mappings", target)
     hub = target / "hubspot.yaml"
     text = hub.read_text()
-    assert "  tier: professional\n" in text, "mappings/hubspot.yaml changed: update e2e_mappings"
-    hub.write_text(text.replace("  tier: professional\n", f"  tier: professional\n  requests_per_10s: {hubspot_rate}\n",
+    assert "  tier: enterprise\n" in text, "mappings/hubspot.yaml changed: update e2e_mappings"
+    hub.write_text(text.replace("  tier: enterprise\n", f"  tier: enterprise\n  requests_per_10s: {hubspot_rate}\n",
                                 1))  # fmt: skip
     routing_path = target / "routing.yaml"
     routing = yaml.safe_load(routing_path.read_text())

@@ -163,3 +163,19 @@ def test_sandbox_options_are_checked_with_one_sentence() -> None:
     proc = run(["sandbox", "--faults", "429=2"], {})
     assert proc.returncode != 0
     assert one_sentence(proc) == "leadscore sandbox: --faults: fault '429' must be a share between 0 and 1, not 2"
+
+
+def test_check_says_when_the_portal_has_no_events_api_for_the_mappings_web_events(redis_url: str) -> None:
+    with Sandbox.start(contacts=20, seed=5, hubspot_tier="professional") as sb:
+        env = hubspot_env(sb, redis_url)
+        setup = run(["setup"], env)
+        proc = run(["check"], env)
+    assert setup.returncode == 1  # the properties are made, but something is still to do, and it says what
+    assert "hubspot: still to do: HubSpot refuses the events API on this portal" in setup.stdout
+    assert proc.returncode == 1
+    fails = [x for x in proc.stdout.splitlines() if x.startswith("FAIL ")]
+    assert fails == [
+        "FAIL hubspot: HubSpot refuses the events API on this portal (403: Insufficient scopes, requires one of: "
+        "[event-detail-read,web-analytics-api-access]), which needs a Marketing, Sales, Service, Content or Data Hub "
+        "Enterprise subscription: set activities.web: rollups in mappings/hubspot.yaml (until then syncs take web "
+        "activity from roll-up properties)."]

@@ -7,6 +7,7 @@ sandbox's /__sandbox__/stats; nothing inside the adapter or the SDK is patched.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import math
 import threading
 import time
@@ -23,7 +24,7 @@ import urllib3
 from hubspot import HubSpot
 
 from connector.crm.base import CrmAdapter
-from connector.crm.hubspot import ISOLATION_CALLS, HubSpotAdapter
+from connector.crm.hubspot import EVENT_READERS, ISOLATION_CALLS, HubSpotAdapter
 from connector.crm.limits import RetryPolicy, day_in
 from connector.domain import Lead
 from connector.errors import StopSync
@@ -254,6 +255,48 @@ def test_a_contact_with_more_associations_than_a_page_holds_is_read_to_the_end(
         rounds = sum(max(1, max(-(-n // page_size) for n in counts)) for counts in per_type.values())
         assert calls_to(stats(sb), "POST /crm/v4/associations/*/*/batch/read") == rounds
         a.close()
+
+
+def test_below_enterprise_web_activity_comes_from_the_rollups_after_one_warning(
+    shipped: HubSpotMapping, redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The events API is Enterprise-only: a Professional portal answers 403 to it. The sync goes on with
+    # the roll-up properties instead of failing every page, and says so once; `check` says what to change.
+    with Sandbox.start(contacts=220, seed=7, hubspot_rate=100_000, hubspot_tier="professional") as sb:
+        mapping = mapping_with(shipped, account=FAST)  # the shipped activities: web: events
+        client = redis.Redis.from_url(redis_url)
+        a = adapter(sb, mapping, client)
+        first = a.read_page("contact", None, since=None)
+        reset_stats(sb)
+        with caplog.at_level(logging.WARNING, logger="connector.crm.hubspot"):
+            a.load_activities(first.leads, time.time())
+            second = a.read_page("contact", first.next_cursor, since=None)
+            a.load_activities(second.leads, time.time())
+        snap = stats(sb)
+        assert 1 <= calls_to(snap, "GET /events/v3/events") <= EVENT_READERS  # the calls in flight, then none
+        warnings = [rec.getMessage() for rec in caplog.records if "events API" in rec.getMessage()]
+        assert len(warnings) == 1
+        assert "Enterprise" in warnings[0]
+        for page in (first, second):
+            views = [act for lead in page.leads for act in lead.activities if act.kind == "page_view"]
+            assert views
+            assert all(act.attrs == {"source": "rollup"} for act in views)
+        # the roll-up properties came with the second page's contacts: no batch read for them
+        assert calls_to(snap, "POST /crm/v3/objects/contacts/batch/read") == 1  # the first page's only
+        other = adapter(sb, mapping, redis.Redis.from_url(redis_url))  # another worker knows it too
+        reset_stats(sb)
+        other.load_activities(other.get_leads("contact", ["5", "6"]), time.time())
+        assert calls_to(stats(sb), "GET /events/v3/events") == 0
+        a.setup()
+        problems = a.check()
+        assert problems == [
+            "HubSpot refuses the events API on this portal (403: Insufficient scopes, requires one of: "
+            "[event-detail-read,web-analytics-api-access]), which needs a Marketing, Sales, Service, Content or "
+            "Data Hub Enterprise subscription: set activities.web: rollups in mappings/hubspot.yaml (until then "
+            "syncs take web activity from roll-up properties)."]
+        a.close()
+        other.close()
+        client.close()
 
 
 def test_rollups_become_synthetic_activities_without_extra_calls(sandbox: Sandbox, shipped: HubSpotMapping,

@@ -50,8 +50,8 @@ def fast_mappings(tmp: Path) -> Path:
     shutil.copytree(ROOT / "mappings", target)
     path = target / "hubspot.yaml"
     text = path.read_text()
-    assert "  tier: professional\n" in text
-    path.write_text(text.replace("  tier: professional\n", "  tier: professional\n  requests_per_10s: 10000\n", 1))
+    assert "  tier: enterprise\n" in text
+    path.write_text(text.replace("  tier: enterprise\n", "  tier: enterprise\n  requests_per_10s: 10000\n", 1))
     return target
 
 

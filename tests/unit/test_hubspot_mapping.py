@@ -86,6 +86,12 @@ INVALID = [
     ("activities:\n  web: events\n", 1, "activities", "no events rules"),
     ("activities:\n  web: rollups\n", 1, "activities", "no rollups"),
     ("activities:\n  web: sometimes\n", 2, "activities.web", "must be one of"),
+    (
+        "account: {tier: professional}\nactivities:\n  web: events\n  events:\n"
+        "    - {type: e_visited_page, kind: page_view}\n",
+        2, "activities", "the events API needs an Enterprise portal and account.tier is 'professional'",
+    ),
+    ("account: {timezone: Mars/Olympus}\n", 1, "account.timezone", "not a known time zone"),
     ("reps:\n  default_timezone: Mars/Olympus\n", 2, "reps.default_timezone", "not a known time zone"),
     ("reps:\n  team_timezones: {DACH: CET+1}\n", 2, "reps.team_timezones.DACH", "not a known time zone"),
     ("tasks:\n  type: MEETING\n", 2, "tasks.type", "must be one of"),

@@ -37,6 +37,11 @@ Draining
     next drain. When more ids are pending after a take, the drain schedules
     the next one at once, so several workers share a large burst.
 
+New engagements
+    A generic `object.creation` of a call, email, meeting or note (HubSpot's beta generic
+    subscriptions) queues "type:id" in the `engagement` stream; its drain reads the contacts each
+    engagement is associated with and rescores them. Without that subscription, a new engagement
+    reaches the score at the next incremental sync.
 Deletions
     `contact.deletion` and `contact.privacyDeletion` purge what we keep about
     the contact (`purge_record`): routing records, pending assignments, its
@@ -89,6 +94,15 @@ RESCORE_TYPES = frozenset(
     {"contact.creation", "contact.propertyChange", "contact.merge", "contact.restore", "contact.associationChange"}
 )
 PURGE_TYPES = frozenset({"contact.deletion", "contact.privacyDeletion"})
+
+# A new engagement on a contact: `contact.associationChange` does not announce one (it fires between
+# contacts, companies, deals, tickets, line items and products only: Developer Changelog, "New
+# subscription types for Webhooks"). HubSpot's generic webhook subscriptions (BETA since 2024-08:
+# "Public Beta: Generic Webhook Subscriptions", "Create generic webhook subscriptions (BETA)") send
+# `object.creation` with the engagement's objectTypeId and id; the drain reads which contacts it is
+# associated with and rescores those. Object type ids of the engagements scoring reads:
+ENGAGEMENT_TYPE_IDS = {"0-46": "notes", "0-47": "meetings", "0-48": "calls", "0-49": "emails"}
+ENGAGEMENTS = "engagement"  # the pending stream of new engagements ("calls:123", ...), resolved to contacts
 
 OUTBOUND_NS = "http://soap.sforce.com/2005/09/outbound"
 SOBJECT_NS = "urn:sobject.enterprise.soap.sforce.com"
@@ -211,6 +225,11 @@ def parse_hubspot_delivery(body: bytes, ignored_properties: Iterable[str] = ()) 
                 intake.rescores.append((event_id, "contact", contact))
             else:
                 intake.ignored += 1
+        elif kind == "object.creation" and object_id and str(event.get("objectTypeId")) in ENGAGEMENT_TYPE_IDS:
+            engagement_type = ENGAGEMENT_TYPE_IDS[str(event.get("objectTypeId"))]
+            intake.rescores.append((event_id, ENGAGEMENTS, f"{engagement_type}:{object_id}"))
+        elif kind == "object.creation" and object_id and str(event.get("objectTypeId")) == "0-1":
+            intake.rescores.append((event_id, "contact", object_id))
         elif kind in RESCORE_TYPES and object_id:
             if kind == "contact.propertyChange" and str(event.get("propertyName") or "") in skip:
                 intake.ignored += 1
@@ -496,7 +515,14 @@ def drain(
     if not pairs:
         return Drained(0, None, remaining)
     ids = [record_id for record_id, _ in pairs]
-    result = sync.rescore(rt, crm, stream, ids, now)
+    if stream == ENGAGEMENTS:
+        # new engagements: rescore the contacts they are associated with
+        adapter = rt.adapter(crm)
+        resolve = getattr(adapter, "contacts_of_engagements", None)
+        ids = resolve(ids) if resolve is not None else []
+        result = sync.rescore(rt, crm, "contact", ids, now) if ids else PageResult()
+    else:
+        result = sync.rescore(rt, crm, stream, ids, now)
     queue.finish(crm, stream, token)
     done = time.time()
     metrics = Metrics(rt.redis, rt.namespace)

@@ -24,8 +24,11 @@ HubSpot
     score properties the connector writes (a real portal would otherwise call
     the connector back for its own writes, forever). The default list is
     `DEFAULT_HUBSPOT_PROPERTIES`.
-    A new engagement (email, call, meeting, note) on a contact is a
-    `contact.associationChange` from the contact to the engagement.
+    `contact.associationChange` fires only between contacts, companies, deals, tickets, line items
+    and products (Developer Changelog, "New subscription types for Webhooks"), never for an
+    engagement. A new engagement (email, call, meeting, note) is announced by HubSpot's generic
+    (beta) subscription `object.creation`: the engagement's objectTypeId and id, not the contact's
+    ("Create generic webhook subscriptions (BETA)").
 Salesforce
     One Outbound Message per object type with up to 100 notifications, posted
     as SOAP; only the ACK envelope (`<Ack>true</Ack>`) counts as delivered,
@@ -76,14 +79,11 @@ DEFAULT_HUBSPOT_PROPERTIES: frozenset[str] = frozenset(
 HUBSPOT_TYPES: frozenset[str] = frozenset(
     {
         "contact.creation", "contact.propertyChange", "contact.deletion", "contact.privacyDeletion",
-        "contact.merge", "contact.restore", "contact.associationChange",
+        "contact.merge", "contact.restore", "contact.associationChange", "object.creation",
     }
 )  # fmt: skip
 HUBSPOT_NO_RETRY = frozenset({400, 401, 403, 404, 405})
-ENGAGEMENT_ASSOCIATIONS = {
-    "emails": "CONTACT_TO_EMAIL", "calls": "CONTACT_TO_CALL", "meetings": "CONTACT_TO_MEETING",
-    "notes": "CONTACT_TO_NOTE",
-}  # fmt: skip
+ENGAGEMENT_TYPE_IDS = {"emails": "0-49", "calls": "0-48", "meetings": "0-47", "notes": "0-46"}  # objectTypeId
 SALESFORCE_UNWATCHED = frozenset({"OwnerId", "LastModifiedDate", "SystemModstamp", "LastModifiedById"})
 SALESFORCE_SCORE_PREFIXES = ("Lead_Score", "Lead_Fit", "Lead_Engagement", "Lead_Band", "Lead_Grade")
 HUBSPOT_APP_ID = 1_234_567
@@ -293,18 +293,16 @@ class WebhookEmitter:
             self._add("hubspot", self._hs_event(kind, contact_id, at_ms, changeSource="CRM_UI"))
 
     def hubspot_engagement_created(
-        self, engagement_type: str, engagement_id: str, contact_ids: Iterable[str], *, at_ms: int | None = None
+        self, engagement_type: str, engagement_id: str, contact_ids: Iterable[str] = (), *, at_ms: int | None = None
     ) -> None:
+        """A new engagement (already associated with `contact_ids`): a generic `object.creation` of it."""
+        del contact_ids  # the event names the engagement only; the receiver reads its associations
         target = self.hubspot
-        association = ENGAGEMENT_ASSOCIATIONS.get(engagement_type)
-        if target is None or association is None or "contact.associationChange" not in target.types:
+        type_id = ENGAGEMENT_TYPE_IDS.get(engagement_type)
+        if target is None or type_id is None or "object.creation" not in target.types:
             return
-        for contact_id in contact_ids:
-            event = self._hs_event("contact.associationChange", contact_id, at_ms, changeSource="CRM_UI")
-            event.pop("objectId")
-            event.update(associationType=association, fromObjectId=int(contact_id), toObjectId=int(engagement_id),
-                         associationRemoved=False, isPrimaryAssociation=False)  # fmt: skip
-            self._add("hubspot", event)
+        self._add("hubspot", self._hs_event("object.creation", engagement_id, at_ms, objectTypeId=type_id,
+                                            changeFlag="CREATED", changeSource="CRM_UI"))  # fmt: skip
 
     def _hs_event(self, kind: str, object_id: str, at_ms: int | None, **extra: Any) -> dict[str, Any]:
         return {
@@ -543,7 +541,7 @@ def admin_routes(emitter: WebhookEmitter, hubspot_crm: Any = None) -> list[Route
     An activity body: `{"contact": "12", "kind": "form_submission", "attrs": {"form_title": "..."}}`
     (`ts_ms` optional, default now). Page views and forms change the contact's roll-up properties and
     fire `contact.propertyChange` for the subscribed ones; emails, calls, meetings and notes are
-    engagements and fire `contact.associationChange`.
+    engagements and fire a generic `object.creation` of the engagement.
     """
 
     async def configure(request: Request) -> Response:

@@ -435,8 +435,21 @@ class HubSpotAdapter:
         for lead in leads:
             lead.activities = sorted(by_id[lead.id], key=lambda a: a.ts)
 
-    def _associated(self, ids: Sequence[str], to_type: str) -> dict[str, list[str]]:
-        """contact id -> ids of associated `to_type` objects, via v4 batch reads.
+    def contacts_of_engagements(self, members: Sequence[str]) -> list[str]:
+        """The contacts new engagements ("calls:123", "emails:456") are associated with, in order, once each."""
+        by_type: dict[str, list[str]] = {}
+        for member in members:
+            object_type, _, object_id = member.partition(":")
+            if object_type in ACTED_TYPES and object_id:
+                by_type.setdefault(object_type, []).append(object_id)
+        contacts: list[str] = []
+        for object_type, ids in by_type.items():
+            links = self._associated(ids, "contacts", from_type=object_type)
+            contacts += [c for i in ids for c in links.get(i, [])]
+        return list(dict.fromkeys(contacts))
+
+    def _associated(self, ids: Sequence[str], to_type: str, from_type: str = "contacts") -> dict[str, list[str]]:
+        """object id -> ids of associated `to_type` objects, via v4 batch reads.
 
         A batch read pages within each input: a contact with more associations than one page holds
         comes back with `paging.next.after`, sent back with its id in the next round (all such
@@ -448,14 +461,14 @@ class HubSpotAdapter:
         while pending:
             follow: list[dict[str, str]] = []
             for chunk in _chunks(pending, ASSOC_BATCH):
-                resp = self._call(self.apis.assoc_batch.get_page, "contacts", to_type, {"inputs": list(chunk)})
+                resp = self._call(self.apis.assoc_batch.get_page, from_type, to_type, {"inputs": list(chunk)})
                 for result in resp.body.get("results") or []:
                     frm = str((result.get("from") or {}).get("id"))
                     out.setdefault(frm, []).extend(str(t["toObjectId"]) for t in result.get("to") or [])
                     after = ((result.get("paging") or {}).get("next") or {}).get("after")
                     if after:
                         if (frm, str(after)) in asked:
-                            raise StopSync(f"HubSpot repeated the page token {after!r} of contact {frm}'s "
+                            raise StopSync(f"HubSpot repeated the page token {after!r} of {from_type} {frm}'s "
                                            f"{to_type} associations; stopping to avoid a loop.")  # fmt: skip
                         asked.add((frm, str(after)))
                         follow.append({"id": frm, "after": str(after)})

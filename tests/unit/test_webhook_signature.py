@@ -121,6 +121,19 @@ def test_contact_events_become_rescores_and_deletions_purges() -> None:
     assert intake.ignored == 3
 
 
+def test_a_new_engagement_comes_as_a_generic_object_creation_and_is_queued_for_its_contacts() -> None:
+    events = [
+        {"eventId": 21, "subscriptionType": "object.creation", "objectTypeId": "0-48", "objectId": 501},
+        {"eventId": 22, "subscriptionType": "object.creation", "objectTypeId": "0-49", "objectId": 502},
+        {"eventId": 23, "subscriptionType": "object.creation", "objectTypeId": "0-1", "objectId": 31},
+        {"eventId": 24, "subscriptionType": "object.creation", "objectTypeId": "0-3", "objectId": 77},  # a deal
+    ]  # fmt: skip
+    intake = parse_hubspot_delivery(orjson.dumps(events))
+    assert intake.rescores == [("21", "engagement", "calls:501"), ("22", "engagement", "emails:502"),
+                               ("23", "contact", "31")]  # fmt: skip
+    assert intake.ignored == 1
+
+
 @pytest.mark.parametrize("body", [b"not json", b'{"eventId": 1}', b"{"])
 def test_a_body_that_is_not_a_json_array_is_a_bad_request(body: bytes) -> None:
     with pytest.raises(Rejected) as info:

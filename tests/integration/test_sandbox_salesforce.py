@@ -326,7 +326,8 @@ def test_some_unowned_leads_wait_in_queues_which_are_groups(sandbox: Sandbox, sf
     assert {r["Owner"]["Name"] for r in rows} == {"Inbound Leads"}
     owners = [r["OwnerId"] for r in sf.query_all_iter("SELECT OwnerId FROM Lead")]
     assert sum(o.startswith("00G") for o in owners) > 0
-    assert sum(o == _info(sandbox)["unassigned_owner"] for o in owners) > 0
+    unassigned = _info(sandbox)["unassigned_owner"]
+    assert sum(o == unassigned for o in owners) > 0
     # a queue can own a Lead, not a Task
     with pytest.raises(SalesforceMalformedRequest):
         sf.Task.create({"WhoId": _lead_id(sandbox, 28), "Subject": "x", "OwnerId": inbound})

@@ -7,6 +7,7 @@ Secrets are kept out of repr() so they never reach a log line or a traceback.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -27,6 +28,26 @@ def _url(env: Mapping[str, str], name: str, default: str | None = None) -> str |
     if not parsed.scheme or not parsed.netloc:
         raise ConfigError(f"{name} must be a URL such as https://host:port, not {value!r}.")
     return value.rstrip("/")
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _https_unless_loopback(name: str, value: str) -> str:
+    """Plain http:// only to this machine (the sandbox, a local proxy): a token sent in clear text is a token lost."""
+    parsed = urlparse(value)
+    host = parsed.hostname or ""
+    if parsed.scheme == "https" or (parsed.scheme == "http" and _is_loopback(host)):
+        return value
+    raise ConfigError(
+        f"{name} must use https:// (plain http:// is allowed only for localhost, 127.0.0.1 or ::1), not {value!r}."
+    )
 
 
 def _secret(env: Mapping[str, str], name: str) -> str | None:
@@ -102,7 +123,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         redis_url=redis_url,
         redis_url_given=bool(env.get("REDIS_URL", "").strip()),
         mappings_dir=Path(env.get("LEADSCORE_MAPPINGS", "").strip() or "mappings"),
-        hubspot_base_url=_url(env, "HUBSPOT_BASE_URL", DEFAULT_HUBSPOT_BASE_URL) or DEFAULT_HUBSPOT_BASE_URL,
+        hubspot_base_url=_https_unless_loopback(
+            "HUBSPOT_BASE_URL", _url(env, "HUBSPOT_BASE_URL", DEFAULT_HUBSPOT_BASE_URL) or DEFAULT_HUBSPOT_BASE_URL
+        ),
         hubspot_access_token=_secret(env, "HUBSPOT_ACCESS_TOKEN"),
         hubspot_webhook_secret=_secret(env, "HUBSPOT_WEBHOOK_SECRET"),
         salesforce_instance_url=_url(env, "SALESFORCE_INSTANCE_URL"),

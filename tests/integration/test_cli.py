@@ -163,3 +163,13 @@ def test_sandbox_options_are_checked_with_one_sentence() -> None:
     proc = run(["sandbox", "--faults", "429=2"], {})
     assert proc.returncode != 0
     assert one_sentence(proc) == "leadscore sandbox: --faults: fault '429' must be a share between 0 and 1, not 2"
+
+
+def test_a_hubspot_base_url_over_plain_http_to_another_host_is_one_sentence_and_exit_1(redis_url: str) -> None:
+    env = {"REDIS_URL": redis_url, "HUBSPOT_BASE_URL": "http://api.hubapi.com", "HUBSPOT_ACCESS_TOKEN": "pat-x"}
+    proc = run(["check"], env)
+    assert proc.returncode == 1
+    assert one_sentence(proc) == (
+        "leadscore: HUBSPOT_BASE_URL must use https:// (plain http:// is allowed only for localhost, 127.0.0.1 "
+        "or ::1), not 'http://api.hubapi.com'."
+    )

@@ -10,8 +10,12 @@ produces a second e-mail or chat message. The price is at-most-once: a
 message whose sending failed is reported, not sent again.
 
 LEADSCORE_SMTP_URL: smtp://user:password@host:port?from=leads@example.com
-(`smtps://` for implicit TLS on 465, `?starttls=true` to upgrade a plain
-connection; user, password and port are optional).
+(user, password and port are optional). `smtp://` upgrades the connection
+with STARTTLS before anything else is said (default port 587) and refuses a
+server that does not offer it or whose certificate is not trusted: the
+password and the message never travel unencrypted. `smtps://` is implicit
+TLS (default port 465). Only `?starttls=false` sends in clear text (default
+port 25), for a relay on the same host or network.
 
 The chat message is Slack-compatible JSON: {"text": ..., "blocks": [...]}.
 """
@@ -79,6 +83,9 @@ class SmtpSettings:
     mode: Literal["plain", "starttls", "ssl"] = "plain"
 
 
+_BOOLS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+
+
 def parse_smtp_url(url: str) -> SmtpSettings:
     """LEADSCORE_SMTP_URL into settings; a malformed value fails naming the variable (never echoing the password)."""
     parsed = urlparse(url)
@@ -93,16 +100,18 @@ def parse_smtp_url(url: str) -> SmtpSettings:
         port = parsed.port
     except ValueError:
         raise ConfigError("LEADSCORE_SMTP_URL has a port that is not a number.") from None
-    starttls = query.get("starttls", ["false"])[0].lower() in ("1", "true", "yes")
+    flag = query.get("starttls", ["true"])[0].lower()
+    if flag not in _BOOLS:
+        raise ConfigError(f"LEADSCORE_SMTP_URL: starttls= must be true or false, not {flag!r}.")
     mode: Literal["plain", "starttls", "ssl"] = (
-        "ssl" if parsed.scheme == "smtps" else "starttls" if starttls else "plain"
+        "ssl" if parsed.scheme == "smtps" else "starttls" if _BOOLS[flag] else "plain"
     )
     sender = query.get("from", [f"leadscore@{parsed.hostname}"])[0]
     if "@" not in sender:
         raise ConfigError("LEADSCORE_SMTP_URL: from= must be an e-mail address.")
     return SmtpSettings(
         host=parsed.hostname,
-        port=port or (465 if mode == "ssl" else 25),
+        port=port or {"ssl": 465, "starttls": 587, "plain": 25}[mode],
         sender=sender,
         user=unquote(parsed.username) if parsed.username else None,
         password=unquote(parsed.password) if parsed.password else None,
@@ -145,8 +154,11 @@ class Notifier:
         chat: bool = True,
         timeout: float = 10.0,
         http: httpx.Client | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.smtp = parse_smtp_url(smtp_url) if smtp_url and email else None
+        # How the mail server's certificate is checked: the system's CAs unless given (tests: a test CA).
+        self._ssl = ssl_context
         self.chat_url = chat_webhook_url if chat else None
         self.dedupe = dedupe
         self.timeout = timeout
@@ -220,17 +232,24 @@ class Notifier:
         if note.url:
             body += f"\n\nOpen in the CRM: {note.url}\n"
         msg.set_content(body)
+        context = self._ssl or ssl.create_default_context()
         try:
             client: smtplib.SMTP
             if smtp.mode == "ssl":
-                client = smtplib.SMTP_SSL(
-                    smtp.host, smtp.port, timeout=self.timeout, context=ssl.create_default_context()
-                )
+                client = smtplib.SMTP_SSL(smtp.host, smtp.port, timeout=self.timeout, context=context)
             else:
                 client = smtplib.SMTP(smtp.host, smtp.port, timeout=self.timeout)
             with client:
                 if smtp.mode == "starttls":
-                    client.starttls(context=ssl.create_default_context())
+                    client.ehlo()
+                    if not client.has_extn("starttls"):
+                        return ChannelResult(
+                            "email",
+                            "failed",
+                            f"the mail server at {smtp.host}:{smtp.port} does not offer STARTTLS, so nothing was "
+                            "sent; use smtps:// or a server with STARTTLS (or ?starttls=false to send unencrypted)",
+                        )
+                    client.starttls(context=context)
                 if smtp.user:
                     client.login(smtp.user, smtp.password or "")
                 client.send_message(msg)

@@ -5,7 +5,7 @@ has a timeout, is counted, waits for the org's shared rate limiter, stops before
 org's daily API budget is eaten into past the configured floor, and goes through the
 one error table. Transient failures are retried by `call_with_retry`; an expired
 session is refreshed once (OAuth refresh_token or client_credentials grant) and the
-new token shared with every worker through Redis.
+new token shared with every worker through Redis (encrypted, see TokenStore).
 
 Reading: one SOQL query per stream, read a batch at a time. The cursor is the
 `nextRecordsUrl` Salesforce gives (a short path with a query locator), so the pages
@@ -47,6 +47,7 @@ from connector.crm.salesforce_http import (
     classify,
     error_detail,
     parse_limit_info,
+    session_key,
 )
 from connector.crm.salesforce_records import (
     LINK_FIELDS,
@@ -120,7 +121,7 @@ class SalesforceAdapter:
         self._oauth = oauth
         self._policy = retry_policy
         self._redis = redis
-        self._tokens = TokenStore(redis, account)
+        self._tokens = TokenStore(redis, account, session_key(token, oauth, account))
         self._usage_key = f"leadscore:salesforce:{account}:api_usage"
         self._limiter = SlidingWindowLimiter(
             client=redis,

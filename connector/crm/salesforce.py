@@ -135,10 +135,8 @@ class SalesforceAdapter:
         self.usage: tuple[int, int] | None = None
         self._session = ApiSession(timeout=timeout, before=self._before_call, after=self._after_call)
         if ca_bundle is not None:
-            # requests ignores session.verify while REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE
-            # are set in the environment; trust_env=False makes the bundle count.
-            self._session.verify = str(ca_bundle)
-            self._session.trust_env = False
+            # The bundle counts even with REQUESTS_CA_BUNDLE set; HTTPS_PROXY / NO_PROXY still apply.
+            self._session.use_ca_bundle(str(ca_bundle))
         self._token = self._tokens.get(token) or token
         self._sf = self._client(self._token)
         self._query_headers = {"Sforce-Query-Options": f"batchSize={mapping.page_size}"}

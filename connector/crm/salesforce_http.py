@@ -264,10 +264,33 @@ class ApiSession(requests.Session):
         self.calls = CallCounter()
         self._before = before
         self._after = after
+        self._proxies: dict[str, dict[str, str]] = {}
+
+    def use_ca_bundle(self, path: str) -> None:
+        """Trust only this CA file, and still go through HTTPS_PROXY / honour NO_PROXY.
+
+        requests ignores `session.verify` while REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE is
+        set, unless `trust_env` is off; but `trust_env=False` also drops the proxy
+        variables. So the environment is switched off and the proxies are resolved from
+        it here, per host, the way requests itself would (`get_environ_proxies`).
+        """
+        self.verify = path
+        self.trust_env = False
+
+    def _env_proxies(self, url: str) -> dict[str, str]:
+        parsed = urlparse(url)
+        origin = f"{parsed.scheme}://{parsed.netloc}"
+        found = self._proxies.get(origin)
+        if found is None:
+            found = dict(requests.utils.get_environ_proxies(url))
+            self._proxies[origin] = found
+        return found
 
     def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
         if kwargs.get("timeout") is None:
             kwargs["timeout"] = self.timeout
+        if not self.trust_env and kwargs.get("proxies") is None:
+            kwargs["proxies"] = self._env_proxies(url)
         self._before(url)
         self.calls.add()
         response = super().request(method, url, *args, **kwargs)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +72,8 @@ class Settings:
     salesforce_client_secret: str | None = field(default=None, repr=False)
     salesforce_refresh_token: str | None = field(default=None, repr=False)
     salesforce_org_id: str | None = None
+    # The token Salesforce Outbound Messages must carry in their endpoint URL (?token=...): they have no signature.
+    salesforce_webhook_secret: str | None = field(default=None, repr=False)
     smtp_url: str | None = field(default=None, repr=False)
     chat_webhook_url: str | None = field(default=None, repr=False)
     # The web process (`leadscore serve`) listens on PORT (the Procfile convention).
@@ -101,6 +104,25 @@ class Settings:
         ]
         if missing:
             raise ConfigError(f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set.")
+
+
+_URL_SAFE = re.compile(r"^[A-Za-z0-9_-]+$")
+WEBHOOK_TOKEN_MIN = 24
+
+
+def _url_token(env: Mapping[str, str], name: str) -> str | None:
+    """A secret that travels in a URL: long enough to be unguessable, and needing no escaping."""
+    value = _secret(env, name)
+    if value is None:
+        return None
+    if len(value) < WEBHOOK_TOKEN_MIN:
+        raise ConfigError(
+            f"{name} must be at least {WEBHOOK_TOKEN_MIN} characters long; make one with "
+            "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'."
+        )
+    if not _URL_SAFE.match(value):
+        raise ConfigError(f"{name} goes into a URL: use letters, digits, - and _ only.")
+    return value
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
@@ -135,6 +157,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         salesforce_client_secret=_secret(env, "SALESFORCE_CLIENT_SECRET"),
         salesforce_refresh_token=_secret(env, "SALESFORCE_REFRESH_TOKEN"),
         salesforce_org_id=env.get("SALESFORCE_ORG_ID", "").strip() or None,
+        salesforce_webhook_secret=_url_token(env, "SALESFORCE_WEBHOOK_SECRET"),
         smtp_url=_secret(env, "LEADSCORE_SMTP_URL"),
         chat_webhook_url=_secret(env, "LEADSCORE_CHAT_WEBHOOK_URL"),
         web_port=int(port),

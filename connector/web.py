@@ -2,7 +2,8 @@
 
 Routes
     POST /webhooks/hubspot      HubSpot deliveries (signature v3 checked)
-    POST /webhooks/salesforce   Salesforce Outbound Messages (answered with the ACK envelope)
+    POST /webhooks/salesforce   Salesforce Outbound Messages (answered with the ACK envelope); the
+                                endpoint URL must carry ?token=SALESFORCE_WEBHOOK_SECRET
     GET  /healthz               the process is up
     GET  /readyz                Redis and the Celery broker answer (503 otherwise)
     GET  /metrics               Prometheus text format, figures shared by all processes
@@ -23,6 +24,7 @@ may pass their own.
 
 from __future__ import annotations
 
+import hmac
 import logging
 import sys
 import threading
@@ -49,6 +51,12 @@ from connector.webhooks import Intake, PendingQueue, Rejected
 
 log = logging.getLogger("leadscore.web")
 
+SALESFORCE_UNCONFIGURED = (
+    "SALESFORCE_WEBHOOK_SECRET is not set: give the token that ends the Outbound Message's endpoint URL."
+)
+SALESFORCE_UNCONFIGURED_LOG = (
+    "SALESFORCE_WEBHOOK_SECRET is not set: Salesforce outbound messages will be refused (503) until it is."
+)
 DEFAULT_HOST = "0.0.0.0"  # noqa: S104 - the web process serves the CRMs' webhooks: it must listen beyond loopback
 STREAMS: dict[CrmName, tuple[str, ...]] = {"hubspot": ("contact",), "salesforce": ("Lead", "Contact")}
 
@@ -206,9 +214,21 @@ def build_app(runtime_factory: Callable[[], Runtime], *, dispatcher: Dispatcher 
             raise Rejected(403, "organization", "the message comes from another Salesforce org than SALESFORCE_ORG_ID.")
         return enqueue(message.intake)
 
+    def salesforce_token(given: str | None) -> None:
+        """Outbound Messages carry no signature: the endpoint URL's token is the secret (compared in constant time)."""
+        secret = state.rt.settings.salesforce_webhook_secret
+        if not secret:
+            raise Rejected(503, "unconfigured", SALESFORCE_UNCONFIGURED)
+        if not given or not hmac.compare_digest(given.encode(), secret.encode()):
+            raise Rejected(
+                401, "token", "the endpoint URL lacks the right token (?token=SALESFORCE_WEBHOOK_SECRET)."
+            )
+
     async def salesforce(request: Request) -> Response:
-        body = await _body(request)
         try:
+            # Checked before the body is read: nothing from a stranger is parsed.
+            await run_in_threadpool(salesforce_token, request.query_params.get("token"))
+            body = await _body(request)
             if body is None:
                 raise Rejected(413, "too_large", "the body is larger than an outbound message can be.")
             await run_in_threadpool(salesforce_work, body)
@@ -306,6 +326,8 @@ def serve() -> int:
         return 1
     if not settings.hubspot_webhook_secret:
         log.warning("HUBSPOT_WEBHOOK_SECRET is not set: HubSpot deliveries will be answered 503")
+    if not settings.salesforce_webhook_secret:
+        log.warning(SALESFORCE_UNCONFIGURED_LOG)
     app = build_app(lambda: runtime)
     try:
         uvicorn.run(

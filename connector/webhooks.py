@@ -11,8 +11,11 @@ HubSpot
     clock in either direction: HubSpot's own SDK only rejects old ones.
 Salesforce
     Outbound Messages: a SOAP `notifications` call with up to 100
-    `Notification`s, each with its own id. It carries no signature; the
-    OrganizationId is checked against SALESFORCE_ORG_ID when that is set.
+    `Notification`s, each with its own id. It carries no signature, so the
+    endpoint URL configured in the Outbound Message carries a secret
+    (`?token=SALESFORCE_WEBHOOK_SECRET`, checked in connector/web.py before the
+    body is read); the OrganizationId is also checked against SALESFORCE_ORG_ID
+    when that is set.
     Salesforce resends a message until it reads the ACK envelope (`ACK_SOAP`).
 
 Both CRMs deliver some events more than once. Every event has an id (HubSpot's

@@ -37,6 +37,8 @@ from tasks.realtime import CeleryDispatcher
 from tests.conftest import ROOT, free_port
 
 SECRET = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
+SF_TOKEN = "Q3bJ9x-outbound-message-token_2f7c"
+SF_HOOK = f"/webhooks/salesforce?token={SF_TOKEN}"  # the endpoint URL as set in the Outbound Message
 ORG = "00D8d0000000001EAA"
 QUEUE = "leadscore"  # the Celery queue: a list in the broker's Redis
 
@@ -99,7 +101,12 @@ class TestClient(httpx.Client):
 
 
 def _settings(redis_url: str, **extra: Any) -> Settings:
-    base: dict[str, Any] = {"redis_url": redis_url, "hubspot_webhook_secret": SECRET, "salesforce_org_id": ORG}
+    base: dict[str, Any] = {
+        "redis_url": redis_url,
+        "hubspot_webhook_secret": SECRET,
+        "salesforce_webhook_secret": SF_TOKEN,
+        "salesforce_org_id": ORG,
+    }
     base.update(extra)
     return Settings(**base)
 
@@ -303,7 +310,7 @@ def test_an_outbound_message_is_acknowledged_and_queues_its_records(
         ("04l000000000001AAA", "Lead", "<sf:Id>00Q000000000001AAA</sf:Id>"),
         ("04l000000000002AAA", "Task", "<sf:Id>00T000000000002AAA</sf:Id><sf:WhoId>003000000000002AAA</sf:WhoId>"),
     ])  # fmt: skip
-    resp = client.post("/webhooks/salesforce", content=body, headers={"Content-Type": "text/xml"})
+    resp = client.post(SF_HOOK, content=body, headers={"Content-Type": "text/xml"})
     assert resp.status_code == 200
     assert resp.headers["content-type"].startswith("text/xml")
     assert resp.text == ACK_SOAP
@@ -311,7 +318,7 @@ def test_an_outbound_message_is_acknowledged_and_queues_its_records(
     assert _pending(rt, "salesforce", "Lead") == ["00Q000000000001AAA"]
     assert _pending(rt, "salesforce", "Contact") == ["003000000000002AAA"]
     assert sorted(args[1] for _, args in _queued(redis_client)) == ["Contact", "Lead"]
-    again = client.post("/webhooks/salesforce", content=body)
+    again = client.post(SF_HOOK, content=body)
     assert again.text == ACK_SOAP  # a redelivered message is acknowledged again, and not queued twice
     assert len(_queued(redis_client)) == 2
 
@@ -320,7 +327,7 @@ def test_an_outbound_message_from_another_org_is_refused(
     client: TestClient, rt: Runtime, redis_client: redis.Redis
 ) -> None:
     body = _outbound("00D000000000999AAA", [("04l000000000001AAA", "Lead", "<sf:Id>00Q000000000001AAA</sf:Id>")])
-    resp = client.post("/webhooks/salesforce", content=body)
+    resp = client.post(SF_HOOK, content=body)
     assert resp.status_code == 403
     assert "<faultstring>" in resp.text
     assert "Ack" not in resp.text
@@ -330,9 +337,77 @@ def test_an_outbound_message_from_another_org_is_refused(
 
 def test_an_outbound_message_with_a_doctype_is_refused(client: TestClient, redis_client: redis.Redis) -> None:
     body = b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "aaaa">]><x>&a;</x>'
-    resp = client.post("/webhooks/salesforce", content=body)
+    resp = client.post(SF_HOOK, content=body)
     assert resp.status_code == 400
     assert redis_client.llen(QUEUE) == 0
+
+
+@pytest.mark.parametrize("url", ["/webhooks/salesforce", "/webhooks/salesforce?token=guess", f"{SF_HOOK}x"])
+def test_an_outbound_message_without_the_endpoint_token_is_refused_and_not_read(
+    url: str, client: TestClient, rt: Runtime, redis_client: redis.Redis
+) -> None:
+    body = _outbound(ORG, [("04l000000000001AAA", "Lead", "<sf:Id>00Q000000000001AAA</sf:Id>")])
+    resp = client.post(url, content=body, headers={"Content-Type": "text/xml"})
+    assert resp.status_code == 401
+    assert "<faultstring>the endpoint URL lacks the right token" in resp.text
+    assert "Ack" not in resp.text
+    assert _pending(rt, "salesforce", "Lead") == []
+    assert redis_client.llen(QUEUE) == 0
+    assert redis_client.keys("leadscore:webhook:seen:*") == []
+    assert Metrics(rt.redis).value("webhook_rejections", crm="salesforce", reason="token") == 1
+
+
+def test_without_a_salesforce_secret_no_outbound_message_is_accepted(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    runtime = build_runtime(_settings(redis_url, salesforce_webhook_secret=None))
+    body = _outbound(ORG, [("04l000000000001AAA", "Lead", "<sf:Id>00Q000000000001AAA</sf:Id>")])
+    with TestClient(build_app(lambda: runtime, dispatcher=CeleryDispatcher(redis_url))) as c:
+        for url in ("/webhooks/salesforce", SF_HOOK, "/webhooks/salesforce?token="):
+            resp = c.post(url, content=body)
+            assert resp.status_code == 503
+            assert "SALESFORCE_WEBHOOK_SECRET is not set" in resp.text
+    runtime.close()
+    assert redis_client.keys("leadscore:realtime:*") == []
+    assert redis_client.llen(QUEUE) == 0
+
+
+def test_serve_says_in_one_line_that_outbound_messages_are_refused_without_a_secret(redis_url: str) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HUBSPOT_", "SALESFORCE_", "LEADSCORE_"))}
+    env.update(REDIS_URL=redis_url, PORT=str(free_port()), LEADSCORE_METRICS_ADDR=f"127.0.0.1:{free_port()}",
+               HUBSPOT_WEBHOOK_SECRET=SECRET)  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "connector.cli", "serve"], cwd=ROOT, env=env,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    lines: list[str] = []
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.append(line)
+            if "Uvicorn running" in line or len(lines) > 20:
+                break
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    said = [orjson.loads(x)["msg"] for x in lines if x.startswith("{") and "SALESFORCE_WEBHOOK_SECRET" in x]
+    assert said == [
+        "SALESFORCE_WEBHOOK_SECRET is not set: Salesforce outbound messages will be refused (503) until it is."
+    ]
+
+
+def test_the_salesforce_secret_must_be_long_enough_to_be_one(redis_url: str) -> None:
+    from connector.config import load_settings
+    from connector.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^SALESFORCE_WEBHOOK_SECRET must be at least 24 characters"):
+        load_settings({"SALESFORCE_WEBHOOK_SECRET": "short"})
+    with pytest.raises(ConfigError, match="letters, digits, - and _ only"):
+        load_settings({"SALESFORCE_WEBHOOK_SECRET": "a" * 30 + "&b=c"})
+    assert load_settings({"SALESFORCE_WEBHOOK_SECRET": SF_TOKEN}).salesforce_webhook_secret == SF_TOKEN
+    assert SF_TOKEN not in repr(load_settings({"SALESFORCE_WEBHOOK_SECRET": SF_TOKEN}))
 
 
 # --------------------------------------------------------------------------- health and metrics
@@ -600,7 +675,7 @@ def test_the_emitter_gives_up_after_its_attempts() -> None:
 
 def test_the_emitters_outbound_messages_are_acknowledged_by_the_web_app(client: TestClient, rt: Runtime) -> None:
     stats = _emit(
-        {"salesforce": {"url": f"{client.hook.rsplit('/', 1)[0]}/salesforce", "org_id": ORG}},
+        {"salesforce": {"url": f"{client.hook.rsplit('/', 1)[0]}/salesforce?token={SF_TOKEN}", "org_id": ORG}},
         ("salesforce_record_changed", "Lead", "00Q000000000001AAA", {"Title": "CTO", "Lead_Score__c": 5}),
         ("salesforce_record_changed", "Lead", "00Q000000000002AAA", {"Lead_Score__c": 91, "OwnerId": "005x"}),
         ("salesforce_activity_created", "Task", "00T000000000003AAA", "003000000000003AAA"),

@@ -19,6 +19,7 @@ from connector.errors import ConfigError
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 DEFAULT_HUBSPOT_BASE_URL = "https://api.hubapi.com"
+DEFAULT_METRICS_ADDR = "127.0.0.1:9464"
 
 
 def _url(env: Mapping[str, str], name: str, default: str | None = None) -> str | None:
@@ -78,8 +79,15 @@ class Settings:
     chat_webhook_url: str | None = field(default=None, repr=False)
     # The web process (`leadscore serve`) listens on PORT (the Procfile convention).
     web_port: int = 8000
+    # Where `leadscore serve` answers /metrics and /readyz (LEADSCORE_METRICS_ADDR, host:port): loopback by default.
+    metrics_addr: str = DEFAULT_METRICS_ADDR
     # Seconds before the broker re-delivers a task whose worker died (LEADSCORE_VISIBILITY_TIMEOUT).
     visibility_timeout: int = 600
+
+    @property
+    def metrics_bind(self) -> tuple[str, int]:
+        """(host, port) of LEADSCORE_METRICS_ADDR."""
+        return split_bind(self.metrics_addr, "LEADSCORE_METRICS_ADDR")
 
     @property
     def hubspot_configured(self) -> bool:
@@ -104,6 +112,20 @@ class Settings:
         ]
         if missing:
             raise ConfigError(f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set.")
+
+
+def split_bind(value: str, name: str) -> tuple[str, int]:
+    """'127.0.0.1:9464', '[::1]:9464' or '0.0.0.0:9464' -> (host, port)."""
+    host, sep, port = value.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ConfigError(f"{name} must be host:port, like 127.0.0.1:9464 or [::1]:9464, not {value!r}.")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if host != "localhost":
+            raise ConfigError(f"{name} must name an IP address to listen on (or localhost), not {host!r}.") from None
+    return host, int(port)
 
 
 _URL_SAFE = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -138,6 +160,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     port = env.get("PORT", "").strip() or "8000"
     if not port.isdigit() or not 1 <= int(port) <= 65535:
         raise ConfigError(f"PORT must be a port number between 1 and 65535, not {port!r}.")
+    metrics_addr = env.get("LEADSCORE_METRICS_ADDR", "").strip() or DEFAULT_METRICS_ADDR
+    split_bind(metrics_addr, "LEADSCORE_METRICS_ADDR")
     vt = env.get("LEADSCORE_VISIBILITY_TIMEOUT", "").strip() or "600"
     if not vt.isdigit() or not 1 <= int(vt) <= 43200:
         raise ConfigError(f"LEADSCORE_VISIBILITY_TIMEOUT must be seconds between 1 and 43200, not {vt!r}.")
@@ -161,5 +185,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         smtp_url=_secret(env, "LEADSCORE_SMTP_URL"),
         chat_webhook_url=_secret(env, "LEADSCORE_CHAT_WEBHOOK_URL"),
         web_port=int(port),
+        metrics_addr=metrics_addr,
         visibility_timeout=int(vt),
     )

@@ -31,7 +31,7 @@ from connector.crm.base import CallCounter, Page, WriteReport
 from connector.domain import CrmName, Lead, Rep
 from connector.errors import RetryLater
 from connector.metrics import Metrics
-from connector.web import build_app
+from connector.web import build_admin_app, build_app
 from connector.webhooks import ACK_SOAP, PendingQueue, sign_hubspot_v3
 from tasks.realtime import CeleryDispatcher
 from tests.conftest import ROOT, free_port
@@ -119,8 +119,21 @@ def rt(redis_url: str) -> Iterator[Runtime]:
 
 
 @pytest.fixture
-def client(rt: Runtime, redis_url: str) -> Iterator[TestClient]:
-    with TestClient(build_app(lambda: rt, dispatcher=CeleryDispatcher(redis_url))) as c:
+def public_app(rt: Runtime, redis_url: str) -> Starlette:
+    return build_app(lambda: rt, dispatcher=CeleryDispatcher(redis_url))
+
+
+@pytest.fixture
+def client(public_app: Starlette) -> Iterator[TestClient]:
+    """The public listener: what the CRMs reach."""
+    with TestClient(public_app) as c:
+        yield c
+
+
+@pytest.fixture
+def admin(public_app: Starlette) -> Iterator[TestClient]:
+    """The operator's listener (LEADSCORE_METRICS_ADDR): metrics and readiness."""
+    with TestClient(build_admin_app(public_app)) as c:
         yield c
 
 
@@ -385,9 +398,9 @@ def test_serve_says_in_one_line_that_outbound_messages_are_refused_without_a_sec
     lines: list[str] = []
     try:
         assert proc.stderr is not None
-        for line in proc.stderr:
+        for line in proc.stderr:  # ends when the process does
             lines.append(line)
-            if "Uvicorn running" in line or len(lines) > 20:
+            if '"event": "listening"' in line or len(lines) > 20:
                 break
     finally:
         proc.terminate()
@@ -417,16 +430,18 @@ def test_healthz_answers_while_the_process_is_up(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
 
 
-def test_readyz_checks_redis_and_the_broker(client: TestClient, rt: Runtime) -> None:
-    assert client.get("/readyz").json() == {"status": "ok", "redis": "ok", "broker": "ok"}
+def test_readyz_checks_redis_and_the_broker(admin: TestClient, rt: Runtime) -> None:
+    assert admin.get("/readyz").json() == {"status": "ok", "redis": "ok", "broker": "ok"}
     dead = CeleryDispatcher(f"redis://127.0.0.1:{free_port()}/0")
-    with TestClient(build_app(lambda: rt, dispatcher=dead)) as c:
+    with TestClient(build_admin_app(build_app(lambda: rt, dispatcher=dead))) as c:
         resp = c.get("/readyz")
     assert resp.status_code == 503
     assert resp.json()["broker"].startswith("broker unreachable")
 
 
-def test_metrics_export_the_shared_counters_in_prometheus_format(client: TestClient, rt: Runtime) -> None:
+def test_metrics_export_the_shared_counters_in_prometheus_format(
+    client: TestClient, admin: TestClient, rt: Runtime
+) -> None:
     _post_hubspot(client, [_event(1, 1)])
     _post_hubspot(client, [_event(1, 1)])
     _post_hubspot(client, [_event(2, 1)], secret="forged")
@@ -436,7 +451,7 @@ def test_metrics_export_the_shared_counters_in_prometheus_format(client: TestCli
     m.incr("api_rate_limited", 3, crm="hubspot")
     m.incr("assignments", crm="hubspot", region="DACH")
     m.observe("task_seconds", 0.3, task="leadscore.sync.page")
-    resp = client.get("/metrics")
+    resp = admin.get("/metrics")
     assert resp.status_code == 200
     assert resp.headers["content-type"].startswith("text/plain")
     text = resp.text
@@ -456,6 +471,82 @@ def test_metrics_export_the_shared_counters_in_prometheus_format(client: TestCli
     ):
         assert line in text, line
     assert "# TYPE leadscore_task_seconds histogram" in text
+
+
+def test_the_public_listener_serves_webhooks_and_healthz_but_neither_metrics_nor_readiness(
+    client: TestClient, admin: TestClient
+) -> None:
+    assert client.get("/metrics").status_code == 404
+    assert client.get("/readyz").status_code == 404
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert admin.get("/healthz").json() == {"status": "ok"}
+    assert admin.post("/webhooks/hubspot", content=b"[]").status_code == 404
+
+
+def _commands(r: redis.Redis) -> dict[str, int]:
+    stats = r.info("commandstats")
+    return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+
+
+def test_a_scrape_costs_a_few_redis_reads_and_no_key_scans(
+    client: TestClient, admin: TestClient, rt: Runtime, redis_client: redis.Redis
+) -> None:
+    for n in range(30):
+        _post_hubspot(client, [_event(900 + n, 900 + n)])
+        Metrics(rt.redis).incr("records_written", crm="hubspot", path=f"p{n}")
+    admin.get("/metrics")  # warm: the runtime is built
+    before = _commands(redis_client)
+    assert admin.get("/metrics").status_code == 200
+    after = _commands(redis_client)
+    spent = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
+    spent.pop("info", None)  # the test's own INFO
+    assert not {"scan", "keys", "hscan", "zscan", "sscan"} & set(spent), spent
+    assert sum(spent.values()) <= 6, spent
+
+
+def test_serve_answers_metrics_only_on_the_operators_address_and_stops_on_sigterm(redis_url: str) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    web, ops = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HUBSPOT_", "SALESFORCE_", "LEADSCORE_"))}
+    env.update(REDIS_URL=redis_url, PORT=str(web), LEADSCORE_METRICS_ADDR=f"127.0.0.1:{ops}",
+               HUBSPOT_WEBHOOK_SECRET=SECRET, SALESFORCE_WEBHOOK_SECRET=SF_TOKEN)  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "connector.cli", "serve"], cwd=ROOT, env=env,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{ops}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None, proc.communicate()[1]
+            assert time.monotonic() < deadline, "serve did not start"
+            time.sleep(0.1)
+        assert httpx.get(f"http://127.0.0.1:{ops}/metrics").status_code == 200
+        assert httpx.get(f"http://127.0.0.1:{web}/metrics").status_code == 404
+        assert httpx.get(f"http://127.0.0.1:{web}/readyz").status_code == 404
+        assert httpx.get(f"http://127.0.0.1:{web}/healthz").json() == {"status": "ok"}
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
+
+def test_the_operators_address_defaults_to_loopback_and_a_bad_one_is_one_sentence() -> None:
+    from connector.config import load_settings
+    from connector.errors import ConfigError
+
+    assert load_settings({}).metrics_bind == ("127.0.0.1", 9464)
+    assert load_settings({"LEADSCORE_METRICS_ADDR": "[::1]:9100"}).metrics_bind == ("::1", 9100)
+    with pytest.raises(ConfigError, match=r"^LEADSCORE_METRICS_ADDR must be host:port"):
+        load_settings({"LEADSCORE_METRICS_ADDR": "9464"})
 
 
 # --------------------------------------------------------------------------- the drain, against a fake adapter

@@ -22,6 +22,7 @@ The chat message is Slack-compatible JSON: {"text": ..., "blocks": [...]}.
 
 from __future__ import annotations
 
+import re
 import smtplib
 import ssl
 from collections.abc import Mapping
@@ -55,11 +56,12 @@ class Notification:
     key: str
     subject: str
     text: str
-    rep_email: str | None = None
+    rep_email: str | None = None  # where the e-mail goes; never stored (results name `rep_id`)
     rep_name: str = ""
     url: str | None = None
     facts: Mapping[str, str] = field(default_factory=dict)
     chat: bool = True  # also post to the team's chat channel
+    rep_id: str | None = None  # the rep's CRM id: what results and logs name instead of the address
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +137,17 @@ def chat_payload(note: Notification) -> dict[str, Any]:
     if note.url:
         blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": f"<{note.url}|Open in the CRM>"}]})
     return {"text": note.subject, "blocks": blocks}
+
+
+def _who(note: Notification) -> str:
+    return f"rep {note.rep_id}" if note.rep_id else "the rep"
+
+
+def _without(text: str, note: Notification) -> str:
+    """A server's message with the rep's address replaced by their id: results are kept in Redis."""
+    if note.rep_email:
+        text = re.sub(re.escape(note.rep_email), _who(note), text, flags=re.IGNORECASE)
+    return text
 
 
 def _escape(text: str) -> str:
@@ -254,8 +267,8 @@ class Notifier:
                     client.login(smtp.user, smtp.password or "")
                 client.send_message(msg)
         except (OSError, smtplib.SMTPException) as exc:
-            return ChannelResult("email", "failed", f"{type(exc).__name__}: {exc}"[:300])
-        return ChannelResult("email", "sent", note.rep_email)
+            return ChannelResult("email", "failed", _without(f"{type(exc).__name__}: {exc}", note)[:300])
+        return ChannelResult("email", "sent", _who(note))
 
     def _chat(self, url: str, note: Notification) -> ChannelResult:
         if self._http is None:
@@ -265,5 +278,6 @@ class Notifier:
         except httpx.HTTPError as exc:
             return ChannelResult("chat", "failed", f"{type(exc).__name__}: {exc}"[:300])
         if resp.status_code >= 300:
-            return ChannelResult("chat", "failed", f"webhook answered {resp.status_code}: {resp.text[:200]}")
+            said = _without(f"webhook answered {resp.status_code}: {resp.text[:200]}", note)
+            return ChannelResult("chat", "failed", said)
         return ChannelResult("chat", "sent", str(resp.status_code))

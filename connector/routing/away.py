@@ -1,11 +1,12 @@
 """Out-of-office marks set from the command line, and the status of every rep.
 
 `leadscore reps away EMAIL --until DATE` calls `set_away`, `leadscore reps back
-EMAIL` calls `set_back`, `leadscore reps` calls `list_reps_status`. A mark is
-keyed by the rep's e-mail (lower case) or CRM id, whichever was given;
-routing looks under both. A date means away through that whole day in the
-rep's own time zone (back the next morning); a datetime means away until that
-instant. Marks expire by themselves a few days after they end.
+EMAIL` calls `set_back`, `leadscore reps` calls `list_reps_status`. In Redis a
+mark is kept under the rep's CRM ids (an e-mail given on the command line is
+looked up among the CRMs' reps): Redis holds ids, never e-mails. A date means
+away through that whole day in the rep's own time zone (back the next
+morning); a datetime means away until that instant. Marks expire by
+themselves a few days after they end.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
@@ -39,19 +41,31 @@ def _index(prefix: str) -> str:
     return f"{prefix}away"
 
 
+def rep_ids(rep_email_or_id: str, reps: Sequence[Rep]) -> list[str]:
+    """The CRM ids a mark is kept under: the id given, or the ids of every rep (any CRM) with that e-mail."""
+    ident = _ident(rep_email_or_id)
+    if "@" not in ident:
+        return [ident]
+    return sorted({r.id for r in reps if r.email and r.email.lower() == ident})
+
+
 def set_away(
     store: redis.Redis,
     rep_email_or_id: str,
     until: dt.date | dt.datetime,
     *,
+    reps: Sequence[Rep] = (),
     now: float | None = None,
     prefix: str = PREFIX,
 ) -> AwayMark:
     """Mark a rep away until `until` (a date: through that day, rep-local; an aware datetime: that instant).
 
-    The mark is kept until a few days after it ends (counted from `now`), then Redis drops it.
+    Redis keeps the mark under the rep's CRM ids (an e-mail is looked up in `reps`), never
+    under the e-mail. It is kept until a few days after it ends (counted from `now`).
     """
-    ident = _ident(rep_email_or_id)
+    ids = rep_ids(rep_email_or_id, reps)
+    if not ids:
+        raise ValueError(f"no CRM rep has the e-mail {_ident(rep_email_or_id)}")
     if isinstance(until, dt.datetime):
         if until.tzinfo is None:
             raise ValueError("give a time zone with the time, or just a date")
@@ -64,19 +78,20 @@ def set_away(
     ttl = max(int(end - now) + 3 * 86400, 86400)
     payload = json.dumps({"until": until.isoformat(), "kind": kind})
     pipe = store.pipeline(transaction=True)
-    pipe.set(_key(ident, prefix), payload, ex=ttl)
-    pipe.sadd(_index(prefix), ident)
+    for rep_id in ids:
+        pipe.set(_key(rep_id, prefix), payload, ex=ttl)
+    pipe.sadd(_index(prefix), *ids)
     pipe.execute()
     return AwayMark(until)
 
 
 def set_back(store: redis.Redis, rep_email_or_id: str, reps: Sequence[Rep] = (), *, prefix: str = PREFIX) -> bool:
-    """Clear the away mark (under the identifier given, and under the rep's other one when `reps` has them)."""
+    """Clear the away mark of the rep (every CRM id with that e-mail, and a mark an older version kept by e-mail)."""
     ident = _ident(rep_email_or_id)
-    idents = {ident}
+    idents = {ident, *rep_ids(ident, reps)}
     for rep in reps:
-        if ident in (rep.id, rep.email.lower()):
-            idents |= {rep.id, rep.email.lower()}
+        if ident == rep.id and rep.email:
+            idents |= {rep.email.lower(), *rep_ids(rep.email, reps)}
     removed = store.delete(*[_key(i, prefix) for i in idents])
     store.srem(_index(prefix), *idents)
     return bool(removed)
@@ -92,7 +107,11 @@ def _parse(raw: str | bytes | None) -> AwayMark | None:
 
 
 def away_marks(store: redis.Redis, reps: Sequence[Rep], prefix: str = PREFIX) -> dict[str, list[AwayMark]]:
-    """rep id -> the marks set for them (by id or by e-mail)."""
+    """rep id -> the marks set for them.
+
+    Older versions kept a mark set by e-mail under the e-mail: such a mark still counts,
+    and is moved under the rep's id (same payload, same expiry) the first time it is seen.
+    """
     if not reps:
         return {}
     keys: list[str] = []
@@ -100,15 +119,34 @@ def away_marks(store: redis.Redis, reps: Sequence[Rep], prefix: str = PREFIX) ->
         keys += [_key(rep.id, prefix), _key(rep.email.lower() if rep.email else rep.id, prefix)]
     values = store.mget(keys)
     out: dict[str, list[AwayMark]] = {}
+    legacy: list[tuple[Rep, Any]] = []
     for i, rep in enumerate(reps):
-        marks = [m for m in (_parse(values[2 * i]), _parse(values[2 * i + 1])) if m is not None]
+        by_id, by_email = values[2 * i], values[2 * i + 1]
+        if rep.email and by_email is not None and keys[2 * i] != keys[2 * i + 1]:
+            legacy.append((rep, by_email))
+        marks = [m for m in (_parse(by_id), _parse(by_email)) if m is not None]
         if marks:
-            out[rep.id] = marks[:1] if values[2 * i] == values[2 * i + 1] else marks
+            out[rep.id] = marks[:1] if by_id == by_email else marks
+    if legacy:
+        _move_to_ids(store, legacy, reps, prefix)
     return out
 
 
+def _move_to_ids(store: redis.Redis, legacy: Sequence[tuple[Rep, Any]], reps: Sequence[Rep], prefix: str) -> None:
+    for rep, payload in legacy:
+        email = rep.email.lower()
+        ttl = int(store.ttl(_key(email, prefix)))
+        pipe = store.pipeline(transaction=True)
+        for rep_id in rep_ids(email, reps):
+            pipe.set(_key(rep_id, prefix), payload, ex=ttl if ttl > 0 else 86400, nx=True)
+            pipe.sadd(_index(prefix), rep_id)
+        pipe.delete(_key(email, prefix))
+        pipe.srem(_index(prefix), email)
+        pipe.execute()
+
+
 def list_away(store: redis.Redis, prefix: str = PREFIX) -> dict[str, AwayMark]:
-    """Every mark that is still stored, by the identifier it was set under."""
+    """Every mark that is still stored, by the CRM id (or, until moved, the e-mail) it is kept under."""
     out: dict[str, AwayMark] = {}
     for raw_ident in sorted(store.smembers(_index(prefix))):
         ident = raw_ident.decode() if isinstance(raw_ident, bytes) else str(raw_ident)

@@ -266,7 +266,8 @@ class Router:
             for rep in self.reps(crm):
                 if rep.email.lower() == owner.email and rep.active:
                     return rep.id, None
-            return None, f"fallback owner {owner.email} is not an active {crm} user"
+            # no e-mail in the note: decisions are kept in Redis, which holds ids only
+            return None, f"the fallback owner in routing.yaml is not an active {crm} user"
         return None, f"no fallback owner configured for {crm}"
 
     def _route(
@@ -621,6 +622,7 @@ class Router:
                     subject=subj,
                     text=text,
                     rep_email=rep.email if rep else None,
+                    rep_id=rep_id,
                     rep_name=rep.name if rep else "",
                     url=url,
                     facts=facts,
@@ -729,11 +731,12 @@ def set_away(
     store: Store, rep_email_or_id: str, until: float | dt.date | dt.datetime, *, now: float | None = None
 ) -> AwayMark:
     """`leadscore reps away EMAIL --until DATE`: a date is through that day in the rep's zone; a
-    datetime (aware) or epoch seconds is that instant."""
+    datetime (aware) or epoch seconds is that instant. Kept under the rep's CRM ids in every configured CRM."""
     client, prefix = _redis_of(store)
     if isinstance(until, int | float):
         until = dt.datetime.fromtimestamp(until, dt.UTC)
-    return away.set_away(client, rep_email_or_id, until, now=now, prefix=prefix)
+    reps = [r for crm in _configured(store) for r in store.reps(crm)] if isinstance(store, Router) else []
+    return away.set_away(client, rep_email_or_id, until, reps=reps, now=now, prefix=prefix)
 
 
 def set_back(store: Store, rep_email_or_id: str, reps: Sequence[Rep] = ()) -> bool:

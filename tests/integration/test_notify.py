@@ -25,7 +25,7 @@ from connector.errors import ConfigError
 from connector.notify import Notification, Notifier, chat_payload, parse_smtp_url
 from connector.routing.service import Router
 from tests.conftest import free_port
-from tests.integration.test_routing_redis import NOW, FakeCrm, Score, make_config, make_reps
+from tests.integration.test_routing_redis import NOW, FakeCrm, Score, dump, make_config, make_reps
 
 CA = trustme.CA()
 SERVER_CERT = CA.issue_cert("127.0.0.1")
@@ -43,6 +43,12 @@ class Inbox:
         self.messages: list[tuple[str, list[str], bytes]] = []
         self.encrypted: list[bool] = []  # per message: whether it came over TLS
         self.logins: list[tuple[bytes, bytes, bool]] = []  # (user, password, over TLS)
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: Any) -> str:
+        if address.startswith("gone"):
+            return "550 5.1.1 <" + address + ">: no such user here"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
@@ -166,8 +172,9 @@ def test_the_router_sends_exactly_one_email_and_chat_message_per_assignment(
     assert len(webhook[1].bodies) == 2
     record = router.routing_record("hubspot:contact:1")[0]
     assert record["notifications"] == [
-        {"kind": "assigned", "channels": [["email", "sent", "d1@corp.example"], ["chat", "sent", "200"]]}
+        {"kind": "assigned", "channels": [["email", "sent", "rep d1"], ["chat", "sent", "200"]]}
     ]
+    assert "@corp.example" not in dump(redis_client)  # the rep's id is kept, never the address
 
 
 def test_a_failing_channel_is_reported_and_not_retried(
@@ -281,3 +288,14 @@ def test_starttls_false_sends_unencrypted_when_the_url_says_so(plain_smtp: tuple
     notifier = Notifier(smtp_url=f"smtp://127.0.0.1:{port}?from=leads@corp.example&starttls=false", timeout=5)
     assert [(r.channel, r.status) for r in notifier.send(note())] == [("email", "sent")]
     assert inbox.encrypted == [False]
+
+
+def test_a_refused_recipient_is_reported_by_rep_id_without_the_address(
+    smtp: tuple[str, Inbox], redis_client: redis.Redis
+) -> None:
+    gone = Notification(kind="assigned", key="k9", subject="s", text="t", rep_email="gone.rep@corp.example",
+                        rep_id="0051", rep_name="Gone Rep")  # fmt: skip
+    [result] = Notifier(smtp_url=smtp[0], ssl_context=client_context(), dedupe=redis_client).send(gone)
+    assert (result.channel, result.status) == ("email", "failed")
+    assert "gone.rep" not in result.detail
+    assert "rep 0051" in result.detail

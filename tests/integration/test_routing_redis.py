@@ -27,6 +27,7 @@ from connector.domain import CrmName, Lead, Rep
 from connector.errors import RetryLater
 from connector.mappings.routing import RoutingConfig, parse_routing
 from connector.notify import ChannelResult, Notification
+from connector.routing import service
 from connector.routing.away import list_reps_status, set_away, set_back
 from connector.routing.policy import MemoryPool, Slot, Turn
 from connector.routing.pool import RedisPool
@@ -514,14 +515,14 @@ def test_without_available_reps_the_fallback_region_then_the_fallback_owner_take
 ) -> None:
     router = make_router(redis_client, crm)
     for rid in ("d1", "d2", "d3"):
-        set_away(redis_client, f"{rid}@corp.example", dt.date(2026, 3, 2))
+        set_away(redis_client, f"{rid}@corp.example", dt.date(2026, 3, 2), reps=crm.reps)
     d = router.assign_hot_lead(crm.add_lead("1"), "contact", Score(), NOW)
     assert (d.chosen, d.chosen_region, d.fallback) == ("b1", "Benelux", "region:Benelux")
     set_away(redis_client, "b1", dt.date(2026, 3, 2))
     d = router.assign_hot_lead(crm.add_lead("2"), "contact", Score(), NOW)
     assert (d.outcome, d.chosen, d.sla) == ("fallback_owner", "queue", False)
     assert crm.leads["2"].owner_id == "queue"
-    set_back(redis_client, "d2@corp.example")
+    set_back(redis_client, "d2@corp.example", crm.reps)
     assert router.assign_hot_lead(crm.add_lead("3"), "contact", Score(), NOW).chosen == "d2"
 
 
@@ -578,7 +579,7 @@ def test_the_routing_record_keeps_ids_and_scores_but_no_lead_names_or_emails(
 
 def test_rep_status_shows_who_is_available_and_why_not(redis_client: redis.Redis, crm: FakeCrm) -> None:
     cfg = make_config()
-    set_away(redis_client, "d1@corp.example", dt.date(2026, 3, 5))
+    set_away(redis_client, "d1@corp.example", dt.date(2026, 3, 5), reps=crm.reps)
     status = {s.rep_id: s for s in list_reps_status(redis_client, cfg, crm.reps, "hubspot", NOW)}
     assert (status["d1"].available, status["d1"].reason) == (False, "away")
     assert (status["d4"].available, status["d4"].reason) == (False, "inactive")
@@ -721,3 +722,29 @@ def test_after_redis_lost_the_routing_state_a_rerun_does_not_task_the_owner_twic
 
     assert again.outcome == "kept_owner"
     assert [t.rep_id for t in crm.tasks if t.lead_id == "7"] == [first.chosen]
+
+
+# --------------------------------------------------------------------------- ids, never e-mails
+
+
+def test_away_marks_are_kept_under_crm_ids_not_e_mails(redis_client: redis.Redis, crm: FakeCrm) -> None:
+    router = make_router(redis_client, crm)
+    service.set_away(router, "D1@corp.example", dt.date(2026, 3, 5))
+    assert "@" not in dump(redis_client)
+    assert router.assign_hot_lead(crm.add_lead("1"), "contact", Score(), NOW).chosen == "d2"
+    assert service.set_back(router, "d1@corp.example") is True
+    status = {st.rep_id: st for st in service.list_reps_status(router, NOW)}
+    assert (status["d1"].available, status["d1"].email) == (True, "d1@corp.example")
+
+
+def test_an_away_mark_an_older_version_kept_under_an_e_mail_still_counts_and_moves_to_the_id(
+    redis_client: redis.Redis, crm: FakeCrm
+) -> None:
+    payload = json.dumps({"until": "2026-03-05", "kind": "date"})
+    redis_client.set("leadscore:routing:away:d1@corp.example", payload, ex=86400 * 5)
+    redis_client.sadd("leadscore:routing:away", "d1@corp.example")
+    router = make_router(redis_client, crm)
+    assert router.assign_hot_lead(crm.add_lead("1"), "contact", Score(), NOW).chosen == "d2"  # d1 still away
+    assert "@" not in dump(redis_client)
+    assert redis_client.get("leadscore:routing:away:d1") == payload
+    assert redis_client.ttl("leadscore:routing:away:d1") > 86400 * 4

@@ -37,6 +37,7 @@ import redis
 
 from connector.config import Settings
 from connector.errors import ConfigError
+from connector.routing.keys import remember
 
 NotificationKind = Literal[
     "assigned", "reassigned_to_you", "reassigned_away", "escalated", "rehot", "existing_owner", "unassigned"
@@ -62,6 +63,7 @@ class Notification:
     facts: Mapping[str, str] = field(default_factory=dict)
     chat: bool = True  # also post to the team's chat channel
     rep_id: str | None = None  # the rep's CRM id: what results and logs name instead of the address
+    index: str | None = None  # a Redis set listing the keys kept about the lead (claims go there too)
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,14 +207,14 @@ class Notifier:
         if self.smtp is not None:
             if not note.rep_email:
                 results.append(ChannelResult("email", "skipped", "no recipient address"))
-            elif not self._claim("email", note.key):
+            elif not self._claim("email", note.key, note.index):
                 results.append(ChannelResult("email", "duplicate", "already sent for this key"))
             else:
                 results.append(self._email(self.smtp, note))
         if self.chat_url is not None:
             if not note.chat:
                 results.append(ChannelResult("chat", "skipped", "not posted to chat"))
-            elif not self._claim("chat", note.key):
+            elif not self._claim("chat", note.key, note.index):
                 results.append(ChannelResult("chat", "duplicate", "already sent for this key"))
             else:
                 results.append(self._chat(self.chat_url, note))
@@ -225,10 +227,14 @@ class Notifier:
 
     # ------------------------------------------------------------------ channels
 
-    def _claim(self, channel: Channel, key: str) -> bool:
+    def _claim(self, channel: Channel, key: str, index: str | None = None) -> bool:
         full = f"{DEDUPE_PREFIX}{channel}:{key}"
         if self.dedupe is not None:
-            return bool(self.dedupe.set(full, "1", nx=True, ex=DEDUPE_TTL_S))
+            pipe = self.dedupe.pipeline(transaction=False)
+            pipe.set(full, "1", nx=True, ex=DEDUPE_TTL_S)
+            if index is not None:
+                remember(pipe, index, [full])  # so a deletion of the lead finds the claim
+            return bool(pipe.execute()[0])
         if full in self._seen:
             return False
         self._seen.add(full)

@@ -46,6 +46,7 @@ from connector.mappings.routing import RoutingConfig
 from connector.notify import ChannelResult, Notification, NotificationKind, NotifierLike
 from connector.routing import away
 from connector.routing.away import away_marks, cap_key
+from connector.routing.keys import index_key, remember
 from connector.routing.policy import (
     AwayMark,
     Candidate,
@@ -435,6 +436,7 @@ class Router:
         pipe.lpush(rkey, json.dumps(entry, sort_keys=True))
         pipe.ltrim(rkey, 0, RECORD_KEEP - 1)
         pipe.expire(rkey, RECORD_TTL_S)
+        remember(pipe, index_key(self.prefix, state["lead_key"]), [rkey])
         pipe.hset(pkey, mapping={f"r{n}:done": "1", "round": str(n)})
         pipe.expire(pkey, PENDING_TTL_S)
         pipe.execute()
@@ -627,6 +629,7 @@ class Router:
                     url=url,
                     facts=facts,
                     chat=chat,
+                    index=index_key(self.prefix, state["lead_key"]),
                 )
             )
 
@@ -699,7 +702,11 @@ class Router:
         else:
             ep = str(int(h.get("n", "0")) + 1)
             self.redis.hset(key, mapping={"n": ep, "open": "1", "started": repr(now)})
-        self.redis.expire(key, RECORD_TTL_S)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.expire(key, RECORD_TTL_S)
+        # a deletion finds these through the lead's index, without scanning Redis
+        remember(pipe, index_key(self.prefix, lead_key), [key, self._pending_key(lead_key, ep)])
+        pipe.execute()
         rehot = previous is not None and h.get("owner_ep") != ep
         return ep, rehot, previous
 

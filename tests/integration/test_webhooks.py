@@ -313,6 +313,54 @@ def test_purge_record_removes_what_names_the_lead_and_nothing_else(rt: Runtime, 
     assert r.exists(f"leadscore:routing:record:{other}", f"leadscore:notify:email:{other}|ep1|r1|assigned") == 2
 
 
+def test_a_deletion_purges_what_routing_and_notifications_kept_without_scanning_redis(
+    rt: Runtime, redis_client: redis.Redis
+) -> None:
+    from connector.notify import Notifier
+    from connector.routing.service import Router
+    from connector.runs import RunStore
+    from tests.integration.test_routing_redis import NOW, FakeCrm, Score, make_config, make_reps
+
+    crm = FakeCrm(reps=make_reps())
+    notifier = Notifier(chat_webhook_url=f"http://127.0.0.1:{free_port()}/hook", dedupe=rt.redis, timeout=2)
+    router = Router(make_config(), rt.redis, lambda _c: crm, notifier, clock=lambda: NOW,
+                    namespace=f"{rt.namespace}:routing")  # fmt: skip
+    for lead_id in ("12", "123"):
+        router.assign_hot_lead(crm.add_lead(lead_id), "contact", Score(), NOW)
+    assert len(router.check_sla(NOW + 31 * 60)) == 2  # a second round each: more keys, more claims
+    notifier.close()
+    _queue_ids(rt, ["12", "123"])
+    runs = RunStore(rt.redis, rt.namespace)
+    run_id = runs.new_run("hubspot", "full", ("contact",))
+    for lead in ("hubspot:contact:12", "hubspot:contact:123"):
+        redis_client.rpush(f"leadscore:run:{run_id}:failures", f"{lead}: could not be written (429)")
+    webhooks.purge_record(rt, "hubspot:contact:999")  # the first deletion after an upgrade indexes older keys once
+    redis_client.config_resetstat()
+
+    webhooks.purge_record(rt, "hubspot:contact:12")
+
+    used = {name.removeprefix("cmdstat_") for name in redis_client.info("commandstats")}
+    assert not used & {"scan", "keys", "hscan", "sscan", "zscan"}, used
+    everything = {k: _dump_value(redis_client, k) for k in redis_client.keys("*")}
+    assert not [k for k, v in everything.items() if webhooks._names(k + " " + v, "hubspot:contact:12")]
+    assert [k for k, v in everything.items() if webhooks._names(k + " " + v, "hubspot:contact:123")]
+    assert redis_client.exists("leadscore:routing:record:hubspot:contact:123")
+    assert _pending(rt) == ["123"]
+
+
+def _dump_value(r: redis.Redis, key: str) -> str:
+    kind = r.type(key)
+    if kind == "hash":
+        return str(r.hgetall(key))
+    if kind == "list":
+        return str(r.lrange(key, 0, -1))
+    if kind == "zset":
+        return str(r.zrange(key, 0, -1))
+    if kind == "set":
+        return str(sorted(r.smembers(key)))
+    return str(r.get(key))
+
+
 # --------------------------------------------------------------------------- Salesforce outbound messages
 
 

@@ -170,9 +170,14 @@ def cmd_check(args: argparse.Namespace) -> int:
     settings = rt.settings
     problems = _load_mappings(settings.mappings_dir)
     ok_lines: list[str] = []
+    warnings: list[str] = []
     try:
         rt.redis.ping()
         ok_lines.append(f"redis: reachable at {_redact(settings.redis_url)}")
+        from connector.persistence import redis_persistence
+
+        kept = redis_persistence(rt.redis)
+        (ok_lines if kept.level == "ok" else warnings).append(kept.sentence)
     except Exception as exc:  # noqa: BLE001 - any failure to reach Redis is reported as one sentence
         problems.append(f"Redis at {_redact(settings.redis_url)} cannot be reached ({type(exc).__name__}); "
                         "set REDIS_URL to a running Redis.")
@@ -194,6 +199,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         problems.append(str(exc))
     for line in ok_lines:
         print(f"ok   {line}")
+    for line in warnings:
+        print(f"WARN {line}")
     for line in problems:
         print(f"FAIL {line}")
     if problems:

@@ -347,7 +347,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_reps(args: argparse.Namespace) -> int:
-    from connector.routing import service
+    from connector.routing import commands, service
 
     rt = _runtime()
     router = rt.router
@@ -355,14 +355,17 @@ def cmd_reps(args: argparse.Namespace) -> int:
         _known_rep(rt, args.email)
     if args.reps_command == "away":
         until = _parse_until(args.until)
-        service.set_away(router, args.email, until)
+        kept = commands.reps_away(rt, args.email, until)
         shown = f"the end of {until} in the rep's time zone" if not isinstance(until, dt.datetime) else (
             until.strftime("%Y-%m-%d %H:%M UTC"))
         print(f"{args.email} is away until {shown}")
+        print(kept)
         return 0
     if args.reps_command == "back":
-        service.set_back(router, args.email)
+        notes = commands.reps_back(rt, args.email)
         print(f"{args.email} is back")
+        for note in notes:
+            print(note)
         return 0
     for line in service.list_reps_status(router, time.time()):
         print(line)

@@ -35,6 +35,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Protocol
 
 import redis
@@ -147,8 +148,10 @@ class Router:
         namespace: str | None = None,
         reps_ttl_s: float = 300.0,
         lock_ttl_s: float = 120.0,
+        away_file: Path | None = None,
     ) -> None:
         self.config = config
+        self.file_marks = away.FileMarks(away_file)  # mappings/away.yaml: marks that outlive Redis
         self.redis = redis
         self.adapter_for = adapter_for
         self.notifier = notifier
@@ -289,7 +292,8 @@ class Router:
         involved = {v.id: v for vs in members.values() for v in vs}
         keys = {rid: cap_key(crm, rid, v.day(now)) for rid, v in involved.items()}
         used = dict(zip(keys, self.pool.used(list(keys.values())), strict=True))
-        marks = away_marks(self.redis, [v.rep for v in involved.values()], self.prefix)
+        people = [v.rep for v in involved.values()]
+        marks = away.merge_marks(away_marks(self.redis, people, self.prefix), self.file_marks.for_reps(people))
         attempts = []
         for r in chain:
             cands = []
@@ -771,7 +775,7 @@ def list_reps_status(
     if isinstance(store, Router):
         out: list[away.RepStatus] = []
         for name in [crm] if crm else _configured(store):
-            out += away.list_reps_status(client, store.config, store.reps(name), name, now, prefix)
+            out += away.list_reps_status(client, store.config, store.reps(name), name, now, prefix, store.file_marks)
         return out
     if config is None or crm is None or reps is None:
         raise TypeError("with a Redis client, give config, crm and reps")

@@ -14,6 +14,7 @@ import uuid
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -748,3 +749,27 @@ def test_an_away_mark_an_older_version_kept_under_an_e_mail_still_counts_and_mov
     assert "@" not in dump(redis_client)
     assert redis_client.get("leadscore:routing:away:d1") == payload
     assert redis_client.ttl("leadscore:routing:away:d1") > 86400 * 4
+
+
+def test_marks_in_away_yaml_hold_without_redis_and_are_re_read_when_the_file_changes(
+    redis_client: redis.Redis, crm: FakeCrm, tmp_path: Path
+) -> None:
+    from connector.routing.away import record_away, record_back
+
+    away_file = tmp_path / "away.yaml"
+    router = Router(make_config(), redis_client, lambda _c: crm, None, clock=lambda: NOW, away_file=away_file)
+    record_away(away_file, "D1@corp.example", dt.date(2026, 3, 1), dt.date(2026, 3, 5))
+    # NOW is 09:00 UTC: d2 was away until 08:30 UTC and is back
+    record_away(away_file, "d2@corp.example", dt.date(2026, 3, 1), dt.datetime(2026, 3, 2, 8, 30, tzinfo=dt.UTC))
+    redis_client.flushall()  # Redis lost every mark it had
+
+    assert router.assign_hot_lead(crm.add_lead("1"), "contact", Score(), NOW).chosen == "d2"
+    status = {s.rep_id: s for s in service.list_reps_status(router, NOW, crm="hubspot")}
+    assert (status["d1"].reason, status["d2"].available, status["d3"].available) == ("away", True, True)
+
+    record_away(away_file, "d3@corp.example", dt.date(2026, 3, 2), dt.date(2026, 3, 2))  # the file changes
+    assert router.assign_hot_lead(crm.add_lead("2"), "contact", Score(), NOW).chosen == "d2"
+    assert record_back(away_file, "d1@corp.example", dt.date(2026, 3, 2)) is True
+    status = {s.rep_id: s for s in service.list_reps_status(router, NOW, crm="hubspot")}
+    assert (status["d1"].available, status["d3"].reason) == (True, "away")
+    assert "@" not in dump(redis_client)

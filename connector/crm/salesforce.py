@@ -36,7 +36,7 @@ import requests
 from simple_salesforce.api import Salesforce
 from simple_salesforce.bulk2 import SFBulk2Handler
 
-from connector.crm.base import CallCounter, Page, WriteReport
+from connector.crm.base import CallCounter, OpenTask, Page, WriteReport
 from connector.crm.limits import DEFAULT_POLICY, RetryPolicy, SlidingWindowLimiter, call_with_retry
 from connector.crm.salesforce_http import (
     SESSION_EXPIRED,
@@ -614,6 +614,36 @@ class SalesforceAdapter:
         )
         records = self._query_page(soql)["records"]
         return str(records[0]["Id"]) if records else None
+
+    def open_routing_tasks(self, subject_prefixes: Sequence[str], since: float) -> list[OpenTask]:
+        """Open Tasks created since `since` on a Lead or Contact whose subject starts with a prefix (one query)."""
+        if not subject_prefixes:
+            return []
+        like = " OR ".join(f"Subject LIKE {soql_string(p + '%')}" for p in subject_prefixes)
+        soql = build_soql(
+            ["Id", "WhoId", "OwnerId", "Subject", "CreatedDate"],
+            "Task",
+            ["IsClosed = false", f"CreatedDate >= {soql_datetime(since)}", f"({like})"],
+            order_by="CreatedDate",
+        )
+        streams = {"00Q": "Lead", "003": "Contact"}  # WhoId prefixes
+        out: list[OpenTask] = []
+        for record in self._query_all(soql):
+            who, owner = str(record.get("WhoId") or ""), str(record.get("OwnerId") or "")
+            stream = streams.get(who[:3])
+            if stream is None or stream not in self.streams or not owner.startswith("005"):
+                continue  # a task on something else, or owned by a queue
+            out.append(
+                OpenTask(
+                    stream=stream,
+                    lead_id=who,
+                    rep_id=owner,
+                    task_id=str(record["Id"]),
+                    subject=str(record.get("Subject") or ""),
+                    created_at=parse_time(record.get("CreatedDate")) or since,
+                )
+            )
+        return out
 
     def task_is_open(self, task_id: str) -> bool:
         soql = build_soql(["Id", "IsClosed"], "Task", [f"Id = {soql_id(task_id)}"])

@@ -229,6 +229,9 @@ class Router:
     def check_sla(self, now: float | None = None, *, limit: int = 100) -> list[Decision]:
         """Reassign (or escalate) every assignment whose SLA has run out; returns the new decisions."""
         now = self.clock() if now is None else now
+        from connector.routing import sla_rebuild  # after Redis lost the schedule: from the CRM's open tasks
+
+        sla_rebuild.rebuild(self, now)
         key = f"{self.prefix}sla"
         due = self.redis.zrangebyscore(key, "-inf", now, start=0, num=limit)
         out: list[Decision] = []

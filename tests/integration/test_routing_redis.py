@@ -23,7 +23,7 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from connector.crm.base import Page, WriteReport
+from connector.crm.base import OpenTask, Page, WriteReport
 from connector.domain import CrmName, Lead, Rep
 from connector.errors import RetryLater
 from connector.mappings.routing import RoutingConfig, parse_routing
@@ -133,6 +133,14 @@ class FakeCrm:
 
     def rep_acted_since(self, stream: str, lead_id: str, rep_id: str, since: float) -> bool:
         return (lead_id, rep_id) in self.acted
+
+    def open_routing_tasks(self, subject_prefixes: Sequence[str], since: float) -> list[OpenTask]:
+        prefixes = tuple(subject_prefixes)
+        return [
+            OpenTask(t.stream, t.lead_id, t.rep_id, t.id, t.subject, created_at=t.due - 1800, due=t.due)
+            for t in self.tasks
+            if t.open and t.subject.startswith(prefixes) and t.due >= since
+        ]
 
     def record_url(self, stream: str, lead_id: str) -> str:
         return f"https://crm.test/contacts/{lead_id}"
@@ -665,6 +673,46 @@ def test_a_lead_moved_by_hand_is_left_alone_by_the_sla(sla_router: tuple[Router,
     crm.leads["1"].owner_id = "b1"
     assert router.check_sla(NOW + 3600) == []
     assert crm.leads["1"].owner_id == "b1"
+
+
+def test_after_redis_lost_the_sla_schedule_the_check_rebuilds_it_from_open_tasks_and_reassigns(
+    sla_router: tuple[Router, FakeNotifier], crm: FakeCrm, redis_client: redis.Redis
+) -> None:
+    router, notifier = sla_router
+    router.assign_hot_lead(crm.add_lead("1"), "contact", Score(), NOW)
+    router.assign_hot_lead(crm.add_lead("2"), "contact", Score(), NOW)
+    crm.acted.add(("2", "d2"))  # lead 2's rep acted: it stays
+    redis_client.flushall()  # Redis restarted empty: no SLA schedule, no routing state at all
+    again = make_router(redis_client, crm, notifier)
+
+    assert again.check_sla(NOW + 29 * 60) == []  # not due yet, even rebuilt
+    [d] = again.check_sla(NOW + 31 * 60)
+
+    # the round-robin positions were lost with Redis too: the next rep is the first by id
+    assert (d.outcome, d.chosen, d.expected_owner, d.reason) == ("assigned", "d2", "d1", "sla")
+    assert (crm.leads["1"].owner_id, crm.leads["2"].owner_id) == ("d2", "d2")
+    assert [(t.rep_id, t.subject.split(":")[0]) for t in crm.tasks if t.lead_id == "1"] == [
+        ("d1", "Hot lead"),
+        ("d2", "Hot lead reassigned to you"),
+    ]
+    assert [(n.kind, n.rep_id) for n in notifier.sent][-2:] == [("reassigned_to_you", "d2"), ("reassigned_away", "d1")]
+    assert again.check_sla(NOW + 32 * 60) == []  # rebuilt once: the new rep has a fresh 30 minutes
+    assert [r["reason"] for r in again.routing_record("hubspot:contact:1")] == ["sla"]
+
+
+def test_a_rebuilt_schedule_keeps_counting_reassignments_and_who_had_the_lead(
+    sla_router: tuple[Router, FakeNotifier], crm: FakeCrm, redis_client: redis.Redis
+) -> None:
+    router, notifier = sla_router
+    lead = crm.add_lead("1")
+    router.assign_hot_lead(lead, "contact", Score(), NOW)
+    assert [d.chosen for d in router.check_sla(NOW + 31 * 60)] == ["d2"]  # one reassignment used
+    redis_client.flushall()
+    again = make_router(redis_client, crm, notifier)
+    got = [(d.outcome, d.chosen) for d in again.check_sla(NOW + 62 * 60)]
+    assert got == [("assigned", "d3")]  # d1 and d2 had it: left out
+    got = [(d.outcome, d.chosen) for d in again.check_sla(NOW + 93 * 60)]
+    assert got == [("fallback_owner", "queue")]  # max_reassignments (2) used: escalated
 
 
 # --------------------------------------------------------------------------- episodes and the command line

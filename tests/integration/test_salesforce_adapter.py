@@ -436,6 +436,27 @@ def test_a_task_for_the_rep_is_created_and_followed(
     assert adapter.record_url("Lead", lead_id) == f"{org.url}/lightning/r/Lead/{lead_id}/view"
 
 
+def test_routings_open_tasks_are_found_again_by_their_headline(
+    adapter: SalesforceAdapter, org: Org, some_leads: list[str]
+) -> None:
+    lead_id, other_id = some_leads[1700], some_leads[1701]
+    rep = next(r for r in adapter.list_reps() if r.active and r.region).id
+    since = time.time() - 60
+    ours = adapter.create_task("Lead", lead_id, rep, subject="Hot lead: Ana Ruiz, score 91", body="b", due=since)
+    done = adapter.create_task("Lead", other_id, rep, subject="Hot lead: Bo Li, score 88", body="b", due=since)
+    adapter.create_task("Lead", other_id, rep, subject="Call back about pricing", body="b", due=since)
+    org.sf.Task.update(done, {"Status": "Completed"})
+
+    found = adapter.open_routing_tasks(("Hot lead", "Hot lead reassigned to you"), since)
+
+    mine = [t for t in found if t.lead_id in (lead_id, other_id)]
+    assert [(t.stream, t.lead_id, t.rep_id, t.task_id, t.subject) for t in mine] == [
+        ("Lead", lead_id, rep, ours, "Hot lead: Ana Ruiz, score 91")
+    ]
+    assert since <= mine[0].created_at <= time.time() + 1
+    assert adapter.open_routing_tasks(("Hot lead",), time.time() + 3600) == []
+
+
 def test_an_expired_token_is_refreshed_mid_run_and_shared_with_other_workers(
     redis_client: redis.Redis, mapping: SalesforceMapping
 ) -> None:

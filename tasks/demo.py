@@ -1,5 +1,8 @@
 """`leadscore demo`: the whole mission on a fresh machine.
 
+It lives beside the tasks because it runs them: it starts a Celery worker in
+this process (imports point one way, tasks -> connector).
+
 Starts the sandbox CRM in its own process, runs a full sync of each CRM
 through the real Celery tasks (an in-process worker; Celery's in-memory
 broker and an embedded Redis-compatible store when REDIS_URL is not set, that
@@ -24,6 +27,7 @@ from typing import Any
 
 import redis
 
+from connector import console
 from connector.bootstrap import Runtime, build_runtime
 from connector.config import Settings, load_settings
 from connector.domain import CrmName
@@ -115,6 +119,33 @@ class DemoSummary:
         return "\n".join(out)
 
 
+    def show(self, *, plain: bool) -> None:
+        """The summary on stdout: the plain text, or tables on a terminal."""
+        if plain:
+            print(self.text())
+            return
+        out = console.out()
+        out.print(f"[bold]leadscore demo[/]: {self.contacts:,} people in each CRM (seed {self.seed}), "
+                  f"store: {self.store}")
+        out.print(f"(the sandbox HubSpot portal allows {DEMO_HUBSPOT_RATE:,} calls per 10 s; real portals 100 or 190)")
+        names = ("read", "scored", "written", "unchanged", "failed", "hot", "assigned")
+        rows: list[list[Any]] = [
+            [c.crm, c.status, *(c.counts.get(n, 0) for n in names),
+             *(c.bands.get(b, 0) for b in ("hot", "warm", "cold")), c.api_calls, c.rate_limited, f"{c.seconds:.1f} s"]
+            for c in self.crms
+        ]
+        console.table("", ["CRM", "sync", *names, "band hot", "band warm", "band cold", "API calls",
+                           "rate-limited", "time"], rows, plain=False)
+        assigned = [[c.crm, region, rep, n] for c in self.crms for region in sorted(c.assignments)
+                    for rep, n in sorted(c.assignments[region].items())]
+        if assigned:
+            console.table("assignments", ["CRM", "region", "rep", "leads"], assigned, plain=False)
+        for c in self.crms:
+            for f in c.failures[:5]:
+                out.print(f"{c.crm}: failed: {f}", markup=False)
+        out.print(f"total time {self.seconds:.1f} s")
+
+
 def _mappings_dir(settings: Settings) -> Path:
     if settings.mappings_dir.is_dir():
         return settings.mappings_dir
@@ -183,7 +214,6 @@ def _worker(app: Any, concurrency: int, queue: str) -> Iterator[None]:
 
 
 def run_demo(*, crm: str, contacts: int, seed: int, workers: int = 4, progress: bool = True) -> DemoSummary:
-    from connector.cli import wait_for_runs
     from sandbox.salesforce import score_field_specs
     from tasks import sync as sync_tasks
     from tasks.app import app
@@ -206,6 +236,8 @@ def run_demo(*, crm: str, contacts: int, seed: int, workers: int = 4, progress: 
             salesforce_instance_url=sb.salesforce_url if "salesforce" in crms else None,
             salesforce_access_token=sb.salesforce_token if "salesforce" in crms else None,
             salesforce_ca_bundle=Path(sb.ca_cert),
+            log_format=base.log_format,
+            log_level=base.log_level,
         )
         namespace = f"leadscore-demo-{uuid.uuid4().hex[:8]}"
         # on the admin's own Redis, a queue of the demo's own so that no production worker takes its tasks
@@ -228,7 +260,8 @@ def run_demo(*, crm: str, contacts: int, seed: int, workers: int = 4, progress: 
             with _worker(app, workers, queue):
                 # the CRMs are separate accounts: their syncs run side by side on the same workers
                 run_ids = [sync_tasks.enqueue_run(name, True).run_id for name in crms]
-                views = wait_for_runs(rt.runs, run_ids, timeout=900, quiet=not progress)
+                views = console.wait_for_runs(rt.runs, run_ids, timeout=900, quiet=not progress,
+                                              expected=dict.fromkeys(crms, contacts), summary=lambda _v: None)
                 summaries = [_summarise(rt, name, view, sb) for name, view in zip(crms, views, strict=True)]
         finally:
             set_runtime(None)

@@ -121,14 +121,27 @@ def own_mappings(tmp_path: Path) -> Path:
 
 
 def test_a_rep_marked_away_shows_as_away_until_marked_back(sandbox: Sandbox, redis_url: str, tmp_path: Path) -> None:
-    env = {**hubspot_env(sandbox, redis_url), "LEADSCORE_MAPPINGS": str(own_mappings(tmp_path))}
+    import redis
+    import yaml
+
+    from connector.mappings.routing import load_routing
+
+    mdir = own_mappings(tmp_path)
+    env = {**hubspot_env(sandbox, redis_url), "LEADSCORE_MAPPINGS": str(mdir)}
     email = "julia.hofer@sandbox-corp.example"
     away = run(["reps", "away", email, "--until", "2099-01-31"], env)
     assert away.returncode == 0, away.stderr
+    # the mark is kept in mappings/away.yaml too, in routing.yaml's format: reps: EMAIL: away: [{from, until}]
+    assert f"kept in {mdir / 'away.yaml'}" in away.stdout
+    saved = yaml.safe_load((mdir / "away.yaml").read_text())
+    assert [str(p["until"]) for p in saved["reps"][email]["away"]] == ["2099-01-31"]
+    load_routing(mdir / "routing.yaml")  # what the command wrote is valid mapping input
+    redis.Redis.from_url(redis_url).flushall()  # so it outlives a Redis that lost everything
     listed = run(["reps", "list"], env)
     assert any(email in line and "away" in line for line in listed.stdout.splitlines()), listed.stdout
     back = run(["reps", "back", email], env)
     assert back.returncode == 0
+    assert email not in (yaml.safe_load((mdir / "away.yaml").read_text())["reps"] or {})
     listed = run(["reps", "list"], env)
     assert not any(email in line and "away" in line for line in listed.stdout.splitlines()), listed.stdout
 
@@ -182,33 +195,6 @@ def test_a_hubspot_base_url_over_plain_http_to_another_host_is_one_sentence_and_
         "leadscore: HUBSPOT_BASE_URL must use https:// (plain http:// is allowed only for localhost, 127.0.0.1 "
         "or ::1), not 'http://api.hubapi.com'."
     )
-
-
-def test_an_away_mark_outlives_a_redis_that_lost_everything(sandbox: Sandbox, redis_url: str, tmp_path: Path) -> None:
-    import redis
-    import yaml
-
-    mdir = own_mappings(tmp_path)
-    env = {**hubspot_env(sandbox, redis_url), "LEADSCORE_MAPPINGS": str(mdir)}
-    email = "julia.hofer@sandbox-corp.example"
-    away = run(["reps", "away", email.upper(), "--until", "2099-01-31"], env)
-    assert away.returncode == 0, away.stderr
-    assert f"kept in {mdir / 'away.yaml'}" in away.stdout
-    saved = yaml.safe_load((mdir / "away.yaml").read_text())
-    assert list(saved) == ["version", "reps"]
-    [period] = saved["reps"][email]["away"]  # routing.yaml's format: reps: EMAIL: away: [{from, until}]
-    assert str(period["until"]) == "2099-01-31"
-
-    redis.Redis.from_url(redis_url).flushall()  # a restart without persistence
-
-    listed = run(["reps", "list"], env)
-    assert any(email in line and "away" in line for line in listed.stdout.splitlines()), listed.stdout
-    assert "away.yaml" not in run(["check"], env).stdout  # what the command wrote is valid mapping input
-    back = run(["reps", "back", email], env)
-    assert back.returncode == 0, back.stderr
-    assert email not in (yaml.safe_load((mdir / "away.yaml").read_text())["reps"] or {})
-    listed = run(["reps", "list"], env)
-    assert not any(email in line and "away" in line for line in listed.stdout.splitlines()), listed.stdout
 
 
 def test_a_broken_away_file_is_named_by_check_with_its_line(tmp_path: Path, redis_url: str) -> None:

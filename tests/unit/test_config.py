@@ -44,3 +44,22 @@ def test_salesforce_needs_both_url_and_token() -> None:
     s = load_settings({"SALESFORCE_INSTANCE_URL": "https://example.my.salesforce.com"})
     with pytest.raises(ConfigError, match=r"^SALESFORCE_ACCESS_TOKEN is not set\.$"):
         s.require_salesforce()
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:8080", "http://localhost:9000", "http://[::1]:8080", "http://127.5.6.7", "https://x.test"]
+)
+def test_hubspot_base_url_may_be_plain_http_only_on_loopback(url: str) -> None:
+    assert load_settings({"HUBSPOT_BASE_URL": url}).hubspot_base_url == url
+
+
+@pytest.mark.parametrize(
+    "url", ["http://api.hubapi.com", "http://10.0.0.5:8080", "http://localhost.evil.example", "ftp://api.hubapi.com"]
+)
+def test_hubspot_base_url_over_plain_http_elsewhere_is_refused_in_one_sentence(url: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings({"HUBSPOT_BASE_URL": url})
+    message = str(info.value)
+    assert message.startswith("HUBSPOT_BASE_URL must use https://")
+    assert message.count(". ") == 0
+    assert message.endswith(".")

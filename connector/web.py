@@ -295,7 +295,7 @@ def serve() -> int:
 
     try:
         settings = load_settings()
-        configure_logs()
+        configure_logs(settings=settings)
         runtime = build_runtime(settings)
         runtime.redis.ping()
     except LeadscoreError as exc:
@@ -313,6 +313,7 @@ def serve() -> int:
             host=DEFAULT_HOST,
             port=settings.web_port,
             log_level="info",
+            log_config=None,  # uvicorn's records go through our handler (connector/logs.py): JSON, redacted
             access_log=False,
             proxy_headers=True,
             timeout_graceful_shutdown=5,

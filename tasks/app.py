@@ -8,10 +8,11 @@ twice.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from celery import Celery, Task
-from celery.signals import worker_process_init, worker_process_shutdown
+from celery.signals import setup_logging, worker_process_init, worker_process_shutdown
 
 from connector.config import load_settings
 from connector.logs import configure as configure_logs
@@ -57,9 +58,16 @@ def countdown(task: Task, wait: float | None) -> float:
     return float(min(MAX_COUNTDOWN, wait if wait is not None else backoff))
 
 
+@setup_logging.connect
+def _setup_logging(loglevel: Any = None, **_: Any) -> None:
+    """Celery's own records too go through connector/logs.py (JSON in production, redacted)."""
+    level = loglevel if isinstance(loglevel, str) else (logging.getLevelName(loglevel) if loglevel else None)
+    configure_logs(level=level, settings=_settings)
+
+
 @worker_process_init.connect
 def _init_worker(**_: Any) -> None:
-    configure_logs()
+    configure_logs(settings=_settings)
 
 
 @worker_process_shutdown.connect

@@ -370,6 +370,19 @@ def serve() -> int:
     return serve_web()
 
 
+@cli.command(help="Runs in progress and recent, streams behind, queue, API budget, hot leads today.")
+@JSON_OPTION
+def status(as_json: bool) -> int:
+    from connector.status import collect_status, show_status
+
+    report = collect_status(_runtime(), time.time())
+    if as_json:
+        print(json.dumps(report, sort_keys=True, default=str))
+    else:
+        show_status(report, plain=not console.is_tty())
+    return 0
+
+
 # --------------------------------------------------------------------------- reps
 
 

@@ -45,6 +45,7 @@ from connector.bootstrap import Runtime
 from connector.domain import CrmName
 from connector.errors import LeadscoreError
 from connector.metrics import Metrics, RedisCollector
+from connector.status import Recorder
 from connector.webhooks import Intake, PendingQueue, Rejected
 
 log = logging.getLogger("leadscore.web")
@@ -146,6 +147,7 @@ def build_app(runtime_factory: Callable[[], Runtime], *, dispatcher: Dispatcher 
 
     def reject(crm: CrmName, exc: Rejected) -> None:
         state.metrics.incr("webhook_deliveries", crm=crm, outcome="rejected")
+        Recorder(state.rt.redis, state.rt.namespace).webhook(crm, "rejected", time.time())
         state.metrics.incr("webhook_rejections", crm=crm, reason=exc.reason)
         log.warning("webhook rejected", extra={"event": "webhook_rejected", "crm": crm, "reason": exc.reason})
 
@@ -170,6 +172,7 @@ def build_app(runtime_factory: Callable[[], Runtime], *, dispatcher: Dispatcher 
         accepted = sum(1 for f in flags if f)
         counts = {"accepted": accepted, "deduplicated": len(flags) - accepted, "ignored": intake.ignored}
         state.metrics.incr("webhook_deliveries", crm=crm, outcome="accepted")
+        Recorder(state.rt.redis, state.rt.namespace).webhook(crm, "accepted", time.time())
         for outcome, n in counts.items():
             state.metrics.incr("webhook_events", n, crm=crm, outcome=outcome)
         return counts

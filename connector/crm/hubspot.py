@@ -195,6 +195,11 @@ class HubSpotAdapter:
 
     # -- bookkeeping
 
+    def api_budget(self) -> tuple[int, int | None, str]:
+        """(calls used today, the daily budget, what "today" means), from the shared limiter."""
+        limiter = self.http.limiter
+        return limiter.used_today(), (limiter.daily_limit or None), "today (UTC)"
+
     @property
     def calls(self) -> CallCounter:
         return self.http.calls

@@ -708,6 +708,13 @@ class SalesforceAdapter:
                 problems.append(_sentence(self._floor_sentence(used, total)))
         return problems
 
+    def api_budget(self) -> tuple[int, int | None, str]:
+        """(calls used, the org's allocation, its window) as Salesforce last reported in Sforce-Limit-Info."""
+        usage = self._shared_usage()
+        if usage is None:
+            return 0, None, "last 24 h (not reported yet)"
+        return usage[0], usage[1], "last 24 h"
+
     def usage_line(self) -> str | None:
         """API usage as last seen, for the CLI: 'Salesforce API usage: 1,234 of 15,000 calls (8%) ...'."""
         if self.usage is None:

@@ -100,11 +100,6 @@ SCORE_FIELDS: tuple[tuple[str, str, dict[str, Any]], ...] = (
 )
 
 
-def score_field_specs() -> list[dict[str, Any]]:
-    """The body of POST /__sandbox__/salesforce/fields for the score fields (what an admin creates in Setup)."""
-    return [{"name": n, "type": t, **kw} for n, t, kw in SCORE_FIELDS]
-
-
 class ApiError(Exception):
     """An answer in Salesforce's error shape: [{"message", "errorCode", "fields"?}]."""
 
@@ -477,7 +472,7 @@ class Org:
         self.jobs: dict[str, BulkJob] = {}
         if score_fields:
             for obj in PERSON_OBJECTS:
-                self.add_fields(obj, score_field_specs())
+                self.add_fields(obj, [{"name": n, "type": t, **kw} for n, t, kw in SCORE_FIELDS])
 
     # ---- catalog
     def sobject(self, name: str) -> SObjectType | None:
@@ -1365,6 +1360,7 @@ class SalesforceState:
         self.org, self.guard, self.oauth, self.stats, self.faults = org, guard, oauth, stats, faults
         self.planner = Planner(org)
         self.writer = Writer(org)
+        self.customize_application = True  # the integration user may create fields (Tooling API)
 
 
 def _version(request: Request) -> str:
@@ -1787,6 +1783,63 @@ async def admin_fields(request: Request) -> Response:
     return JsonResponse({"object": data["object"], "created": made})
 
 
+# Tooling API: POST /services/data/vXX.X/tooling/sobjects/CustomField with
+# {"FullName": "Lead.Lead_Score__c", "Metadata": {"label", "type", "precision"/"scale"/"length"/"valueSet"...}},
+# answered 201 {"id", "success": true, "errors": []} (Tooling API guide, CustomField; CustomFieldMetadata
+# carries the Metadata API's CustomField fields). Creating a field needs the "Customize Application"
+# permission; the error a user without it gets, and the duplicate's, are not confirmed from the docs:
+TOOLING_NO_PERMISSION = (403, "INSUFFICIENT_ACCESS", "insufficient access rights on object id")  # (unverified)
+TOOLING_DUPLICATE = (400, "DUPLICATE_DEVELOPER_NAME", "This field name is already in use")  # (unverified)
+_TOOLING_TYPES = {"Number": "double", "Text": "string", "LongTextArea": "textarea", "TextArea": "textarea",
+                  "DateTime": "datetime", "Date": "date", "Picklist": "picklist", "Checkbox": "boolean"}
+
+
+@_endpoint
+async def tooling_custom_field(request: Request) -> Response:
+    _version(request)
+    st = _state(request)
+    if not st.customize_application:
+        raise ApiError(*TOOLING_NO_PERMISSION)
+    body = await _json(request)
+    if not isinstance(body, dict) or not isinstance(body.get("Metadata"), dict):
+        raise ApiError(400, "JSON_PARSER_ERROR", "The request body must be a JSON object with FullName and Metadata")
+    obj, _, name = str(body.get("FullName", "")).partition(".")
+    meta: dict[str, Any] = body["Metadata"]
+    o = st.org.sobject(obj)
+    if o is None:
+        raise ApiError(400, "INVALID_FIELD", f"No such object {obj!r} for FullName {body.get('FullName')!r}")
+    if any(f.name.lower() == name.lower() for f in o.fields.values()):
+        status, code, message = TOOLING_DUPLICATE
+        raise ApiError(status, code, f"{message}: {name}")
+    kind = _TOOLING_TYPES.get(str(meta.get("type", "")))
+    if kind is None:
+        raise ApiError(400, "FIELD_INTEGRITY_EXCEPTION", f"Unsupported field type: {meta.get('type')!r}")
+    spec: dict[str, Any] = {"name": name, "type": kind, "label": meta.get("label") or name}
+    for key in ("precision", "scale", "length"):
+        if key in meta:
+            spec[key] = meta[key]
+    values = ((meta.get("valueSet") or {}).get("valueSetDefinition") or {}).get("value") or []
+    if values:
+        spec["values"] = [v.get("fullName") for v in values]
+    try:
+        st.org.add_fields(obj, [spec])
+    except ValueError as exc:
+        raise ApiError(400, "FIELD_INTEGRITY_EXCEPTION", str(exc)) from None
+    new_id = sf_ids.make_id("00N", 1 + sum(f"{obj}.{name}".encode()))
+    return JsonResponse({"id": new_id, "success": True, "errors": [], "warnings": [], "infos": []}, status_code=201)
+
+
+async def admin_permissions(request: Request) -> Response:
+    """`{"customize_application": false}`: the integration user loses the permission to create fields."""
+    st = _state(request)
+    try:
+        data = orjson.loads(await request.body())
+        st.customize_application = bool(data.get("customize_application", True))
+    except (orjson.JSONDecodeError, AttributeError) as exc:
+        return JsonResponse({"error": str(exc)}, 400)
+    return JsonResponse({"customize_application": st.customize_application})
+
+
 async def admin_limits(request: Request) -> Response:
     """Set the daily API budget (`{"daily": N, "used": M}`), e.g. to watch REQUEST_LIMIT_EXCEEDED."""
     guard = _state(request).guard
@@ -1838,6 +1891,7 @@ def routes() -> list[Route]:
         Route(d + "/sobjects/{sobject}", sobject_root, methods=["GET", "POST"]),
         Route(d + "/sobjects/{sobject}/{record_id}", sobject_record, methods=rw),
         Route(d + "/composite/sobjects", composite_sobjects, methods=["PATCH"]),
+        Route(d + "/tooling/sobjects/CustomField", tooling_custom_field, methods=["POST"]),
         Route(d + "/jobs/ingest", bulk_create, methods=["POST"]),
         Route(d + "/jobs/ingest/{job_id}", bulk_job, methods=["GET", "PATCH", "DELETE"]),
         Route(d + "/jobs/ingest/{job_id}/batches", bulk_upload, methods=["PUT"]),
@@ -1846,6 +1900,7 @@ def routes() -> list[Route]:
         Route("/__sandbox__/salesforce/fields", admin_fields, methods=["POST"]),
         Route("/__sandbox__/salesforce/info", admin_info, methods=["GET"]),
         Route("/__sandbox__/salesforce/limits", admin_limits, methods=["POST"]),
+        Route("/__sandbox__/salesforce/permissions", admin_permissions, methods=["POST"]),
     ]
 
 

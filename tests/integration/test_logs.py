@@ -57,14 +57,7 @@ def rt(sandbox: Sandbox, redis_url: str, tmp_path: Path) -> Iterator[Runtime]:
 
 def full_sync(rt: Runtime, crm: str) -> None:
     """A whole run, page after page, in this thread (what the workers do)."""
-    if crm == "salesforce":
-        from sandbox.salesforce import score_field_specs
-        from sandbox.server import admin_call
-
-        for obj in ("Lead", "Contact"):
-            admin_call(rt.settings.salesforce_instance_url or "", "/__sandbox__/salesforce/fields",
-                       {"object": obj, "fields": score_field_specs()}, str(rt.settings.salesforce_ca_bundle))
-    rt.adapter(crm).setup()  # type: ignore[arg-type]
+    rt.adapter(crm).setup()  # `leadscore setup`: Salesforce's fields through the Tooling API  # type: ignore[arg-type]
     started, firsts = start_run(rt, crm, full=True)  # type: ignore[arg-type]
     queue = [(stream, None, since) for stream, since in firsts]
     while queue:

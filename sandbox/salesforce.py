@@ -60,7 +60,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from sandbox import sf_ids, soql
+from sandbox import sf_ids, sf_setup, soql
 from sandbox.common import Admission, DailyBudget, Faults, JsonResponse, SandboxMiddleware, Stats
 from sandbox.common import bearer_token as _bearer
 from sandbox.data import ACTIVITY_ID_STRIDE, BaseIndex, Person, Population, SandboxActivity, Store
@@ -248,6 +248,7 @@ def build_catalog() -> dict[str, SObjectType]:
         _f("TimeZoneSidKey", T.PICKLIST, "Time Zone", updateable=True, length=40),
         _f("UserRoleId", T.REFERENCE, "Role ID", updateable=True, length=18, reference_to=("UserRole",)),
     ])  # fmt: skip
+    objs.update(sf_setup.catalog())
     return objs
 
 
@@ -470,6 +471,7 @@ class Org:
         self.campaigns: dict[int, Record] = {}
         self._register_known_campaigns()
         self.jobs: dict[str, BulkJob] = {}
+        self.setup = sf_setup.SetupObjects(sf_ids.make_id(sf_ids.USER, UNASSIGNED_USER))
         if score_fields:
             for obj in PERSON_OBJECTS:
                 self.add_fields(obj, [{"name": n, "type": t, **kw} for n, t, kw in SCORE_FIELDS])
@@ -703,6 +705,9 @@ class Org:
             return ("User", number) if number in self.users else None
         if prefix == sf_ids.CAMPAIGN:
             return ("Campaign", number) if number in self.campaigns else None
+        setup_obj = sf_setup.OBJECT_OF_PREFIX.get(prefix)
+        if setup_obj is not None:
+            return (setup_obj, number) if number in self.setup.records[setup_obj] else None
         activity = {sf_ids.TASK: "Task", sf_ids.EVENT: "Event", sf_ids.CAMPAIGN_MEMBER: "CampaignMember"}.get(prefix)
         if activity is None:
             return None
@@ -726,6 +731,8 @@ class Org:
             return dict(self.users[key])
         if obj == "Campaign":
             return dict(self.campaigns[key])
+        if obj in sf_setup.PREFIXES:
+            return self.setup.record(obj, key)
         if obj == "Task" and key >= self.task_key_base:
             return self.created_task_record(key)
         i, j = divmod(key, ACTIVITY_ID_STRIDE)
@@ -870,8 +877,9 @@ class Planner:
                             if pred(rec):
                                 recs.append(rec)
                     return self._materialized(recs, q), pred
-        if obj in ("User", "Campaign"):
-            keys = sorted(org.users) if obj == "User" else sorted(org.campaigns)
+        if obj in ("User", "Campaign", *sf_setup.PREFIXES):
+            keys = sorted(org.users) if obj == "User" else (
+                sorted(org.campaigns) if obj == "Campaign" else org.setup.keys(obj))
             recs = [r for k in keys if (r := build(obj, k)) is not None and pred(r)]
             return self._materialized(recs, q), pred
         lo, hi, used = _ms_range(conds)
@@ -1360,7 +1368,6 @@ class SalesforceState:
         self.org, self.guard, self.oauth, self.stats, self.faults = org, guard, oauth, stats, faults
         self.planner = Planner(org)
         self.writer = Writer(org)
-        self.customize_application = True  # the integration user may create fields (Tooling API)
 
 
 def _version(request: Request) -> str:
@@ -1545,7 +1552,7 @@ async def describe(request: Request) -> Response:
     base = f"/services/data/v{version}/sobjects/{o.name}"
     return JsonResponse({
         "name": o.name, "label": o.label, "labelPlural": o.label + "s", "keyPrefix": o.key_prefix,
-        "custom": False, "createable": o.name == "Task", "updateable": o.name not in ("User",),
+        "custom": False, "createable": o.name in ("Task", *sf_setup.PREFIXES), "updateable": o.name not in ("User",),
         "queryable": True, "retrieveable": True, "searchable": True, "deletable": False,
         "fields": [describe_field(f) for f in o.fields.values()],
         "urls": {"sobject": base, "describe": base + "/describe", "rowTemplate": base + "/{ID}"},
@@ -1561,6 +1568,16 @@ async def sobject_root(request: Request) -> Response:
         return JsonResponse({"objectDescribe": {"name": o.name, "label": o.label, "keyPrefix": o.key_prefix},
                              "recentItems": []})  # fmt: skip
     del version
+    if o.name in sf_setup.PREFIXES:
+        body = await _json(request)
+        if not isinstance(body, dict):
+            raise ApiError(400, "JSON_PARSER_ERROR", "The request body must be a JSON object")
+        try:
+            new_id = st.org.setup.create(o.name, body)
+        except sf_setup.SetupError as exc:
+            raise ApiError(exc.status, exc.code, exc.message, exc.fields) from None
+        st.org.setup.publish(st.org.objects)
+        return JsonResponse({"id": new_id, "success": True, "errors": []}, status_code=201)
     if o.name != "Task":
         raise ApiError(400, "INSUFFICIENT_ACCESS_OR_READONLY", f"You cannot create {o.name} records in the sandbox.")
     body = await _json(request)
@@ -1783,61 +1800,65 @@ async def admin_fields(request: Request) -> Response:
     return JsonResponse({"object": data["object"], "created": made})
 
 
-# Tooling API: POST /services/data/vXX.X/tooling/sobjects/CustomField with
-# {"FullName": "Lead.Lead_Score__c", "Metadata": {"label", "type", "precision"/"scale"/"length"/"valueSet"...}},
-# answered 201 {"id", "success": true, "errors": []} (Tooling API guide, CustomField; CustomFieldMetadata
-# carries the Metadata API's CustomField fields). Creating a field needs the "Customize Application"
-# permission; the error a user without it gets, and the duplicate's, are not confirmed from the docs:
-TOOLING_NO_PERMISSION = (403, "INSUFFICIENT_ACCESS", "insufficient access rights on object id")  # (unverified)
-TOOLING_DUPLICATE = (400, "DUPLICATE_DEVELOPER_NAME", "This field name is already in use")  # (unverified)
+# Tooling API: CustomField (see sandbox/sf_setup.py for what is and is not confirmed).
 _TOOLING_TYPES = {"Number": "double", "Text": "string", "LongTextArea": "textarea", "TextArea": "textarea",
                   "DateTime": "datetime", "Date": "date", "Picklist": "picklist", "Checkbox": "boolean"}
 
 
 @_endpoint
 async def tooling_custom_field(request: Request) -> Response:
+    """POST tooling/sobjects/CustomField: a field the integration user sees once field-level security allows."""
     _version(request)
     st = _state(request)
-    if not st.customize_application:
-        raise ApiError(*TOOLING_NO_PERMISSION)
     body = await _json(request)
     if not isinstance(body, dict) or not isinstance(body.get("Metadata"), dict):
         raise ApiError(400, "JSON_PARSER_ERROR", "The request body must be a JSON object with FullName and Metadata")
     obj, _, name = str(body.get("FullName", "")).partition(".")
     meta: dict[str, Any] = body["Metadata"]
     o = st.org.sobject(obj)
-    if o is None:
+    if o is None or o.name not in PERSON_OBJECTS + ACTIVITY_OBJECTS + ("Account",):
         raise ApiError(400, "INVALID_FIELD", f"No such object {obj!r} for FullName {body.get('FullName')!r}")
-    if any(f.name.lower() == name.lower() for f in o.fields.values()):
-        status, code, message = TOOLING_DUPLICATE
-        raise ApiError(status, code, f"{message}: {name}")
     kind = _TOOLING_TYPES.get(str(meta.get("type", "")))
     if kind is None:
         raise ApiError(400, "FIELD_INTEGRITY_EXCEPTION", f"Unsupported field type: {meta.get('type')!r}")
-    spec: dict[str, Any] = {"name": name, "type": kind, "label": meta.get("label") or name}
-    for key in ("precision", "scale", "length"):
-        if key in meta:
-            spec[key] = meta[key]
+    spec: dict[str, Any] = {k: meta[k] for k in ("precision", "scale", "length") if k in meta}
     values = ((meta.get("valueSet") or {}).get("valueSetDefinition") or {}).get("value") or []
     if values:
         spec["values"] = [v.get("fullName") for v in values]
     try:
-        st.org.add_fields(obj, [spec])
+        f = custom_field(name, kind, label=meta.get("label") or name, **spec)
+        new_id = st.org.setup.add_field(o, f)
     except ValueError as exc:
         raise ApiError(400, "FIELD_INTEGRITY_EXCEPTION", str(exc)) from None
-    new_id = sf_ids.make_id("00N", 1 + sum(f"{obj}.{name}".encode()))
+    except sf_setup.SetupError as exc:
+        raise ApiError(exc.status, exc.code, exc.message, exc.fields) from None
+    st.org.setup.publish(st.org.objects)
     return JsonResponse({"id": new_id, "success": True, "errors": [], "warnings": [], "infos": []}, status_code=201)
 
 
-async def admin_permissions(request: Request) -> Response:
-    """`{"customize_application": false}`: the integration user loses the permission to create fields."""
+@_endpoint
+async def userinfo(request: Request) -> Response:
+    """GET /services/oauth2/userinfo (OpenID Connect): who the token belongs to."""
     st = _state(request)
+    user = st.org.users[UNASSIGNED_USER]
+    return JsonResponse({
+        "sub": f"{request.base_url}id/{st.org.org_id}/{user['Id']}", "user_id": user["Id"],
+        "organization_id": st.org.org_id, "preferred_username": user["Username"], "name": user["Name"],
+        "email": user["Email"], "active": True, "user_type": "STANDARD",
+    })  # fmt: skip
+
+
+async def admin_permissions(request: Request) -> Response:
+    """`{"customize_application": false, "manage_permission_sets": false}`: what the integration user loses."""
+    setup = _state(request).org.setup
     try:
         data = orjson.loads(await request.body())
-        st.customize_application = bool(data.get("customize_application", True))
+        setup.customize_application = bool(data.get("customize_application", setup.customize_application))
+        setup.manage_permission_sets = bool(data.get("manage_permission_sets", setup.manage_permission_sets))
     except (orjson.JSONDecodeError, AttributeError) as exc:
         return JsonResponse({"error": str(exc)}, 400)
-    return JsonResponse({"customize_application": st.customize_application})
+    return JsonResponse({"customize_application": setup.customize_application,
+                         "manage_permission_sets": setup.manage_permission_sets})
 
 
 async def admin_limits(request: Request) -> Response:
@@ -1881,6 +1902,7 @@ def routes() -> list[Route]:
     return [
         Route("/services/data", versions, methods=["GET"]),
         Route("/services/oauth2/token", oauth_token, methods=["POST"]),
+        Route("/services/oauth2/userinfo", userinfo, methods=["GET"]),
         Route(d + "/limits", limits, methods=["GET"]),
         Route(d + "/query", query, methods=["GET"]),
         Route(d + "/queryAll", query_all, methods=["GET"]),

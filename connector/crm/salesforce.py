@@ -23,7 +23,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import re
 import threading
 import time
 import traceback
@@ -66,7 +65,7 @@ from connector.crm.salesforce_records import (
     to_salesforce,
 )
 from connector.domain import WRITE_FIELDS, CrmName, Lead, Rep
-from connector.errors import LeadscoreError, RecordError, RetryLater, StopSync
+from connector.errors import RecordError, RetryLater, StopSync
 from connector.mappings.salesforce import OBJECTS, SALESFORCE_ID, SalesforceMapping
 
 API_VERSION = "59.0"
@@ -86,28 +85,6 @@ FIELD_SPECS: Mapping[str, tuple[frozenset[str], str, str]] = {
     "scored_at": (frozenset({"datetime"}), "Date/Time", "Lead Scored At"),
     "model": (frozenset({"string", "picklist", "textarea"}), "Text(80)", "Lead Score Model"),
 }
-
-def _tooling_create(body: dict[str, Any]) -> Callable[[Salesforce], Any]:
-    def call(sf: Salesforce) -> Any:
-        return sf.restful("tooling/sobjects/CustomField", method="POST", json=body)
-
-    return call
-
-
-def tooling_metadata(spec: str) -> dict[str, Any]:
-    """A FIELD_SPECS type ("Number(18,0)", "Text(20)", "Long Text Area(32768)", "Date/Time") as Tooling API
-    CustomField Metadata (type, precision/scale or length)."""
-    name, _, args = spec.partition("(")
-    nums = [int(x) for x in re.findall(r"\d+", args)]
-    kind = name.replace(" ", "").replace("/", "")
-    if kind == "Number":
-        return {"type": "Number", "precision": nums[0] if nums else 18, "scale": nums[1] if len(nums) > 1 else 0}
-    if kind == "LongTextArea":
-        return {"type": "LongTextArea", "length": nums[0] if nums else 32768, "visibleLines": 5}
-    if kind == "Text":
-        return {"type": "Text", "length": nums[0] if nums else 255}
-    return {"type": kind}
-
 
 # check() reaches the org once, quickly: an unreachable host is reported, not waited out.
 _CHECK_POLICY = RetryPolicy(attempts=1, total_seconds=30.0)
@@ -705,51 +682,15 @@ class SalesforceAdapter:
         return lines
 
     def setup(self) -> list[str]:
-        """Create the missing score fields through the Tooling API; say what was created and what existed.
+        """Create the missing score fields (Tooling API) and the integration user's Edit access to them;
+        one line per thing created or in place (connector/crm/salesforce_setup.py)."""
+        from connector.crm.salesforce_setup import SalesforceSetup
 
-        Without the "Customize Application" permission one sentence says so, followed by the
-        fields to create by hand.
-        """
-        lines: list[str] = []
         self._local.floor_exempt = True
         try:
-            for obj in OBJECTS:
-                fields = self._describe(obj)
-                created, refused = self._create_fields(obj, fields)
-                if created:
-                    fields = self._describe(obj)
-                    lines += [f"{obj}: created the field {api} ({spec})" for api, spec in created]
-                    lines.append(f"{obj}: give the integration user Edit access to the new fields in field-level "
-                                 "security (Setup > Permission Sets)")
-                if refused:
-                    lines.append(refused)
-                made = {api.lower() for api, _ in created}
-                lines += [line for line in self._field_lines(obj, fields, all_lines=True)
-                          if not any(f" {api} (" in line.lower() for api in made)]
+            return SalesforceSetup(self, FIELD_SPECS).run()
         finally:
             self._local.floor_exempt = False
-        return lines
-
-    def _create_fields(self, obj: str, fields: Mapping[str, Mapping[str, Any]]) -> tuple[list[tuple[str, str]], str]:
-        """POST tooling/sobjects/CustomField for each score field `obj` lacks: (created [(api, spec)], refusal)."""
-        created: list[tuple[str, str]] = []
-        for engine, api in self.mapping.write_fields.as_dict().items():
-            if api.lower() in fields:
-                continue
-            _types, spec, label = FIELD_SPECS[engine]
-            body = {"FullName": f"{obj}.{api}", "Metadata": {"label": label, **tooling_metadata(spec)}}
-            try:
-                self._run(_tooling_create(body))
-            except LeadscoreError as exc:
-                if "INSUFFICIENT_ACCESS" in str(exc) or "403" in str(exc) or "refused" in str(exc).lower():
-                    return created, (
-                        f'{obj}: the integration user may not create fields: it needs the "Customize Application" '
-                        "permission; or create these fields by hand in Setup > Object Manager > "
-                        f"{obj} > Fields & Relationships"
-                    )
-                raise
-            created.append((api, spec))
-        return created, ""
 
     def check(self) -> list[str]:
         problems: list[str] = []

@@ -17,7 +17,7 @@ in the commands that drive workers (`sync`, `demo`).
 from __future__ import annotations
 
 import datetime as dt
-import importlib.util
+import importlib
 import json
 import sys
 import time
@@ -206,7 +206,12 @@ SANDBOX_EXTRA = ("trustme", "fakeredis")
 
 def require_sandbox_extra(command: str) -> None:
     """`demo` and `sandbox` need the `sandbox` extra; say so in one sentence when it is missing."""
-    missing = [m for m in SANDBOX_EXTRA if importlib.util.find_spec(m) is None]
+    missing = []
+    for module in SANDBOX_EXTRA:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(module)
     if missing:
         raise UserError(
             f"leadscore {command} needs the sandbox extra ({', '.join(missing)} missing): "

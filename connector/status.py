@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from connector.errors import UserError
+from connector.redisutil import text as _s
 from connector.runs import RunView
 
 if TYPE_CHECKING:
@@ -45,8 +46,6 @@ def _iso(ts: float | None) -> str | None:
     return None if ts is None else dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _s(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class Recorder:

@@ -55,6 +55,7 @@ from sandbox.common import (
     index_router,
 )
 from sandbox.data import ACTIVITY_ID_STRIDE, BaseIndex, Population, SandboxActivity, Store
+from sandbox.hubspot_ids import ENGAGEMENT_ID_BASE, ENGAGEMENT_KINDS
 from sandbox.webhooks import WebhookEmitter, admin_routes
 
 DEFAULT_RATE: Final = 190
@@ -74,7 +75,6 @@ MAX_FILTER_GROUPS: Final = 5
 MAX_FILTERS_PER_GROUP: Final = 6
 MAX_FILTERS: Final = 18
 
-ENGAGEMENT_ID_BASE: Final = 50_000_000_000
 TASK_ID_BASE: Final = 90_000_000_000
 
 EVENT_PAGE_VIEW: Final = "e_visited_page"
@@ -85,12 +85,6 @@ EVENT_CUSTOM: Final = {
     "event_attended": f"pe{PORTAL_ID}_event_attended",
 }
 
-ENGAGEMENT_KINDS: Final[dict[str, tuple[str, ...]]] = {
-    "emails": ("email_open", "email_click", "email_reply", "email_bounce"),
-    "calls": ("call",),
-    "meetings": ("meeting",),
-    "notes": ("note",),
-}
 OBJECT_TYPES: Final = ("contacts", "emails", "calls", "meetings", "notes", "tasks")
 _SINGULAR: Final = {
     "contacts": "contact",

@@ -64,9 +64,11 @@ from connector.crm.salesforce_records import (
     source_fields,
     to_salesforce,
 )
+from connector.crm.salesforce_setup import SalesforceSetup
 from connector.domain import WRITE_FIELDS, CrmName, Lead, Rep
 from connector.errors import RecordError, RetryLater, StopSync
 from connector.mappings.salesforce import OBJECTS, SALESFORCE_ID, SalesforceMapping
+from connector.redisutil import text as redis_text
 
 API_VERSION = "59.0"
 COMPOSITE_MAX = 200
@@ -170,8 +172,7 @@ class SalesforceAdapter:
         raw = self._redis.get(self._usage_key)
         if raw is None:
             return self.usage
-        text = raw.decode() if isinstance(raw, bytes) else str(raw)
-        return parse_limit_info(f"api-usage={text}") or self.usage
+        return parse_limit_info(f"api-usage={redis_text(raw)}") or self.usage
 
     def _floor_limit(self, total: int) -> int:
         return math.floor(total * (1 - self.mapping.api_floor_percent / 100))
@@ -684,8 +685,6 @@ class SalesforceAdapter:
     def setup(self) -> list[str]:
         """Create the missing score fields (Tooling API) and the integration user's Edit access to them;
         one line per thing created or in place (connector/crm/salesforce_setup.py)."""
-        from connector.crm.salesforce_setup import SalesforceSetup
-
         self._local.floor_exempt = True
         try:
             return SalesforceSetup(self, FIELD_SPECS).run()

@@ -20,6 +20,7 @@ import redis
 
 from connector.domain import CrmName, Rep
 from connector.mappings.routing import RoutingConfig
+from connector.redisutil import text as redis_text
 from connector.routing.policy import AwayMark, availability, rep_view
 from connector.routing.pool import PREFIX, RedisPool
 
@@ -111,7 +112,7 @@ def list_away(store: redis.Redis, prefix: str = PREFIX) -> dict[str, AwayMark]:
     """Every mark that is still stored, by the identifier it was set under."""
     out: dict[str, AwayMark] = {}
     for raw_ident in sorted(store.smembers(_index(prefix))):
-        ident = raw_ident.decode() if isinstance(raw_ident, bytes) else str(raw_ident)
+        ident = redis_text(raw_ident)
         mark = _parse(store.get(_key(ident, prefix)))
         if mark is None:
             store.srem(_index(prefix), ident)

@@ -380,7 +380,9 @@ def serve() -> int:
 def status(as_json: bool) -> int:
     from connector.status import collect_status, show_status
 
-    report = collect_status(_runtime(), time.time())
+    rt = _runtime()
+    _crms(rt, None)  # nothing to report on without a CRM: one sentence, exit 1
+    report = collect_status(rt, time.time())
     if as_json:
         print(json.dumps(report, sort_keys=True, default=str))
     else:

@@ -34,6 +34,8 @@ if TYPE_CHECKING:
     from connector.config import Settings
 
 _STD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime", "taskName"}
+# Extras other libraries attach that are noise in a structured line (uvicorn's ANSI-coloured copy of its message).
+_DROPPED_EXTRAS = frozenset({"color_message"})
 
 # Keys whose values are personal data or secrets, whatever they hold.
 REDACTED_KEYS = frozenset({
@@ -86,7 +88,7 @@ def _from_stdlib(_logger: Any, _method: str, event_dict: MutableMapping[str, Any
         return event_dict
     event_dict["msg"] = event_dict.pop("event", record.getMessage())
     for key, value in record.__dict__.items():
-        if key not in _STD and not key.startswith("_") and key not in event_dict:
+        if key not in _STD and key not in _DROPPED_EXTRAS and not key.startswith("_") and key not in event_dict:
             event_dict[key] = value
     return event_dict
 

@@ -17,6 +17,13 @@ Activities become native objects:
 
 Records nobody owns belong to the integration user ("Sandbox Integration", `UNASSIGNED`).
 
+Setup as `leadscore setup` does it (sandbox/sf_setup.py): `tooling/sobjects/CustomField` creates a
+field that stays hidden until a permission set assigned to the integration user grants it through
+FieldPermissions; PermissionSet, FieldPermissions and PermissionSetAssignment are REST sobjects;
+`/services/oauth2/userinfo` names the token's user. `POST /__sandbox__/salesforce/permissions`
+takes permissions away from that user; `POST /__sandbox__/salesforce/fields` adds visible fields of
+any shape at once, for tests of the API itself.
+
 Queries never scan more than they must: `Id`/`WhoId`/`LeadId`/`ContactId` = / IN look
 records up by id; `SystemModstamp`/`LastModifiedDate` ranges and ORDER BY walk the
 store's modified-time index (bisection over the base population merged with the
@@ -1791,6 +1798,7 @@ async def admin_expire(request: Request) -> Response:
 
 
 async def admin_fields(request: Request) -> Response:
+    """Add visible, editable fields of any shape at once (tests of the API; the score fields come from setup)."""
     st = _state(request)
     try:
         data = orjson.loads(await request.body())

@@ -44,3 +44,19 @@ def test_salesforce_needs_both_url_and_token() -> None:
     s = load_settings({"SALESFORCE_INSTANCE_URL": "https://example.my.salesforce.com"})
     with pytest.raises(ConfigError, match=r"^SALESFORCE_ACCESS_TOKEN is not set\.$"):
         s.require_salesforce()
+
+
+def test_the_log_format_and_level_come_from_the_environment() -> None:
+    s = load_settings({"LEADSCORE_LOG_FORMAT": "JSON", "LEADSCORE_LOG_LEVEL": "warning"})
+    assert (s.log_format, s.log_level) == ("json", "WARNING")
+    with pytest.raises(ConfigError, match=r"^LEADSCORE_LOG_FORMAT must be json, console or auto, not 'xml'\.$"):
+        load_settings({"LEADSCORE_LOG_FORMAT": "xml"})
+
+
+def test_settings_built_in_code_read_no_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from connector.config import Settings
+
+    monkeypatch.setenv("REDIS_URL", "redis://elsewhere:1/0")
+    assert Settings().redis_url == "redis://localhost:6379/0"
+    assert load_settings().redis_url == "redis://elsewhere:1/0"
+    assert load_settings().redis_url_given

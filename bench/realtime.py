@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("bench: redis-server is not on PATH")
 
     tmp = Path(tempfile.mkdtemp(prefix="leadscore-bench-"))
-    web_port = free_port()
+    web_port, ops_port = free_port(), free_port()
     own_redis = contextlib.ExitStack()
     redis_url = own_redis.enter_context(private_redis_server(exe))  # shared starter (demo, benches)
     procs: list[Proc] = []
@@ -154,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("HUBSPOT_", "SALESFORCE_", "LEADSCORE_"))}
         env.update(REDIS_URL=redis_url, HUBSPOT_BASE_URL=sandbox.hubspot_url,
                    HUBSPOT_ACCESS_TOKEN=sandbox.hubspot_token, HUBSPOT_WEBHOOK_SECRET=SECRET,
-                   LEADSCORE_MAPPINGS=str(mappings), PORT=str(web_port))  # fmt: skip
+                   LEADSCORE_MAPPINGS=str(mappings), PORT=str(web_port),
+                   LEADSCORE_METRICS_ADDR=f"127.0.0.1:{ops_port}")  # fmt: skip
         worker = Proc([sys.executable, "-m", "celery", "-A", "tasks", "worker", "-I", "tasks.realtime",
                        "--pool=solo", "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "INFO",
                        "-n", f"bench-{os.getpid()}@%h"], env, ready=" ready.")  # fmt: skip
@@ -163,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         procs.append(web)
         web_url = f"http://127.0.0.1:{web_port}"
         wait_until(worker.ready.is_set, 30, "the worker start\n" + worker.tail())
-        wait_until(lambda: _ready(web_url), 30, "the web process start\n" + web.tail())
+        wait_until(lambda: _ready(f"http://127.0.0.1:{ops_port}"), 30, "the web process start\n" + web.tail())
 
         auth = {"Authorization": f"Bearer {sandbox.hubspot_token}"}
         latencies: list[float] = []

@@ -124,7 +124,7 @@ class Runtime:
 
     @cached_property
     def router(self) -> Router:
-        from connector.mappings.routing import load_routing
+        from connector.mappings.routing import AWAY_FILE, load_routing
         from connector.notify import Notifier
         from connector.routing.service import Router
 
@@ -135,7 +135,10 @@ class Runtime:
             email=config.notifications.email,
             chat=config.notifications.chat,
         )
-        return Router(config, self.redis, self.adapter, notifier, namespace=f"{self.namespace}:routing")
+        return Router(
+            config, self.redis, self.adapter, notifier, namespace=f"{self.namespace}:routing",
+            away_file=self.mappings_dir / AWAY_FILE,
+        )
 
     def close(self) -> None:
         with self._lock:

@@ -99,6 +99,7 @@ def secrets_of(settings: Settings) -> list[str]:
 
     out = [
         settings.hubspot_access_token, settings.hubspot_webhook_secret, settings.salesforce_access_token,
+        settings.salesforce_webhook_secret,
         settings.salesforce_client_secret, settings.salesforce_refresh_token, settings.chat_webhook_url,
     ]
     if settings.smtp_url:

@@ -60,3 +60,22 @@ def test_settings_built_in_code_read_no_environment(monkeypatch: pytest.MonkeyPa
     assert Settings().redis_url == "redis://localhost:6379/0"
     assert load_settings().redis_url == "redis://elsewhere:1/0"
     assert load_settings().redis_url_given
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:8080", "http://localhost:9000", "http://[::1]:8080", "http://127.5.6.7", "https://x.test"]
+)
+def test_hubspot_base_url_may_be_plain_http_only_on_loopback(url: str) -> None:
+    assert load_settings({"HUBSPOT_BASE_URL": url}).hubspot_base_url == url
+
+
+@pytest.mark.parametrize(
+    "url", ["http://api.hubapi.com", "http://10.0.0.5:8080", "http://localhost.evil.example", "ftp://api.hubapi.com"]
+)
+def test_hubspot_base_url_over_plain_http_elsewhere_is_refused_in_one_sentence(url: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings({"HUBSPOT_BASE_URL": url})
+    message = str(info.value)
+    assert message.startswith("HUBSPOT_BASE_URL must use https://")
+    assert message.count(". ") == 0
+    assert message.endswith(".")

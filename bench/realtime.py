@@ -16,6 +16,7 @@ Target: p95 under 2 s.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import shutil
@@ -30,7 +31,6 @@ from typing import Any
 
 import httpx
 import orjson
-import redis
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 from connector import sync  # noqa: E402
 from connector.bootstrap import build_runtime  # noqa: E402
 from connector.config import Settings  # noqa: E402
+from connector.localredis import private_redis_server  # noqa: E402
 from sandbox.server import Sandbox  # noqa: E402
 
 SECRET = "bench-webhook-secret-4f3e2d1c"  # noqa: S105 - the bench's own throwaway secret
@@ -121,15 +122,12 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("bench: redis-server is not on PATH")
 
     tmp = Path(tempfile.mkdtemp(prefix="leadscore-bench-"))
-    redis_port, web_port, ops_port = free_port(), free_port(), free_port()
-    redis_url = f"redis://127.0.0.1:{redis_port}/0"
-    redis_proc = subprocess.Popen([exe, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
-                                   "--appendonly", "no", "--dir", str(tmp)],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    web_port, ops_port = free_port(), free_port()
+    own_redis = contextlib.ExitStack()
+    redis_url = own_redis.enter_context(private_redis_server(exe))  # shared starter (demo, benches)
     procs: list[Proc] = []
     sandbox: Sandbox | None = None
     try:
-        wait_until(lambda: _pings(redis_url), 10, "redis-server start")
         sandbox = Sandbox.start(contacts=args.contacts, seed=args.seed, hubspot_rate=1_000_000, in_thread=False)
         mappings = fast_mappings(tmp)
         settings = Settings(redis_url=redis_url, redis_url_given=True, hubspot_base_url=sandbox.hubspot_url,
@@ -220,16 +218,8 @@ def main(argv: list[str] | None = None) -> int:
             proc.stop()
         if sandbox is not None:
             sandbox.stop()
-        redis_proc.terminate()
-        redis_proc.wait(10)
+        own_redis.close()
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _pings(url: str) -> bool:
-    try:
-        return bool(redis.Redis.from_url(url).ping())
-    except redis.ConnectionError:
-        return False
 
 
 def _ready(url: str) -> bool:

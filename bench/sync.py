@@ -56,7 +56,6 @@ from connector.bootstrap import build_runtime  # noqa: E402
 from connector.config import Settings  # noqa: E402
 from connector.localredis import private_redis_server  # noqa: E402
 from connector.runs import RunStore, RunView  # noqa: E402
-from sandbox.salesforce import score_field_specs  # noqa: E402
 from sandbox.server import Sandbox, admin_call  # noqa: E402
 
 QUEUE = "leadscore"
@@ -259,13 +258,10 @@ def run_pipeline(args: argparse.Namespace, tmp: Path, url: str, sb: Sandbox, qui
     if args.kill_worker:
         env["LEADSCORE_VISIBILITY_TIMEOUT"] = str(args.visibility_timeout)
 
-    # `leadscore setup` (HubSpot) or the admin's fields in Setup (Salesforce)
+    # `leadscore setup`: the HubSpot properties or the Salesforce fields (Tooling API)
     settings = Settings(redis_url=url, redis_url_given=True, mappings_dir=mdir, hubspot_base_url=sb.hubspot_url,
                         hubspot_access_token=sb.hubspot_token, salesforce_instance_url=sb.salesforce_url,
                         salesforce_access_token=sb.salesforce_token, salesforce_ca_bundle=Path(sb.ca_cert))  # fmt: skip
-    if args.crm == "salesforce":
-        for obj in ("Lead", "Contact"):
-            admin(api_url, "/__sandbox__/salesforce/fields", {"object": obj, "fields": score_field_specs()}, ca)
     rt = build_runtime(settings, namespace="bench-setup")
     try:
         rt.adapter(args.crm).setup()

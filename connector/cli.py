@@ -17,7 +17,7 @@ in the commands that drive workers (`sync`, `demo`).
 from __future__ import annotations
 
 import datetime as dt
-import importlib.util
+import importlib
 import json
 import sys
 import time
@@ -206,7 +206,12 @@ SANDBOX_EXTRA = ("trustme", "fakeredis")
 
 def require_sandbox_extra(command: str) -> None:
     """`demo` and `sandbox` need the `sandbox` extra; say so in one sentence when it is missing."""
-    missing = [m for m in SANDBOX_EXTRA if importlib.util.find_spec(m) is None]
+    missing = []
+    for module in SANDBOX_EXTRA:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(module)
     if missing:
         raise UserError(
             f"leadscore {command} needs the sandbox extra ({', '.join(missing)} missing): "
@@ -375,6 +380,21 @@ def serve() -> int:
     from connector.web import serve as serve_web
 
     return serve_web()
+
+
+@cli.command(help="Runs in progress and recent, streams behind, queue, API budget, hot leads today.")
+@JSON_OPTION
+def status(as_json: bool) -> int:
+    from connector.status import collect_status, show_status
+
+    rt = _runtime()
+    _crms(rt, None)  # nothing to report on without a CRM: one sentence, exit 1
+    report = collect_status(rt, time.time())
+    if as_json:
+        print(json.dumps(report, sort_keys=True, default=str))
+    else:
+        show_status(report, plain=not console.is_tty())
+    return 0
 
 
 # --------------------------------------------------------------------------- reps

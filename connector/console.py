@@ -260,4 +260,15 @@ def run_summary_text(v: RunView) -> str:
 
 
 def print_run_summary(v: RunView) -> None:
-    print(run_summary_text(v))
+    """The plain lines, or on a terminal the status line and a table of the figures."""
+    if not is_tty():
+        print(run_summary_text(v))
+        return
+    first, *_ = run_summary_text(v).splitlines()
+    out().print(first, markup=False)
+    names = ("read", "scored", "written", "unchanged", "hot", "assigned", "failed", "api_calls")
+    table("", [n.replace("_", " ") for n in names], [[v.count(n) for n in names]], plain=False)
+    for f in v.failures[:20]:
+        out().print(f"  failed: {f}", markup=False)
+    if len(v.failures) > 20:
+        out().print(f"  ... and {len(v.failures) - 20} more failures", markup=False)

@@ -26,6 +26,8 @@ import redis
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from connector.redisutil import text as _text
+
 log = logging.getLogger("leadscore.metrics")
 
 PREFIX = "leadscore_"
@@ -170,8 +172,6 @@ def _help(name: str) -> str:
     return known[1] if known else f"{name} (recorded by the connector)."
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 __all__ = ["BUCKETS", "KNOWN", "Metrics", "RedisCollector"]

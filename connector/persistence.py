@@ -17,6 +17,8 @@ from typing import Literal
 
 import redis
 
+from connector.redisutil import text as _text
+
 WHY = "away marks, capacity, round-robin turns, SLA deadlines and sent notifications live there"
 
 
@@ -49,7 +51,3 @@ def redis_persistence(client: redis.Redis) -> Persistence:
         "warn",
         f"Redis keeps nothing through a restart (appendonly no, no snapshots), and {WHY}; set appendonly yes.",
     )
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

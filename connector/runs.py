@@ -27,6 +27,9 @@ from typing import Any
 
 import redis
 
+from connector.redisutil import UNLOCK
+from connector.redisutil import text as _s
+
 COUNTERS: tuple[str, ...] = (
     "read",
     "scored",
@@ -76,13 +79,6 @@ redis.call('HINCRBY', KEYS[2], 'pages_total', 1)
 return 1
 """
 
-# Release the lock only if we hold it.
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
 
 RUN_TTL = 7 * 86400
 LOCK_TTL = 900  # refreshed by every page; a run whose workers all died frees its account after this
@@ -128,7 +124,7 @@ class RunStore:
         self.ns = namespace
         self._finish = client.register_script(_FINISH_PAGE)
         self._add = client.register_script(_ADD_PAGE)
-        self._release = client.register_script(_RELEASE)
+        self._release = client.register_script(UNLOCK)  # release the lock only if we hold it
 
     # keys
     def _run(self, run_id: str) -> str:
@@ -248,5 +244,3 @@ class RunStore:
         return _s(value) if value is not None else None
 
 
-def _s(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

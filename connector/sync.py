@@ -17,6 +17,7 @@ from connector.domain import CHANGE_FIELDS, CrmName, Lead
 from connector.engine import ScoreResult
 from connector.errors import RecordError
 from connector.runs import PageResult
+from connector.status import Recorder
 
 log = logging.getLogger("leadscore.sync")
 
@@ -87,6 +88,7 @@ def score_leads(rt: Runtime, crm: CrmName, stream: str, leads: Sequence[Lead], n
     # Route before writing: until the band "hot" is in the CRM, a rerun of this page (a worker
     # killed, Redis lost) still sees these leads as newly hot, and the router resumes or
     # redoes their routing instead of skipping them as "owned and already hot".
+    today = Recorder(rt.redis, rt.namespace)
     for lead, scored, became_hot in hot:
         if lead.owner_id is not None and not became_hot:
             continue  # owned and already hot last time: nothing new for routing
@@ -96,7 +98,10 @@ def score_leads(rt: Runtime, crm: CrmName, stream: str, leads: Sequence[Lead], n
             result.add("failed")
             result.failures.append(f"{lead.key}: not assigned: {exc.message}")
             continue
+        if became_hot:
+            today.hot_lead(crm, decision.region, time.time())
         if decision.assigned_now:
+            today.assigned(crm, decision.region, decision.rep_id or "", time.time())
             result.add("assigned")
             rt.metrics.incr("assignments", crm=crm, region=decision.region or "")
             # lead's region > where it went (another region on fallback, "queue" for the fallback owner) : rep id

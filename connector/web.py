@@ -62,6 +62,7 @@ from connector.bootstrap import Runtime
 from connector.domain import CrmName
 from connector.errors import LeadscoreError
 from connector.metrics import Metrics, RedisCollector
+from connector.status import Recorder
 from connector.webhooks import Intake, PendingQueue, Rejected
 
 log = logging.getLogger("leadscore.web")
@@ -172,6 +173,7 @@ def build_app(runtime_factory: Callable[[], Runtime], *, dispatcher: Dispatcher 
 
     def reject(crm: CrmName, exc: Rejected) -> None:
         state.metrics.incr("webhook_deliveries", crm=crm, outcome="rejected")
+        Recorder(state.rt.redis, state.rt.namespace).webhook(crm, "rejected", time.time())
         state.metrics.incr("webhook_rejections", crm=crm, reason=exc.reason)
         log.warning("webhook rejected", extra={"event": "webhook_rejected", "crm": crm, "reason": exc.reason})
 
@@ -196,6 +198,7 @@ def build_app(runtime_factory: Callable[[], Runtime], *, dispatcher: Dispatcher 
         accepted = sum(1 for f in flags if f)
         counts = {"accepted": accepted, "deduplicated": len(flags) - accepted, "ignored": intake.ignored}
         state.metrics.incr("webhook_deliveries", crm=crm, outcome="accepted")
+        Recorder(state.rt.redis, state.rt.namespace).webhook(crm, "accepted", time.time())
         for outcome, n in counts.items():
             state.metrics.incr("webhook_events", n, crm=crm, outcome=outcome)
         return counts
@@ -374,7 +377,7 @@ def serve() -> int:
 
     try:
         settings = load_settings()
-        configure_logs()
+        configure_logs(settings=settings)
         runtime = build_runtime(settings)
         runtime.redis.ping()
     except LeadscoreError as exc:
@@ -405,7 +408,9 @@ def serve() -> int:
                 )
                 return 1
             config = uvicorn.Config(
-                asgi, host=host, port=port, log_level="info", access_log=False, timeout_graceful_shutdown=5, **extra
+                asgi, host=host, port=port, log_level="info", access_log=False, timeout_graceful_shutdown=5,
+                log_config=None,  # uvicorn's records go through our handler (connector/logs.py): JSON, redacted
+                **extra,
             )
             listeners.append((_Listener(config), sock))
         log.info(

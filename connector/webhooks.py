@@ -70,6 +70,7 @@ import redis
 from connector.bootstrap import Runtime
 from connector.domain import CrmName
 from connector.metrics import Metrics
+from connector.redisutil import text as _text
 from connector.runs import PageResult
 
 log = logging.getLogger("leadscore.webhooks")
@@ -638,8 +639,6 @@ def _names(text: str, lead_key: str) -> bool:
     return False
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def score_properties(rt: Runtime) -> frozenset[str]:

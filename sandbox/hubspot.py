@@ -63,6 +63,7 @@ from sandbox.common import (
     index_router,
 )
 from sandbox.data import ACTIVITY_ID_STRIDE, BaseIndex, Population, SandboxActivity, Store
+from sandbox.hubspot_ids import ENGAGEMENT_ID_BASE, ENGAGEMENT_KINDS
 from sandbox.webhooks import WebhookEmitter, admin_routes
 
 DEFAULT_RATE: Final = 190
@@ -104,7 +105,6 @@ MAX_FILTERS: Final = 18
 VALUE_ERRORS_REFUSE_BATCH: Final = True
 PROPERTY_ERRORS: Final = frozenset({"PROPERTY_DOESNT_EXIST", "READ_ONLY_VALUE", "INVALID_OPTION"})
 
-ENGAGEMENT_ID_BASE: Final = 50_000_000_000
 TASK_ID_BASE: Final = 90_000_000_000
 
 EVENT_PAGE_VIEW: Final = "e_visited_page"
@@ -115,12 +115,6 @@ EVENT_CUSTOM: Final = {
     "event_attended": f"pe{PORTAL_ID}_event_attended",
 }
 
-ENGAGEMENT_KINDS: Final[dict[str, tuple[str, ...]]] = {
-    "emails": ("email_open", "email_click", "email_reply", "email_bounce"),
-    "calls": ("call",),
-    "meetings": ("meeting",),
-    "notes": ("note",),
-}
 OBJECT_TYPES: Final = ("contacts", "emails", "calls", "meetings", "notes", "tasks")
 _SINGULAR: Final = {
     "contacts": "contact",

@@ -26,6 +26,13 @@ update changes (REST API Developer Guide, "Assignment Rule Header"); Bulk API 2.
 for a job created with its `assignmentRuleId` ("Create a Job", Bulk API 2.0 Developer Guide).
 `GET /__sandbox__/salesforce/info` counts how often it ran (`auto_assign_applied`).
 
+Setup as `leadscore setup` does it (sandbox/sf_setup.py): `tooling/sobjects/CustomField` creates a
+field that stays hidden until a permission set assigned to the integration user grants it through
+FieldPermissions; PermissionSet, FieldPermissions and PermissionSetAssignment are REST sobjects;
+`/services/oauth2/userinfo` names the token's user. `POST /__sandbox__/salesforce/permissions`
+takes permissions away from that user; `POST /__sandbox__/salesforce/fields` adds visible fields of
+any shape at once, for tests of the API itself.
+
 Queries never scan more than they must: `Id`/`WhoId`/`LeadId`/`ContactId` = / IN look
 records up by id; `SystemModstamp`/`LastModifiedDate` ranges and ORDER BY walk the
 store's modified-time index (bisection over the base population merged with the
@@ -69,7 +76,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from sandbox import sf_ids, soql
+from sandbox import sf_ids, sf_setup, soql
 from sandbox.common import Admission, Clock, Faults, JsonResponse, RollingBudget, SandboxMiddleware, Stats
 from sandbox.common import bearer_token as _bearer
 from sandbox.data import ACTIVITY_ID_STRIDE, BaseIndex, Person, Population, SandboxActivity, Store
@@ -121,11 +128,6 @@ SCORE_FIELDS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("Lead_Scored_At__c", "datetime", {}),
     ("Lead_Score_Model__c", "string", {"length": 80}),
 )
-
-
-def score_field_specs() -> list[dict[str, Any]]:
-    """The body of POST /__sandbox__/salesforce/fields for the score fields (what an admin creates in Setup)."""
-    return [{"name": n, "type": t, **kw} for n, t, kw in SCORE_FIELDS]
 
 
 class ApiError(Exception):
@@ -284,6 +286,7 @@ def build_catalog() -> dict[str, SObjectType]:
         _f("TimeZoneSidKey", T.PICKLIST, "Time Zone", updateable=True, length=40),
         _f("UserRoleId", T.REFERENCE, "Role ID", updateable=True, length=18, reference_to=("UserRole",)),
     ])  # fmt: skip
+    objs.update(sf_setup.catalog())
     return objs
 
 
@@ -510,9 +513,10 @@ class Org:
         self.campaigns: dict[int, Record] = {}
         self._register_known_campaigns()
         self.jobs: dict[str, BulkJob] = {}
+        self.setup = sf_setup.SetupObjects(sf_ids.make_id(sf_ids.USER, UNASSIGNED_USER))
         if score_fields:
             for obj in PERSON_OBJECTS:
-                self.add_fields(obj, score_field_specs())
+                self.add_fields(obj, [{"name": n, "type": t, **kw} for n, t, kw in SCORE_FIELDS])
 
     # ---- catalog
     def sobject(self, name: str) -> SObjectType | None:
@@ -767,6 +771,9 @@ class Org:
             return ("Group", number) if number in self.queues else None
         if prefix == sf_ids.CAMPAIGN:
             return ("Campaign", number) if number in self.campaigns else None
+        setup_obj = sf_setup.OBJECT_OF_PREFIX.get(prefix)
+        if setup_obj is not None:
+            return (setup_obj, number) if number in self.setup.records[setup_obj] else None
         activity = {sf_ids.TASK: "Task", sf_ids.EVENT: "Event", sf_ids.CAMPAIGN_MEMBER: "CampaignMember"}.get(prefix)
         if activity is None:
             return None
@@ -792,6 +799,8 @@ class Org:
             return dict(self.queues[key])
         if obj == "Campaign":
             return dict(self.campaigns[key])
+        if obj in sf_setup.PREFIXES:
+            return self.setup.record(obj, key)
         if obj == "Task" and key >= self.task_key_base:
             return self.created_task_record(key)
         i, j = divmod(key, ACTIVITY_ID_STRIDE)
@@ -936,8 +945,11 @@ class Planner:
                             if pred(rec):
                                 recs.append(rec)
                     return self._materialized(recs, q), pred
-        if obj in ("User", "Campaign", "Group"):
-            keys = sorted(org.users if obj == "User" else org.campaigns if obj == "Campaign" else org.queues)
+        if obj in ("User", "Campaign", "Group", *sf_setup.PREFIXES):
+            if obj in sf_setup.PREFIXES:
+                keys = org.setup.keys(obj)
+            else:
+                keys = sorted(org.users if obj == "User" else org.campaigns if obj == "Campaign" else org.queues)
             recs = [r for k in keys if (r := build(obj, k)) is not None and pred(r)]
             return self._materialized(recs, q), pred
         lo, hi, used = _ms_range(conds)
@@ -1624,7 +1636,7 @@ async def describe(request: Request) -> Response:
     base = f"/services/data/v{version}/sobjects/{o.name}"
     return JsonResponse({
         "name": o.name, "label": o.label, "labelPlural": o.label + "s", "keyPrefix": o.key_prefix,
-        "custom": False, "createable": o.name == "Task", "updateable": o.name not in ("User",),
+        "custom": False, "createable": o.name in ("Task", *sf_setup.PREFIXES), "updateable": o.name not in ("User",),
         "queryable": True, "retrieveable": True, "searchable": True, "deletable": False,
         "fields": [describe_field(f) for f in o.fields.values()],
         "urls": {"sobject": base, "describe": base + "/describe", "rowTemplate": base + "/{ID}"},
@@ -1640,6 +1652,16 @@ async def sobject_root(request: Request) -> Response:
         return JsonResponse({"objectDescribe": {"name": o.name, "label": o.label, "keyPrefix": o.key_prefix},
                              "recentItems": []})  # fmt: skip
     del version
+    if o.name in sf_setup.PREFIXES:
+        body = await _json(request)
+        if not isinstance(body, dict):
+            raise ApiError(400, "JSON_PARSER_ERROR", "The request body must be a JSON object")
+        try:
+            new_id = st.org.setup.create(o.name, body)
+        except sf_setup.SetupError as exc:
+            raise ApiError(exc.status, exc.code, exc.message, exc.fields) from None
+        st.org.setup.publish(st.org.objects)
+        return JsonResponse({"id": new_id, "success": True, "errors": []}, status_code=201)
     if o.name != "Task":
         raise ApiError(400, "INSUFFICIENT_ACCESS_OR_READONLY", f"You cannot create {o.name} records in the sandbox.")
     body = await _json(request)
@@ -1859,6 +1881,7 @@ async def admin_expire(request: Request) -> Response:
 
 
 async def admin_fields(request: Request) -> Response:
+    """Add visible, editable fields of any shape at once (tests of the API; the score fields come from setup)."""
     st = _state(request)
     try:
         data = orjson.loads(await request.body())
@@ -1866,6 +1889,67 @@ async def admin_fields(request: Request) -> Response:
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         return JsonResponse({"error": str(exc)}, 400)
     return JsonResponse({"object": data["object"], "created": made})
+
+
+# Tooling API: CustomField (see sandbox/sf_setup.py for what is and is not confirmed).
+_TOOLING_TYPES = {"Number": "double", "Text": "string", "LongTextArea": "textarea", "TextArea": "textarea",
+                  "DateTime": "datetime", "Date": "date", "Picklist": "picklist", "Checkbox": "boolean"}
+
+
+@_endpoint
+async def tooling_custom_field(request: Request) -> Response:
+    """POST tooling/sobjects/CustomField: a field the integration user sees once field-level security allows."""
+    _version(request)
+    st = _state(request)
+    body = await _json(request)
+    if not isinstance(body, dict) or not isinstance(body.get("Metadata"), dict):
+        raise ApiError(400, "JSON_PARSER_ERROR", "The request body must be a JSON object with FullName and Metadata")
+    obj, _, name = str(body.get("FullName", "")).partition(".")
+    meta: dict[str, Any] = body["Metadata"]
+    o = st.org.sobject(obj)
+    if o is None or o.name not in PERSON_OBJECTS + ACTIVITY_OBJECTS + ("Account",):
+        raise ApiError(400, "INVALID_FIELD", f"No such object {obj!r} for FullName {body.get('FullName')!r}")
+    kind = _TOOLING_TYPES.get(str(meta.get("type", "")))
+    if kind is None:
+        raise ApiError(400, "FIELD_INTEGRITY_EXCEPTION", f"Unsupported field type: {meta.get('type')!r}")
+    spec: dict[str, Any] = {k: meta[k] for k in ("precision", "scale", "length") if k in meta}
+    values = ((meta.get("valueSet") or {}).get("valueSetDefinition") or {}).get("value") or []
+    if values:
+        spec["values"] = [v.get("fullName") for v in values]
+    try:
+        f = custom_field(name, kind, label=meta.get("label") or name, **spec)
+        new_id = st.org.setup.add_field(o, f)
+    except ValueError as exc:
+        raise ApiError(400, "FIELD_INTEGRITY_EXCEPTION", str(exc)) from None
+    except sf_setup.SetupError as exc:
+        raise ApiError(exc.status, exc.code, exc.message, exc.fields) from None
+    st.org.setup.publish(st.org.objects)
+    return JsonResponse({"id": new_id, "success": True, "errors": [], "warnings": [], "infos": []}, status_code=201)
+
+
+@_endpoint
+async def userinfo(request: Request) -> Response:
+    """GET /services/oauth2/userinfo (OpenID Connect): who the token belongs to."""
+    st = _state(request)
+    user = st.org.users[UNASSIGNED_USER]
+    return JsonResponse({
+        "sub": f"{request.base_url}id/{st.org.org_id}/{user['Id']}", "user_id": user["Id"],
+        "organization_id": st.org.org_id, "preferred_username": user["Username"], "name": user["Name"],
+        "email": user["Email"], "active": True, "user_type": "STANDARD",
+    })  # fmt: skip
+
+
+async def admin_permissions(request: Request) -> Response:
+    """`{"customize_application": false, "manage_permission_sets": false}`: what the integration user loses."""
+    setup = _state(request).org.setup
+    try:
+        data = orjson.loads(await request.body())
+        setup.customize_application = bool(data.get("customize_application", setup.customize_application))
+        setup.manage_permission_sets = bool(data.get("manage_permission_sets", setup.manage_permission_sets))
+    except (orjson.JSONDecodeError, AttributeError) as exc:
+        return JsonResponse({"error": str(exc)}, 400)
+    return JsonResponse({"customize_application": setup.customize_application,
+                         "manage_permission_sets": setup.manage_permission_sets})
 
 
 async def admin_limits(request: Request) -> Response:
@@ -1926,6 +2010,7 @@ def routes() -> list[Route]:
     return [
         Route("/services/data", versions, methods=["GET"]),
         Route("/services/oauth2/token", oauth_token, methods=["POST"]),
+        Route("/services/oauth2/userinfo", userinfo, methods=["GET"]),
         Route(d + "/limits", limits, methods=["GET"]),
         Route(d + "/query", query, methods=["GET"]),
         Route(d + "/queryAll", query_all, methods=["GET"]),
@@ -1936,6 +2021,7 @@ def routes() -> list[Route]:
         Route(d + "/sobjects/{sobject}", sobject_root, methods=["GET", "POST"]),
         Route(d + "/sobjects/{sobject}/{record_id}", sobject_record, methods=rw),
         Route(d + "/composite/sobjects", composite_sobjects, methods=["PATCH"]),
+        Route(d + "/tooling/sobjects/CustomField", tooling_custom_field, methods=["POST"]),
         Route(d + "/jobs/ingest", bulk_create, methods=["POST"]),
         Route(d + "/jobs/ingest/{job_id}", bulk_job, methods=["GET", "PATCH", "DELETE"]),
         Route(d + "/jobs/ingest/{job_id}/batches", bulk_upload, methods=["PUT"]),
@@ -1945,6 +2031,7 @@ def routes() -> list[Route]:
         Route("/__sandbox__/salesforce/info", admin_info, methods=["GET"]),
         Route("/__sandbox__/salesforce/limits", admin_limits, methods=["POST"]),
         Route("/__sandbox__/salesforce/clock", admin_clock, methods=["POST"]),
+        Route("/__sandbox__/salesforce/permissions", admin_permissions, methods=["POST"]),
     ]
 
 

@@ -63,6 +63,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from sandbox.data import ACTIVITY_KINDS
+from sandbox.hubspot_ids import ENGAGEMENT_ID_BASE, ENGAGEMENT_KINDS
+
 log = logging.getLogger("leadscore.sandbox.webhooks")
 
 # What scoring reads from a contact: profile fields and activity roll-ups. Not the score properties.
@@ -577,9 +580,6 @@ def admin_routes(emitter: WebhookEmitter, hubspot_crm: Any = None) -> list[Route
 
 def record_hubspot_activity(emitter: WebhookEmitter, crm: Any, body: Mapping[str, Any]) -> dict[str, Any]:
     """Add one activity to a HubSpot contact's person and fire what HubSpot would fire."""
-    from sandbox.data import ACTIVITY_KINDS
-    from sandbox.hubspot import ENGAGEMENT_ID_BASE, ENGAGEMENT_KINDS
-
     contact_id = str(body.get("contact", ""))
     key = crm.contact_key(contact_id)
     if key is None or key >= crm.pop.n:

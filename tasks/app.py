@@ -8,10 +8,13 @@ twice.
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 from typing import Any
 
 from celery import Celery, Task
-from celery.signals import worker_process_init, worker_process_shutdown
+from celery.signals import setup_logging, worker_process_init, worker_process_shutdown, worker_ready, worker_shutdown
 
 from connector.config import load_settings
 from connector.logs import configure as configure_logs
@@ -57,9 +60,46 @@ def countdown(task: Task, wait: float | None) -> float:
     return float(min(MAX_COUNTDOWN, wait if wait is not None else backoff))
 
 
+@setup_logging.connect
+def _setup_logging(loglevel: Any = None, **_: Any) -> None:
+    """Celery's own records too go through connector/logs.py (JSON in production, redacted)."""
+    level = loglevel if isinstance(loglevel, str) else (logging.getLevelName(loglevel) if loglevel else None)
+    configure_logs(level=level, settings=_settings)
+
+
 @worker_process_init.connect
 def _init_worker(**_: Any) -> None:
-    configure_logs()
+    configure_logs(settings=_settings)
+
+
+_heartbeat_stop = threading.Event()
+
+
+@worker_ready.connect
+def _start_heartbeat(sender: Any = None, **_: Any) -> None:
+    """Tell `leadscore status` this worker is alive: its name in Redis every WORKER_HEARTBEAT_S."""
+    from connector.status import WORKER_HEARTBEAT_S, Recorder
+    from tasks.runtime import get_runtime
+
+    name = str(getattr(sender, "hostname", None) or "worker")
+
+    def beat() -> None:
+        while True:
+            try:
+                rt = get_runtime()
+                Recorder(rt.redis, rt.namespace).worker_seen(name, time.time())
+            except Exception:  # noqa: BLE001, S110 - a heartbeat never stops a worker; the next one tries again
+                pass
+            if _heartbeat_stop.wait(WORKER_HEARTBEAT_S):
+                return
+
+    _heartbeat_stop.clear()
+    threading.Thread(target=beat, name="leadscore-heartbeat", daemon=True).start()
+
+
+@worker_shutdown.connect
+def _stop_heartbeat(**_: Any) -> None:
+    _heartbeat_stop.set()
 
 
 @worker_process_shutdown.connect

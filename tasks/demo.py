@@ -214,7 +214,6 @@ def _worker(app: Any, concurrency: int, queue: str) -> Iterator[None]:
 
 
 def run_demo(*, crm: str, contacts: int, seed: int, workers: int = 4, progress: bool = True) -> DemoSummary:
-    from sandbox.salesforce import score_field_specs
     from tasks import sync as sync_tasks
     from tasks.app import app
     from tasks.runtime import set_runtime
@@ -247,14 +246,8 @@ def run_demo(*, crm: str, contacts: int, seed: int, workers: int = 4, progress: 
         set_runtime(rt)
         app.conf.update(broker_url=broker, task_default_queue=queue)
         try:
-            if "salesforce" in crms:
-                # On a real org an admin creates these fields in Setup (`leadscore setup` lists them);
-                # the sandbox lets the demo do that step through its admin endpoint.
-                for obj in ("Lead", "Contact"):
-                    admin_call(sb.salesforce_url, "/__sandbox__/salesforce/fields",
-                           {"object": obj, "fields": score_field_specs()}, sb.ca_cert)
             for name in crms:
-                rt.adapter(name).setup()
+                rt.adapter(name).setup()  # `leadscore setup`: HubSpot properties, Salesforce fields (Tooling API)
             for url, ca in ((sb.hubspot_url, None), (sb.salesforce_url, sb.ca_cert)):
                 admin_call(url, "/__sandbox__/stats/reset", {}, ca)
             with _worker(app, workers, queue):

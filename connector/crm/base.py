@@ -176,6 +176,10 @@ class CrmAdapter(Protocol):
         """Create what can be created (idempotent); return one line per thing done or still to do."""
         ...
 
+    def api_budget(self) -> tuple[int, int | None, str]:
+        """(API calls used, the budget or None when unknown, the window they count over) for `leadscore status`."""
+        ...
+
     @property
     def calls(self) -> CallCounter:
         """HTTP calls this adapter made (retries included), in total and per thread."""

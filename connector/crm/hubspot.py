@@ -31,6 +31,7 @@ import redis
 from connector.crm.base import CallCounter, OpenTask, Page, WriteReport
 from connector.crm.hubspot_http import ApiError, HubSpotTransport, Response
 from connector.crm.limits import DEFAULT_POLICY, RetryPolicy
+from connector.crm.times import parse_time
 from connector.domain import WRITE_FIELDS, Activity, CrmName, Lead, Rep
 from connector.errors import RecordError, RetryLater, StopSync, UserError
 from connector.mappings.hubspot import EngagementRule, EventRule, HubSpotMapping
@@ -81,20 +82,7 @@ NUMBER_FIELDS = frozenset({"score", "fit", "engagement"})
 
 def parse_ts(value: Any) -> float | None:
     """HubSpot times (ISO 8601 strings, epoch milliseconds, dates) as epoch seconds; None if unreadable."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, int | float):
-        return float(value) / 1000
-    text = str(value).strip()
-    if text.isdigit():
-        return int(text) / 1000
-    try:
-        parsed = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=dt.UTC)
-    return parsed.timestamp()
+    return parse_time(value)
 
 
 def iso(ts: float) -> str:
@@ -247,6 +235,11 @@ class HubSpotAdapter:
         return self._props[self._web()][1]
 
     # -- bookkeeping
+
+    def api_budget(self) -> tuple[int, int | None, str]:
+        """(calls used today, the daily budget, what "today" means), from the shared limiter."""
+        limiter = self.http.limiter
+        return limiter.used_today(), (limiter.daily_limit or None), "today (UTC)"
 
     @property
     def calls(self) -> CallCounter:

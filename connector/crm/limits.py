@@ -27,6 +27,7 @@ import redis
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, stop_after_delay
 
 from connector.errors import RetryLater, StopSync
+from connector.redisutil import text as redis_text
 
 T = TypeVar("T")
 
@@ -211,7 +212,7 @@ class SlidingWindowLimiter:
             )  # fmt: skip
             if int(granted):
                 return waited
-            reason_s = reason.decode() if isinstance(reason, bytes) else str(reason)
+            reason_s = redis_text(reason)
             if reason_s == "day?":
                 ask = True
                 continue

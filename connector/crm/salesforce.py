@@ -66,9 +66,11 @@ from connector.crm.salesforce_records import (
     source_fields,
     to_salesforce,
 )
+from connector.crm.salesforce_setup import SalesforceSetup
 from connector.domain import WRITE_FIELDS, CrmName, Lead, Rep
 from connector.errors import RecordError, RetryLater, StopSync
 from connector.mappings.salesforce import OBJECTS, SALESFORCE_ID, SalesforceMapping
+from connector.redisutil import text as redis_text
 
 API_VERSION = "59.0"
 COMPOSITE_MAX = 200
@@ -177,8 +179,7 @@ class SalesforceAdapter:
         raw = self._redis.get(self._usage_key)
         if raw is None:
             return self.usage
-        text = raw.decode() if isinstance(raw, bytes) else str(raw)
-        return parse_limit_info(f"api-usage={text}") or self.usage
+        return parse_limit_info(f"api-usage={redis_text(raw)}") or self.usage
 
     def _floor_limit(self, total: int) -> int:
         return math.floor(total * (1 - self.mapping.api_floor_percent / 100))
@@ -721,15 +722,13 @@ class SalesforceAdapter:
         return lines
 
     def setup(self) -> list[str]:
-        """Salesforce fields cannot be created over this REST API: verify them and say what to create."""
-        lines: list[str] = []
+        """Create the missing score fields (Tooling API) and the integration user's Edit access to them;
+        one line per thing created or in place (connector/crm/salesforce_setup.py)."""
         self._local.floor_exempt = True
         try:
-            for obj in OBJECTS:
-                lines += self._field_lines(obj, self._describe(obj), all_lines=True)
+            return SalesforceSetup(self, FIELD_SPECS).run()
         finally:
             self._local.floor_exempt = False
-        return lines
 
     def check(self) -> list[str]:
         problems: list[str] = []
@@ -746,6 +745,13 @@ class SalesforceAdapter:
             if total > 0 and used >= self._floor_limit(total):
                 problems.append(_sentence(self._floor_sentence(used, total)))
         return problems
+
+    def api_budget(self) -> tuple[int, int | None, str]:
+        """(calls used, the org's allocation, its window) as Salesforce last reported in Sforce-Limit-Info."""
+        usage = self._shared_usage()
+        if usage is None:
+            return 0, None, "last 24 h (not reported yet)"
+        return usage[0], usage[1], "last 24 h"
 
     def usage_line(self) -> str | None:
         """API usage as last seen, for the CLI: 'Salesforce API usage: 1,234 of 15,000 calls (8%) ...'."""

@@ -8,12 +8,12 @@ records.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote_plus
 
+from connector.crm.times import parse_time as _parse_time
 from connector.domain import Activity
 from connector.mappings.salesforce import SALESFORCE_ID, Rule, Source
 
@@ -76,22 +76,7 @@ def soql_id(value: str) -> str:
 
 def parse_time(value: Any) -> float | None:
     """Salesforce datetime ('2026-01-02T03:04:05.000+0000') or date ('2026-01-02') -> epoch seconds."""
-    if not isinstance(value, str) or not value:
-        return None
-    text = value.strip()
-    try:
-        if len(text) == 10:
-            return datetime.combine(date.fromisoformat(text), datetime.min.time(), UTC).timestamp()
-        if text.endswith("Z"):
-            text = text[:-1] + "+00:00"
-        elif re.search(r"[+-]\d{4}$", text):
-            text = text[:-2] + ":" + text[-2:]
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.timestamp()
+    return _parse_time(value) if isinstance(value, str) else None
 
 
 def iso_utc(ts: float) -> str:

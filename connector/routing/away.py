@@ -37,6 +37,7 @@ import yaml
 from connector.domain import CrmName, Rep
 from connector.errors import UserError
 from connector.mappings.routing import AwayPeriod, RoutingConfig, load_away
+from connector.redisutil import text as redis_text
 from connector.routing.policy import AwayMark, availability, rep_view
 from connector.routing.pool import PREFIX, RedisPool
 
@@ -164,7 +165,7 @@ def list_away(store: redis.Redis, prefix: str = PREFIX) -> dict[str, AwayMark]:
     """Every mark that is still stored, by the CRM id (or, until moved, the e-mail) it is kept under."""
     out: dict[str, AwayMark] = {}
     for raw_ident in sorted(store.smembers(_index(prefix))):
-        ident = raw_ident.decode() if isinstance(raw_ident, bytes) else str(raw_ident)
+        ident = redis_text(raw_ident)
         mark = _parse(store.get(_key(ident, prefix)))
         if mark is None:
             store.srem(_index(prefix), ident)

@@ -18,6 +18,8 @@ from typing import Any
 
 import redis
 
+from connector.redisutil import text as _text
+
 # Longer than every key the index lists lives (routing records: 90 days).
 LEAD_INDEX_TTL_S = 90 * 24 * 3600
 
@@ -83,7 +85,3 @@ def index_older_keys(
 
 def _glob(text: str) -> str:
     return re.sub(r"([*?\[\]\\])", r"\\\1", text)
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -25,6 +25,7 @@ from typing import Any
 
 import redis
 
+from connector.redisutil import text as _text
 from connector.routing.policy import Pick, Slot, Turn, ordered
 
 PREFIX = "leadscore:routing:"
@@ -153,7 +154,3 @@ class RedisPool:
     def current(self, pool: str) -> dict[str, int]:
         raw = self.client.hgetall(self.pool_key(pool))
         return {_text(k): int(v) for k, v in raw.items()}
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

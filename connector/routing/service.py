@@ -45,6 +45,8 @@ from connector.domain import CRMS, CrmName, Lead, Rep
 from connector.errors import ConfigError, RetryLater
 from connector.mappings.routing import RoutingConfig
 from connector.notify import ChannelResult, Notification, NotificationKind, NotifierLike
+from connector.redisutil import UNLOCK
+from connector.redisutil import text as _s
 from connector.routing import away
 from connector.routing.away import away_marks, cap_key
 from connector.routing.keys import index_key, remember
@@ -71,10 +73,6 @@ SLA_LEASE_S = 300.0
 # retried sync page (which may see the old band again) never starts a second episode.
 REHOT_MIN_GAP_S = 3600.0
 
-_UNLOCK = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 
 # Claim a due SLA entry for this worker: push its score past `now` for a lease.
 _CLAIM = """
@@ -98,8 +96,6 @@ class ScoreLike(Protocol):
     def reasons(self) -> Sequence[str] | str: ...
 
 
-def _s(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _num(value: float) -> str:
@@ -162,7 +158,7 @@ class Router:
         self.reps_ttl_s = reps_ttl_s
         self.lock_ttl_s = lock_ttl_s
         self._reps: dict[str, tuple[float, list[Rep]]] = {}
-        self._unlock = redis.register_script(_UNLOCK)
+        self._unlock = redis.register_script(UNLOCK)
         self._claim = redis.register_script(_CLAIM)
 
     # ------------------------------------------------------------------ public

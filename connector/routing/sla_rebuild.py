@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 from connector.crm.base import OpenTask
 from connector.domain import CRMS, CrmName, Lead
 from connector.errors import ConfigError, LeadscoreError, RetryLater
+from connector.redisutil import text as redis_text
 from connector.routing.keys import index_key, remember
 from connector.routing.policy import Decision, resolve_region
 
@@ -101,7 +102,7 @@ def _adopt(router: Router, crm: CrmName, adapter: CrmAdapter, tasks: Sequence[Op
         lead_key = f"{crm}:{stream}:{lead_id}"
         newest = max(found, key=lambda t: (t.due or t.created_at, t.task_id))
         owner = router.redis.hget(router._episode_key(lead_key), "owner")
-        if owner is not None and (owner.decode() if isinstance(owner, bytes) else str(owner)) == newest.rep_id:
+        if owner is not None and redis_text(owner) == newest.rep_id:
             continue  # routing knows this assignment
         unknown[(stream, lead_id)] = (lead_key, newest, found)
     if not unknown:
@@ -135,7 +136,7 @@ def _write(
     with router._lock(lead_key):
         ekey = router._episode_key(lead_key)
         raw = router.redis.hgetall(ekey)
-        episode = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+        episode = {redis_text(k): redis_text(v)
                    for k, v in raw.items()}  # fmt: skip
         if episode.get("owner") == task.rep_id:
             return 0

@@ -51,7 +51,6 @@ from connector.crm.hubspot import parse_ts
 from connector.domain import CHANGE_FIELDS, CrmName
 from connector.runs import RunView
 from sandbox.data import today_midnight_utc
-from sandbox.salesforce import score_field_specs
 from sandbox.server import Sandbox
 from tests.conftest import ROOT, RedisServer
 
@@ -284,10 +283,7 @@ class Pipeline:
         return sum(n for k, n in calls.items() if k.startswith("PATCH ") and "/sobjects/{" in k)
 
     def setup_crm(self) -> None:
-        """`leadscore setup` (HubSpot) or the admin creating the fields in Setup (Salesforce)."""
-        if self.crm == "salesforce":
-            for obj in ("Lead", "Contact"):
-                self._admin("/__sandbox__/salesforce/fields", {"object": obj, "fields": score_field_specs()})
+        """`leadscore setup`: the HubSpot properties, the Salesforce fields (through the Tooling API)."""
         probe = self.probe()
         try:
             probe.adapter(self.crm).setup()

@@ -203,6 +203,36 @@ def test_check_says_when_the_portal_has_no_events_api_for_the_mappings_web_event
         "activity from roll-up properties)."]
 
 
+@pytest.mark.parametrize("command", ["demo", "sandbox"])
+def test_demo_and_sandbox_without_the_sandbox_extra_say_how_to_install_it(command: str) -> None:
+    hide = "import sys; sys.modules['trustme'] = None; from connector.cli import main; sys.exit(main(sys.argv[1:]))"
+    proc = subprocess.run([sys.executable, "-c", hide, command], capture_output=True, text=True, cwd=ROOT,
+                          timeout=60, check=False)
+    assert proc.returncode == 1
+    assert one_sentence(proc) == (
+        f"leadscore: leadscore {command} needs the sandbox extra (trustme missing): install it with "
+        "pip install 'leadscore[sandbox]' (in a checkout: pip install -e '.[sandbox]')."
+    )
+
+
+def test_demo_json_is_one_object_and_without_a_terminal_the_text_is_plain(redis_url: str) -> None:
+    import json
+
+    as_json = run(["demo", "--crm", "hubspot", "--contacts", "120", "--json"], {"REDIS_URL": redis_url})
+    plain = run(["demo", "--crm", "hubspot", "--contacts", "120"], {"REDIS_URL": redis_url})
+
+    assert as_json.returncode == 0, as_json.stderr
+    summary = json.loads(as_json.stdout)  # the whole of stdout is one JSON object
+    assert summary["ok"] is True
+    assert summary["crms"]["hubspot"]["read"] == summary["crms"]["hubspot"]["written"] == 120
+    assert as_json.stderr == ""  # no progress with --json
+    assert plain.returncode == 0, plain.stderr
+    assert "\x1b[" not in plain.stdout + plain.stderr  # no colours, no redrawn bars
+    assert plain.stdout.splitlines()[0].startswith("leadscore demo: 120 people in each CRM")
+    assert "hubspot: sync done in " in plain.stdout
+    assert "  read 120, scored 120, written 120" in plain.stdout
+
+
 def test_a_hubspot_base_url_over_plain_http_to_another_host_is_one_sentence_and_exit_1(redis_url: str) -> None:
     env = {"REDIS_URL": redis_url, "HUBSPOT_BASE_URL": "http://api.hubapi.com", "HUBSPOT_ACCESS_TOKEN": "pat-x"}
     proc = run(["check"], env)

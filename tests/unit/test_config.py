@@ -46,6 +46,22 @@ def test_salesforce_needs_both_url_and_token() -> None:
         s.require_salesforce()
 
 
+def test_the_log_format_and_level_come_from_the_environment() -> None:
+    s = load_settings({"LEADSCORE_LOG_FORMAT": "JSON", "LEADSCORE_LOG_LEVEL": "warning"})
+    assert (s.log_format, s.log_level) == ("json", "WARNING")
+    with pytest.raises(ConfigError, match=r"^LEADSCORE_LOG_FORMAT must be json, console or auto, not 'xml'\.$"):
+        load_settings({"LEADSCORE_LOG_FORMAT": "xml"})
+
+
+def test_settings_built_in_code_read_no_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from connector.config import Settings
+
+    monkeypatch.setenv("REDIS_URL", "redis://elsewhere:1/0")
+    assert Settings().redis_url == "redis://localhost:6379/0"
+    assert load_settings().redis_url == "redis://elsewhere:1/0"
+    assert load_settings().redis_url_given
+
+
 @pytest.mark.parametrize(
     "url", ["http://127.0.0.1:8080", "http://localhost:9000", "http://[::1]:8080", "http://127.5.6.7", "https://x.test"]
 )

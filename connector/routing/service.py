@@ -9,8 +9,10 @@ by (lead key, hot episode) in Redis:
     owner      adapter.set_owner(..., expected=the owner it replaces): only an unowned
                lead is taken; when the CRM says someone else owns it now, the pool
                turn and the capacity unit are given back
-    task       created once (the marker is set before the call and cleared only when
-               the call raises, so a crash never leads to a second task)
+    task       created once: the marker "creating" is set before the call and replaced by the
+               task id after it; the task's body carries a reference of ours (`task_ref`), and
+               a rerun that finds "creating" (a timeout after the CRM stored the task, a crash)
+               asks the CRM for that reference before it creates the task
     notify     sent once per message and channel (marker here, idempotency key in the notifier)
     sla        the assignment's deadline in a sorted set, for `check_sla`
     record     one entry per decision, ids and scores only, for `leadscore explain`
@@ -39,7 +41,7 @@ from typing import Any, Protocol
 
 import redis
 
-from connector.crm.base import CrmAdapter
+from connector.crm.base import CrmAdapter, task_ref, with_task_ref
 from connector.domain import CRMS, CrmName, Lead, Rep
 from connector.errors import ConfigError, RetryLater
 from connector.mappings.routing import RoutingConfig
@@ -62,6 +64,7 @@ from connector.routing.policy import (
 from connector.routing.pool import PREFIX, RedisPool
 
 PENDING_TTL_S = 30 * 24 * 3600
+CREATING = "creating"  # a round's task marker while its creation may or may not have reached the CRM
 RECORD_TTL_S = 90 * 24 * 3600
 RECORD_KEEP = 50
 SLA_LEASE_S = 300.0
@@ -354,7 +357,10 @@ class Router:
             self._save(pkey, {f"r{n}:owner": "1"})
 
         task_id = state.get(f"r{n}:task")
-        want_task = d.notify and target is not None and d.outcome != "unassigned" and task_id is None
+        # "creating": an earlier attempt sent the task and may have reached the CRM (it timed out,
+        # or its worker died); the task is looked up by its reference before it is sent again.
+        attempted = task_id == CREATING
+        want_task = d.notify and target is not None and d.outcome != "unassigned" and task_id in (None, CREATING)
         want_notes = d.notify and not state.get(f"r{n}:notified")
         texts = ("", "")
         if want_task or want_notes:
@@ -373,16 +379,23 @@ class Router:
                 self._save(pkey, {f"r{n}:task": existing})
         if want_task and target is not None:
             subject, body = texts
-            self._save(pkey, {f"r{n}:task": "creating"})
-            try:
+            ref = task_ref(f"{lead_key}|{ep}|r{n}")
+            earlier = adapter.find_task(stream, lead_id, target, ref) if attempted else None
+            if earlier is not None:
+                task_id = earlier
+            else:
+                self._save(pkey, {f"r{n}:task": CREATING})
+                # On failure "creating" stays: the CRM may have stored the task before the answer
+                # was lost, and the rerun asks for the reference instead of creating a second one.
                 task_id = adapter.create_task(
-                    stream, lead_id, target, subject=subject, body=body, due=now + self.config.sla.minutes * 60
+                    stream,
+                    lead_id,
+                    target,
+                    subject=subject,
+                    body=with_task_ref(body, ref),
+                    due=now + self.config.sla.minutes * 60,
                 )
-            except BaseException:
-                self.redis.hdel(pkey, f"r{n}:task")
-                raise
             self._save(pkey, {f"r{n}:task": task_id})
-        # "creating" left by a crash mid-call: the task may exist; never risk a second one.
 
         notes: list[dict[str, Any]] = []
         if want_notes:
@@ -425,7 +438,7 @@ class Router:
             "band": state.get("band"),
             "grade": state.get("grade"),
             "model": state.get("model"),
-            "task_id": task_id if task_id != "creating" else None,
+            "task_id": task_id if task_id != CREATING else None,
             "notifications": notes,
             "summary": d.summary(),
         }
@@ -463,7 +476,7 @@ class Router:
             stream, lead_id = state["stream"], state["lead_id"]
             since = float(state[f"r{n}:at"])
             task_id = state.get(f"r{n}:task")
-            task_open = task_id is None or task_id == "creating" or adapter.task_is_open(task_id)
+            task_open = task_id is None or task_id == CREATING or adapter.task_is_open(task_id)
             if not task_open or adapter.rep_acted_since(stream, lead_id, rep, since):
                 self.redis.zrem(zkey, member)
                 self._save(pkey, {f"r{n}:sla": "met"})

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import datetime as dt
 import shutil
+import subprocess
+import sys
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
+import httpx
 import pytest
 import redis
 import yaml
@@ -21,6 +25,7 @@ import yaml
 from connector.bootstrap import Runtime, build_runtime
 from connector.config import Settings
 from connector.domain import Lead
+from connector.errors import RetryLater
 from connector.routing import service
 from sandbox.server import Sandbox
 from tests.conftest import ROOT
@@ -134,3 +139,99 @@ def test_a_rep_who_ignores_a_lead_past_the_sla_loses_it_to_the_next_rep(rt: Runt
     now_owner = rt.adapter("hubspot").get_leads("contact", [lead.id])[0].owner_id
     assert now_owner == moved[0].chosen != first.chosen
     assert tasks_of(sandbox, [lead.id])[lead.id] == 2, "the next rep got a task too"
+
+
+def set_faults(sandbox: Sandbox, spec: dict[str, Any]) -> dict[str, Any]:
+    resp = httpx.post(f"{sandbox.hubspot_url}/__sandbox__/faults", json=spec, timeout=10)
+    resp.raise_for_status()
+    return dict(resp.json())
+
+
+def task_owners(sandbox: Sandbox, contact_id: str) -> list[str]:
+    """The owner of every task associated with the contact, read through the CRM's API."""
+    headers = {"Authorization": f"Bearer {sandbox.hubspot_token}"}
+    with httpx.Client(base_url=sandbox.hubspot_url, headers=headers, timeout=30) as http:
+        linked = http.get(f"/crm/v4/objects/contacts/{contact_id}/associations/tasks").json()["results"]
+        owners = []
+        for link in linked:
+            task = http.get(f"/crm/v3/objects/tasks/{link['toObjectId']}",
+                            params={"properties": "hubspot_owner_id"}).json()  # fmt: skip
+            owners.append(task["properties"]["hubspot_owner_id"])
+    return owners
+
+
+def test_a_task_the_crm_stored_before_its_answer_was_lost_is_not_created_again(rt: Runtime, sandbox: Sandbox) -> None:
+    lead = unowned_dach_leads(rt, 1)[0]
+    # HubSpot stores the task, then the answer is lost (a 504 from a proxy, a read timeout).
+    set_faults(sandbox, {"drop": 1.0, "only": "POST /crm/v3/objects/tasks", "max": 1, "timeout_s": 0})
+    try:
+        with pytest.raises(RetryLater):
+            rt.router.assign_hot_lead(lead, "contact", Hot(), NOW, became_hot=True)
+    finally:
+        set_faults(sandbox, {})
+    assert tasks_of(sandbox, [lead.id])[lead.id] == 1, "the CRM did store the task"
+
+    decision = rt.router.assign_hot_lead(lead, "contact", Hot(), NOW, became_hot=True)  # Celery's retry
+
+    assert decision.assigned_now
+    assert task_owners(sandbox, lead.id) == [decision.chosen], "exactly one task, for the rep who got the lead"
+
+
+_KILLED_WORKER = """
+import sys
+from pathlib import Path
+
+import redis
+from connector.bootstrap import build_runtime
+from connector.config import Settings
+
+mappings, hubspot_url, token, redis_url, lead_id, now = sys.argv[1:]
+
+class Hot:
+    score, band, grade, reasons, model_version = 90, "hot", "A", "+25 Decision-maker title", "test"
+
+rt = build_runtime(Settings(mappings_dir=Path(mappings), hubspot_base_url=hubspot_url, hubspot_access_token=token),
+                   redis_client=redis.Redis.from_url(redis_url), namespace="rt")
+rt.overrides["hubspot"] = lambda m: {"account": m.account.model_copy(update={"requests_per_10s": 4900})}
+rt.router.lock_ttl_s = 1.0  # the lock of a worker that dies is free again after a second
+lead = rt.adapter("hubspot").get_leads("contact", [lead_id])[0]
+rt.router.assign_hot_lead(lead, "contact", Hot(), float(now), became_hot=True)
+"""
+
+
+def test_a_worker_killed_while_creating_the_task_leaves_the_rep_with_exactly_one_task(
+    rt: Runtime, sandbox: Sandbox, redis_url: str
+) -> None:
+    lead = unowned_dach_leads(rt, 1)[0]
+    # The task request hangs before HubSpot stores anything, and the worker is killed meanwhile.
+    set_faults(sandbox, {"timeout": 1.0, "only": "POST /crm/v3/objects/tasks", "max": 1, "timeout_s": 60})
+    args = [str(rt.settings.mappings_dir), sandbox.hubspot_url, sandbox.hubspot_token, redis_url, lead.id, repr(NOW)]
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_WORKER, *args], cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 60
+        while set_faults_state(sandbox).get("injected", 0) < 1:
+            assert proc.poll() is None, "the worker ended before it sent the task"
+            assert time.monotonic() < deadline, "the worker never sent the task"
+            time.sleep(0.05)
+        proc.kill()
+        proc.wait(10)
+    finally:
+        set_faults(sandbox, {})
+    assert tasks_of(sandbox, [lead.id])[lead.id] == 0
+
+    deadline = time.monotonic() + 30
+    while True:  # Celery redelivers the task; it retries while the dead worker's lock runs out
+        try:
+            decision = rt.router.assign_hot_lead(lead, "contact", Hot(), NOW, became_hot=True)
+            break
+        except RetryLater:
+            assert time.monotonic() < deadline, "the dead worker's lock never ran out"
+            time.sleep(0.1)
+
+    owner = rt.adapter("hubspot").get_leads("contact", [lead.id])[0].owner_id
+    assert owner == decision.chosen is not None
+    assert task_owners(sandbox, lead.id) == [owner], "the rep got the task the killed worker never created"
+
+
+def set_faults_state(sandbox: Sandbox) -> dict[str, Any]:
+    return dict(httpx.get(f"{sandbox.hubspot_url}/__sandbox__/faults", timeout=10).json()["faults"])

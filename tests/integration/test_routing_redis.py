@@ -22,7 +22,7 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from connector.crm.base import Page, WriteReport
+from connector.crm.base import Page, WriteReport, task_ref_in
 from connector.domain import CrmName, Lead, Rep
 from connector.errors import RetryLater
 from connector.mappings.routing import RoutingConfig, parse_routing
@@ -120,6 +120,12 @@ class FakeCrm:
 
     def task_is_open(self, task_id: str) -> bool:
         return next(t for t in self.tasks if t.id == task_id).open
+
+    def find_task(self, stream: str, lead_id: str, rep_id: str, ref: str) -> str | None:
+        return next(
+            (t.id for t in self.tasks if t.lead_id == lead_id and t.rep_id == rep_id and task_ref_in(t.body) == ref),
+            None,
+        )
 
     def open_task(self, stream: str, lead_id: str, rep_id: str, subject_prefixes: Sequence[str]) -> str | None:
         prefixes = tuple(subject_prefixes)

@@ -8,6 +8,8 @@ The demo builds one around the sandbox and an embedded store.
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -135,13 +137,27 @@ class Runtime:
             email=config.notifications.email,
             chat=config.notifications.chat,
         )
-        return Router(config, self.redis, self.adapter, notifier, namespace=f"{self.namespace}:routing")
+        return Router(
+            config,
+            self.redis,
+            self.adapter,
+            notifier,
+            routing_clock(self.settings.routing_at),
+            namespace=f"{self.namespace}:routing",
+        )
 
     def close(self) -> None:
         with self._lock:
             for adapter in self._adapters.values():
                 adapter.close()
             self._adapters.clear()
+
+
+def routing_clock(at: float | None) -> Callable[[], float]:
+    """The clock routing decides by: the real one, or a stated moment (LEADSCORE_ROUTING_AT) that stands still."""
+    if at is None:
+        return time.time
+    return lambda: at
 
 
 def build_runtime(

@@ -357,7 +357,7 @@ def cmd_reps(args: argparse.Namespace) -> int:
         service.set_back(router, args.email)
         print(f"{args.email} is back")
         return 0
-    for line in service.list_reps_status(router, time.time()):
+    for line in service.list_reps_status(router, router.clock()):
         print(line)
     return 0
 

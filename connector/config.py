@@ -7,6 +7,7 @@ Secrets are kept out of repr() so they never reach a log line or a traceback.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -56,6 +57,9 @@ class Settings:
     web_port: int = 8000
     # Seconds before the broker re-delivers a task whose worker died (LEADSCORE_VISIBILITY_TIMEOUT).
     visibility_timeout: int = 600
+    # LEADSCORE_ROUTING_AT: routing decides as at this moment (epoch seconds) instead of the real
+    # time: for the demo, benchmarks and tests that need a working-day hour. Never set in production.
+    routing_at: float | None = None
 
     @property
     def hubspot_configured(self) -> bool:
@@ -82,6 +86,19 @@ class Settings:
             raise ConfigError(f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set.")
 
 
+def parse_moment(text: str, name: str) -> float:
+    """An ISO 8601 date and time with its zone (2026-11-23T10:00:00+01:00, or Z) as epoch seconds."""
+    try:
+        moment = dt.datetime.fromisoformat(text.strip())
+    except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        raise ConfigError(
+            f"{name} must be a date and time with its zone, such as 2026-11-23T10:00:00+01:00, not {text!r}."
+        )
+    return moment.timestamp()
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     env = os.environ if env is None else env
     ca = env.get("SALESFORCE_CA_BUNDLE", "").strip()
@@ -95,6 +112,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     port = env.get("PORT", "").strip() or "8000"
     if not port.isdigit() or not 1 <= int(port) <= 65535:
         raise ConfigError(f"PORT must be a port number between 1 and 65535, not {port!r}.")
+    routing_at = env.get("LEADSCORE_ROUTING_AT", "").strip()
     vt = env.get("LEADSCORE_VISIBILITY_TIMEOUT", "").strip() or "600"
     if not vt.isdigit() or not 1 <= int(vt) <= 43200:
         raise ConfigError(f"LEADSCORE_VISIBILITY_TIMEOUT must be seconds between 1 and 43200, not {vt!r}.")
@@ -116,4 +134,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         chat_webhook_url=_secret(env, "LEADSCORE_CHAT_WEBHOOK_URL"),
         web_port=int(port),
         visibility_timeout=int(vt),
+        routing_at=parse_moment(routing_at, "LEADSCORE_ROUTING_AT") if routing_at else None,
     )

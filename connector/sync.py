@@ -87,11 +87,12 @@ def score_leads(rt: Runtime, crm: CrmName, stream: str, leads: Sequence[Lead], n
     # Route before writing: until the band "hot" is in the CRM, a rerun of this page (a worker
     # killed, Redis lost) still sees these leads as newly hot, and the router resumes or
     # redoes their routing instead of skipping them as "owned and already hot".
+    # Routing decides by its own clock (the real time, or LEADSCORE_ROUTING_AT), scoring by `now`.
     for lead, scored, became_hot in hot:
         if lead.owner_id is not None and not became_hot:
             continue  # owned and already hot last time: nothing new for routing
         try:
-            decision = rt.router.assign_hot_lead(lead, stream, scored, now, became_hot=became_hot)
+            decision = rt.router.assign_hot_lead(lead, stream, scored, rt.router.clock(), became_hot=became_hot)
         except RecordError as exc:
             result.add("failed")
             result.failures.append(f"{lead.key}: not assigned: {exc.message}")

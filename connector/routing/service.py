@@ -249,7 +249,7 @@ class Router:
 
     def reps(self, crm: CrmName) -> list[Rep]:
         """The CRM's owners/users, cached for a few minutes (one list call per worker, not per lead)."""
-        now = self.clock()
+        now = time.monotonic()  # real time passing, whatever moment routing decides as at
         cached = self._reps.get(crm)
         if cached is None or cached[0] <= now:
             cached = (now + self.reps_ttl_s, self.adapter_for(crm).list_reps())

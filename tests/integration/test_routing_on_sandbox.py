@@ -22,6 +22,7 @@ import pytest
 import redis
 import yaml
 
+from connector import sync
 from connector.bootstrap import Runtime, build_runtime
 from connector.config import Settings
 from connector.domain import Lead
@@ -50,20 +51,29 @@ def sandbox() -> Iterator[Sandbox]:
         yield sb
 
 
-@pytest.fixture
-def rt(sandbox: Sandbox, redis_url: str, tmp_path: Path) -> Iterator[Runtime]:
-    mdir = tmp_path / "mappings"
-    shutil.copytree(ROOT / "mappings", mdir)
-    routing = yaml.safe_load((mdir / "routing.yaml").read_text())
+def make_runtime(
+    sandbox: Sandbox, redis_url: str, mdir: Path, *, routing_at: float = NOW, **routing_changes: Any
+) -> Runtime:
+    """A runtime on the sandbox whose routing decides as at `routing_at` (LEADSCORE_ROUTING_AT's setting)."""
+    if not mdir.exists():
+        shutil.copytree(ROOT / "mappings", mdir)
+    routing = yaml.safe_load((ROOT / "mappings" / "routing.yaml").read_text())
     routing["reps"] = {CAPPED: {"capacity": 1}}  # weights equal: shares must differ by at most one
     routing["sla"] = {"enabled": True, "minutes": 30, "max_reassignments": 2}
+    routing.update(routing_changes)
     (mdir / "routing.yaml").write_text(yaml.safe_dump(routing, sort_keys=False, allow_unicode=True))
     settings = Settings(mappings_dir=mdir, hubspot_base_url=sandbox.hubspot_url,
-                        hubspot_access_token=sandbox.hubspot_token)
+                        hubspot_access_token=sandbox.hubspot_token, routing_at=routing_at)
     runtime = build_runtime(settings, redis_client=redis.Redis.from_url(redis_url), namespace="rt")
     runtime.overrides["hubspot"] = lambda m: {"account": m.account.model_copy(update={"requests_per_10s": 4900})}
-    runtime.router.clock = lambda: NOW
+    runtime.adapter("hubspot").setup()  # the score properties (idempotent)
     service.set_away(runtime.router, AWAY, dt.date(2026, 11, 30), now=NOW)
+    return runtime
+
+
+@pytest.fixture
+def rt(sandbox: Sandbox, redis_url: str, tmp_path: Path) -> Iterator[Runtime]:
+    runtime = make_runtime(sandbox, redis_url, tmp_path / "mappings")
     yield runtime
     runtime.close()
 
@@ -204,7 +214,7 @@ def test_a_worker_killed_while_creating_the_task_leaves_the_rep_with_exactly_one
 ) -> None:
     lead = unowned_dach_leads(rt, 1)[0]
     # The task request hangs before HubSpot stores anything, and the worker is killed meanwhile.
-    set_faults(sandbox, {"timeout": 1.0, "only": "POST /crm/v3/objects/tasks", "max": 1, "timeout_s": 60})
+    set_faults(sandbox, {"timeout": 1.0, "only": "POST /crm/v3/objects/tasks", "max": 1, "timeout_s": 5})
     args = [str(rt.settings.mappings_dir), sandbox.hubspot_url, sandbox.hubspot_token, redis_url, lead.id, repr(NOW)]
     proc = subprocess.Popen([sys.executable, "-c", _KILLED_WORKER, *args], cwd=ROOT)
     try:
@@ -235,3 +245,70 @@ def test_a_worker_killed_while_creating_the_task_leaves_the_rep_with_exactly_one
 
 def set_faults_state(sandbox: Sandbox) -> dict[str, Any]:
     return dict(httpx.get(f"{sandbox.hubspot_url}/__sandbox__/faults", timeout=10).json()["faults"])
+
+
+# --------------------------------------------------------------------------- through the pipeline (connector.sync)
+
+DAY = 86400.0
+STRONG = (  # a demo request and two meetings: hot for any lead with a fair fit
+    ("form_submission", {"form_id": "f-demo-1", "form_title": "Request a demo"}),
+    ("meeting", {"title": "Discovery call"}),
+    ("meeting", {"title": "Technical deep dive"}),
+)
+
+
+def add_activities(sandbox: Sandbox, contact_id: str, at: float) -> None:
+    with httpx.Client(base_url=sandbox.hubspot_url, timeout=30) as http:
+        for kind, attrs in STRONG:
+            resp = http.post("/__sandbox__/activities",
+                             json={"contact": contact_id, "kind": kind, "attrs": attrs, "ts_ms": int(at * 1000)})
+            assert resp.status_code == 201, resp.text
+
+
+def fair_fit_dach_lead(rt: Runtime, now: float) -> Lead:
+    """An unowned DACH contact, not hot, whose fit makes it hot once it shows strong engagement."""
+    adapter = rt.adapter("hubspot")
+    for lead in unowned_dach_leads(rt, 80)[-40:]:
+        adapter.load_activities([lead], now)
+        scored = rt.model.score(lead.profile, lead.activities, now)
+        if scored.fit >= 25 and scored.band != "hot" and lead.written.get("band") != "hot":
+            return lead
+    raise AssertionError("no unowned DACH contact with a fair fit in the sandbox")
+
+
+def crm_view(rt: Runtime, sandbox: Sandbox, lead_id: str) -> tuple[str | None, str | None, list[tuple[str, str]]]:
+    """(owner, band written, [(task owner, task subject)]) read back through the CRM's API."""
+    lead = rt.adapter("hubspot").get_leads("contact", [lead_id])[0]
+    headers = {"Authorization": f"Bearer {sandbox.hubspot_token}"}
+    with httpx.Client(base_url=sandbox.hubspot_url, headers=headers, timeout=30) as http:
+        linked = http.get(f"/crm/v4/objects/contacts/{lead_id}/associations/tasks").json()["results"]
+        tasks = []
+        for link in sorted(linked, key=lambda x: int(x["toObjectId"])):
+            wanted = {"properties": "hubspot_owner_id,hs_task_subject"}
+            props = http.get(f"/crm/v3/objects/tasks/{link['toObjectId']}", params=wanted).json()["properties"]
+            tasks.append((props["hubspot_owner_id"], props["hs_task_subject"].split(":")[0]))
+    return lead.owner_id, lead.written.get("band"), tasks
+
+
+def test_a_sync_routes_by_the_routing_clock_not_by_the_hour_it_runs_at(
+    sandbox: Sandbox, redis_url: str, tmp_path: Path
+) -> None:
+    now = time.time()
+    sunday_night = dt.datetime(2026, 11, 22, 3, 0, tzinfo=dt.UTC).timestamp()
+    outcomes = []
+    for n, routing_at in enumerate((sunday_night, NOW)):
+        runtime = make_runtime(sandbox, redis_url, tmp_path / f"mappings{n}", routing_at=routing_at)
+        try:
+            lead = fair_fit_dach_lead(runtime, now)
+            add_activities(sandbox, lead.id, now)
+            result = sync.rescore(runtime, "hubspot", "contact", [lead.id], now)  # scored at the real time
+            assert result.counts.get("hot") == 1, result.counts
+            owner = runtime.adapter("hubspot").get_leads("contact", [lead.id])[0].owner_id
+            [record] = runtime.router.routing_record(lead.key)
+            outcomes.append((record["at"], record["outcome"], owner == record["chosen"]))
+        finally:
+            runtime.close()
+    assert outcomes == [
+        (sunday_night, "fallback_owner", True),  # nobody works on Sunday night: the queue owner
+        (NOW, "assigned", True),  # Monday 10:00: the next DACH rep of the rotation
+    ]

@@ -66,6 +66,7 @@ def score_leads(rt: Runtime, crm: CrmName, stream: str, leads: Sequence[Lead], n
     model = rt.model
     updates: dict[str, dict[str, str]] = {}
     hot: list[tuple[Lead, ScoreResult, bool]] = []
+    cooled: list[str] = []
     for lead in leads:
         try:
             scored = model.score(lead.profile, lead.activities, now)
@@ -84,6 +85,8 @@ def score_leads(rt: Runtime, crm: CrmName, stream: str, leads: Sequence[Lead], n
         if scored.band == "hot":
             result.add("hot")
             hot.append((lead, scored, lead.written.get("band") != "hot"))
+        elif lead.written.get("band") == "hot":
+            cooled.append(lead.key)
     # Route before writing: until the band "hot" is in the CRM, a rerun of this page (a worker
     # killed, Redis lost) still sees these leads as newly hot, and the router resumes or
     # redoes their routing instead of skipping them as "owned and already hot".
@@ -105,6 +108,10 @@ def score_leads(rt: Runtime, crm: CrmName, stream: str, leads: Sequence[Lead], n
             result.add(f"assigned:{decision.region}>{went}:{decision.rep_id}")
         elif decision.outcome == "unassigned":
             result.add("unassigned")
+    # Before the write, like routing: while the CRM still says hot, a rerun closes the episode again.
+    for key in cooled:
+        rt.router.lead_cooled(key)
+        result.add("cooled")
     if updates:
         report = adapter.write_scores(stream, updates)
         result.add("written", len(report.written))

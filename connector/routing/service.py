@@ -86,6 +86,13 @@ return 1
 """
 
 
+# Close a lead's open hot episode, if routing has one for it.
+_COOL = """
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'open', '0') end
+return 0
+"""
+
+
 class ScoreLike(Protocol):
     """What routing needs from the engine's ScoreResult."""
 
@@ -163,6 +170,7 @@ class Router:
         self._reps: dict[str, tuple[float, list[Rep]]] = {}
         self._unlock = redis.register_script(_UNLOCK)
         self._claim = redis.register_script(_CLAIM)
+        self._cool = redis.register_script(_COOL)
 
     # ------------------------------------------------------------------ public
 
@@ -222,8 +230,12 @@ class Router:
             return self._run_round(adapter, lead, result_like, state, pkey, n, now)
 
     def lead_cooled(self, lead_key: str) -> None:
-        """The lead's band left hot: its next hot moment is a new episode (re-hot)."""
-        self.redis.hset(self._episode_key(lead_key), "open", "0")
+        """The lead's band left hot: its next hot moment is a new episode (re-hot).
+
+        Called by the pipeline (connector.sync) for a lead whose band written in the CRM is
+        hot and whose new score is not. A lead routing never saw leaves nothing behind.
+        """
+        self._cool(keys=[self._episode_key(lead_key)])
 
     def check_sla(self, now: float | None = None, *, limit: int = 100) -> list[Decision]:
         """Reassign (or escalate) every assignment whose SLA has run out; returns the new decisions."""

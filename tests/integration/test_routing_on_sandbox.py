@@ -312,3 +312,44 @@ def test_a_sync_routes_by_the_routing_clock_not_by_the_hour_it_runs_at(
         (sunday_night, "fallback_owner", True),  # nobody works on Sunday night: the queue owner
         (NOW, "assigned", True),  # Monday 10:00: the next DACH rep of the rotation
     ]
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected"),
+    [
+        ("notify_owner", "the owner keeps it and gets a second task"),
+        ("reassign", "the next rep of the rotation gets it and a task"),
+        ("silent", "nothing happens"),
+    ],
+)
+def test_a_lead_that_cools_and_turns_hot_again_follows_the_rehot_policy(
+    sandbox: Sandbox, redis_url: str, tmp_path: Path, policy: str, expected: str
+) -> None:
+    # Routing decides as at NOW throughout: for its clock the lead cools and is hot again within the
+    # hour, so only the pipeline telling it that the lead cooled (lead_cooled) makes the second a re-hot.
+    runtime = make_runtime(sandbox, redis_url, tmp_path / "mappings", rehot=policy)
+    try:
+        t0 = time.time()
+        lead = fair_fit_dach_lead(runtime, t0)
+        add_activities(sandbox, lead.id, t0)
+        sync.rescore(runtime, "hubspot", "contact", [lead.id], t0)
+        first_owner, band, tasks = crm_view(runtime, sandbox, lead.id)
+        assert (band, tasks) == ("hot", [(first_owner, "Hot lead")])
+
+        later = t0 + 200 * DAY  # the demo request and the meetings have decayed
+        sync.rescore(runtime, "hubspot", "contact", [lead.id], later)
+        assert crm_view(runtime, sandbox, lead.id)[1] != "hot"
+
+        add_activities(sandbox, lead.id, later)  # a new demo request and new meetings
+        sync.rescore(runtime, "hubspot", "contact", [lead.id], later)
+        owner, band, tasks = crm_view(runtime, sandbox, lead.id)
+    finally:
+        runtime.close()
+    assert band == "hot"
+    if policy == "notify_owner":
+        assert (owner, tasks) == (first_owner, [(first_owner, "Hot lead"), (first_owner, "Hot again")]), expected
+    elif policy == "reassign":
+        assert owner not in (None, first_owner), expected
+        assert tasks == [(first_owner, "Hot lead"), (owner, "Hot again")], expected
+    else:
+        assert (owner, tasks) == (first_owner, [(first_owner, "Hot lead")]), expected

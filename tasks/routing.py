@@ -1,4 +1,4 @@
-"""Routing tasks: the SLA sweep that reassigns hot leads nobody acted on."""
+"""Routing tasks: the SLA sweep that reassigns hot leads nobody acted on, and the notification retries."""
 
 from __future__ import annotations
 
@@ -15,3 +15,9 @@ def check_sla(self: Any) -> int:
         return len(get_runtime().router.check_sla())  # by routing's clock
     except RetryLater as exc:
         raise self.retry(countdown=countdown(self, exc.wait), exc=exc) from None
+
+
+@house_task(name="leadscore.routing.send_notifications")
+def send_notifications(self: Any) -> int:
+    """Rep e-mails and chat messages whose sending failed and that are due again."""
+    return sum(get_runtime().router.send_notifications().values())

@@ -13,7 +13,9 @@ by (lead key, hot episode) in Redis:
                task id after it; the task's body carries a reference of ours (`task_ref`), and
                a rerun that finds "creating" (a timeout after the CRM stored the task, a crash)
                asks the CRM for that reference before it creates the task
-    notify     sent once per message and channel (marker here, idempotency key in the notifier)
+    notify     each message recorded in the outbox (connector.routing.outbox) before it is
+               sent, marked sent after; a failed channel is retried with backoff by
+               `send_notifications` (Celery beat); at most once per assignment and channel
     sla        the assignment's deadline in a sorted set, for `check_sla`
     record     one entry per decision, ids and scores only, for `leadscore explain`
 
@@ -48,6 +50,7 @@ from connector.mappings.routing import RoutingConfig
 from connector.notify import ChannelResult, Notification, NotificationKind, NotifierLike
 from connector.routing import away
 from connector.routing.away import away_marks, cap_key
+from connector.routing.outbox import Entry, Outbox
 from connector.routing.policy import (
     AwayMark,
     Candidate,
@@ -165,6 +168,7 @@ class Router:
         # `namespace` "leadscore:routing" and `prefix` "leadscore:routing:" say the same thing
         self.prefix = prefix if prefix is not None else f"{namespace}:" if namespace else PREFIX
         self.pool = RedisPool(redis, self.prefix)
+        self.outbox = Outbox(redis, self.prefix, notifier) if notifier is not None else None
         self.reps_ttl_s = reps_ttl_s
         self.lock_ttl_s = lock_ttl_s
         self._reps: dict[str, tuple[float, list[Rep]]] = {}
@@ -411,11 +415,11 @@ class Router:
 
         notes: list[dict[str, Any]] = []
         if want_notes:
-            self._save(pkey, {f"r{n}:notified": "1"})
             for note in self._notifications(crm, adapter, stream, lead_id, state, d, n, texts):
-                results = self._send(note)
+                results = self._send(note, pkey, n)
                 notes.append({"kind": note.kind, "channels": [[r.channel, r.status, r.detail] for r in results]})
-            self._save(pkey, {f"r{n}:notify_results": json.dumps(notes)})
+            # Marked only now: a rerun before this line finds the notes in the outbox, never sends twice.
+            self._save(pkey, {f"r{n}:notified": "1", f"r{n}:notify_results": json.dumps(notes)})
 
         if d.sla and d.outcome == "assigned":
             self.redis.zadd(f"{self.prefix}sla", {member: now + self.config.sla.minutes * 60})
@@ -676,13 +680,38 @@ class Router:
             note("assigned", d.chosen, subject, body)
         return out
 
-    def _send(self, note: Notification) -> list[ChannelResult]:
-        if self.notifier is None:
+    def _send(self, note: Notification, pkey: str, n: int) -> list[ChannelResult]:
+        if self.outbox is None:
             return []
-        try:
-            return self.notifier.send(note)
-        except Exception as exc:  # noqa: BLE001 - optional channels never fail an assignment
-            return [ChannelResult("chat", "failed", f"notifier raised {type(exc).__name__}: {exc}"[:300])]
+        # the outbox runs on real time, whatever moment routing decides as at
+        return self.outbox.send(note, pending_key=pkey, round_=n, now=time.time())
+
+    def send_notifications(self, now: float | None = None, *, limit: int = 100) -> dict[str, int]:
+        """Retry the notifications whose sending failed and that are due again (Celery beat)."""
+        if self.outbox is None:
+            return {}
+        return self.outbox.send_due(self._rebuild_note, now, limit=limit)
+
+    def _rebuild_note(self, entry: Entry) -> Notification | str:
+        """The message of an outbox entry, rebuilt from the routing state and the CRM (nothing personal is kept)."""
+        state = self._state(entry.pending_key)
+        n = entry.round
+        if f"r{n}:decision" not in state:
+            return "the assignment is no longer kept (the lead was purged, or its record expired)"
+        if int(state.get("round", n)) != n:
+            return "superseded: the lead was reassigned since"
+        d = Decision.from_json(state[f"r{n}:decision"])
+        crm: CrmName = "salesforce" if state["crm"] == "salesforce" else "hubspot"
+        adapter = self.adapter_for(crm)
+        stream, lead_id = state["stream"], state["lead_id"]
+        found = adapter.get_leads(stream, [lead_id])
+        if not found:
+            return "the record is no longer in the CRM"
+        texts = self._task_text(adapter, found[0], stream, lead_id, state, d, None)
+        for note in self._notifications(crm, adapter, stream, lead_id, state, d, n, texts):
+            if note.key == entry.note_key:
+                return note
+        return "the assignment no longer has this notification"
 
     # ------------------------------------------------------------------ Redis plumbing
 

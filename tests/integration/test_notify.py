@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from email import message_from_bytes
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -43,6 +44,7 @@ def smtp() -> Iterator[tuple[str, Inbox]]:
 class Hook:
     def __init__(self) -> None:
         self.bodies: list[dict[str, Any]] = []
+        self.accepted: list[dict[str, Any]] = []  # the bodies answered with a 2xx: what the channel shows
         self.status = 200
 
 
@@ -53,7 +55,10 @@ def webhook() -> Iterator[tuple[str, Hook]]:
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             length = int(self.headers["Content-Length"])
-            hook.bodies.append(json.loads(self.rfile.read(length)))
+            body = json.loads(self.rfile.read(length))
+            hook.bodies.append(body)
+            if hook.status < 300:
+                hook.accepted.append(body)
             self.send_response(hook.status)
             self.end_headers()
             self.wfile.write(b"ok")
@@ -179,3 +184,71 @@ def test_the_chat_payload_is_slack_compatible_and_escaped() -> None:
     assert payload["blocks"][3]["elements"][0]["text"] == "<https://crm.test/contacts/1|Open in the CRM>"
     odd = chat_payload(Notification(kind="assigned", key="k", subject="R&D <ops>", text="x"))
     assert odd["blocks"][0]["text"]["text"] == "*R&amp;D &lt;ops&gt;*"
+
+
+def _workers(client: redis.Redis, crm: FakeCrm, notifiers: list[Notifier]) -> list[Router]:
+    """One worker's router per notifier (its own connections), all on one Redis."""
+    return [Router(make_config(), client, lambda _crm: crm, n, clock=lambda: NOW) for n in notifiers]
+
+
+def test_a_rep_gets_exactly_one_message_when_mail_and_chat_are_down_for_a_while(
+    webhook: tuple[str, Hook], redis_client: redis.Redis
+) -> None:
+    hook_url, hook = webhook
+    port = free_port()  # the mail server is down: nothing listens there yet
+    hook.status = 503
+    crm = FakeCrm(reps=make_reps())
+    smtp_url = f"smtp://127.0.0.1:{port}?from=leads@corp.example"
+    notifiers = [Notifier(smtp_url=smtp_url, chat_webhook_url=hook_url, timeout=2) for _ in range(2)]
+    first, second = _workers(redis_client, crm, notifiers)
+
+    first.assign_hot_lead(crm.add_lead("1"), "contact", Score(), NOW)
+    [entry] = first.routing_record("hubspot:contact:1")[0]["notifications"]
+    assert [c[:2] for c in entry["channels"]] == [["email", "failed"], ["chat", "failed"]]
+    assert "retrying in 30 s" in entry["channels"][0][2]
+    t = time.time()
+    assert second.send_notifications(t + 5) == {}, "not due before its backoff"
+    assert second.send_notifications(t + 31) == {"failed": 2}, "still down at the first retry"
+
+    inbox = Inbox()
+    controller = Controller(inbox, hostname="127.0.0.1", port=port)
+    controller.start()  # both come back
+    hook.status = 200
+    try:
+        done: list[dict[str, int]] = []
+        sweeps = [threading.Thread(target=lambda r=r: done.append(r.send_notifications(t + 31 + 61)))
+                  for r in (first, second)]  # fmt: skip
+        for sweep in sweeps:
+            sweep.start()
+        for sweep in sweeps:
+            sweep.join()
+        assert sum(c.get("sent", 0) for c in done) == 2, done
+        assert first.send_notifications(t + 24 * 3600) == {}
+        first.assign_hot_lead(crm.get_leads("contact", ["1"])[0], "contact", Score(), NOW)  # a replayed task
+    finally:
+        controller.stop()
+        for notifier in notifiers:
+            notifier.close()
+    assert [rcpts for _, rcpts, _ in inbox.messages] == [["d1@corp.example"]]
+    assert [body["text"] for body in hook.accepted] == ["Hot lead: Anna Muster1 (Acme GmbH), score 87"]
+    assert len(hook.bodies) == 3, "two refused attempts, one accepted"
+
+
+def test_a_retry_is_not_sent_to_a_rep_who_lost_the_lead_meanwhile(
+    webhook: tuple[str, Hook], redis_client: redis.Redis
+) -> None:
+    hook_url, hook = webhook
+    hook.status = 503
+    crm = FakeCrm(reps=make_reps())
+    notifier = Notifier(chat_webhook_url=hook_url, timeout=2)
+    [router] = _workers(redis_client, crm, [notifier])
+    first = router.assign_hot_lead(crm.add_lead("1"), "contact", Score(), NOW)
+    [moved] = router.check_sla(NOW + 31 * 60)  # d1 did not act: the lead goes to the next rep
+    hook.status = 200
+
+    counts = router.send_notifications(time.time() + 3600)
+    notifier.close()
+
+    assert (first.chosen, moved.chosen) == ("d1", "d2")
+    assert counts == {"dropped": 1, "sent": 1}, "d1's message is superseded; d2's goes out"
+    assert [b["text"].split(":")[0] for b in hook.accepted] == ["Hot lead reassigned to you"]

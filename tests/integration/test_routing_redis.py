@@ -26,7 +26,7 @@ from connector.crm.base import Page, WriteReport, task_ref_in
 from connector.domain import CrmName, Lead, Rep
 from connector.errors import RetryLater
 from connector.mappings.routing import RoutingConfig, parse_routing
-from connector.notify import ChannelResult, Notification
+from connector.notify import Channel, ChannelResult, Notification
 from connector.routing.away import list_reps_status, set_away, set_back
 from connector.routing.policy import MemoryPool, Slot, Turn
 from connector.routing.pool import RedisPool
@@ -168,11 +168,17 @@ def _copy(lead: Lead) -> Lead:
 
 @dataclass
 class FakeNotifier:
-    sent: list[Notification] = field(default_factory=list)
+    """A chat channel that takes every message (our own NotifierLike interface)."""
 
-    def send(self, note: Notification) -> list[ChannelResult]:
+    sent: list[Notification] = field(default_factory=list)
+    channels: tuple[Channel, ...] = ("chat",)
+
+    def skip_reason(self, note: Notification, channel: Channel) -> str | None:
+        return None
+
+    def deliver(self, note: Notification, channel: Channel) -> ChannelResult:
         self.sent.append(note)
-        return [ChannelResult("chat", "sent")]
+        return ChannelResult(channel, "sent")
 
 
 @dataclass(frozen=True)

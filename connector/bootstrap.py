@@ -19,13 +19,14 @@ import redis
 
 from connector.config import Settings
 from connector.domain import CrmName
-from connector.errors import ConfigError
+from connector.errors import ConfigError, UserError
 from connector.mappings.schedule import SyncSchedule
 from connector.metrics import Metrics
 from connector.runs import RunStore
 
 if TYPE_CHECKING:
     from connector.crm.base import CrmAdapter
+    from connector.echo import EchoFilter
     from connector.engine import ScoringModel
     from connector.routing.service import Router
 
@@ -112,6 +113,21 @@ class Runtime:
                 account=f"{self.namespace}:salesforce",
             )
         raise ConfigError(f"unknown CRM {crm!r}: use hubspot or salesforce.")
+
+    @cached_property
+    def echo_filter(self) -> EchoFilter | None:
+        """Salesforce Outbound Messages that only echo our own writes (None: no readable salesforce.yaml)."""
+        from connector.echo import EchoFilter
+        from connector.mappings.salesforce import load_salesforce_mapping
+
+        path = self.mappings_dir / "salesforce.yaml"
+        if not path.is_file():
+            return None
+        try:
+            mapping = load_salesforce_mapping(path)
+        except UserError:
+            return None  # `leadscore check` reports the file; meanwhile every delivery is rescored
+        return EchoFilter.from_objects(self.redis, self.namespace, {str(k): v for k, v in mapping.objects.items()})
 
     def schedule(self, crm: CrmName) -> SyncSchedule:
         """When beat syncs this CRM: the `schedule:` section of its mapping file."""

@@ -67,6 +67,7 @@ def score_leads(rt: Runtime, crm: CrmName, stream: str, leads: Sequence[Lead], n
     updates: dict[str, dict[str, str]] = {}
     hot: list[tuple[Lead, ScoreResult, bool]] = []
     cooled: list[str] = []
+    scored_ids: set[str] = set()
     for lead in leads:
         try:
             scored = model.score(lead.profile, lead.activities, now)
@@ -76,6 +77,7 @@ def score_leads(rt: Runtime, crm: CrmName, stream: str, leads: Sequence[Lead], n
             log.exception("scoring failed", extra={"event": "score_failed", "record": lead.key})
             continue
         result.add("scored")
+        scored_ids.add(lead.id)
         result.add(f"band:{scored.band}")
         values = scored.write_values(now)
         if any(values[f] != lead.written.get(f) for f in CHANGE_FIELDS):
@@ -108,6 +110,9 @@ def score_leads(rt: Runtime, crm: CrmName, stream: str, leads: Sequence[Lead], n
             result.add(f"assigned:{decision.region}>{went}:{decision.rep_id}")
         elif decision.outcome == "unassigned":
             result.add("unassigned")
+    if crm == "salesforce" and rt.echo_filter is not None:
+        # what scoring read, so the Outbound Message our own write fires is known as an echo
+        rt.echo_filter.remember(stream, [lead for lead in leads if lead.id in scored_ids])
     # Before the write, like routing: while the CRM still says hot, a rerun closes the episode again.
     for key in cooled:
         rt.router.lead_cooled(key)

@@ -204,7 +204,7 @@ def build_app(runtime_factory: Callable[[], Runtime], *, dispatcher: Dispatcher 
         expected = state.rt.settings.salesforce_org_id
         if expected and not webhooks.same_org(expected, message.organization_id):
             raise Rejected(403, "organization", "the message comes from another Salesforce org than SALESFORCE_ORG_ID.")
-        return enqueue(message.intake)
+        return enqueue(webhooks.drop_echoes(state.rt, message.intake))
 
     async def salesforce(request: Request) -> Response:
         body = await _body(request)

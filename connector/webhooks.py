@@ -14,6 +14,9 @@ Salesforce
     `Notification`s, each with its own id. It carries no signature; the
     OrganizationId is checked against SALESFORCE_ORG_ID when that is set.
     Salesforce resends a message until it reads the ACK envelope (`ACK_SOAP`).
+    A Lead or Contact notification whose fields scoring reads are as we last
+    scored them is an echo of our own write and is ignored (`drop_echoes`,
+    connector.echo): the HubSpot path ignores changes of our own properties.
 
 Both CRMs deliver some events more than once. Every event has an id (HubSpot's
 `eventId`, Salesforce's notification `Id`); the first delivery claims it in
@@ -168,6 +171,8 @@ class Intake:
     # (event id, lead key): purge everything kept about that record
     purges: list[tuple[str, str]] = field(default_factory=list)
     ignored: int = 0
+    # event id -> the field values a Salesforce Outbound Message delivered with its record
+    values: dict[str, dict[str, str | None]] = field(default_factory=dict)
 
 
 def parse_hubspot_delivery(body: bytes, ignored_properties: Iterable[str] = ()) -> Intake:
@@ -263,6 +268,11 @@ def parse_outbound_message(body: bytes) -> OutboundMessage:
         record_id = _id(sobject.findtext(f"{{{SOBJECT_NS}}}Id"))
         if kind in ("Lead", "Contact") and record_id:
             intake.rescores.append((note_id, kind, record_id))
+            intake.values[note_id] = {
+                child.tag.rpartition("}")[2]: None if child.get(f"{{{XSI_NS}}}nil") == "true" else (child.text or "")
+                for child in sobject
+                if child.tag.startswith(f"{{{SOBJECT_NS}}}")
+            }
         elif kind in ("Task", "Event"):
             who = _id(sobject.findtext(f"{{{SOBJECT_NS}}}WhoId"))
             stream = WHO_PREFIXES.get(who[:3]) if who else None
@@ -273,6 +283,26 @@ def parse_outbound_message(body: bytes) -> OutboundMessage:
         else:
             intake.ignored += 1
     return OutboundMessage(org, intake)
+
+
+def drop_echoes(rt: Runtime, intake: Intake) -> Intake:
+    """Count as ignored the Lead and Contact notifications whose scoring fields are as we last scored them.
+
+    Our own score writes (and owner changes) fire the org's Outbound Messages; see connector.echo.
+    """
+    echo = rt.echo_filter
+    if echo is None or not intake.values:
+        return intake
+    kept: list[tuple[str, str, str]] = []
+    for stream in ("Lead", "Contact"):
+        mine = [(e, s, r) for e, s, r in intake.rescores if s == stream and e in intake.values]
+        flags = echo.echoes(stream, [(r, intake.values[e]) for e, _, r in mine])
+        dropped = {e for (e, _, _), echoed in zip(mine, flags, strict=True) if echoed}
+        intake.ignored += len(dropped)
+        kept += [x for x in mine if x[0] not in dropped]
+    kept += [x for x in intake.rescores if x[0] not in intake.values]  # Tasks and Events: always rescored
+    intake.rescores = sorted(kept, key=intake.rescores.index)
+    return intake
 
 
 def same_org(configured: str, given: str) -> bool:
@@ -572,6 +602,8 @@ def purge_record(rt: Runtime, lead_key: str) -> int:
             elif kind == "list":
                 touched += _purge_list(r, key, lead_key)
     PendingQueue(r, rt.namespace).forget(crm, record_id)
+    if crm == "salesforce" and rt.echo_filter is not None:
+        touched += rt.echo_filter.forget(rest.partition(":")[0], record_id)
     for raw in r.scan_iter(match=f"{rt.namespace}:run:*:failures", count=1000):
         touched += _purge_list(r, _text(raw), lead_key)
     log.info("record purged", extra={"event": "record_purged", "record": lead_key, "items": touched})
@@ -631,6 +663,7 @@ __all__ = [
     "PendingQueue",
     "Rejected",
     "drain",
+    "drop_echoes",
     "give_up",
     "parse_hubspot_delivery",
     "parse_outbound_message",

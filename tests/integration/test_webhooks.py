@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import shutil
+import ssl
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -609,3 +610,64 @@ def test_the_emitters_outbound_messages_are_acknowledged_by_the_web_app(client: 
     assert stats["failed"]["salesforce"] == 0
     assert _pending(rt, "salesforce", "Lead") == ["00Q000000000001AAA"]  # the score-only write sent nothing
     assert _pending(rt, "salesforce", "Contact") == ["003000000000003AAA"]
+
+
+# --------------------------------------------------------------------------- our own Salesforce writes coming back
+
+
+def _emitter_idle(sb: Any, timeout: float = 20.0) -> dict[str, Any]:
+    """Wait until the sandbox has delivered (or given up) every Outbound Message; its webhook state."""
+    deadline = time.monotonic() + timeout
+    while True:
+        state: dict[str, Any] = httpx.get(f"{sb.hubspot_url}/__sandbox__/webhooks", timeout=10).json()
+        if state["pending"] == 0:
+            return state
+        assert time.monotonic() < deadline, f"the sandbox's outbound messages never went out: {state}"
+        time.sleep(0.05)
+
+
+def test_outbound_messages_that_only_echo_our_own_score_writes_are_not_rescored(
+    redis_url: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    from connector import sync
+    from sandbox.salesforce import score_field_specs
+    from sandbox.server import Sandbox, admin_call
+
+    with Sandbox.start(contacts=60, seed=3) as sb:
+        for obj in ("Lead", "Contact"):
+            admin_call(sb.salesforce_url, "/__sandbox__/salesforce/fields",
+                       {"object": obj, "fields": score_field_specs()}, sb.ca_cert)  # fmt: skip
+        settings = _settings(
+            redis_url, mappings_dir=fast_mappings(tmp_path), salesforce_instance_url=sb.salesforce_url,
+            salesforce_access_token=sb.salesforce_token, salesforce_ca_bundle=Path(sb.ca_cert),
+        )  # fmt: skip
+        runtime = build_runtime(settings)
+        try:
+            with TestClient(build_app(lambda: runtime, dispatcher=CeleryDispatcher(redis_url))) as client:
+                # A workflow rule that fires on every edit, our score writes included.
+                fired_by = ["Title", "Status", "OwnerId", "Lead_Score__c", "Lead_Band__c", "Lead_Scored_At__c"]
+                setup = httpx.post(f"{sb.hubspot_url}/__sandbox__/webhooks", timeout=10, json={
+                    "salesforce": {"url": f"{client.hook.rsplit('/', 1)[0]}/salesforce", "org_id": ORG,
+                                   "fields": fired_by},
+                })  # fmt: skip
+                assert setup.status_code == 200, setup.text
+                ids = [lead.id for lead in runtime.adapter("salesforce").read_page("Lead", None, since=None).leads[:20]]
+
+                result = sync.rescore(runtime, "salesforce", "Lead", ids, time.time())
+                echoed = _emitter_idle(sb)["stats"]
+
+                assert result.counts["written"] == len(ids)
+                assert echoed["events"]["salesforce"] == len(ids), "every score write fired a notification"
+                assert _pending(runtime, "salesforce", "Lead") == [], "and none of them queued a rescore"
+
+                rep = next(r for r in runtime.adapter("salesforce").list_reps() if r.active)
+                tls = ssl.create_default_context(cafile=sb.ca_cert)
+                with httpx.Client(base_url=f"{sb.salesforce_url}/services/data/v59.0/sobjects/Lead", verify=tls,
+                                  headers={"Authorization": f"Bearer {sb.salesforce_token}"}, timeout=10) as api:
+                    for record_id, change in ((ids[0], {"Title": "Chief Executive Officer"}),
+                                              (ids[1], {"OwnerId": rep.id})):  # an admin's hand
+                        assert api.patch(f"/{record_id}", json=change).status_code == 204
+                _emitter_idle(sb)
+        finally:
+            runtime.close()
+    assert _pending(runtime, "salesforce", "Lead") == [ids[0]], "a new title is rescored; a new owner is not"

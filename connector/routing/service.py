@@ -53,14 +53,12 @@ from connector.routing.away import away_marks, cap_key
 from connector.routing.outbox import Entry, Outbox
 from connector.routing.policy import (
     AwayMark,
-    Candidate,
     Decision,
-    RegionCandidates,
-    SkipReason,
-    availability,
     choose,
+    fallback_owner_of,
     kept,
     owner_plan,
+    region_attempts,
     rep_view,
     resolve_region,
 )
@@ -275,18 +273,7 @@ class Router:
     # ------------------------------------------------------------------ the decision
 
     def _fallback_owner(self, crm: CrmName, region: str | None) -> tuple[str | None, str | None]:
-        owner = self.config.fallback_owner_for(region or self.config.default_region)
-        if owner is None:
-            return None, None
-        by_id = owner.id_for(crm)
-        if by_id:
-            return by_id, None
-        if owner.email:
-            for rep in self.reps(crm):
-                if rep.email.lower() == owner.email and rep.active:
-                    return rep.id, None
-            return None, f"fallback owner {owner.email} is not an active {crm} user"
-        return None, f"no fallback owner configured for {crm}"
+        return fallback_owner_of(self.config, crm, region, self.reps(crm))
 
     def _route(
         self,
@@ -301,25 +288,23 @@ class Router:
     ) -> Decision:
         reps = self.reps(crm)
         views = [rep_view(self.config, rep) for rep in reps]
-        chain = [region, *self.config.regions[region].fallback]
-        members = {r: [v for v in views if r in v.regions] for r in chain}
-        involved = {v.id: v for vs in members.values() for v in vs}
+        chain = {region, *self.config.regions[region].fallback}
+        involved = {v.id: v for v in views if chain & set(v.regions)}
         keys = {rid: cap_key(crm, rid, v.day(now)) for rid, v in involved.items()}
         used = dict(zip(keys, self.pool.used(list(keys.values())), strict=True))
         marks = away_marks(self.redis, [v.rep for v in involved.values()], self.prefix)
-        attempts = []
-        for r in chain:
-            cands = []
-            for v in members[r]:
-                why: tuple[SkipReason, str] | None = (
-                    ("excluded", exclude_detail)
-                    if v.id in exclude
-                    else availability(v, now, marks.get(v.id, ()), used[v.id])
-                )
-                cands.append(
-                    Candidate(v.id, v.weight, v.capacity, keys[v.id], why[0] if why else None, why[1] if why else "")
-                )
-            attempts.append(RegionCandidates(r, f"{crm}:{r}", tuple(cands)))
+        attempts = region_attempts(
+            self.config,
+            list(involved.values()),
+            region,
+            now,
+            pool_prefix=f"{crm}:",
+            cap_keys=keys,
+            used=used,
+            marks=marks,
+            exclude=exclude,
+            exclude_detail=exclude_detail,
+        )
         fallback_id, problem = self._fallback_owner(crm, region)
         return choose(
             self.pool,

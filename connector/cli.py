@@ -17,8 +17,9 @@ from typing import Any, NoReturn
 
 import redis
 
+from connector.config import parse_moment
 from connector.domain import CrmName
-from connector.errors import LeadscoreError, StopSync, UserError
+from connector.errors import ConfigError, LeadscoreError, StopSync, UserError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -42,6 +43,18 @@ def _positive(value: str) -> int:
     return n
 
 
+def _moment(value: str) -> float | str:
+    """`--at`: "now", or a date and time with its zone."""
+    if value.strip().lower() == "now":
+        return "now"
+    try:
+        return parse_moment(value, "--at")
+    except ConfigError:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a date and time with its zone, such as 2026-11-23T10:00+01:00, nor 'now'"
+        ) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="leadscore", description="Lead scoring and hot-lead routing for HubSpot and Salesforce.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -52,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=7)
     d.add_argument("--workers", type=_positive, default=4, help="worker threads in the demo's own worker")
     d.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    d.add_argument("--at", type=_moment, default=None,
+                   help="route as at this moment (ISO date and time with zone, or 'now'); default: the first "
+                        "hour from now with the most reps in working hours")  # fmt: skip
 
     sub.add_parser("sandbox", help="run the sandbox CRM (HubSpot and Salesforce APIs) until stopped")
 
@@ -397,7 +413,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from connector.demo import run_demo
 
     summary = run_demo(crm=args.crm, contacts=args.contacts, seed=args.seed, workers=args.workers,
-                       progress=not args.json)
+                       progress=not args.json, at=args.at)
     if args.json:
         print(json.dumps(summary.as_dict(), sort_keys=True))
     else:

@@ -16,7 +16,6 @@ Target: p95 under 2 s.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime as dt
 import math
 import os
@@ -148,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         reps = routable(routing, probe.adapter("hubspot").list_reps())
         probe.close()
         routing_at = parse_moment(args.at, "--at") if args.at else busiest_hour(reps, time.time())[0]
-        settings = dataclasses.replace(settings, routing_at=routing_at)
+        settings = settings.model_copy(update={"routing_at": routing_at})
         print(f"routing as at {utc_text(routing_at)}")
         rt = build_runtime(settings)
         rt.adapter("hubspot").setup()  # `leadscore setup`: the score properties

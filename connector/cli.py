@@ -1,121 +1,151 @@
-"""The `leadscore` command.
+"""The `leadscore` command (click for commands and help, rich for what it shows).
 
 Every command exits non-zero with one clear sentence on bad input or missing
-configuration; none prints a traceback for a user error.
+configuration; none prints a traceback for a user error. Results go to stdout,
+progress and errors to stderr; on a terminal summaries are tables and waits are
+progress bars, elsewhere (or with `--json`) the output is plain.
+
+Adding a command: a function here decorated with `@cli.command(help=...)` and its
+options, whose body calls the command's own module (e.g. `connector.learn.commands`)
+and returns the exit code. Options that several commands share are below
+(`crm_option`, `JSON_OPTION`, `POSITIVE`).
+
+This module is the outermost layer: it may import `tasks` (Celery), lazily and only
+in the commands that drive workers (`sync`, `demo`).
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
+import importlib.util
 import json
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
-import redis
+import click
 
+from connector import console
 from connector.config import parse_moment
 from connector.domain import CrmName
-from connector.errors import ConfigError, LeadscoreError, StopSync, UserError
+from connector.errors import LeadscoreError, UserError
+
+# --------------------------------------------------------------------------- option types
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise UserError(f"{self.prog}: {message}.")
+class WholeNumber(click.ParamType):  # type: ignore[type-arg]  # generic only in newer click
+    """A whole number, optionally at least `minimum`; the message is the argparse-era one."""
+
+    name = "n"
+
+    def __init__(self, minimum: int | None = None) -> None:
+        self.minimum = minimum
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        try:
+            n = int(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a whole number", param, ctx)
+        if self.minimum is not None and n < self.minimum:
+            self.fail(f"{value} must be at least {self.minimum}", param, ctx)
+        return n
 
 
-def _crm_choice(value: str) -> str:
-    if value not in ("hubspot", "salesforce", "both"):
-        raise argparse.ArgumentTypeError(f"--crm must be hubspot, salesforce or both, not {value!r}")
-    return value
+POSITIVE = WholeNumber(minimum=1)
+WHOLE = WholeNumber()
 
 
-def _positive(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
-    return n
+class Moment(click.ParamType):  # type: ignore[type-arg]  # generic only in newer click
+    """`--at`: "now", or a date and time with its zone, as epoch seconds."""
+
+    name = "moment"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float | str:
+        if isinstance(value, float) or str(value).strip().lower() == "now":
+            return value if isinstance(value, float) else "now"
+        try:
+            return parse_moment(str(value), "--at")
+        except ValueError:
+            self.fail(
+                f"{value!r} is not a date and time with its zone, such as 2026-11-23T10:00+01:00, nor 'now'", param, ctx
+            )
 
 
-def _moment(value: str) -> float | str:
-    """`--at`: "now", or a date and time with its zone."""
-    if value.strip().lower() == "now":
-        return "now"
-    try:
-        return parse_moment(value, "--at")
-    except ConfigError:
-        raise argparse.ArgumentTypeError(
-            f"{value!r} is not a date and time with its zone, such as 2026-11-23T10:00+01:00, nor 'now'"
-        ) from None
+def _crm_value(allowed: Sequence[str]) -> Callable[[click.Context, click.Parameter, Any], str | None]:
+    def check(_ctx: click.Context, _param: click.Parameter, value: Any) -> str | None:
+        if value is None or value in allowed:
+            return value  # type: ignore[no-any-return]
+        names = ", ".join(allowed[:-1]) + f" or {allowed[-1]}"
+        raise click.BadParameter(f"must be {names}, not {value!r}")
+
+    return check
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="leadscore", description="Lead scoring and hot-lead routing for HubSpot and Salesforce.")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+def crm_option(
+    *, required: bool = False, both: bool = True, default: str | None = None
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    allowed = ("hubspot", "salesforce", "both") if both else ("hubspot", "salesforce")
+    extra: dict[str, Any] = {} if default is None else {"default": default, "show_default": True}
+    return click.option(
+        "--crm", required=required, callback=_crm_value(allowed), metavar="|".join(allowed),
+        help="which CRM" + ("" if required or default else " (default: every configured CRM)"), **extra,
+    )
 
-    d = sub.add_parser("demo", help="run a full sync on the built-in sandbox CRM and print what happened")
-    d.add_argument("--crm", type=_crm_choice, default="both")
-    d.add_argument("--contacts", type=_positive, default=10_000)
-    d.add_argument("--seed", type=int, default=7)
-    d.add_argument("--workers", type=_positive, default=4, help="worker threads in the demo's own worker")
-    d.add_argument("--json", action="store_true", help="print the summary as one JSON object")
-    d.add_argument("--at", type=_moment, default=None,
-                   help="route as at this moment (ISO date and time with zone, or 'now'); default: the first "
-                        "hour from now with the most reps in working hours")  # fmt: skip
 
-    sub.add_parser("sandbox", help="run the sandbox CRM (HubSpot and Salesforce APIs) until stopped")
+JSON_OPTION: Callable[[Callable[..., Any]], Callable[..., Any]] = click.option(
+    "--json", "as_json", is_flag=True, help="print one JSON object instead of text"
+)
 
-    sub.add_parser("check", help="validate mappings/ and the environment, and reach each configured CRM")
-    sub.add_parser("setup", help="create the score properties in HubSpot; verify the Salesforce fields")
 
-    y = sub.add_parser("sync", help="enqueue a sync")
-    y.add_argument("--crm", type=_crm_choice, default=None, help="default: every configured CRM")
-    y.add_argument("--full", action="store_true", help="read every record, not only the changed ones")
-    y.add_argument("--wait", action="store_true", help="show progress until done; exit non-zero if it failed")
+class _Command(click.Command):
+    """A command whose one-line help is listed whole, not cut at 45 characters."""
 
-    e = sub.add_parser("explain", help="the score of one record, point by point")
-    e.add_argument("--crm", choices=("hubspot", "salesforce"), required=True)
-    e.add_argument("id")
+    def get_short_help_str(self, limit: int = 45) -> str:
+        return (self.short_help or self.help or "").strip().split("\n")[0]
 
-    sub.add_parser("serve", help="the web process: webhooks, health, metrics")
 
-    r = sub.add_parser("reps", help="rep availability: list, away, back")
-    rsub = r.add_subparsers(dest="reps_command", metavar="ACTION", parser_class=_Parser)
-    rsub.add_parser("list", help="reps by region with their availability now")
-    a = rsub.add_parser("away", help="mark a rep out of office until a date")
-    a.add_argument("email")
-    a.add_argument("--until", required=True, help="YYYY-MM-DD or YYYY-MM-DDTHH:MM (UTC)")
-    b = rsub.add_parser("back", help="mark a rep back")
-    b.add_argument("email")
-    return p
+class _Group(click.Group):
+    """Commands listed in the order they are declared, like the README."""
+
+    command_class = _Command
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.commands)
+
+    def get_short_help_str(self, limit: int = 45) -> str:
+        return (self.short_help or self.help or "").strip().split("\n")[0]
+
+
+@click.group(
+    cls=_Group,
+    name="leadscore",
+    help="Lead scoring and hot-lead routing for HubSpot and Salesforce.",
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+def cli() -> None:
+    pass
+
+
+# --------------------------------------------------------------------------- entry point
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    args = list(sys.argv[1:] if argv is None else argv)
     try:
-        parser = build_parser()
-        if argv[:1] == ["sandbox"]:
-            # the sandbox parses its own options (argparse's REMAINDER drops leading --options)
-            from sandbox.server import main as sandbox_main
-
-            return int(sandbox_main(argv[1:]))
-        args = parser.parse_args(argv)
-        if args.command is None:
-            parser.print_help()
-            return 2
-        handler: Callable[[argparse.Namespace], int] = COMMANDS[args.command]
-        return handler(args)
-    except KeyboardInterrupt:
+        rv = cli.main(args=args, prog_name="leadscore", standalone_mode=False)
+        return int(rv or 0)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        print(exc.ctx.get_help() if exc.ctx else "", file=sys.stderr)
+        return 2
+    except click.exceptions.Exit as exc:  # --help
+        return int(exc.exit_code)
+    except (click.exceptions.Abort, KeyboardInterrupt):
         print("interrupted", file=sys.stderr)
         return 130
-    except (UserError, StopSync) as exc:
-        print(f"leadscore: {exc}", file=sys.stderr)
+    except click.UsageError as exc:
+        print(f"leadscore: {_usage_sentence(exc)}", file=sys.stderr)
         return 1
     except LeadscoreError as exc:
         print(f"leadscore: {exc}", file=sys.stderr)
@@ -125,13 +155,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
-# --- helpers -----------------------------------------------------------------------------------------
+def _usage_sentence(exc: click.UsageError) -> str:
+    where = exc.ctx.command_path if exc.ctx else "leadscore"
+    if isinstance(exc, click.BadParameter) and not isinstance(exc, click.MissingParameter) and exc.param is not None:
+        name = exc.param.opts[0] if exc.param.opts else exc.param.name
+        text = f"{where}: argument {name}: {exc.message}"
+    else:
+        message = exc.format_message().rstrip(".")
+        text = f"{where}: {message[:1].lower()}{message[1:]}"
+    return text.rstrip(".") + "."
+
+
+# --------------------------------------------------------------------------- helpers
 
 
 def _runtime() -> Any:
-    from tasks.runtime import get_runtime
+    from connector.bootstrap import build_runtime
+    from connector.config import load_settings
 
-    return get_runtime()
+    return build_runtime(load_settings())
 
 
 def _crms(rt: Any, choice: str | None) -> list[CrmName]:
@@ -176,12 +218,67 @@ def _load_mappings(mdir: Path) -> list[str]:
     return problems
 
 
-# --- commands ----------------------------------------------------------------------------------------
+SANDBOX_EXTRA = ("trustme", "fakeredis")
 
 
-def cmd_check(args: argparse.Namespace) -> int:
-    from tasks.beat import schedules
+def require_sandbox_extra(command: str) -> None:
+    """`demo` and `sandbox` need the `sandbox` extra; say so in one sentence when it is missing."""
+    missing = [m for m in SANDBOX_EXTRA if importlib.util.find_spec(m) is None]
+    if missing:
+        raise UserError(
+            f"leadscore {command} needs the sandbox extra ({', '.join(missing)} missing): "
+            "install it with pip install 'leadscore[sandbox]' (in a checkout: pip install -e '.[sandbox]')."
+        )
 
+
+def _redact(url: str) -> str:
+    from urllib.parse import urlparse
+
+    p = urlparse(url)
+    if p.password:
+        return url.replace(f":{p.password}@", ":***@")
+    return url
+
+
+# --------------------------------------------------------------------------- commands
+
+
+@cli.command(help="Run a full sync on the built-in sandbox CRM and print what happened.")
+@crm_option(default="both")
+@click.option("--contacts", type=POSITIVE, default=10_000, show_default=True, help="people in each CRM")
+@click.option("--seed", type=WHOLE, default=7, show_default=True, help="the same seed gives the same data")
+@click.option("--workers", type=POSITIVE, default=4, show_default=True, help="worker threads in the demo's own worker")
+@click.option("--at", "at", type=Moment(), default=None,
+              help="route as at this moment (ISO date and time with zone, or 'now'); default: the first hour "
+                   "from now with the most reps in working hours")  # fmt: skip
+@JSON_OPTION
+def demo(crm: str, contacts: int, seed: int, workers: int, at: float | str | None, as_json: bool) -> int:
+    require_sandbox_extra("demo")
+    from tasks.demo import run_demo  # the demo runs the real Celery tasks in this process
+
+    summary = run_demo(crm=crm, contacts=contacts, seed=seed, workers=workers, progress=not as_json, at=at)
+    if as_json:
+        print(json.dumps(summary.as_dict(), sort_keys=True))
+    else:
+        summary.show(plain=not console.is_tty())
+    return 0 if summary.ok else 1
+
+
+@cli.command(
+    help="Run the sandbox CRM (HubSpot and Salesforce APIs) until stopped; see leadscore sandbox --help.",
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []},
+)
+@click.argument("options", nargs=-1, type=click.UNPROCESSED)
+def sandbox(options: tuple[str, ...]) -> int:
+    # the sandbox parses its own options (the same parser `python -m sandbox.server` uses)
+    require_sandbox_extra("sandbox")
+    from sandbox.server import main as sandbox_main
+
+    return int(sandbox_main(list(options)))
+
+
+@cli.command(help="Validate mappings/ and the environment, and reach each configured CRM.")
+def check() -> int:
     rt = _runtime()
     settings = rt.settings
     problems = _load_mappings(settings.mappings_dir)
@@ -204,8 +301,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         if not found:
             ok_lines.append(f"{crm}: reachable, fields and scopes in place")
     try:
-        for crm, sched in schedules(rt):
-            ok_lines.append(f"schedule: {sched.describe(crm)}")
+        ok_lines += [f"schedule: {rt.schedule(crm).describe(crm)}" for crm in rt.configured_crms]
     except UserError as exc:
         problems.append(str(exc))
     for line in ok_lines:
@@ -219,7 +315,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_setup(args: argparse.Namespace) -> int:
+@cli.command(help="Create the score fields in each configured CRM (idempotent) and say what was done.")
+def setup() -> int:
     rt = _runtime()
     failed = False
     for crm in _crms(rt, None):
@@ -230,8 +327,13 @@ def cmd_setup(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def cmd_sync(args: argparse.Namespace) -> int:
-    from tasks.sync import enqueue_run
+@cli.command(help="Enqueue a sync for the workers; with --wait, show progress until it is done.")
+@crm_option()
+@click.option("--full", is_flag=True, help="read every record, not only the changed ones")
+@click.option("--wait", is_flag=True, help="show progress until done; exit non-zero if it failed")
+def sync(crm: str | None, full: bool, wait: bool) -> int:
+    from tasks.runtime import set_runtime
+    from tasks.sync import enqueue_run  # the CLI's link to the workers' queue
 
     rt = _runtime()
     try:
@@ -240,104 +342,36 @@ def cmd_sync(args: argparse.Namespace) -> int:
         raise UserError(
             f"Redis cannot be reached ({type(exc).__name__}); set REDIS_URL to the workers' Redis."
         ) from None
+    set_runtime(rt)
     run_ids = []
-    for crm in _crms(rt, args.crm):
-        started = enqueue_run(crm, args.full)
+    for name in _crms(rt, crm):
+        started = enqueue_run(name, full)
         if started.skipped_for:
-            print(f"{crm}: skipped: sync {started.skipped_for} is still running")
+            print(f"{name}: skipped: sync {started.skipped_for} is still running")
         else:
-            print(f"{crm}: sync {started.run_id} enqueued ({'full' if args.full else 'incremental'})")
+            print(f"{name}: sync {started.run_id} enqueued ({'full' if full else 'incremental'})")
             run_ids.append(started.run_id)
-    if not args.wait:
+    sys.stdout.flush()
+    if not wait:
         return 0
-    views = wait_for_runs(rt.runs, run_ids)
+    views = console.wait_for_runs(rt.runs, run_ids)
     return 0 if all(v.status == "done" for v in views) else 1
 
 
-REDIS_PATIENCE_S = 60.0
-
-
-def wait_for_runs(runs: Any, run_ids: list[str], timeout: float | None = None, quiet: bool = False) -> list[Any]:
-    """Show a progress line until every run has finished; print each run's summary."""
-    deadline = None if timeout is None else time.monotonic() + timeout
-    tty = sys.stderr.isatty()
-    last_print = 0.0
-    views: list[Any] = []
-    unreachable_since: float | None = None
-    while True:
-        try:
-            views = [runs.get(r) for r in run_ids]
-        except redis.RedisError:
-            # Redis restarting: keep asking for a while, then say so in one sentence
-            unreachable_since = unreachable_since or time.monotonic()
-            if time.monotonic() - unreachable_since > REDIS_PATIENCE_S:
-                raise UserError(
-                    f"Redis has not answered for {REDIS_PATIENCE_S:.0f} s, so the sync's progress is unknown; "
-                    "check REDIS_URL and run the sync again."
-                ) from None
-            time.sleep(1)
-            continue
-        unreachable_since = None
-        lost = [r for r, v in zip(run_ids, views, strict=True) if v is None]
-        if lost:
-            raise UserError(
-                f"the state of sync {lost[0]} is gone (Redis was restarted or flushed); run the sync again: "
-                "nothing is written twice."
-            )
-        line = "  ".join(_progress(v) for v in views if v is not None)
-        now = time.monotonic()
-        if not quiet and (tty or now - last_print > 5):
-            print(("\r" if tty else "") + line + (" " * 8 if tty else ""), end="" if tty else "\n", file=sys.stderr)
-            last_print = now
-        if all(v is not None and v.finished for v in views):
-            break
-        if deadline is not None and now > deadline:
-            raise UserError("the sync did not finish in time; is a worker running (celery -A tasks worker)?")
-        time.sleep(0.2)
-    if tty and not quiet:
-        print(file=sys.stderr)
-    if not quiet:
-        for v in views:
-            print(_summary(v))
-    return views
-
-
-def _progress(v: Any) -> str:
-    total = v.count("pages_total")
-    done = v.count("pages_done")
-    width = 20
-    filled = int(width * done / total) if total else 0
-    return (f"{v.fields.get('crm')} [{'#' * filled}{'.' * (width - filled)}] pages {done}/{total} "
-            f"read {v.count('read')} scored {v.count('scored')} written {v.count('written')} "
-            f"assigned {v.count('assigned')}")
-
-
-def _summary(v: Any) -> str:
-    lines = [
-        f"{v.fields.get('crm')} sync {v.id}: {v.status}"
-        + (f" ({v.fields['message']})" if v.fields.get("message") else ""),
-        f"  read {v.count('read')}, scored {v.count('scored')}, written {v.count('written')}, "
-        f"unchanged {v.count('unchanged')}, hot {v.count('hot')}, assigned {v.count('assigned')}, "
-        f"failed {v.count('failed')}, API calls {v.count('api_calls')}",
-    ]
-    for f in v.failures[:20]:
-        lines.append(f"  failed: {f}")
-    if len(v.failures) > 20:
-        lines.append(f"  ... and {len(v.failures) - 20} more failures")
-    return "\n".join(lines)
-
-
-def cmd_explain(args: argparse.Namespace) -> int:
+@cli.command(help="The score of one record, point by point, as the engine computed it.")
+@crm_option(required=True, both=False)
+@click.argument("record_id", metavar="ID")
+def explain(crm: CrmName, record_id: str) -> int:
     rt = _runtime()
-    _crms(rt, args.crm)
-    adapter = rt.adapter(args.crm)
+    _crms(rt, crm)
+    adapter = rt.adapter(crm)
     now = time.time()
     for stream in adapter.streams:
-        leads = adapter.get_leads(stream, [args.id])
+        leads = adapter.get_leads(stream, [record_id])
         if leads:
             break
     else:
-        raise UserError(f"no {args.crm} record has the id {args.id!r}.")
+        raise UserError(f"no {crm} record has the id {record_id!r}.")
     lead = leads[0]
     adapter.load_activities(leads, now)
     print(f"{lead.key}")
@@ -349,32 +383,57 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    from connector.web import serve
+@cli.command(help="The web process: webhooks, health, metrics.")
+def serve() -> int:
+    from connector.web import serve as serve_web
 
-    return serve()
+    return serve_web()
 
 
-def cmd_reps(args: argparse.Namespace) -> int:
+# --------------------------------------------------------------------------- reps
+
+
+@cli.group(cls=_Group, help="Rep availability by hand: list, away, back.", invoke_without_command=False)
+def reps() -> None:
+    pass
+
+
+@reps.command("list", help="Reps by region with their availability now.")
+def reps_list() -> int:
     from connector.routing import service
 
     rt = _runtime()
-    router = rt.router
-    if args.reps_command in ("away", "back"):
-        _known_rep(rt, args.email)
-    if args.reps_command == "away":
-        until = _parse_until(args.until)
-        service.set_away(router, args.email, until)
-        shown = f"the end of {until} in the rep's time zone" if not isinstance(until, dt.datetime) else (
-            until.strftime("%Y-%m-%d %H:%M UTC"))
-        print(f"{args.email} is away until {shown}")
-        return 0
-    if args.reps_command == "back":
-        service.set_back(router, args.email)
-        print(f"{args.email} is back")
-        return 0
-    for line in service.list_reps_status(router, router.clock()):
+    for line in service.list_reps_status(rt.router, rt.router.clock()):  # routing's clock
         print(line)
+    return 0
+
+
+@reps.command(help="Mark a rep out of office until a date.")
+@click.argument("email")
+@click.option("--until", required=True, help="YYYY-MM-DD (through that day in the rep's time zone) "
+                                              "or YYYY-MM-DDTHH:MM (UTC)")
+def away(email: str, until: str) -> int:
+    from connector.routing import service
+
+    rt = _runtime()
+    _known_rep(rt, email)
+    when = _parse_until(until)
+    service.set_away(rt.router, email, when)
+    shown = f"the end of {when} in the rep's time zone" if not isinstance(when, dt.datetime) else (
+        when.strftime("%Y-%m-%d %H:%M UTC"))
+    print(f"{email} is away until {shown}")
+    return 0
+
+
+@reps.command(help="Mark a rep back.")
+@click.argument("email")
+def back(email: str) -> int:
+    from connector.routing import service
+
+    rt = _runtime()
+    _known_rep(rt, email)
+    service.set_back(rt.router, email)
+    print(f"{email} is back")
     return 0
 
 
@@ -399,37 +458,6 @@ def _parse_until(value: str) -> dt.date | dt.datetime:
     except ValueError:
         raise UserError(f"--until must be a date like 2026-12-24 or 2026-12-24T17:00 (UTC), not {value!r}.") from None
 
-
-def _redact(url: str) -> str:
-    from urllib.parse import urlparse
-
-    p = urlparse(url)
-    if p.password:
-        return url.replace(f":{p.password}@", ":***@")
-    return url
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    from connector.demo import run_demo
-
-    summary = run_demo(crm=args.crm, contacts=args.contacts, seed=args.seed, workers=args.workers,
-                       progress=not args.json, at=args.at)
-    if args.json:
-        print(json.dumps(summary.as_dict(), sort_keys=True))
-    else:
-        print(summary.text())
-    return 0 if summary.ok else 1
-
-
-COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "demo": cmd_demo,
-    "check": cmd_check,
-    "setup": cmd_setup,
-    "sync": cmd_sync,
-    "explain": cmd_explain,
-    "serve": cmd_serve,
-    "reps": cmd_reps,
-}
 
 if __name__ == "__main__":
     raise SystemExit(main())

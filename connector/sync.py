@@ -156,6 +156,8 @@ def run_page(
     if page.next_cursor is not None and runs.add_page(run_id, stream, page.next_cursor):
         # enqueue the next page before working on this one, so other workers read ahead
         enqueue_next(page.next_cursor)
+    if cursor is None and page.total is not None:
+        runs.set(run_id, **{f"expected:{stream}": page.total})  # for the time left in `sync --wait`
     result = PageResult(high_water=page.high_water)
     result.add("read", len(page.leads))
     for record_id, why in page.problems:

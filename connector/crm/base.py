@@ -46,12 +46,15 @@ class Page:
     None means this was the last page. `high_water` is the largest modified
     time (epoch seconds) among the page's records, for incremental cursors.
     `problems` lists records that could not be read or mapped, as (id, why).
+    `total` is how many records the stream has from this page on, when the CRM
+    says so (Salesforce's totalSize, HubSpot search's total); None otherwise.
     """
 
     leads: list[Lead]
     next_cursor: str | None
     high_water: float | None = None
     problems: list[tuple[str, str]] = field(default_factory=list)
+    total: int | None = None
 
 
 @dataclass(slots=True)

@@ -328,7 +328,9 @@ class HubSpotAdapter:
             next_cursor = orjson.dumps(
                 {"s": last_ms, "n": count, "x": ids if count <= TIE_OFFSET else []}
             ).decode()
-        return Page(leads=leads, next_cursor=next_cursor, high_water=max(high) if high else None, problems=problems)
+        total = resp.body.get("total")
+        return Page(leads=leads, next_cursor=next_cursor, high_water=max(high) if high else None, problems=problems,
+                    total=int(total) if cursor is None and isinstance(total, int) else None)
 
     def get_leads(self, stream: str, ids: Sequence[str]) -> list[Lead]:
         self._stream(stream)

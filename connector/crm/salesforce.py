@@ -339,7 +339,9 @@ class SalesforceAdapter:
                 problems.append((str(record.get("Id", "?")), f"cannot be read: {exc}"))
         stamps = [lead.modified_at for lead in leads if lead.modified_at is not None]
         next_cursor = None if result.get("done", True) else result.get("nextRecordsUrl")
-        return Page(leads=leads, next_cursor=next_cursor, high_water=max(stamps) if stamps else None, problems=problems)
+        total = result.get("totalSize") if cursor is None else None
+        return Page(leads=leads, next_cursor=next_cursor, high_water=max(stamps) if stamps else None, problems=problems,
+                    total=int(total) if isinstance(total, int) else None)
 
     def _check_cursor(self, stream: str, cursor: str) -> None:
         # The cursor is a nextRecordsUrl from this API: a path under /services/data/.

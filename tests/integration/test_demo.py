@@ -28,7 +28,7 @@ def demo_at_real_time(now: dt.datetime, contacts: int) -> tuple[str, dict[str, A
     """The demo's text and JSON as if the real time were `now` (the wall clock is the one thing injected)."""
     script = (
         "import json, sys\n"
-        "from connector.demo import run_demo\n"
+        "from tasks.demo import run_demo\n"
         f"summary = run_demo(crm='hubspot', contacts={contacts}, seed=7, progress=False, now={now.timestamp()!r})\n"
         "print(summary.text())\n"
         "print(json.dumps(summary.as_dict(), sort_keys=True))\n"

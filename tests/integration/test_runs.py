@@ -92,7 +92,7 @@ def test_a_second_sync_of_the_same_account_sees_who_holds_the_lock(redis_client:
 def test_waiting_on_a_run_whose_state_is_gone_says_to_run_it_again(redis_client: redis.Redis) -> None:
     import pytest
 
-    from connector.cli import wait_for_runs
+    from connector.console import wait_for_runs
     from connector.errors import UserError
 
     runs = RunStore(redis_client, "t")

@@ -1,5 +1,8 @@
 """`leadscore demo`: the whole mission on a fresh machine.
 
+It lives beside the tasks because it runs them: it starts a Celery worker in
+this process (imports point one way, tasks -> connector).
+
 Starts the sandbox CRM in its own process, runs a full sync of each CRM
 through the real Celery tasks (an in-process worker; Celery's in-memory
 broker and an embedded Redis-compatible store when REDIS_URL is not set, that
@@ -18,7 +21,6 @@ same leads routed again at that moment on a fresh pool, by the same rules).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import datetime as dt
 import shutil
 import socket
@@ -34,6 +36,7 @@ from typing import Any
 
 import redis
 
+from connector import console
 from connector.bootstrap import Runtime, build_runtime
 from connector.config import Settings, load_settings
 from connector.domain import CrmName, Rep
@@ -75,10 +78,10 @@ class DemoClock:
         return {"at": at, "source": self.source, "why": self.why}
 
 
-def demo_clock(at: float | str | None, configured: float | None, views_reps: list[Rep], config: RoutingConfig,
+def demo_clock(at: float | str | None, configured: float | None, reps: list[Rep], config: RoutingConfig,
                now: float) -> DemoClock:  # fmt: skip
     """`--at` (a moment, or "now"), else LEADSCORE_ROUTING_AT, else the busiest working hour from now on."""
-    views = routable(config, views_reps)
+    views = routable(config, reps)
     if at == "now":
         return DemoClock(None, "real time", f"routing at the real time ({utc_text(now)}), as --at now asks")
     for moment, source in ((at, "--at"), (configured, "LEADSCORE_ROUTING_AT")):
@@ -192,17 +195,49 @@ class DemoSummary:
         return "\n".join(out)
 
 
+    def show(self, *, plain: bool) -> None:
+        """The summary on stdout: the plain text, or tables on a terminal."""
+        if plain:
+            print(self.text())
+            return
+        out = console.out()
+        out.print(f"[bold]leadscore demo[/]: {self.contacts:,} people in each CRM (seed {self.seed}), "
+                  f"store: {self.store}")
+        out.print(f"(the sandbox HubSpot portal allows {DEMO_HUBSPOT_RATE:,} calls per 10 s; real portals 100 or 190)")
+        if self.clock is not None:
+            out.print(self.clock.why, markup=False)
+        names = ("read", "scored", "written", "unchanged", "failed", "hot", "assigned")
+        rows: list[list[Any]] = [
+            [c.crm, c.status, *(c.counts.get(n, 0) for n in names),
+             *(c.bands.get(b, 0) for b in ("hot", "warm", "cold")), c.api_calls, c.rate_limited, f"{c.seconds:.1f} s"]
+            for c in self.crms
+        ]
+        console.table("", ["CRM", "sync", *names, "band hot", "band warm", "band cold", "API calls",
+                           "rate-limited", "time"], rows, plain=False)
+        for c in self.crms:
+            rows = [[region.name, rep.name, rep.weight, "no limit" if rep.capacity is None else rep.capacity,
+                     rep.received, ", ".join(f"{why} {n}" for why, n in rep.skipped.most_common())]
+                    for region in c.regions for rep in region.reps]  # fmt: skip
+            if rows:
+                console.table(f"{c.crm}: routing per region and rep", ["region", "rep", "weight", "capacity",
+                              "received", "passed over"], rows, plain=False)  # fmt: skip
+            for region in c.regions:
+                went = _where_went(c, region)
+                if went:
+                    out.print(f"{c.crm}: {region.name}: {region.hot_leads} hot leads routed ({went})", markup=False)
+            if c.at_real_time is not None:
+                out.print(f"{c.crm}: {c.at_real_time.sentence()}", markup=False)
+            for f in c.failures[:5]:
+                out.print(f"{c.crm}: failed: {f}", markup=False)
+        out.print(f"total time {self.seconds:.1f} s")
+
+
 def _region_lines(c: CrmSummary) -> list[str]:
     """Per region: its hot leads and where they went; each rep with weight, capacity, leads, why passed over."""
     out = []
     for region in c.regions:
-        went = [f"{n} to fallback region {name}" for name, n in sorted(region.to_fallback_regions.items())]
-        if region.to_fallback_owner:
-            went.append(f"{region.to_fallback_owner} to the fallback owner {c.fallback_owner or ''}".rstrip())
-        if region.unassigned:
-            went.append(f"{region.unassigned} unassigned")
-        went += [f"{n} more from {name}" for name, n in sorted(region.from_other_regions.items())]
-        out.append(f"  {region.name}: {region.hot_leads} hot leads routed" + (f" ({', '.join(went)})" if went else ""))
+        went = _where_went(c, region)
+        out.append(f"  {region.name}: {region.hot_leads} hot leads routed" + (f" ({went})" if went else ""))
         width = max((len(r.name) for r in region.reps), default=0)
         for rep in region.reps:
             cap = "no limit" if rep.capacity is None else str(rep.capacity)
@@ -210,6 +245,17 @@ def _region_lines(c: CrmSummary) -> list[str]:
             out.append(f"    {rep.name:<{width}}  weight {rep.weight}  capacity {cap:>3}  received {rep.received:>3}"
                        + (f"  passed over: {why}" if why else ""))  # fmt: skip
     return out
+
+
+def _where_went(c: CrmSummary, region: RegionLine) -> str:
+    """The region's leads that did not stay in its rotation, and the leads of other regions that came to it."""
+    went = [f"{n} to fallback region {name}" for name, n in sorted(region.to_fallback_regions.items())]
+    if region.to_fallback_owner:
+        went.append(f"{region.to_fallback_owner} to the fallback owner {c.fallback_owner or ''}".rstrip())
+    if region.unassigned:
+        went.append(f"{region.unassigned} unassigned")
+    went += [f"{n} more from {name}" for name, n in sorted(region.from_other_regions.items())]
+    return ", ".join(went)
 
 
 def _mappings_dir(settings: Settings) -> Path:
@@ -293,7 +339,6 @@ def run_demo(
 
     `now`: the real time as the demo reads it (the default clock and the real-time line start from it).
     """
-    from connector.cli import wait_for_runs
     from sandbox.salesforce import score_field_specs
     from tasks import sync as sync_tasks
     from tasks.app import app
@@ -317,6 +362,8 @@ def run_demo(
             salesforce_instance_url=sb.salesforce_url if "salesforce" in crms else None,
             salesforce_access_token=sb.salesforce_token if "salesforce" in crms else None,
             salesforce_ca_bundle=Path(sb.ca_cert),
+            log_format=base.log_format,
+            log_level=base.log_level,
         )
         namespace = f"leadscore-demo-{uuid.uuid4().hex[:8]}"
         # on the admin's own Redis, a queue of the demo's own so that no production worker takes its tasks
@@ -338,13 +385,14 @@ def run_demo(
             reps = {name: rt.adapter(name).list_reps() for name in crms}
             clock = demo_clock(at, base.routing_at, [r for name in crms for r in reps[name]], config, now)
             # the router is built on first use, from these settings: it decides as at the demo's clock
-            rt.settings = dataclasses.replace(settings, routing_at=clock.at)
+            rt.settings = settings.model_copy(update={"routing_at": clock.at})
             for url, ca in ((sb.hubspot_url, None), (sb.salesforce_url, sb.ca_cert)):
                 admin_call(url, "/__sandbox__/stats/reset", {}, ca)
             with _worker(app, workers, queue):
                 # the CRMs are separate accounts: their syncs run side by side on the same workers
                 run_ids = [sync_tasks.enqueue_run(name, True).run_id for name in crms]
-                views = wait_for_runs(rt.runs, run_ids, timeout=900, quiet=not progress)
+                views = console.wait_for_runs(rt.runs, run_ids, timeout=900, quiet=not progress,
+                                              expected=dict.fromkeys(crms, contacts), summary=lambda _v: None)
                 summaries = [_summarise(rt, name, view, sb) for name, view in zip(crms, views, strict=True)]
             for name, summary in zip(crms, summaries, strict=True):
                 _add_routing(rt, summary, config, reps[name], clock, now)

@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("bench: redis-server is not on PATH")
 
     tmp = Path(tempfile.mkdtemp(prefix="leadscore-bench-"))
-    redis_port, web_port = free_port(), free_port()
+    redis_port, web_port, ops_port = free_port(), free_port(), free_port()
     redis_url = f"redis://127.0.0.1:{redis_port}/0"
     redis_proc = subprocess.Popen([exe, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
                                    "--appendonly", "no", "--dir", str(tmp)],
@@ -171,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         env.update(REDIS_URL=redis_url, HUBSPOT_BASE_URL=sandbox.hubspot_url,
                    HUBSPOT_ACCESS_TOKEN=sandbox.hubspot_token, HUBSPOT_WEBHOOK_SECRET=SECRET,
                    LEADSCORE_MAPPINGS=str(mappings), PORT=str(web_port),
+                   LEADSCORE_METRICS_ADDR=f"127.0.0.1:{ops_port}",
                    LEADSCORE_ROUTING_AT=dt.datetime.fromtimestamp(routing_at, dt.UTC).isoformat())  # fmt: skip
         worker = Proc([sys.executable, "-m", "celery", "-A", "tasks", "worker", "-I", "tasks.realtime",
                        "--pool=solo", "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "INFO",
@@ -180,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         procs.append(web)
         web_url = f"http://127.0.0.1:{web_port}"
         wait_until(worker.ready.is_set, 30, "the worker start\n" + worker.tail())
-        wait_until(lambda: _ready(web_url), 30, "the web process start\n" + web.tail())
+        wait_until(lambda: _ready(f"http://127.0.0.1:{ops_port}"), 30, "the web process start\n" + web.tail())
 
         auth = {"Authorization": f"Bearer {sandbox.hubspot_token}"}
         latencies: list[float] = []

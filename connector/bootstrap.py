@@ -142,7 +142,7 @@ class Runtime:
 
     @cached_property
     def router(self) -> Router:
-        from connector.mappings.routing import load_routing
+        from connector.mappings.routing import AWAY_FILE, load_routing
         from connector.notify import Notifier
         from connector.routing.service import Router
 
@@ -160,6 +160,7 @@ class Runtime:
             notifier,
             routing_clock(self.settings.routing_at),
             namespace=f"{self.namespace}:routing",
+            away_file=self.mappings_dir / AWAY_FILE,
         )
 
     def close(self) -> None:

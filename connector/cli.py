@@ -283,9 +283,14 @@ def check() -> int:
     settings = rt.settings
     problems = _load_mappings(settings.mappings_dir)
     ok_lines: list[str] = []
+    warnings: list[str] = []
     try:
         rt.redis.ping()
         ok_lines.append(f"redis: reachable at {_redact(settings.redis_url)}")
+        from connector.persistence import redis_persistence
+
+        kept = redis_persistence(rt.redis)
+        (ok_lines if kept.level == "ok" else warnings).append(kept.sentence)
     except Exception as exc:  # noqa: BLE001 - any failure to reach Redis is reported as one sentence
         problems.append(f"Redis at {_redact(settings.redis_url)} cannot be reached ({type(exc).__name__}); "
                         "set REDIS_URL to a running Redis.")
@@ -306,6 +311,8 @@ def check() -> int:
         problems.append(str(exc))
     for line in ok_lines:
         print(f"ok   {line}")
+    for line in warnings:
+        print(f"WARN {line}")
     for line in problems:
         print(f"FAIL {line}")
     if problems:
@@ -413,27 +420,30 @@ def reps_list() -> int:
 @click.option("--until", required=True, help="YYYY-MM-DD (through that day in the rep's time zone) "
                                               "or YYYY-MM-DDTHH:MM (UTC)")
 def away(email: str, until: str) -> int:
-    from connector.routing import service
+    from connector.routing import commands
 
     rt = _runtime()
     _known_rep(rt, email)
     when = _parse_until(until)
-    service.set_away(rt.router, email, when)
+    kept = commands.reps_away(rt, email, when)  # mappings/away.yaml first, then Redis
     shown = f"the end of {when} in the rep's time zone" if not isinstance(when, dt.datetime) else (
         when.strftime("%Y-%m-%d %H:%M UTC"))
     print(f"{email} is away until {shown}")
+    print(kept)
     return 0
 
 
 @reps.command(help="Mark a rep back.")
 @click.argument("email")
 def back(email: str) -> int:
-    from connector.routing import service
+    from connector.routing import commands
 
     rt = _runtime()
     _known_rep(rt, email)
-    service.set_back(rt.router, email)
+    notes = commands.reps_back(rt, email)  # mappings/away.yaml and Redis
     print(f"{email} is back")
+    for note in notes:
+        print(note)
     return 0
 
 

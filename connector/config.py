@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import contextvars
 import datetime as dt
+import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,9 @@ from connector.errors import ConfigError
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 DEFAULT_HUBSPOT_BASE_URL = "https://api.hubapi.com"
+DEFAULT_METRICS_ADDR = "127.0.0.1:9464"
+WEBHOOK_TOKEN_MIN = 24
+_URL_SAFE = re.compile(r"^[A-Za-z0-9_-]+$")
 
 # The environment `load_settings` reads; unset while `Settings(...)` is built directly.
 _ENVIRONMENT: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar("environment", default=None)
@@ -54,6 +59,39 @@ def _url(name: str, value: str) -> str:
     if not parsed.scheme or not parsed.netloc:
         raise ValueError(f"{name} must be a URL such as https://host:port, not {value!r}.")
     return value.rstrip("/")
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _https_unless_loopback(name: str, value: str) -> str:
+    """Plain http:// only to this machine (the sandbox, a local proxy): a token sent in clear text is a token lost."""
+    parsed = urlparse(value)
+    if parsed.scheme == "https" or (parsed.scheme == "http" and _is_loopback(parsed.hostname or "")):
+        return value
+    raise ValueError(
+        f"{name} must use https:// (plain http:// is allowed only for localhost, 127.0.0.1 or ::1), not {value!r}."
+    )
+
+
+def split_bind(value: str, name: str) -> tuple[str, int]:
+    """'127.0.0.1:9464', '[::1]:9464' or '0.0.0.0:9464' -> (host, port)."""
+    host, sep, port = value.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ConfigError(f"{name} must be host:port, like 127.0.0.1:9464 or [::1]:9464, not {value!r}.")
+    if not _is_loopback(host):
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ConfigError(f"{name} must name an IP address to listen on (or localhost), not {host!r}.") from None
+    return host, int(port)
 
 
 def _blank_is_none(value: Any) -> Any:
@@ -87,10 +125,16 @@ class Settings(BaseSettings):
     salesforce_client_secret: str | None = Field(default=None, validation_alias="SALESFORCE_CLIENT_SECRET", repr=False)
     salesforce_refresh_token: str | None = Field(default=None, validation_alias="SALESFORCE_REFRESH_TOKEN", repr=False)
     salesforce_org_id: str | None = Field(default=None, validation_alias="SALESFORCE_ORG_ID")
+    # The token Salesforce Outbound Messages must carry in their endpoint URL (?token=...): they have no signature.
+    salesforce_webhook_secret: str | None = Field(
+        default=None, validation_alias="SALESFORCE_WEBHOOK_SECRET", repr=False
+    )
     smtp_url: str | None = Field(default=None, validation_alias="LEADSCORE_SMTP_URL", repr=False)
     chat_webhook_url: str | None = Field(default=None, validation_alias="LEADSCORE_CHAT_WEBHOOK_URL", repr=False)
     # The web process (`leadscore serve`) listens on PORT (the Procfile convention).
     web_port: int = Field(default=8000, validation_alias="PORT")
+    # Where `leadscore serve` answers /metrics and /readyz (host:port): loopback by default.
+    metrics_addr: str = Field(default=DEFAULT_METRICS_ADDR, validation_alias="LEADSCORE_METRICS_ADDR")
     # Seconds before the broker re-delivers a task whose worker died (LEADSCORE_VISIBILITY_TIMEOUT).
     visibility_timeout: int = Field(default=600, validation_alias="LEADSCORE_VISIBILITY_TIMEOUT")
     # Log format: "json" (one object a line, for production), "console" (readable), or "auto":
@@ -138,7 +182,34 @@ class Settings(BaseSettings):
     @field_validator("hubspot_base_url", mode="before")
     @classmethod
     def _hubspot_base_url(cls, value: Any) -> str:
-        return _url("HUBSPOT_BASE_URL", str(value))
+        return _https_unless_loopback("HUBSPOT_BASE_URL", _url("HUBSPOT_BASE_URL", str(value)))
+
+    @field_validator("salesforce_webhook_secret", mode="before")
+    @classmethod
+    def _salesforce_webhook_secret(cls, value: Any) -> str | None:
+        """A secret that travels in a URL: long enough to be unguessable, and needing no escaping."""
+        value = _blank_is_none(value)
+        if value is None:
+            return None
+        text = str(value)
+        if len(text) < WEBHOOK_TOKEN_MIN:
+            raise ValueError(
+                f"SALESFORCE_WEBHOOK_SECRET must be at least {WEBHOOK_TOKEN_MIN} characters long; make one with "
+                "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'."
+            )
+        if not _URL_SAFE.match(text):
+            raise ValueError("SALESFORCE_WEBHOOK_SECRET goes into a URL: use letters, digits, - and _ only.")
+        return text
+
+    @field_validator("metrics_addr", mode="before")
+    @classmethod
+    def _metrics_addr(cls, value: Any) -> str:
+        text = str(value).strip() or DEFAULT_METRICS_ADDR
+        try:
+            split_bind(text, "LEADSCORE_METRICS_ADDR")
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return text
 
     @field_validator("salesforce_instance_url", mode="before")
     @classmethod
@@ -199,6 +270,11 @@ class Settings(BaseSettings):
         return text
 
     # --- what the commands ask ---------------------------------------------------------------------
+
+    @property
+    def metrics_bind(self) -> tuple[str, int]:
+        """(host, port) of LEADSCORE_METRICS_ADDR."""
+        return split_bind(self.metrics_addr, "LEADSCORE_METRICS_ADDR")
 
     @property
     def hubspot_configured(self) -> bool:

@@ -13,14 +13,19 @@ form without an outbox: each channel claims an idempotency key (in Redis when
 given one) before it sends, so it is at most once and never retried.
 
 LEADSCORE_SMTP_URL: smtp://user:password@host:port?from=leads@example.com
-(`smtps://` for implicit TLS on 465, `?starttls=true` to upgrade a plain
-connection; user, password and port are optional).
+(user, password and port are optional). `smtp://` upgrades the connection
+with STARTTLS before anything else is said (default port 587) and refuses a
+server that does not offer it or whose certificate is not trusted: the
+password and the message never travel unencrypted. `smtps://` is implicit
+TLS (default port 465). Only `?starttls=false` sends in clear text (default
+port 25), for a relay on the same host or network.
 
 The chat message is Slack-compatible JSON: {"text": ..., "blocks": [...]}.
 """
 
 from __future__ import annotations
 
+import re
 import smtplib
 import ssl
 from collections.abc import Mapping
@@ -35,6 +40,7 @@ import redis
 
 from connector.config import Settings
 from connector.errors import ConfigError
+from connector.routing.keys import remember
 
 NotificationKind = Literal[
     "assigned", "reassigned_to_you", "reassigned_away", "escalated", "rehot", "existing_owner", "unassigned"
@@ -54,11 +60,13 @@ class Notification:
     key: str
     subject: str
     text: str
-    rep_email: str | None = None
+    rep_email: str | None = None  # where the e-mail goes; never stored (results name `rep_id`)
     rep_name: str = ""
     url: str | None = None
     facts: Mapping[str, str] = field(default_factory=dict)
     chat: bool = True  # also post to the team's chat channel
+    rep_id: str | None = None  # the rep's CRM id: what results and logs name instead of the address
+    index: str | None = None  # a Redis set listing the keys kept about the lead (claims, outbox entries)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +95,9 @@ class SmtpSettings:
     mode: Literal["plain", "starttls", "ssl"] = "plain"
 
 
+_BOOLS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+
+
 def parse_smtp_url(url: str) -> SmtpSettings:
     """LEADSCORE_SMTP_URL into settings; a malformed value fails naming the variable (never echoing the password)."""
     parsed = urlparse(url)
@@ -101,16 +112,18 @@ def parse_smtp_url(url: str) -> SmtpSettings:
         port = parsed.port
     except ValueError:
         raise ConfigError("LEADSCORE_SMTP_URL has a port that is not a number.") from None
-    starttls = query.get("starttls", ["false"])[0].lower() in ("1", "true", "yes")
+    flag = query.get("starttls", ["true"])[0].lower()
+    if flag not in _BOOLS:
+        raise ConfigError(f"LEADSCORE_SMTP_URL: starttls= must be true or false, not {flag!r}.")
     mode: Literal["plain", "starttls", "ssl"] = (
-        "ssl" if parsed.scheme == "smtps" else "starttls" if starttls else "plain"
+        "ssl" if parsed.scheme == "smtps" else "starttls" if _BOOLS[flag] else "plain"
     )
     sender = query.get("from", [f"leadscore@{parsed.hostname}"])[0]
     if "@" not in sender:
         raise ConfigError("LEADSCORE_SMTP_URL: from= must be an e-mail address.")
     return SmtpSettings(
         host=parsed.hostname,
-        port=port or (465 if mode == "ssl" else 25),
+        port=port or {"ssl": 465, "starttls": 587, "plain": 25}[mode],
         sender=sender,
         user=unquote(parsed.username) if parsed.username else None,
         password=unquote(parsed.password) if parsed.password else None,
@@ -136,6 +149,17 @@ def chat_payload(note: Notification) -> dict[str, Any]:
     return {"text": note.subject, "blocks": blocks}
 
 
+def _who(note: Notification) -> str:
+    return f"rep {note.rep_id}" if note.rep_id else "the rep"
+
+
+def without_address(text: str, note: Notification) -> str:
+    """A message with the rep's address replaced by their id: results are kept in Redis."""
+    if note.rep_email:
+        text = re.sub(re.escape(note.rep_email), _who(note), text, flags=re.IGNORECASE)
+    return text
+
+
 def _escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
@@ -153,8 +177,11 @@ class Notifier:
         chat: bool = True,
         timeout: float = 10.0,
         http: httpx.Client | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.smtp = parse_smtp_url(smtp_url) if smtp_url and email else None
+        # How the mail server's certificate is checked: the system's CAs unless given (tests: a test CA).
+        self._ssl = ssl_context
         self.chat_url = chat_webhook_url if chat else None
         self.dedupe = dedupe
         self.timeout = timeout
@@ -205,7 +232,7 @@ class Notifier:
         for channel in self.channels:
             if self.skip_reason(note, channel) is not None:
                 results.append(self.deliver(note, channel))
-            elif not self._claim(channel, note.key):
+            elif not self._claim(channel, note.key, note.index):
                 results.append(ChannelResult(channel, "duplicate", "already sent for this key"))
             else:
                 results.append(self.deliver(note, channel))
@@ -218,10 +245,14 @@ class Notifier:
 
     # ------------------------------------------------------------------ channels
 
-    def _claim(self, channel: Channel, key: str) -> bool:
+    def _claim(self, channel: Channel, key: str, index: str | None = None) -> bool:
         full = f"{DEDUPE_PREFIX}{channel}:{key}"
         if self.dedupe is not None:
-            return bool(self.dedupe.set(full, "1", nx=True, ex=DEDUPE_TTL_S))
+            pipe = self.dedupe.pipeline(transaction=False)
+            pipe.set(full, "1", nx=True, ex=DEDUPE_TTL_S)
+            if index is not None:
+                remember(pipe, index, [full])  # so a deletion of the lead finds the claim
+            return bool(pipe.execute()[0])
         if full in self._seen:
             return False
         self._seen.add(full)
@@ -238,23 +269,30 @@ class Notifier:
         if note.url:
             body += f"\n\nOpen in the CRM: {note.url}\n"
         msg.set_content(body)
+        context = self._ssl or ssl.create_default_context()
         try:
             client: smtplib.SMTP
             if smtp.mode == "ssl":
-                client = smtplib.SMTP_SSL(
-                    smtp.host, smtp.port, timeout=self.timeout, context=ssl.create_default_context()
-                )
+                client = smtplib.SMTP_SSL(smtp.host, smtp.port, timeout=self.timeout, context=context)
             else:
                 client = smtplib.SMTP(smtp.host, smtp.port, timeout=self.timeout)
             with client:
                 if smtp.mode == "starttls":
-                    client.starttls(context=ssl.create_default_context())
+                    client.ehlo()
+                    if not client.has_extn("starttls"):
+                        return ChannelResult(
+                            "email",
+                            "failed",
+                            f"the mail server at {smtp.host}:{smtp.port} does not offer STARTTLS, so nothing was "
+                            "sent; use smtps:// or a server with STARTTLS (or ?starttls=false to send unencrypted)",
+                        )
+                    client.starttls(context=context)
                 if smtp.user:
                     client.login(smtp.user, smtp.password or "")
                 client.send_message(msg)
         except (OSError, smtplib.SMTPException) as exc:
-            return ChannelResult("email", "failed", f"{type(exc).__name__}: {exc}"[:300])
-        return ChannelResult("email", "sent", note.rep_email)
+            return ChannelResult("email", "failed", without_address(f"{type(exc).__name__}: {exc}", note)[:300])
+        return ChannelResult("email", "sent", _who(note))
 
     def _chat(self, url: str, note: Notification) -> ChannelResult:
         if self._http is None:
@@ -264,5 +302,6 @@ class Notifier:
         except httpx.HTTPError as exc:
             return ChannelResult("chat", "failed", f"{type(exc).__name__}: {exc}"[:300])
         if resp.status_code >= 300:
-            return ChannelResult("chat", "failed", f"webhook answered {resp.status_code}: {resp.text[:200]}")
+            said = without_address(f"webhook answered {resp.status_code}: {resp.text[:200]}", note)
+            return ChannelResult("chat", "failed", said)
         return ChannelResult("chat", "sent", str(resp.status_code))

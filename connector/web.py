@@ -1,11 +1,22 @@
 """The web process (`leadscore serve`): CRM webhooks in, health and metrics out.
 
-Routes
+Two listeners in one process:
+
+The public one, 0.0.0.0:$PORT (what the CRMs reach; `build_app`)
     POST /webhooks/hubspot      HubSpot deliveries (signature v3 checked)
-    POST /webhooks/salesforce   Salesforce Outbound Messages (answered with the ACK envelope)
-    GET  /healthz               the process is up
-    GET  /readyz                Redis and the Celery broker answer (503 otherwise)
+    POST /webhooks/salesforce   Salesforce Outbound Messages (answered with the ACK envelope); the
+                                endpoint URL must carry ?token=SALESFORCE_WEBHOOK_SECRET
+    GET  /healthz               the process is up (answers without touching Redis)
+
+The operator's one, LEADSCORE_METRICS_ADDR (default 127.0.0.1:9464; `build_admin_app`)
     GET  /metrics               Prometheus text format, figures shared by all processes
+    GET  /readyz                Redis and the Celery broker answer (503 otherwise)
+    GET  /healthz               as above
+
+Metrics and readiness say how busy the connector is and which CRMs it serves, and
+each request costs Redis calls: they are not for the internet. Bind the operator's
+listener to an address only the monitoring network reaches (or leave it on loopback
+behind a local agent). A scrape reads two hashes and a few set sizes, no key scans.
 
 A delivery is answered within milliseconds: it is checked, its events are
 claimed and queued in Redis in one call, and at most one drain task per
@@ -23,7 +34,12 @@ may pass their own.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import hmac
 import logging
+import signal
+import socket
 import sys
 import threading
 import time
@@ -31,6 +47,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
+import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
@@ -49,6 +66,12 @@ from connector.webhooks import Intake, PendingQueue, Rejected
 
 log = logging.getLogger("leadscore.web")
 
+SALESFORCE_UNCONFIGURED = (
+    "SALESFORCE_WEBHOOK_SECRET is not set: give the token that ends the Outbound Message's endpoint URL."
+)
+SALESFORCE_UNCONFIGURED_LOG = (
+    "SALESFORCE_WEBHOOK_SECRET is not set: Salesforce outbound messages will be refused (503) until it is."
+)
 DEFAULT_HOST = "0.0.0.0"  # noqa: S104 - the web process serves the CRMs' webhooks: it must listen beyond loopback
 STREAMS: dict[CrmName, tuple[str, ...]] = {"hubspot": ("contact",), "salesforce": ("Lead", "Contact")}
 
@@ -141,7 +164,10 @@ class _PendingCollector(Collector):
 
 
 def build_app(runtime_factory: Callable[[], Runtime], *, dispatcher: Dispatcher | None = None) -> Starlette:
-    """The web app. `runtime_factory` is called once, on start-up or the first request."""
+    """The public web app (webhooks, /healthz). `runtime_factory` is called once, on start-up or the first request.
+
+    `build_admin_app(app)` gives the operator's app (metrics, readiness) over the same state.
+    """
     state = _State(runtime_factory, dispatcher)
 
     def reject(crm: CrmName, exc: Rejected) -> None:
@@ -206,9 +232,21 @@ def build_app(runtime_factory: Callable[[], Runtime], *, dispatcher: Dispatcher 
             raise Rejected(403, "organization", "the message comes from another Salesforce org than SALESFORCE_ORG_ID.")
         return enqueue(webhooks.drop_echoes(state.rt, message.intake))
 
+    def salesforce_token(given: str | None) -> None:
+        """Outbound Messages carry no signature: the endpoint URL's token is the secret (compared in constant time)."""
+        secret = state.rt.settings.salesforce_webhook_secret
+        if not secret:
+            raise Rejected(503, "unconfigured", SALESFORCE_UNCONFIGURED)
+        if not given or not hmac.compare_digest(given.encode(), secret.encode()):
+            raise Rejected(
+                401, "token", "the endpoint URL lacks the right token (?token=SALESFORCE_WEBHOOK_SECRET)."
+            )
+
     async def salesforce(request: Request) -> Response:
-        body = await _body(request)
         try:
+            # Checked before the body is read: nothing from a stranger is parsed.
+            await run_in_threadpool(salesforce_token, request.query_params.get("token"))
+            body = await _body(request)
             if body is None:
                 raise Rejected(413, "too_large", "the body is larger than an outbound message can be.")
             await run_in_threadpool(salesforce_work, body)
@@ -218,8 +256,28 @@ def build_app(runtime_factory: Callable[[], Runtime], *, dispatcher: Dispatcher 
             return Response(webhooks.soap_fault(exc.message, code), status_code=exc.status, media_type="text/xml")
         return Response(webhooks.ACK_SOAP, media_type="text/xml")
 
-    async def healthz(request: Request) -> Response:
-        return JSONResponse({"status": "ok"})
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> Any:
+        await run_in_threadpool(lambda: state.rt)
+        yield
+
+    routes = [
+        Route("/webhooks/hubspot", hubspot, methods=["POST"]),
+        Route("/webhooks/salesforce", salesforce, methods=["POST"]),
+        Route("/healthz", healthz, methods=["GET"]),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.leadscore = state
+    return app
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+def build_admin_app(public: Starlette) -> Starlette:
+    """The operator's app: /metrics, /readyz and /healthz, over the public app's runtime and registry."""
+    state: _State = public.state.leadscore
 
     def readiness() -> dict[str, str]:
         problems: dict[str, str] = {}
@@ -253,19 +311,12 @@ def build_app(runtime_factory: Callable[[], Runtime], *, dispatcher: Dispatcher 
             return Response(f"metrics unavailable: {type(exc).__name__}\n", status_code=503, media_type="text/plain")
         return Response(payload, media_type=CONTENT_TYPE_LATEST)
 
-    @asynccontextmanager
-    async def lifespan(app: Starlette) -> Any:
-        await run_in_threadpool(lambda: state.rt)
-        yield
-
     routes = [
-        Route("/webhooks/hubspot", hubspot, methods=["POST"]),
-        Route("/webhooks/salesforce", salesforce, methods=["POST"]),
-        Route("/healthz", healthz, methods=["GET"]),
-        Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes)
     app.state.leadscore = state
     return app
 
@@ -285,10 +336,38 @@ async def _body(request: Request) -> bytes | None:
     return b"".join(chunks)
 
 
-def serve() -> int:
-    """`leadscore serve`: the web process on 0.0.0.0:$PORT (default 8000) until stopped."""
-    import uvicorn
+class _Listener(uvicorn.Server):
+    """A uvicorn server that leaves signals to `_serve_all`, so one SIGTERM stops every listener."""
 
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def _serve_all(servers: list[tuple[_Listener, socket.socket]]) -> None:
+    loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        for server, _ in servers:
+            server.force_exit = server.should_exit  # a second signal: do not wait for open connections
+            server.should_exit = True
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop)
+    tasks = [asyncio.create_task(server.serve(sockets=[sock])) for server, sock in servers]
+    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    stop()  # one listener ended: end the others
+    await asyncio.gather(*tasks)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return socket.create_server((host, port), family=family, backlog=2048)
+
+
+def serve() -> int:
+    """`leadscore serve`: webhooks on 0.0.0.0:$PORT (default 8000), metrics and readiness on
+    LEADSCORE_METRICS_ADDR (default 127.0.0.1:9464), until stopped."""
     from connector.bootstrap import build_runtime
     from connector.config import load_settings
     from connector.logs import configure as configure_logs
@@ -306,23 +385,43 @@ def serve() -> int:
         return 1
     if not settings.hubspot_webhook_secret:
         log.warning("HUBSPOT_WEBHOOK_SECRET is not set: HubSpot deliveries will be answered 503")
+    if not settings.salesforce_webhook_secret:
+        log.warning(SALESFORCE_UNCONFIGURED_LOG)
     app = build_app(lambda: runtime)
+    admin_host, admin_port = settings.metrics_bind
+    listeners: list[tuple[_Listener, socket.socket]] = []
     try:
-        uvicorn.run(
-            app,
-            host=DEFAULT_HOST,
-            port=settings.web_port,
-            log_level="info",
-            access_log=False,
-            proxy_headers=True,
-            timeout_graceful_shutdown=5,
+        for what, host, port, asgi, extra in (
+            ("webhooks", DEFAULT_HOST, settings.web_port, app, {"proxy_headers": True}),
+            ("metrics", admin_host, admin_port, build_admin_app(app), {"lifespan": "off"}),
+        ):
+            try:
+                sock = _bind(host, port)
+            except OSError as exc:
+                name = "PORT" if what == "webhooks" else "LEADSCORE_METRICS_ADDR"
+                sys.stderr.write(
+                    f"leadscore serve: cannot listen for {what} on {host}:{port} ({exc.strerror or exc}); "
+                    f"set {name} to a free one.\n"
+                )
+                return 1
+            config = uvicorn.Config(
+                asgi, host=host, port=port, log_level="info", access_log=False, timeout_graceful_shutdown=5, **extra
+            )
+            listeners.append((_Listener(config), sock))
+        log.info(
+            f"listening for webhooks on {DEFAULT_HOST}:{settings.web_port}, for metrics and readiness on "
+            f"{admin_host}:{admin_port}",
+            extra={"event": "listening"},
         )
-    except (OSError, SystemExit) as exc:
-        sys.stderr.write(f"leadscore serve: cannot listen on {DEFAULT_HOST}:{settings.web_port} ({exc}).\n")
+        asyncio.run(_serve_all(listeners))
+    except SystemExit as exc:  # uvicorn exits this way when the app cannot start
+        sys.stderr.write(f"leadscore serve: the web process could not start ({exc}).\n")
         return 1
     finally:
+        for _, sock in listeners:
+            sock.close()
         runtime.close()
     return 0
 
 
-__all__ = ["Dispatcher", "build_app", "serve"]
+__all__ = ["Dispatcher", "build_admin_app", "build_app", "serve"]

@@ -11,8 +11,11 @@ HubSpot
     clock in either direction: HubSpot's own SDK only rejects old ones.
 Salesforce
     Outbound Messages: a SOAP `notifications` call with up to 100
-    `Notification`s, each with its own id. It carries no signature; the
-    OrganizationId is checked against SALESFORCE_ORG_ID when that is set.
+    `Notification`s, each with its own id. It carries no signature, so the
+    endpoint URL configured in the Outbound Message carries a secret
+    (`?token=SALESFORCE_WEBHOOK_SECRET`, checked in connector/web.py before the
+    body is read); the OrganizationId is also checked against SALESFORCE_ORG_ID
+    when that is set.
     Salesforce resends a message until it reads the ACK envelope (`ACK_SOAP`).
     A Lead or Contact notification whose fields scoring reads are as we last
     scored them is an echo of our own write and is ignored (`drop_echoes`,
@@ -477,12 +480,14 @@ class PendingQueue:
                 extra={"event": "realtime_recovered", "crm": crm, "stream": stream, "ids": moved},
             )
 
-    def forget(self, crm: str, record_id: str) -> None:
-        """Remove a record id from every pending and in-flight set of the CRM (it was deleted)."""
-        for key in self.r.scan_iter(match=f"{self.ns}:realtime:*:{crm}:*", count=500):
-            name = _text(key)
-            if _text(self.r.type(name)) == "zset":
-                self.r.zrem(name, record_id)
+    def forget(self, crm: str, stream: str, record_id: str) -> None:
+        """Remove a record id from the stream's pending set and from every in-flight set (it was deleted)."""
+        tokens = [_text(t) for t in self.r.zrange(self.inflight_index(crm, stream), 0, -1)]  # type: ignore[union-attr]
+        pipe = self.r.pipeline(transaction=False)
+        pipe.zrem(self.pending_key(crm, stream), record_id)
+        for token in tokens:
+            pipe.zrem(self.inflight_key(crm, stream, token), record_id)
+        pipe.execute()
 
 
 # --------------------------------------------------------------------------- the drain (called by the task)
@@ -567,45 +572,60 @@ def give_up(rt: Runtime, crm: CrmName, stream: str, token: str, *, put_back: boo
 def purge_record(rt: Runtime, lead_key: str) -> int:
     """Delete what we keep about one record, found by its lead key ("hubspot:contact:123"). Returns items removed.
 
-    - keys under the routing and notification namespaces whose name contains
-      the lead key (routing records, pending assignments, episodes, locks,
-      notification markers): deleted;
-    - hash fields, set, sorted-set and list members there that name the lead
-      key (the SLA schedule's "lead key|episode" entries): removed;
-    - the record's id in the real-time pending and in-flight sets;
-    - run failure lines about the record (they name ids only, no personal
-      data, but they name this one).
+    Nothing is searched for: the keys come from the lead's index (see
+    connector/routing/keys.py) and from names derived from the lead key.
+
+    - routing's keys about the lead (episodes, pending assignments, routing record,
+      lock, notification outbox entries) and the notification claims made for it: deleted;
+    - its entries in the SLA schedule ("lead key|episode") and in the outbox's retry
+      schedule: removed;
+    - the record's id in its stream's real-time pending and in-flight sets;
+    - a Salesforce record's fingerprint kept to tell echoes of our own writes;
+    - run failure lines about the record in the recent runs (they name ids only, no
+      personal data, but they name this one); older runs expire within a week.
     """
+    from connector.notify import DEDUPE_PREFIX
+    from connector.routing.keys import index_key, index_older_keys
+
     crm, _, rest = lead_key.partition(":")
-    _, _, record_id = rest.partition(":")
-    if not crm or not record_id:
+    stream, _, record_id = rest.partition(":")
+    if not crm or not stream or not record_id:
         raise ValueError(f"{lead_key!r} is not a lead key such as hubspot:contact:123")
     r = rt.redis
-    pattern = f"*{_glob_escape(lead_key)}*"
-    touched = 0
-    for space in (f"{rt.namespace}:routing:", f"{rt.namespace}:notify:"):
-        for raw in r.scan_iter(match=f"{space}*", count=1000):
-            key = _text(raw)
-            if _names(key, lead_key):
-                touched += int(r.delete(key))
-                continue
-            kind = _text(r.type(key))
-            if kind == "hash":
-                fields = [f for f, _ in r.hscan_iter(key, match=pattern) if _names(_text(f), lead_key)]
-                touched += int(r.hdel(key, *fields)) if fields else 0
-            elif kind == "set":
-                members = [m for m in r.sscan_iter(key, match=pattern) if _names(_text(m), lead_key)]
-                touched += int(r.srem(key, *members)) if members else 0
-            elif kind == "zset":
-                zmembers = [m for m, _ in r.zscan_iter(key, match=pattern) if _names(_text(m), lead_key)]
-                touched += int(r.zrem(key, *zmembers)) if zmembers else 0
-            elif kind == "list":
-                touched += _purge_list(r, key, lead_key)
-    PendingQueue(r, rt.namespace).forget(crm, record_id)
+    prefix = f"{rt.namespace}:routing:"
+    notify = sorted({DEDUPE_PREFIX, f"{rt.namespace}:notify:"})
+    failure_lists = f"{prefix}failure-lists"
+    index_older_keys(r, prefix, notify, f"{rt.namespace}:run:*:failures", failure_lists)  # once per Redis
+    index = index_key(prefix, lead_key)
+    listed = {_text(k) for k in r.smembers(index)}  # type: ignore[union-attr]
+    episode = f"{prefix}episode:{lead_key}"
+    ep = {_text(k): _text(v) for k, v in r.hgetall(episode).items()}  # type: ignore[union-attr]
+    # Keys an index may have missed (written before indexes, or the index lost): their names are known.
+    known = {f"{prefix}{family}:{lead_key}" for family in ("record", "episode", "lock")}
+    episodes = [str(n) for n in range(1, int(ep.get("n", "0") or 0) + 1)] + ([ep["last"]] if "last" in ep else [])
+    known |= {f"{prefix}pending:{lead_key}|{e}" for e in episodes}
+    names = sorted(listed | known)
+    pending, outbox = f"{prefix}pending:", f"{prefix}outbox:"
+    members = [n.removeprefix(pending) for n in names if n.startswith(pending)]
+    entries = [n.removeprefix(outbox) for n in names if n.startswith(outbox)]
+    pipe = r.pipeline(transaction=False)
+    pipe.delete(*names, index)
+    if members:
+        pipe.zrem(f"{prefix}sla", *members)
+    if entries:
+        pipe.zrem(f"{prefix}outbox", *entries)  # notifications still to be retried
+    touched = sum(int(x) for x in pipe.execute())
+    PendingQueue(r, rt.namespace).forget(crm, stream, record_id)
     if crm == "salesforce" and rt.echo_filter is not None:
-        touched += rt.echo_filter.forget(rest.partition(":")[0], record_id)
-    for raw in r.scan_iter(match=f"{rt.namespace}:run:*:failures", count=1000):
-        touched += _purge_list(r, _text(raw), lead_key)
+        touched += rt.echo_filter.forget(stream, record_id)
+    runs = {_text(x) for x in r.lrange(f"{rt.namespace}:runs:{crm}", 0, -1)}  # type: ignore[union-attr]
+    lists = {f"{rt.namespace}:run:{run}:failures" for run in runs}
+    older = {_text(x) for x in r.smembers(failure_lists)}  # type: ignore[union-attr]
+    for key in sorted(lists | older):
+        if key in older and not r.exists(key):
+            r.srem(failure_lists, key)  # that run has expired
+            continue
+        touched += _purge_list(r, key, lead_key)
     log.info("record purged", extra={"event": "record_purged", "record": lead_key, "items": touched})
     return touched
 
@@ -616,10 +636,6 @@ def _purge_list(r: redis.Redis, key: str, lead_key: str) -> int:
         if _names(line, lead_key):
             removed += int(r.lrem(key, 0, line))
     return removed
-
-
-def _glob_escape(text: str) -> str:
-    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
 
 
 def _names(text: str, lead_key: str) -> bool:

@@ -1827,6 +1827,9 @@ class HubSpotApi:
                     raw = [f.value] if f.op == "EQ" else f.values
                     found = {str(v) for v in raw if crm.object_exists(object_type, str(v))}
                     pinned = found if pinned is None else pinned & found
+            if pinned is None and object_type == "tasks":
+                # Tasks exist only when created through the API (a few): search them all, as HubSpot does.
+                pinned = {str(TASK_ID_BASE + k) for k in crm.store.created_keys("tasks")}
             if pinned is None:
                 raise ApiError(
                     validation_error(

@@ -43,7 +43,7 @@ from connector.domain import CrmName, Rep
 from connector.errors import UserError
 from connector.localredis import private_redis_server
 from connector.mappings.routing import RoutingConfig, load_routing
-from connector.routing.away import away_marks
+from connector.routing.away import away_marks, merge_marks
 from connector.routing.policy import fallback_owner_of
 from connector.routing.summary import (
     ROUTED,
@@ -417,7 +417,7 @@ def _add_routing(
     summary.fallback_owner = names.get(owner or "", owner)
     if clock.at is not None:
         regions = [str(r["region"]) for r in records if r.get("outcome") in ROUTED]
-        marks = away_marks(rt.redis, reps, prefix)
+        marks = merge_marks(away_marks(rt.redis, reps, prefix), rt.router.file_marks.for_reps(reps))
         summary.at_real_time = replay(config, summary.crm, reps, regions, now, marks)
 
 

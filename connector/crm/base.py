@@ -63,6 +63,21 @@ class WriteReport:
     failed: list[tuple[str, str]] = field(default_factory=list)  # (record id, the CRM's message)
 
 
+@dataclass(frozen=True, slots=True)
+class OpenTask:
+    """An open task routing created on a record, as the CRM has it (see `CrmAdapter.open_routing_tasks`)."""
+
+    stream: str
+    lead_id: str
+    rep_id: str
+    task_id: str
+    subject: str
+    created_at: float
+    # The task's due time in the clock of whoever created it (HubSpot's hs_timestamp); None where
+    # the CRM keeps a due date only (Salesforce's ActivityDate).
+    due: float | None = None
+
+
 class CallCounter:
     """HTTP calls made, in total and by the calling thread.
 
@@ -174,6 +189,11 @@ class CrmAdapter(Protocol):
 
     def rep_acted_since(self, stream: str, lead_id: str, rep_id: str, since: float) -> bool:
         """Whether the rep logged an activity (call, email, meeting, note) on the record since `since`."""
+        ...
+
+    def open_routing_tasks(self, subject_prefixes: Sequence[str], since: float) -> list[OpenTask]:
+        """Open tasks of any rep, on any record of a stream, created (HubSpot: due) since `since`, whose
+        subject starts with one of the prefixes: how routing rebuilds its SLA schedule after Redis lost it."""
         ...
 
     def record_url(self, stream: str, lead_id: str) -> str: ...

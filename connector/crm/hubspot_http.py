@@ -38,6 +38,7 @@ from hubspot.crm.contacts import SearchApi as ContactsSearchApi
 from hubspot.crm.contacts.exceptions import ApiException as ContactsApiException
 from hubspot.crm.objects import BasicApi as ObjectsBasicApi
 from hubspot.crm.objects import BatchApi as ObjectsBatchApi
+from hubspot.crm.objects import SearchApi as ObjectsSearchApi
 from hubspot.crm.objects.exceptions import ApiException as ObjectsApiException
 from hubspot.crm.owners import OwnersApi
 from hubspot.crm.owners.exceptions import ApiException as OwnersApiException
@@ -219,6 +220,7 @@ class Apis:
         objects = client.crm.objects.basic_api
         self.objects: ObjectsBasicApi = objects
         self.objects_batch = ObjectsBatchApi(api_client=objects.api_client)
+        self.objects_search = ObjectsSearchApi(api_client=objects.api_client)
         assoc = client.crm.associations.v4.batch_api
         self.assoc_batch: AssocBatchApi = assoc
         self.assoc = AssocBasicApi(api_client=assoc.api_client)

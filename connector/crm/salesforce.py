@@ -5,7 +5,7 @@ has a timeout, is counted, waits for the org's shared rate limiter, stops before
 org's daily API budget is eaten into past the configured floor, and goes through the
 one error table. Transient failures are retried by `call_with_retry`; an expired
 session is refreshed once (OAuth refresh_token or client_credentials grant) and the
-new token shared with every worker through Redis.
+new token shared with every worker through Redis (encrypted, see TokenStore).
 
 Reading: one SOQL query per stream, read a batch at a time. The cursor is the
 `nextRecordsUrl` Salesforce gives (a short path with a query locator), so the pages
@@ -36,7 +36,7 @@ import requests
 from simple_salesforce.api import Salesforce
 from simple_salesforce.bulk2 import SFBulk2Handler
 
-from connector.crm.base import CallCounter, Page, WriteReport, task_ref_in
+from connector.crm.base import CallCounter, OpenTask, Page, WriteReport, task_ref_in
 from connector.crm.limits import DEFAULT_POLICY, RetryPolicy, SlidingWindowLimiter, call_with_retry
 from connector.crm.salesforce_http import (
     SESSION_EXPIRED,
@@ -47,6 +47,7 @@ from connector.crm.salesforce_http import (
     classify,
     error_detail,
     parse_limit_info,
+    session_key,
 )
 from connector.crm.salesforce_records import (
     LINK_FIELDS,
@@ -122,7 +123,7 @@ class SalesforceAdapter:
         self._oauth = oauth
         self._policy = retry_policy
         self._redis = redis
-        self._tokens = TokenStore(redis, account)
+        self._tokens = TokenStore(redis, account, session_key(token, oauth, account))
         self._usage_key = f"leadscore:salesforce:{account}:api_usage"
         self._limiter = SlidingWindowLimiter(
             client=redis,
@@ -136,10 +137,8 @@ class SalesforceAdapter:
         self.usage: tuple[int, int] | None = None
         self._session = ApiSession(timeout=timeout, before=self._before_call, after=self._after_call)
         if ca_bundle is not None:
-            # requests ignores session.verify while REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE
-            # are set in the environment; trust_env=False makes the bundle count.
-            self._session.verify = str(ca_bundle)
-            self._session.trust_env = False
+            # The bundle counts even with REQUESTS_CA_BUNDLE set; HTTPS_PROXY / NO_PROXY still apply.
+            self._session.use_ca_bundle(str(ca_bundle))
         self._token = self._tokens.get(token) or token
         self._sf = self._client(self._token)
         self._query_headers = {"Sforce-Query-Options": f"batchSize={mapping.page_size}"}
@@ -646,6 +645,36 @@ class SalesforceAdapter:
         )
         records = self._query_page(soql)["records"]
         return str(records[0]["Id"]) if records else None
+
+    def open_routing_tasks(self, subject_prefixes: Sequence[str], since: float) -> list[OpenTask]:
+        """Open Tasks created since `since` on a Lead or Contact whose subject starts with a prefix (one query)."""
+        if not subject_prefixes:
+            return []
+        like = " OR ".join(f"Subject LIKE {soql_string(p + '%')}" for p in subject_prefixes)
+        soql = build_soql(
+            ["Id", "WhoId", "OwnerId", "Subject", "CreatedDate"],
+            "Task",
+            ["IsClosed = false", f"CreatedDate >= {soql_datetime(since)}", f"({like})"],
+            order_by="CreatedDate",
+        )
+        streams = {"00Q": "Lead", "003": "Contact"}  # WhoId prefixes
+        out: list[OpenTask] = []
+        for record in self._query_all(soql):
+            who, owner = str(record.get("WhoId") or ""), str(record.get("OwnerId") or "")
+            stream = streams.get(who[:3])
+            if stream is None or stream not in self.streams or not owner.startswith("005"):
+                continue  # a task on something else, or owned by a queue
+            out.append(
+                OpenTask(
+                    stream=stream,
+                    lead_id=who,
+                    rep_id=owner,
+                    task_id=str(record["Id"]),
+                    subject=str(record.get("Subject") or ""),
+                    created_at=parse_time(record.get("CreatedDate")) or since,
+                )
+            )
+        return out
 
     def task_is_open(self, task_id: str) -> bool:
         soql = build_soql(["Id", "IsClosed"], "Task", [f"Id = {soql_id(task_id)}"])

@@ -7,13 +7,18 @@
   simple-salesforce's own `api_usage` misses because it raises first).
 - `ERROR_TABLE` is the one table from a Salesforce answer (status, errorCode) to what
   the connector does about it; `classify` applies it (and sorts network failures).
-- `TokenStore` keeps a refreshed access token in Redis, per account, so every worker
-  uses the one refreshed token instead of each refreshing its own. Tokens never reach
-  a log line or an exception message.
+- `TokenStore` shares a refreshed access token between workers through Redis, per
+  account, so every worker uses the one refreshed token instead of each refreshing its
+  own. Redis (the broker, often shared and backed up) only ever holds it encrypted:
+  Fernet, with a key derived (HKDF) from the Salesforce secrets every worker has in its
+  environment (the configured token and the OAuth client's credentials). Whoever can
+  decrypt it could ask Salesforce for a session anyway; whoever can only read Redis
+  cannot use it. Tokens never reach a log line or an exception message.
 """
 
 from __future__ import annotations
 
+import base64
 import enum
 import hashlib
 import json
@@ -25,6 +30,9 @@ from urllib.parse import urlparse
 
 import redis
 import requests
+from cryptography.fernet import Fernet, InvalidToken
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from simple_salesforce.exceptions import SalesforceError, SalesforceOperationError
 
 from connector.config import Settings
@@ -256,10 +264,33 @@ class ApiSession(requests.Session):
         self.calls = CallCounter()
         self._before = before
         self._after = after
+        self._proxies: dict[str, dict[str, str]] = {}
+
+    def use_ca_bundle(self, path: str) -> None:
+        """Trust only this CA file, and still go through HTTPS_PROXY / honour NO_PROXY.
+
+        requests ignores `session.verify` while REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE is
+        set, unless `trust_env` is off; but `trust_env=False` also drops the proxy
+        variables. So the environment is switched off and the proxies are resolved from
+        it here, per host, the way requests itself would (`get_environ_proxies`).
+        """
+        self.verify = path
+        self.trust_env = False
+
+    def _env_proxies(self, url: str) -> dict[str, str]:
+        parsed = urlparse(url)
+        origin = f"{parsed.scheme}://{parsed.netloc}"
+        found = self._proxies.get(origin)
+        if found is None:
+            found = dict(requests.utils.get_environ_proxies(url))
+            self._proxies[origin] = found
+        return found
 
     def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
         if kwargs.get("timeout") is None:
             kwargs["timeout"] = self.timeout
+        if not self.trust_env and kwargs.get("proxies") is None:
+            kwargs["proxies"] = self._env_proxies(url)
         self._before(url)
         self.calls.add()
         response = super().request(method, url, *args, **kwargs)
@@ -289,18 +320,33 @@ def fingerprint(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()[:16]
 
 
+def session_key(configured_token: str, oauth: OAuthCredentials | None, account: str) -> bytes:
+    """The Fernet key for an account's shared session: derived from the secrets every worker is configured with."""
+    parts = [configured_token]
+    if oauth is not None:
+        parts += [oauth.client_id, oauth.client_secret or "", oauth.refresh_token or ""]
+    material = "\0".join(parts).encode()
+    derived = HKDF(
+        algorithm=hashes.SHA256(), length=32, salt=account.encode(), info=b"leadscore salesforce session v1"
+    ).derive(material)
+    return base64.urlsafe_b64encode(derived)
+
+
 class TokenStore:
-    """The current access token of one Salesforce account, shared by every worker via Redis.
+    """The current access token of one Salesforce account, shared by every worker via Redis, encrypted.
 
     The entry remembers which configured token it replaced (by fingerprint), so a new
-    SALESFORCE_ACCESS_TOKEN set by the admin wins over an old refreshed one.
+    SALESFORCE_ACCESS_TOKEN set by the admin wins over an old refreshed one. An entry
+    that cannot be decrypted with this worker's key (other credentials, or a clear-text
+    entry an older version wrote) counts as absent; a clear-text one is deleted.
     """
 
     TTL_S = 24 * 3600
 
-    def __init__(self, client: redis.Redis, account: str) -> None:
+    def __init__(self, client: redis.Redis, account: str, key: bytes) -> None:
         self.client = client
         self.key = f"leadscore:salesforce:{account}:session"
+        self._fernet = Fernet(key)
 
     def get(self, configured: str) -> str | None:
         raw = self.client.get(self.key)
@@ -310,13 +356,22 @@ class TokenStore:
             entry = json.loads(raw)
         except ValueError:
             return None
-        if entry.get("for") != fingerprint(configured):
+        if not isinstance(entry, dict):
             return None
-        token = entry.get("token")
-        return token if isinstance(token, str) and token else None
+        if "token" in entry:  # written in clear text by an older version: never use it, never keep it
+            self.client.delete(self.key)
+            return None
+        if entry.get("for") != fingerprint(configured) or not isinstance(entry.get("enc"), str):
+            return None
+        try:
+            token = self._fernet.decrypt(entry["enc"].encode()).decode()
+        except (InvalidToken, UnicodeDecodeError):
+            return None
+        return token or None
 
     def put(self, configured: str, token: str) -> None:
-        entry = json.dumps({"for": fingerprint(configured), "token": token, "at": time.time()})
+        sealed = self._fernet.encrypt(token.encode()).decode()
+        entry = json.dumps({"for": fingerprint(configured), "enc": sealed, "at": time.time()})
         self.client.set(self.key, entry, ex=self.TTL_S)
 
     def lock(self) -> Any:

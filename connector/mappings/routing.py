@@ -115,16 +115,38 @@ class Hours(Strict):
 
 
 class AwayPeriod(Strict):
-    """An out-of-office period, both days included, in the rep's time zone."""
+    """An out-of-office period in the rep's time zone, from `from` (that whole day) through `until`:
+    a date means through that whole day; a date and time with its zone (2026-12-24T17:00:00Z) means
+    until that instant."""
 
     start: dt.date = Field(alias="from")
-    until: dt.date
+    until: dt.date | dt.datetime
 
     @model_validator(mode="after")
     def _order(self) -> AwayPeriod:
-        if self.until < self.start:
+        last_day = self.until
+        if isinstance(self.until, dt.datetime):
+            if self.until.tzinfo is None:
+                raise ValueError(f"give the time zone with the time, like {self.until.date()}T17:00:00Z")
+            last_day = self.until.date()
+        if last_day < self.start:
             raise ValueError(f"until {self.until} is before from {self.start}")
         return self
+
+    def covers(self, local_now: dt.datetime) -> bool:
+        """Whether the rep is away at `local_now` (an aware time in the rep's zone)."""
+        if local_now.date() < self.start:
+            return False
+        if isinstance(self.until, dt.datetime):
+            return local_now < self.until
+        return local_now.date() <= self.until
+
+    def ended_before(self, day: dt.date) -> bool:
+        end = self.until.date() if isinstance(self.until, dt.datetime) else self.until
+        return end < day
+
+    def as_yaml(self) -> dict[str, Any]:
+        return {"from": self.start, "until": self.until}
 
 
 class FallbackOwner(Strict):
@@ -287,6 +309,34 @@ def _check_refs(cfg: RoutingConfig, pos: _Positions, file: str) -> None:
             known(other, ("reps", email, "regions", i))
 
 
+# --------------------------------------------------------------------------- away.yaml
+
+AWAY_FILE = "away.yaml"
+
+
+class AwayEntry(Strict):
+    away: list[AwayPeriod] = Field(default_factory=list)
+
+
+class AwayFile(Strict):
+    """mappings/away.yaml: the periods `leadscore reps away` set, in routing.yaml's `reps: ... away:` format."""
+
+    version: Literal[1]
+    reps: dict[Email, AwayEntry] = Field(default_factory=dict)
+
+
+def load_away(path: Path | str) -> dict[str, list[AwayPeriod]]:
+    """e-mail -> away periods from mappings/away.yaml; {} when there is no such file. Raises MappingError."""
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    data, pos = read_yaml(path)
+    if data == {}:
+        return {}
+    parsed = validate(data, pos, AwayFile, str(path))
+    return {email: list(entry.away) for email, entry in parsed.reps.items() if entry.away}
+
+
 def parse_routing(data: Any, file: str = "routing.yaml", pos: _Positions | None = None) -> RoutingConfig:
     pos = pos or _Positions()
     cfg = validate(data, pos, RoutingConfig, file)
@@ -295,7 +345,13 @@ def parse_routing(data: Any, file: str = "routing.yaml", pos: _Positions | None 
 
 
 def load_routing(path: Path | str) -> RoutingConfig:
-    """Read and check mappings/routing.yaml; raise MappingError naming file, line and key."""
+    """Read and check mappings/routing.yaml (and away.yaml beside it); raise MappingError naming file, line and key.
+
+    The periods of away.yaml are read by the router as it routes (they change while it runs),
+    so they are checked here, not merged into the configuration.
+    """
     path = Path(path)
     data, pos = read_yaml(path)
-    return parse_routing(data, str(path), pos)
+    config = parse_routing(data, str(path), pos)
+    load_away(path.parent / AWAY_FILE)
+    return config

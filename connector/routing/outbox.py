@@ -14,7 +14,9 @@ in "sending": when its lease runs out the entry becomes "unknown" and is NOT sen
 message may have gone out; at most once wins over at least once).
 
 Only ids live here (lead key, rep id, pending key); the message text is rebuilt from the
-routing state and the CRM when a retry is due, so no personal data is kept in Redis.
+routing state and the CRM when a retry is due, so no personal data is kept in Redis (a
+channel's answer kept as `detail` names the rep by id, never by address). Each entry is
+listed in the lead's key index (connector.routing.keys), so a deletion of the lead finds it.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from typing import Any
 
 import redis
 
-from connector.notify import Channel, ChannelResult, Notification, NotifierLike
+from connector.notify import Channel, ChannelResult, Notification, NotifierLike, without_address
+from connector.routing.keys import remember
 
 log = logging.getLogger("leadscore.routing.outbox")
 
@@ -147,6 +150,10 @@ class Outbox:
                 "channel": channel,
             }
             flat = [x for kv in fields.items() for x in kv]
+            if note.index is not None:  # listed first, so a deletion of the lead finds the entry
+                pipe = self.redis.pipeline(transaction=False)
+                remember(pipe, note.index, [self._key(entry_id)])
+                pipe.execute()
             new = self._record(keys=[self._key(entry_id), self.zkey], args=[entry_id, repr(now), ENTRY_TTL_S, *flat])
             if not new:
                 state = _s(self.redis.hget(self._key(entry_id), "state") or "gone")
@@ -218,7 +225,8 @@ class Outbox:
         try:
             result = self.notifier.deliver(note, channel)
         except Exception as exc:  # noqa: BLE001 - a channel never fails an assignment
-            result = ChannelResult(channel, "failed", f"notifier raised {type(exc).__name__}: {exc}"[:300])
+            said = without_address(f"notifier raised {type(exc).__name__}: {exc}", note)
+            result = ChannelResult(channel, "failed", said[:300])
         if result.status == "sent":
             self._finish(keys=[key, self.zkey], args=[entry_id, token, "sent", result.detail, ""])
             return result

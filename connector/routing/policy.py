@@ -78,11 +78,17 @@ def resolve_region(cfg: RoutingConfig, profile: Mapping[str, Any]) -> str:
 
 @dataclass(frozen=True, slots=True)
 class AwayMark:
-    """Set with `leadscore reps away`: a date means away through that whole day in the rep's time zone."""
+    """Set with `leadscore reps away`: a date means away through that whole day in the rep's time zone.
+
+    `start` (a day, rep-local) is set for marks read from mappings/away.yaml, which may be planned ahead.
+    """
 
     until: dt.date | dt.datetime
+    start: dt.date | None = None
 
     def covers(self, local_now: dt.datetime) -> bool:
+        if self.start is not None and local_now.date() < self.start:
+            return False
         if isinstance(self.until, dt.datetime):
             return local_now < self.until
         return local_now.date() <= self.until
@@ -169,7 +175,7 @@ def availability(
         return "excluded", "excluded in routing.yaml"
     local = view.local(now)
     for period in view.away:
-        if period.start <= local.date() <= period.until:
+        if period.covers(local):
             return "away", f"out of office until {period.until.isoformat()} (routing.yaml)"
     for mark in marks:
         if mark.covers(local):
@@ -231,7 +237,8 @@ def fallback_owner_of(
         for rep in reps:
             if rep.email.lower() == owner.email and rep.active:
                 return rep.id, None
-        return None, f"fallback owner {owner.email} is not an active {crm} user"
+        # no e-mail in the note: decisions are kept in Redis, which holds ids only
+        return None, f"the fallback owner in routing.yaml is not an active {crm} user"
     return None, f"no fallback owner configured for {crm}"
 
 

@@ -39,6 +39,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Protocol
 
 import redis
@@ -50,6 +51,7 @@ from connector.mappings.routing import RoutingConfig
 from connector.notify import ChannelResult, Notification, NotificationKind, NotifierLike
 from connector.routing import away
 from connector.routing.away import away_marks, cap_key
+from connector.routing.keys import index_key, remember
 from connector.routing.outbox import Entry, Outbox
 from connector.routing.policy import (
     AwayMark,
@@ -157,8 +159,10 @@ class Router:
         namespace: str | None = None,
         reps_ttl_s: float = 300.0,
         lock_ttl_s: float = 120.0,
+        away_file: Path | None = None,
     ) -> None:
         self.config = config
+        self.file_marks = away.FileMarks(away_file)  # mappings/away.yaml: marks that outlive Redis
         self.redis = redis
         self.adapter_for = adapter_for
         self.notifier = notifier
@@ -242,6 +246,9 @@ class Router:
     def check_sla(self, now: float | None = None, *, limit: int = 100) -> list[Decision]:
         """Reassign (or escalate) every assignment whose SLA has run out; returns the new decisions."""
         now = self.clock() if now is None else now
+        from connector.routing import sla_rebuild  # after Redis lost the schedule: from the CRM's open tasks
+
+        sla_rebuild.rebuild(self, now)
         key = f"{self.prefix}sla"
         due = self.redis.zrangebyscore(key, "-inf", now, start=0, num=limit)
         out: list[Decision] = []
@@ -292,7 +299,8 @@ class Router:
         involved = {v.id: v for v in views if chain & set(v.regions)}
         keys = {rid: cap_key(crm, rid, v.day(now)) for rid, v in involved.items()}
         used = dict(zip(keys, self.pool.used(list(keys.values())), strict=True))
-        marks = away_marks(self.redis, [v.rep for v in involved.values()], self.prefix)
+        people = [v.rep for v in involved.values()]
+        marks = away.merge_marks(away_marks(self.redis, people, self.prefix), self.file_marks.for_reps(people))
         attempts = region_attempts(
             self.config,
             list(involved.values()),
@@ -448,6 +456,7 @@ class Router:
         pipe.lpush(rkey, json.dumps(entry, sort_keys=True))
         pipe.ltrim(rkey, 0, RECORD_KEEP - 1)
         pipe.expire(rkey, RECORD_TTL_S)
+        remember(pipe, index_key(self.prefix, state["lead_key"]), [rkey])
         pipe.hset(pkey, mapping={f"r{n}:done": "1", "round": str(n)})
         pipe.expire(pkey, PENDING_TTL_S)
         pipe.execute()
@@ -635,10 +644,12 @@ class Router:
                     subject=subj,
                     text=text,
                     rep_email=rep.email if rep else None,
+                    rep_id=rep_id,
                     rep_name=rep.name if rep else "",
                     url=url,
                     facts=facts,
                     chat=chat,
+                    index=index_key(self.prefix, state["lead_key"]),
                 )
             )
 
@@ -736,7 +747,11 @@ class Router:
         else:
             ep = str(int(h.get("n", "0")) + 1)
             self.redis.hset(key, mapping={"n": ep, "open": "1", "started": repr(now)})
-        self.redis.expire(key, RECORD_TTL_S)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.expire(key, RECORD_TTL_S)
+        # a deletion finds these through the lead's index, without scanning Redis
+        remember(pipe, index_key(self.prefix, lead_key), [key, self._pending_key(lead_key, ep)])
+        pipe.execute()
         rehot = previous is not None and h.get("owner_ep") != ep
         return ep, rehot, previous
 
@@ -768,11 +783,12 @@ def set_away(
     store: Store, rep_email_or_id: str, until: float | dt.date | dt.datetime, *, now: float | None = None
 ) -> AwayMark:
     """`leadscore reps away EMAIL --until DATE`: a date is through that day in the rep's zone; a
-    datetime (aware) or epoch seconds is that instant."""
+    datetime (aware) or epoch seconds is that instant. Kept under the rep's CRM ids in every configured CRM."""
     client, prefix = _redis_of(store)
     if isinstance(until, int | float):
         until = dt.datetime.fromtimestamp(until, dt.UTC)
-    return away.set_away(client, rep_email_or_id, until, now=now, prefix=prefix)
+    reps = [r for crm in _configured(store) for r in store.reps(crm)] if isinstance(store, Router) else []
+    return away.set_away(client, rep_email_or_id, until, reps=reps, now=now, prefix=prefix)
 
 
 def set_back(store: Store, rep_email_or_id: str, reps: Sequence[Rep] = ()) -> bool:
@@ -800,7 +816,7 @@ def list_reps_status(
     if isinstance(store, Router):
         out: list[away.RepStatus] = []
         for name in [crm] if crm else _configured(store):
-            out += away.list_reps_status(client, store.config, store.reps(name), name, now, prefix)
+            out += away.list_reps_status(client, store.config, store.reps(name), name, now, prefix, store.file_marks)
         return out
     if config is None or crm is None or reps is None:
         raise TypeError("with a Redis client, give config, crm and reps")

@@ -24,7 +24,7 @@ from connector.bootstrap import Runtime, build_runtime
 from connector.config import Settings
 from connector.domain import Activity
 from connector.metrics import Metrics
-from connector.web import build_app
+from connector.web import build_admin_app, build_app
 from connector.webhooks import PendingQueue
 from sandbox.server import Sandbox
 from tests.conftest import ROOT
@@ -153,8 +153,13 @@ def test_a_form_and_a_pricing_view_come_back_as_a_score_and_a_task_for_the_rep(
     contact, should_be_hot = _pick_contact(rt, ids, now)
 
     auth = {"Authorization": f"Bearer {sandbox.hubspot_token}"}
-    with WebServer(build_app(lambda: rt)) as web, httpx.Client(base_url=sandbox.hubspot_url, headers=auth) as api:
-        assert httpx.get(f"{web.url}/readyz").status_code == 200
+    app = build_app(lambda: rt)
+    with (
+        WebServer(app) as web,
+        WebServer(build_admin_app(app)) as ops,
+        httpx.Client(base_url=sandbox.hubspot_url, headers=auth) as api,
+    ):
+        assert httpx.get(f"{ops.url}/readyz").status_code == 200
         setup = api.post("/__sandbox__/webhooks", json={"hubspot": {"url": f"{web.url}/webhooks/hubspot",
                                                                     "secret": SECRET}})  # fmt: skip
         assert setup.status_code == 200, setup.text
@@ -187,7 +192,7 @@ def test_a_form_and_a_pricing_view_come_back_as_a_score_and_a_task_for_the_rep(
             assert owner
             assert task["properties"]["hubspot_owner_id"] == owner
         elapsed = time.monotonic() - started
-        metrics = httpx.get(f"{web.url}/metrics").text
+        metrics = httpx.get(f"{ops.url}/metrics").text
 
     assert elapsed < 10
     assert PendingQueue(rt.redis, rt.namespace).pending("hubspot", "contact") == 0

@@ -111,15 +111,37 @@ def test_explain_an_unknown_record_says_so(sandbox: Sandbox, redis_url: str) -> 
     assert one_sentence(proc) == "leadscore: no hubspot record has the id '999999999'."
 
 
-def test_a_rep_marked_away_shows_as_away_until_marked_back(sandbox: Sandbox, redis_url: str) -> None:
-    env = hubspot_env(sandbox, redis_url)
+def own_mappings(tmp_path: Path) -> Path:
+    """A copy of mappings/ the test may change (reps away writes away.yaml there)."""
+    target = tmp_path / "mappings"
+    target.mkdir()
+    for f in (ROOT / "mappings").glob("*.yaml"):
+        (target / f.name).write_text(f.read_text())
+    return target
+
+
+def test_a_rep_marked_away_shows_as_away_until_marked_back(sandbox: Sandbox, redis_url: str, tmp_path: Path) -> None:
+    import redis
+    import yaml
+
+    from connector.mappings.routing import load_routing
+
+    mdir = own_mappings(tmp_path)
+    env = {**hubspot_env(sandbox, redis_url), "LEADSCORE_MAPPINGS": str(mdir)}
     email = "julia.hofer@sandbox-corp.example"
     away = run(["reps", "away", email, "--until", "2099-01-31"], env)
     assert away.returncode == 0, away.stderr
+    # the mark is kept in mappings/away.yaml too, in routing.yaml's format: reps: EMAIL: away: [{from, until}]
+    assert f"kept in {mdir / 'away.yaml'}" in away.stdout
+    saved = yaml.safe_load((mdir / "away.yaml").read_text())
+    assert [str(p["until"]) for p in saved["reps"][email]["away"]] == ["2099-01-31"]
+    load_routing(mdir / "routing.yaml")  # what the command wrote is valid mapping input
+    redis.Redis.from_url(redis_url).flushall()  # so it outlives a Redis that lost everything
     listed = run(["reps", "list"], env)
     assert any(email in line and "away" in line for line in listed.stdout.splitlines()), listed.stdout
     back = run(["reps", "back", email], env)
     assert back.returncode == 0
+    assert email not in (yaml.safe_load((mdir / "away.yaml").read_text())["reps"] or {})
     listed = run(["reps", "list"], env)
     assert not any(email in line and "away" in line for line in listed.stdout.splitlines()), listed.stdout
 
@@ -163,3 +185,25 @@ def test_sandbox_options_are_checked_with_one_sentence() -> None:
     proc = run(["sandbox", "--faults", "429=2"], {})
     assert proc.returncode != 0
     assert one_sentence(proc) == "leadscore sandbox: --faults: fault '429' must be a share between 0 and 1, not 2"
+
+
+def test_a_hubspot_base_url_over_plain_http_to_another_host_is_one_sentence_and_exit_1(redis_url: str) -> None:
+    env = {"REDIS_URL": redis_url, "HUBSPOT_BASE_URL": "http://api.hubapi.com", "HUBSPOT_ACCESS_TOKEN": "pat-x"}
+    proc = run(["check"], env)
+    assert proc.returncode == 1
+    assert one_sentence(proc) == (
+        "leadscore: HUBSPOT_BASE_URL must use https:// (plain http:// is allowed only for localhost, 127.0.0.1 "
+        "or ::1), not 'http://api.hubapi.com'."
+    )
+
+
+def test_a_broken_away_file_is_named_by_check_with_its_line(tmp_path: Path, redis_url: str) -> None:
+    mdir = own_mappings(tmp_path)
+    (mdir / "away.yaml").write_text(
+        "version: 1\nreps:\n  julia.hofer@sandbox-corp.example:\n    away:\n"
+        "      - {from: 2026-12-01, untl: 2026-12-05}\n"
+    )
+    proc = run(["check"], {"REDIS_URL": redis_url, "LEADSCORE_MAPPINGS": str(mdir)})
+    assert proc.returncode == 1
+    line = next(x for x in proc.stdout.splitlines() if "away.yaml" in x)
+    assert line.startswith(f"FAIL {mdir / 'away.yaml'}, line 5")

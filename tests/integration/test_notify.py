@@ -1,8 +1,13 @@
-"""Notifications over real sockets: a local SMTP server (aiosmtpd) and a local chat webhook server."""
+"""Notifications over real sockets: a local SMTP server (aiosmtpd) and a local chat webhook server.
+
+The SMTP server offers STARTTLS with a certificate from a test CA (trustme), as a
+real submission server does; the notifier is given a context that trusts that CA.
+"""
 
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -12,32 +17,79 @@ from typing import Any
 
 import pytest
 import redis
+import trustme
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from connector.config import load_settings
 from connector.errors import ConfigError
 from connector.notify import Notification, Notifier, chat_payload, parse_smtp_url
 from connector.routing.service import Router
 from tests.conftest import free_port
-from tests.integration.test_routing_redis import NOW, FakeCrm, Score, make_config, make_reps
+from tests.integration.test_routing_redis import NOW, FakeCrm, Score, dump, make_config, make_reps
+
+CA = trustme.CA()
+SERVER_CERT = CA.issue_cert("127.0.0.1")
+
+
+def client_context() -> ssl.SSLContext:
+    """What the notifier uses to check the server: trusts the test CA (a real one trusts the system's CAs)."""
+    ctx = ssl.create_default_context()
+    CA.configure_trust(ctx)
+    return ctx
 
 
 class Inbox:
     def __init__(self) -> None:
         self.messages: list[tuple[str, list[str], bytes]] = []
+        self.encrypted: list[bool] = []  # per message: whether it came over TLS
+        self.logins: list[tuple[bytes, bytes, bool]] = []  # (user, password, over TLS)
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: Any) -> str:
+        if address.startswith("gone"):
+            return "550 5.1.1 <" + address + ">: no such user here"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
+        self.encrypted.append(session.ssl is not None)
         return "250 OK"
+
+    def authenticate(self, server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> AuthResult:
+        assert isinstance(data, LoginPassword)
+        self.logins.append((data.login, data.password, session.ssl is not None))
+        return AuthResult(success=data.password == b"s3cret")
+
+
+def mail_server(*, starttls: bool, port: int | None = None) -> tuple[Controller, int, Inbox]:
+    inbox = Inbox()
+    port = port or free_port()
+    tls: dict[str, Any] = {}
+    if starttls:
+        server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        SERVER_CERT.configure_cert(server_ctx)
+        tls = {"tls_context": server_ctx}
+    controller = Controller(
+        inbox, hostname="127.0.0.1", port=port, authenticator=inbox.authenticate, auth_require_tls=False, **tls
+    )
+    controller.start()
+    return controller, port, inbox
 
 
 @pytest.fixture
 def smtp() -> Iterator[tuple[str, Inbox]]:
-    inbox = Inbox()
-    port = free_port()
-    controller = Controller(inbox, hostname="127.0.0.1", port=port)
-    controller.start()
+    """A submission server that offers STARTTLS."""
+    controller, port, inbox = mail_server(starttls=True)
     yield f"smtp://127.0.0.1:{port}?from=leads@corp.example", inbox
+    controller.stop()
+
+
+@pytest.fixture
+def plain_smtp() -> Iterator[tuple[int, Inbox]]:
+    """An old server that offers no STARTTLS at all."""
+    controller, port, inbox = mail_server(starttls=False)
+    yield port, inbox
     controller.stop()
 
 
@@ -90,7 +142,9 @@ def note(key: str = "k1") -> Notification:
 def test_an_assignment_sends_one_email_and_one_chat_message_even_when_sent_twice(
     smtp: tuple[str, Inbox], webhook: tuple[str, Hook], redis_client: redis.Redis
 ) -> None:
-    notifier = Notifier(smtp_url=smtp[0], chat_webhook_url=webhook[0], dedupe=redis_client)
+    notifier = Notifier(
+        smtp_url=smtp[0], chat_webhook_url=webhook[0], dedupe=redis_client, ssl_context=client_context()
+    )
     first = notifier.send(note())
     second = notifier.send(note())
     notifier.close()
@@ -110,7 +164,9 @@ def test_the_router_sends_exactly_one_email_and_chat_message_per_assignment(
     smtp: tuple[str, Inbox], webhook: tuple[str, Hook], redis_client: redis.Redis
 ) -> None:
     crm = FakeCrm(reps=make_reps())
-    notifier = Notifier(smtp_url=smtp[0], chat_webhook_url=webhook[0], dedupe=redis_client)
+    notifier = Notifier(
+        smtp_url=smtp[0], chat_webhook_url=webhook[0], dedupe=redis_client, ssl_context=client_context()
+    )
     router = Router(make_config(), redis_client, lambda _crm: crm, notifier, clock=lambda: NOW)
     for lead_id in ("1", "2"):
         lead = crm.add_lead(lead_id)
@@ -121,8 +177,9 @@ def test_the_router_sends_exactly_one_email_and_chat_message_per_assignment(
     assert len(webhook[1].bodies) == 2
     record = router.routing_record("hubspot:contact:1")[0]
     assert record["notifications"] == [
-        {"kind": "assigned", "channels": [["email", "sent", "d1@corp.example"], ["chat", "sent", "200"]]}
+        {"kind": "assigned", "channels": [["email", "sent", "rep d1"], ["chat", "sent", "200"]]}
     ]
+    assert "@corp.example" not in dump(redis_client)  # the rep's id is kept, never the address
 
 
 def test_a_failing_channel_is_reported_and_not_retried(
@@ -198,8 +255,11 @@ def test_a_rep_gets_exactly_one_message_when_mail_and_chat_are_down_for_a_while(
     port = free_port()  # the mail server is down: nothing listens there yet
     hook.status = 503
     crm = FakeCrm(reps=make_reps())
-    smtp_url = f"smtp://127.0.0.1:{port}?from=leads@corp.example"
-    notifiers = [Notifier(smtp_url=smtp_url, chat_webhook_url=hook_url, timeout=2) for _ in range(2)]
+    smtp_url = f"smtp://127.0.0.1:{port}?from=leads@corp.example"  # STARTTLS, as by default
+    notifiers = [
+        Notifier(smtp_url=smtp_url, chat_webhook_url=hook_url, timeout=2, ssl_context=client_context())
+        for _ in range(2)
+    ]
     first, second = _workers(redis_client, crm, notifiers)
 
     first.assign_hot_lead(crm.add_lead("1"), "contact", Score(), NOW)
@@ -210,9 +270,7 @@ def test_a_rep_gets_exactly_one_message_when_mail_and_chat_are_down_for_a_while(
     assert second.send_notifications(t + 5) == {}, "not due before its backoff"
     assert second.send_notifications(t + 31) == {"failed": 2}, "still down at the first retry"
 
-    inbox = Inbox()
-    controller = Controller(inbox, hostname="127.0.0.1", port=port)
-    controller.start()  # both come back
+    controller, _, inbox = mail_server(starttls=True, port=port)  # both come back
     hook.status = 200
     try:
         done: list[dict[str, int]] = []
@@ -230,6 +288,8 @@ def test_a_rep_gets_exactly_one_message_when_mail_and_chat_are_down_for_a_while(
         for notifier in notifiers:
             notifier.close()
     assert [rcpts for _, rcpts, _ in inbox.messages] == [["d1@corp.example"]]
+    assert inbox.encrypted == [True]
+    assert "@corp.example" not in dump(redis_client)  # the outbox keeps the rep's id, never the address
     assert [body["text"] for body in hook.accepted] == ["Hot lead: Anna Muster1 (Acme GmbH), score 87"]
     assert len(hook.bodies) == 3, "two refused attempts, one accepted"
 
@@ -252,3 +312,66 @@ def test_a_retry_is_not_sent_to_a_rep_who_lost_the_lead_meanwhile(
     assert (first.chosen, moved.chosen) == ("d1", "d2")
     assert counts == {"dropped": 1, "sent": 1}, "d1's message is superseded; d2's goes out"
     assert [b["text"].split(":")[0] for b in hook.accepted] == ["Hot lead reassigned to you"]
+
+
+# --------------------------------------------------------------------------- SMTP transport security
+
+
+def test_smtp_urls_upgrade_with_starttls_unless_they_say_otherwise() -> None:
+    assert (parse_smtp_url("smtp://mail.test").mode, parse_smtp_url("smtp://mail.test").port) == ("starttls", 587)
+    assert parse_smtp_url("smtp://u:p@mail.test:25").mode == "starttls"
+    plain = parse_smtp_url("smtp://mail.test?starttls=false")
+    assert (plain.mode, plain.port) == ("plain", 25)
+    assert parse_smtp_url("smtps://mail.test").mode == "ssl"
+    with pytest.raises(ConfigError, match="starttls= must be true or false"):
+        parse_smtp_url("smtp://mail.test?starttls=maybe")
+
+
+def test_smtp_with_credentials_logs_in_only_after_starttls(smtp: tuple[str, Inbox]) -> None:
+    url = smtp[0].replace("smtp://", "smtp://leads%40corp.example:s3cret@")
+    notifier = Notifier(smtp_url=url, ssl_context=client_context())
+    [result] = notifier.send(note())
+    assert (result.channel, result.status) == ("email", "sent")
+    inbox = smtp[1]
+    assert inbox.logins == [(b"leads@corp.example", b"s3cret", True)]
+    assert inbox.encrypted == [True]
+
+
+def test_a_server_without_starttls_gets_neither_the_password_nor_the_message(plain_smtp: tuple[int, Inbox]) -> None:
+    port, inbox = plain_smtp
+    notifier = Notifier(smtp_url=f"smtp://leads:s3cret@127.0.0.1:{port}?from=leads@corp.example", timeout=5)
+    [result] = notifier.send(note())
+    assert (result.channel, result.status) == ("email", "failed")
+    assert result.detail == (
+        f"the mail server at 127.0.0.1:{port} does not offer STARTTLS, so nothing was sent; "
+        "use smtps:// or a server with STARTTLS (or ?starttls=false to send unencrypted)"
+    )
+    assert inbox.logins == []
+    assert inbox.messages == []
+
+
+def test_an_untrusted_certificate_is_refused_before_logging_in(smtp: tuple[str, Inbox]) -> None:
+    url = smtp[0].replace("smtp://", "smtp://leads:s3cret@")
+    [result] = Notifier(smtp_url=url, timeout=5).send(note())  # the system's CAs do not know the test CA
+    assert (result.channel, result.status) == ("email", "failed")
+    assert "certificate" in result.detail.lower()
+    assert smtp[1].logins == []
+    assert smtp[1].messages == []
+
+
+def test_starttls_false_sends_unencrypted_when_the_url_says_so(plain_smtp: tuple[int, Inbox]) -> None:
+    port, inbox = plain_smtp
+    notifier = Notifier(smtp_url=f"smtp://127.0.0.1:{port}?from=leads@corp.example&starttls=false", timeout=5)
+    assert [(r.channel, r.status) for r in notifier.send(note())] == [("email", "sent")]
+    assert inbox.encrypted == [False]
+
+
+def test_a_refused_recipient_is_reported_by_rep_id_without_the_address(
+    smtp: tuple[str, Inbox], redis_client: redis.Redis
+) -> None:
+    gone = Notification(kind="assigned", key="k9", subject="s", text="t", rep_email="gone.rep@corp.example",
+                        rep_id="0051", rep_name="Gone Rep")  # fmt: skip
+    [result] = Notifier(smtp_url=smtp[0], ssl_context=client_context(), dedupe=redis_client).send(gone)
+    assert (result.channel, result.status) == ("email", "failed")
+    assert "gone.rep" not in result.detail
+    assert "rep 0051" in result.detail

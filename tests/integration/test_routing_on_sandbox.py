@@ -27,7 +27,7 @@ from connector.bootstrap import Runtime, build_runtime
 from connector.config import Settings
 from connector.domain import Lead
 from connector.errors import RetryLater
-from connector.routing import service
+from connector.routing import service, sla_rebuild
 from sandbox.server import Sandbox
 from tests.conftest import ROOT
 
@@ -68,6 +68,9 @@ def make_runtime(
     runtime.overrides["hubspot"] = lambda m: {"account": m.account.model_copy(update={"requests_per_10s": 4900})}
     runtime.adapter("hubspot").setup()  # the score properties (idempotent)
     service.set_away(runtime.router, AWAY, dt.date(2026, 11, 30), now=NOW)
+    # The sandbox is shared by this module's tests and Redis is emptied between them: say the SLA
+    # schedule is known, so a test's check does not adopt the open tasks earlier tests left.
+    runtime.redis.set(sla_rebuild.marker(runtime.router), "known", ex=3600)
     return runtime
 
 
@@ -149,6 +152,24 @@ def test_a_rep_who_ignores_a_lead_past_the_sla_loses_it_to_the_next_rep(rt: Runt
     now_owner = rt.adapter("hubspot").get_leads("contact", [lead.id])[0].owner_id
     assert now_owner == moved[0].chosen != first.chosen
     assert tasks_of(sandbox, [lead.id])[lead.id] == 2, "the next rep got a task too"
+
+
+def test_after_redis_lost_everything_the_sla_check_still_reassigns_from_the_crms_open_task(
+    rt: Runtime, sandbox: Sandbox
+) -> None:
+    lead = unowned_dach_leads(rt, 1)[0]
+    first = rt.router.assign_hot_lead(lead, "contact", Hot(), NOW, became_hot=True)
+    assert first.assigned_now
+    rt.redis.flushall()  # a Redis restart without persistence: no routing state, no SLA schedule
+
+    rt.router.check_sla(NOW + 31 * 60)
+
+    now_owner = rt.adapter("hubspot").get_leads("contact", [lead.id])[0].owner_id
+    assert now_owner is not None
+    assert now_owner != first.chosen
+    assert tasks_of(sandbox, [lead.id])[lead.id] == 2, "the next rep got a task too"
+    record = rt.router.routing_record(lead.key)
+    assert [(r["reason"], r["previous_owner"], r["chosen"]) for r in record] == [("sla", first.chosen, now_owner)]
 
 
 def set_faults(sandbox: Sandbox, spec: dict[str, Any]) -> dict[str, Any]:

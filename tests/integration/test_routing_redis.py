@@ -14,6 +14,7 @@ import uuid
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -22,11 +23,12 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from connector.crm.base import Page, WriteReport, task_ref_in
+from connector.crm.base import OpenTask, Page, WriteReport, task_ref_in
 from connector.domain import CrmName, Lead, Rep
 from connector.errors import RetryLater
 from connector.mappings.routing import RoutingConfig, parse_routing
 from connector.notify import Channel, ChannelResult, Notification
+from connector.routing import service
 from connector.routing.away import list_reps_status, set_away, set_back
 from connector.routing.policy import MemoryPool, Slot, Turn
 from connector.routing.pool import RedisPool
@@ -137,6 +139,14 @@ class FakeCrm:
 
     def rep_acted_since(self, stream: str, lead_id: str, rep_id: str, since: float) -> bool:
         return (lead_id, rep_id) in self.acted
+
+    def open_routing_tasks(self, subject_prefixes: Sequence[str], since: float) -> list[OpenTask]:
+        prefixes = tuple(subject_prefixes)
+        return [
+            OpenTask(t.stream, t.lead_id, t.rep_id, t.id, t.subject, created_at=t.due - 1800, due=t.due)
+            for t in self.tasks
+            if t.open and t.subject.startswith(prefixes) and t.due >= since
+        ]
 
     def record_url(self, stream: str, lead_id: str) -> str:
         return f"https://crm.test/contacts/{lead_id}"
@@ -526,14 +536,14 @@ def test_without_available_reps_the_fallback_region_then_the_fallback_owner_take
 ) -> None:
     router = make_router(redis_client, crm)
     for rid in ("d1", "d2", "d3"):
-        set_away(redis_client, f"{rid}@corp.example", dt.date(2026, 3, 2))
+        set_away(redis_client, f"{rid}@corp.example", dt.date(2026, 3, 2), reps=crm.reps)
     d = router.assign_hot_lead(crm.add_lead("1"), "contact", Score(), NOW)
     assert (d.chosen, d.chosen_region, d.fallback) == ("b1", "Benelux", "region:Benelux")
     set_away(redis_client, "b1", dt.date(2026, 3, 2))
     d = router.assign_hot_lead(crm.add_lead("2"), "contact", Score(), NOW)
     assert (d.outcome, d.chosen, d.sla) == ("fallback_owner", "queue", False)
     assert crm.leads["2"].owner_id == "queue"
-    set_back(redis_client, "d2@corp.example")
+    set_back(redis_client, "d2@corp.example", crm.reps)
     assert router.assign_hot_lead(crm.add_lead("3"), "contact", Score(), NOW).chosen == "d2"
 
 
@@ -590,7 +600,7 @@ def test_the_routing_record_keeps_ids_and_scores_but_no_lead_names_or_emails(
 
 def test_rep_status_shows_who_is_available_and_why_not(redis_client: redis.Redis, crm: FakeCrm) -> None:
     cfg = make_config()
-    set_away(redis_client, "d1@corp.example", dt.date(2026, 3, 5))
+    set_away(redis_client, "d1@corp.example", dt.date(2026, 3, 5), reps=crm.reps)
     status = {s.rep_id: s for s in list_reps_status(redis_client, cfg, crm.reps, "hubspot", NOW)}
     assert (status["d1"].available, status["d1"].reason) == (False, "away")
     assert (status["d4"].available, status["d4"].reason) == (False, "inactive")
@@ -677,6 +687,46 @@ def test_a_lead_moved_by_hand_is_left_alone_by_the_sla(sla_router: tuple[Router,
     assert crm.leads["1"].owner_id == "b1"
 
 
+def test_after_redis_lost_the_sla_schedule_the_check_rebuilds_it_from_open_tasks_and_reassigns(
+    sla_router: tuple[Router, FakeNotifier], crm: FakeCrm, redis_client: redis.Redis
+) -> None:
+    router, notifier = sla_router
+    router.assign_hot_lead(crm.add_lead("1"), "contact", Score(), NOW)
+    router.assign_hot_lead(crm.add_lead("2"), "contact", Score(), NOW)
+    crm.acted.add(("2", "d2"))  # lead 2's rep acted: it stays
+    redis_client.flushall()  # Redis restarted empty: no SLA schedule, no routing state at all
+    again = make_router(redis_client, crm, notifier)
+
+    assert again.check_sla(NOW + 29 * 60) == []  # not due yet, even rebuilt
+    [d] = again.check_sla(NOW + 31 * 60)
+
+    # the round-robin positions were lost with Redis too: the next rep is the first by id
+    assert (d.outcome, d.chosen, d.expected_owner, d.reason) == ("assigned", "d2", "d1", "sla")
+    assert (crm.leads["1"].owner_id, crm.leads["2"].owner_id) == ("d2", "d2")
+    assert [(t.rep_id, t.subject.split(":")[0]) for t in crm.tasks if t.lead_id == "1"] == [
+        ("d1", "Hot lead"),
+        ("d2", "Hot lead reassigned to you"),
+    ]
+    assert [(n.kind, n.rep_id) for n in notifier.sent][-2:] == [("reassigned_to_you", "d2"), ("reassigned_away", "d1")]
+    assert again.check_sla(NOW + 32 * 60) == []  # rebuilt once: the new rep has a fresh 30 minutes
+    assert [r["reason"] for r in again.routing_record("hubspot:contact:1")] == ["sla"]
+
+
+def test_a_rebuilt_schedule_keeps_counting_reassignments_and_who_had_the_lead(
+    sla_router: tuple[Router, FakeNotifier], crm: FakeCrm, redis_client: redis.Redis
+) -> None:
+    router, notifier = sla_router
+    lead = crm.add_lead("1")
+    router.assign_hot_lead(lead, "contact", Score(), NOW)
+    assert [d.chosen for d in router.check_sla(NOW + 31 * 60)] == ["d2"]  # one reassignment used
+    redis_client.flushall()
+    again = make_router(redis_client, crm, notifier)
+    got = [(d.outcome, d.chosen) for d in again.check_sla(NOW + 62 * 60)]
+    assert got == [("assigned", "d3")]  # d1 and d2 had it: left out
+    got = [(d.outcome, d.chosen) for d in again.check_sla(NOW + 93 * 60)]
+    assert got == [("fallback_owner", "queue")]  # max_reassignments (2) used: escalated
+
+
 # --------------------------------------------------------------------------- episodes and the command line
 
 
@@ -733,3 +783,53 @@ def test_after_redis_lost_the_routing_state_a_rerun_does_not_task_the_owner_twic
 
     assert again.outcome == "kept_owner"
     assert [t.rep_id for t in crm.tasks if t.lead_id == "7"] == [first.chosen]
+
+
+# --------------------------------------------------------------------------- ids, never e-mails
+
+
+def test_away_marks_are_kept_under_crm_ids_not_e_mails(redis_client: redis.Redis, crm: FakeCrm) -> None:
+    router = make_router(redis_client, crm)
+    service.set_away(router, "D1@corp.example", dt.date(2026, 3, 5))
+    assert "@" not in dump(redis_client)
+    assert router.assign_hot_lead(crm.add_lead("1"), "contact", Score(), NOW).chosen == "d2"
+    assert service.set_back(router, "d1@corp.example") is True
+    status = {st.rep_id: st for st in service.list_reps_status(router, NOW)}
+    assert (status["d1"].available, status["d1"].email) == (True, "d1@corp.example")
+
+
+def test_an_away_mark_an_older_version_kept_under_an_e_mail_still_counts_and_moves_to_the_id(
+    redis_client: redis.Redis, crm: FakeCrm
+) -> None:
+    payload = json.dumps({"until": "2026-03-05", "kind": "date"})
+    redis_client.set("leadscore:routing:away:d1@corp.example", payload, ex=86400 * 5)
+    redis_client.sadd("leadscore:routing:away", "d1@corp.example")
+    router = make_router(redis_client, crm)
+    assert router.assign_hot_lead(crm.add_lead("1"), "contact", Score(), NOW).chosen == "d2"  # d1 still away
+    assert "@" not in dump(redis_client)
+    assert redis_client.get("leadscore:routing:away:d1") == payload
+    assert redis_client.ttl("leadscore:routing:away:d1") > 86400 * 4
+
+
+def test_marks_in_away_yaml_hold_without_redis_and_are_re_read_when_the_file_changes(
+    redis_client: redis.Redis, crm: FakeCrm, tmp_path: Path
+) -> None:
+    from connector.routing.away import record_away, record_back
+
+    away_file = tmp_path / "away.yaml"
+    router = Router(make_config(), redis_client, lambda _c: crm, None, clock=lambda: NOW, away_file=away_file)
+    record_away(away_file, "D1@corp.example", dt.date(2026, 3, 1), dt.date(2026, 3, 5))
+    # NOW is 09:00 UTC: d2 was away until 08:30 UTC and is back
+    record_away(away_file, "d2@corp.example", dt.date(2026, 3, 1), dt.datetime(2026, 3, 2, 8, 30, tzinfo=dt.UTC))
+    redis_client.flushall()  # Redis lost every mark it had
+
+    assert router.assign_hot_lead(crm.add_lead("1"), "contact", Score(), NOW).chosen == "d2"
+    status = {s.rep_id: s for s in service.list_reps_status(router, NOW, crm="hubspot")}
+    assert (status["d1"].reason, status["d2"].available, status["d3"].available) == ("away", True, True)
+
+    record_away(away_file, "d3@corp.example", dt.date(2026, 3, 2), dt.date(2026, 3, 2))  # the file changes
+    assert router.assign_hot_lead(crm.add_lead("2"), "contact", Score(), NOW).chosen == "d2"
+    assert record_back(away_file, "d1@corp.example", dt.date(2026, 3, 2)) is True
+    status = {s.rep_id: s for s in service.list_reps_status(router, NOW, crm="hubspot")}
+    assert (status["d1"].available, status["d3"].reason) == (True, "away")
+    assert "@" not in dump(redis_client)

@@ -458,6 +458,28 @@ def test_a_task_stored_before_its_answer_was_lost_is_found_by_its_reference_and_
     assert adapter.find_task("Lead", lead_id, rep, task_ref("another assignment")) is None
 
 
+def test_routings_open_tasks_are_found_again_by_their_headline(
+    adapter: SalesforceAdapter, org: Org, some_leads: list[str]
+) -> None:
+    lead_id, other_id = some_leads[1700], some_leads[1701]
+    rep = next(r for r in adapter.list_reps() if r.active and r.region).id
+    since = time.time() - 60
+    body = with_task_ref("b", task_ref("salesforce:Lead:y|1|r0"))  # as routing writes it
+    ours = adapter.create_task("Lead", lead_id, rep, subject="Hot lead: Ana Ruiz, score 91", body=body, due=since)
+    done = adapter.create_task("Lead", other_id, rep, subject="Hot lead: Bo Li, score 88", body="b", due=since)
+    adapter.create_task("Lead", other_id, rep, subject="Call back about pricing", body="b", due=since)
+    org.sf.Task.update(done, {"Status": "Completed"})
+
+    found = adapter.open_routing_tasks(("Hot lead", "Hot lead reassigned to you"), since)
+
+    mine = [t for t in found if t.lead_id in (lead_id, other_id)]
+    assert [(t.stream, t.lead_id, t.rep_id, t.task_id, t.subject) for t in mine] == [
+        ("Lead", lead_id, rep, ours, "Hot lead: Ana Ruiz, score 91")
+    ]
+    assert since <= mine[0].created_at <= time.time() + 1
+    assert adapter.open_routing_tasks(("Hot lead",), time.time() + 3600) == []
+
+
 def test_an_expired_token_is_refreshed_mid_run_and_shared_with_other_workers(
     redis_client: redis.Redis, mapping: SalesforceMapping
 ) -> None:
@@ -585,3 +607,88 @@ def test_the_api_floor_and_the_daily_limit_stop_the_sync_with_a_sentence(
         org.close()
     finally:
         sandbox.stop()
+
+
+class ConnectProxy:
+    """An HTTPS forward proxy on loopback (HTTP CONNECT, then bytes both ways); records each CONNECT target."""
+
+    def __init__(self) -> None:
+        import select
+        import socket
+        import socketserver
+
+        self.targets: list[str] = []
+        proxy = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    chunk = self.request.recv(4096)
+                    if not chunk:
+                        return
+                    head += chunk
+                method, target, _ = head.split(b"\r\n", 1)[0].decode().split(" ", 2)
+                if method != "CONNECT":
+                    self.request.sendall(b"HTTP/1.1 405 Method Not Allowed\r\n\r\n")
+                    return
+                proxy.targets.append(target)
+                host, port = target.rsplit(":", 1)
+                with socket.create_connection((host, int(port)), timeout=10) as upstream:
+                    self.request.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                    pair = {self.request: upstream, upstream: self.request}
+                    while True:
+                        readable, _, _ = select.select(list(pair), [], [], 10)
+                        if not readable:
+                            return
+                        for sock in readable:
+                            data = sock.recv(65536)
+                            if not data:
+                                return
+                            pair[sock].sendall(data)
+
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> ConnectProxy:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _proxy_env(monkeypatch: pytest.MonkeyPatch, proxy: str, no_proxy: str) -> None:
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy",
+                 "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", proxy)
+    monkeypatch.setenv("NO_PROXY", no_proxy)
+    # Set on these machines: with it, requests ignores session.verify; the CA bundle must still win.
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")
+
+
+def test_with_a_ca_bundle_the_adapter_still_goes_through_the_https_proxy(
+    org: Org, redis_client: redis.Redis, mapping: SalesforceMapping, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with ConnectProxy() as proxy:
+        _proxy_env(monkeypatch, proxy.url, "example.invalid")
+        through_proxy = org.adapter(redis_client, mapping)  # with SALESFORCE_CA_BUNDLE (the sandbox's CA)
+        reps = through_proxy.list_reps()
+    assert reps, "the org's users were read"
+    host = org.url.removeprefix("https://")
+    assert proxy.targets
+    assert set(proxy.targets) == {host}
+
+
+def test_no_proxy_still_sends_the_org_direct_with_a_ca_bundle(
+    org: Org, redis_client: redis.Redis, mapping: SalesforceMapping, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with ConnectProxy() as proxy:
+        _proxy_env(monkeypatch, proxy.url, "127.0.0.1,localhost")
+        direct = org.adapter(redis_client, mapping)
+        assert direct.list_reps()
+    assert proxy.targets == []

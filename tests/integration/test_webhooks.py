@@ -32,12 +32,14 @@ from connector.crm.base import CallCounter, Page, WriteReport
 from connector.domain import CrmName, Lead, Rep
 from connector.errors import RetryLater
 from connector.metrics import Metrics
-from connector.web import build_app
+from connector.web import build_admin_app, build_app
 from connector.webhooks import ACK_SOAP, PendingQueue, sign_hubspot_v3
 from tasks.realtime import CeleryDispatcher
 from tests.conftest import ROOT, free_port
 
 SECRET = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
+SF_TOKEN = "Q3bJ9x-outbound-message-token_2f7c"
+SF_HOOK = f"/webhooks/salesforce?token={SF_TOKEN}"  # the endpoint URL as set in the Outbound Message
 ORG = "00D8d0000000001EAA"
 QUEUE = "leadscore"  # the Celery queue: a list in the broker's Redis
 
@@ -100,7 +102,12 @@ class TestClient(httpx.Client):
 
 
 def _settings(redis_url: str, **extra: Any) -> Settings:
-    base: dict[str, Any] = {"redis_url": redis_url, "hubspot_webhook_secret": SECRET, "salesforce_org_id": ORG}
+    base: dict[str, Any] = {
+        "redis_url": redis_url,
+        "hubspot_webhook_secret": SECRET,
+        "salesforce_webhook_secret": SF_TOKEN,
+        "salesforce_org_id": ORG,
+    }
     base.update(extra)
     return Settings(**base)
 
@@ -113,8 +120,21 @@ def rt(redis_url: str) -> Iterator[Runtime]:
 
 
 @pytest.fixture
-def client(rt: Runtime, redis_url: str) -> Iterator[TestClient]:
-    with TestClient(build_app(lambda: rt, dispatcher=CeleryDispatcher(redis_url))) as c:
+def public_app(rt: Runtime, redis_url: str) -> Starlette:
+    return build_app(lambda: rt, dispatcher=CeleryDispatcher(redis_url))
+
+
+@pytest.fixture
+def client(public_app: Starlette) -> Iterator[TestClient]:
+    """The public listener: what the CRMs reach."""
+    with TestClient(public_app) as c:
+        yield c
+
+
+@pytest.fixture
+def admin(public_app: Starlette) -> Iterator[TestClient]:
+    """The operator's listener (LEADSCORE_METRICS_ADDR): metrics and readiness."""
+    with TestClient(build_admin_app(public_app)) as c:
         yield c
 
 
@@ -294,6 +314,87 @@ def test_purge_record_removes_what_names_the_lead_and_nothing_else(rt: Runtime, 
     assert r.exists(f"leadscore:routing:record:{other}", f"leadscore:notify:email:{other}|ep1|r1|assigned") == 2
 
 
+def test_a_deletion_purges_what_routing_and_notifications_kept_without_scanning_redis(
+    rt: Runtime, redis_client: redis.Redis
+) -> None:
+    from connector.notify import Notifier
+    from connector.routing.service import Router
+    from connector.runs import RunStore
+    from tests.integration.test_routing_redis import NOW, FakeCrm, Score, make_config, make_reps
+
+    crm = FakeCrm(reps=make_reps())
+    notifier = Notifier(chat_webhook_url=f"http://127.0.0.1:{free_port()}/hook", dedupe=rt.redis, timeout=2)
+    router = Router(make_config(), rt.redis, lambda _c: crm, notifier, clock=lambda: NOW,
+                    namespace=f"{rt.namespace}:routing")  # fmt: skip
+    for lead_id in ("12", "123"):
+        router.assign_hot_lead(crm.add_lead(lead_id), "contact", Score(), NOW)
+    assert len(router.check_sla(NOW + 31 * 60)) == 2  # a second round each: more keys, more claims
+    notifier.close()
+    _queue_ids(rt, ["12", "123"])
+    runs = RunStore(rt.redis, rt.namespace)
+    run_id = runs.new_run("hubspot", "full", ("contact",))
+    for lead in ("hubspot:contact:12", "hubspot:contact:123"):
+        redis_client.rpush(f"leadscore:run:{run_id}:failures", f"{lead}: could not be written (429)")
+    webhooks.purge_record(rt, "hubspot:contact:999")  # the first deletion after an upgrade indexes older keys once
+    redis_client.config_resetstat()
+
+    webhooks.purge_record(rt, "hubspot:contact:12")
+
+    used = {name.removeprefix("cmdstat_") for name in redis_client.info("commandstats")}
+    assert not used & {"scan", "keys", "hscan", "sscan", "zscan"}, used
+    everything = {k: _dump_value(redis_client, k) for k in redis_client.keys("*")}
+    assert not [k for k, v in everything.items() if webhooks._names(k + " " + v, "hubspot:contact:12")]
+    assert [k for k, v in everything.items() if webhooks._names(k + " " + v, "hubspot:contact:123")]
+    assert redis_client.exists("leadscore:routing:record:hubspot:contact:123")
+    assert _pending(rt) == ["123"]
+
+
+def test_a_deletion_finds_the_notifications_the_outbox_still_retries_through_the_leads_index(
+    rt: Runtime, redis_client: redis.Redis
+) -> None:
+    from connector.notify import Notifier
+    from connector.routing.service import Router
+    from tests.integration.test_routing_redis import NOW, FakeCrm, Score, make_config, make_reps
+
+    webhooks.purge_record(rt, "hubspot:contact:999")  # older keys indexed once: what follows is found by index only
+    crm = FakeCrm(reps=make_reps())
+    notifier = Notifier(chat_webhook_url=f"http://127.0.0.1:{free_port()}/hook", dedupe=rt.redis, timeout=2)
+    router = Router(make_config(), rt.redis, lambda _c: crm, notifier, clock=lambda: NOW,
+                    namespace=f"{rt.namespace}:routing")  # fmt: skip
+    for lead_id in ("12", "123"):
+        router.assign_hot_lead(crm.add_lead(lead_id), "contact", Score(), NOW)
+    notifier.close()
+    waiting = [_text(m) for m in redis_client.zrange("leadscore:routing:outbox", 0, -1)]
+    assert sorted(m.split("|")[0] for m in waiting) == ["hubspot:contact:12", "hubspot:contact:123"]
+    redis_client.config_resetstat()
+
+    webhooks.purge_record(rt, "hubspot:contact:12")
+
+    used = {name.removeprefix("cmdstat_") for name in redis_client.info("commandstats")}
+    assert not used & {"scan", "keys", "hscan", "sscan", "zscan"}, used
+    everything = {k: _dump_value(redis_client, k) for k in redis_client.keys("*")}
+    assert not [k for k, v in everything.items() if webhooks._names(k + " " + v, "hubspot:contact:12")]
+    left = [_text(m) for m in redis_client.zrange("leadscore:routing:outbox", 0, -1)]
+    assert [m.split("|")[0] for m in left] == ["hubspot:contact:123"], "the other lead's retry stays due"
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _dump_value(r: redis.Redis, key: str) -> str:
+    kind = r.type(key)
+    if kind == "hash":
+        return str(r.hgetall(key))
+    if kind == "list":
+        return str(r.lrange(key, 0, -1))
+    if kind == "zset":
+        return str(r.zrange(key, 0, -1))
+    if kind == "set":
+        return str(sorted(r.smembers(key)))
+    return str(r.get(key))
+
+
 # --------------------------------------------------------------------------- Salesforce outbound messages
 
 
@@ -304,7 +405,7 @@ def test_an_outbound_message_is_acknowledged_and_queues_its_records(
         ("04l000000000001AAA", "Lead", "<sf:Id>00Q000000000001AAA</sf:Id>"),
         ("04l000000000002AAA", "Task", "<sf:Id>00T000000000002AAA</sf:Id><sf:WhoId>003000000000002AAA</sf:WhoId>"),
     ])  # fmt: skip
-    resp = client.post("/webhooks/salesforce", content=body, headers={"Content-Type": "text/xml"})
+    resp = client.post(SF_HOOK, content=body, headers={"Content-Type": "text/xml"})
     assert resp.status_code == 200
     assert resp.headers["content-type"].startswith("text/xml")
     assert resp.text == ACK_SOAP
@@ -312,7 +413,7 @@ def test_an_outbound_message_is_acknowledged_and_queues_its_records(
     assert _pending(rt, "salesforce", "Lead") == ["00Q000000000001AAA"]
     assert _pending(rt, "salesforce", "Contact") == ["003000000000002AAA"]
     assert sorted(args[1] for _, args in _queued(redis_client)) == ["Contact", "Lead"]
-    again = client.post("/webhooks/salesforce", content=body)
+    again = client.post(SF_HOOK, content=body)
     assert again.text == ACK_SOAP  # a redelivered message is acknowledged again, and not queued twice
     assert len(_queued(redis_client)) == 2
 
@@ -321,7 +422,7 @@ def test_an_outbound_message_from_another_org_is_refused(
     client: TestClient, rt: Runtime, redis_client: redis.Redis
 ) -> None:
     body = _outbound("00D000000000999AAA", [("04l000000000001AAA", "Lead", "<sf:Id>00Q000000000001AAA</sf:Id>")])
-    resp = client.post("/webhooks/salesforce", content=body)
+    resp = client.post(SF_HOOK, content=body)
     assert resp.status_code == 403
     assert "<faultstring>" in resp.text
     assert "Ack" not in resp.text
@@ -331,9 +432,77 @@ def test_an_outbound_message_from_another_org_is_refused(
 
 def test_an_outbound_message_with_a_doctype_is_refused(client: TestClient, redis_client: redis.Redis) -> None:
     body = b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "aaaa">]><x>&a;</x>'
-    resp = client.post("/webhooks/salesforce", content=body)
+    resp = client.post(SF_HOOK, content=body)
     assert resp.status_code == 400
     assert redis_client.llen(QUEUE) == 0
+
+
+@pytest.mark.parametrize("url", ["/webhooks/salesforce", "/webhooks/salesforce?token=guess", f"{SF_HOOK}x"])
+def test_an_outbound_message_without_the_endpoint_token_is_refused_and_not_read(
+    url: str, client: TestClient, rt: Runtime, redis_client: redis.Redis
+) -> None:
+    body = _outbound(ORG, [("04l000000000001AAA", "Lead", "<sf:Id>00Q000000000001AAA</sf:Id>")])
+    resp = client.post(url, content=body, headers={"Content-Type": "text/xml"})
+    assert resp.status_code == 401
+    assert "<faultstring>the endpoint URL lacks the right token" in resp.text
+    assert "Ack" not in resp.text
+    assert _pending(rt, "salesforce", "Lead") == []
+    assert redis_client.llen(QUEUE) == 0
+    assert redis_client.keys("leadscore:webhook:seen:*") == []
+    assert Metrics(rt.redis).value("webhook_rejections", crm="salesforce", reason="token") == 1
+
+
+def test_without_a_salesforce_secret_no_outbound_message_is_accepted(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    runtime = build_runtime(_settings(redis_url, salesforce_webhook_secret=None))
+    body = _outbound(ORG, [("04l000000000001AAA", "Lead", "<sf:Id>00Q000000000001AAA</sf:Id>")])
+    with TestClient(build_app(lambda: runtime, dispatcher=CeleryDispatcher(redis_url))) as c:
+        for url in ("/webhooks/salesforce", SF_HOOK, "/webhooks/salesforce?token="):
+            resp = c.post(url, content=body)
+            assert resp.status_code == 503
+            assert "SALESFORCE_WEBHOOK_SECRET is not set" in resp.text
+    runtime.close()
+    assert redis_client.keys("leadscore:realtime:*") == []
+    assert redis_client.llen(QUEUE) == 0
+
+
+def test_serve_says_in_one_line_that_outbound_messages_are_refused_without_a_secret(redis_url: str) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HUBSPOT_", "SALESFORCE_", "LEADSCORE_"))}
+    env.update(REDIS_URL=redis_url, PORT=str(free_port()), LEADSCORE_METRICS_ADDR=f"127.0.0.1:{free_port()}",
+               HUBSPOT_WEBHOOK_SECRET=SECRET)  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "connector.cli", "serve"], cwd=ROOT, env=env,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    lines: list[str] = []
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:  # ends when the process does
+            lines.append(line)
+            if '"event": "listening"' in line or len(lines) > 20:
+                break
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    said = [orjson.loads(x)["msg"] for x in lines if x.startswith("{") and "SALESFORCE_WEBHOOK_SECRET" in x]
+    assert said == [
+        "SALESFORCE_WEBHOOK_SECRET is not set: Salesforce outbound messages will be refused (503) until it is."
+    ]
+
+
+def test_the_salesforce_secret_must_be_long_enough_to_be_one(redis_url: str) -> None:
+    from connector.config import load_settings
+    from connector.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^SALESFORCE_WEBHOOK_SECRET must be at least 24 characters"):
+        load_settings({"SALESFORCE_WEBHOOK_SECRET": "short"})
+    with pytest.raises(ConfigError, match="letters, digits, - and _ only"):
+        load_settings({"SALESFORCE_WEBHOOK_SECRET": "a" * 30 + "&b=c"})
+    assert load_settings({"SALESFORCE_WEBHOOK_SECRET": SF_TOKEN}).salesforce_webhook_secret == SF_TOKEN
+    assert SF_TOKEN not in repr(load_settings({"SALESFORCE_WEBHOOK_SECRET": SF_TOKEN}))
 
 
 # --------------------------------------------------------------------------- health and metrics
@@ -343,16 +512,18 @@ def test_healthz_answers_while_the_process_is_up(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
 
 
-def test_readyz_checks_redis_and_the_broker(client: TestClient, rt: Runtime) -> None:
-    assert client.get("/readyz").json() == {"status": "ok", "redis": "ok", "broker": "ok"}
+def test_readyz_checks_redis_and_the_broker(admin: TestClient, rt: Runtime) -> None:
+    assert admin.get("/readyz").json() == {"status": "ok", "redis": "ok", "broker": "ok"}
     dead = CeleryDispatcher(f"redis://127.0.0.1:{free_port()}/0")
-    with TestClient(build_app(lambda: rt, dispatcher=dead)) as c:
+    with TestClient(build_admin_app(build_app(lambda: rt, dispatcher=dead))) as c:
         resp = c.get("/readyz")
     assert resp.status_code == 503
     assert resp.json()["broker"].startswith("broker unreachable")
 
 
-def test_metrics_export_the_shared_counters_in_prometheus_format(client: TestClient, rt: Runtime) -> None:
+def test_metrics_export_the_shared_counters_in_prometheus_format(
+    client: TestClient, admin: TestClient, rt: Runtime
+) -> None:
     _post_hubspot(client, [_event(1, 1)])
     _post_hubspot(client, [_event(1, 1)])
     _post_hubspot(client, [_event(2, 1)], secret="forged")
@@ -362,7 +533,7 @@ def test_metrics_export_the_shared_counters_in_prometheus_format(client: TestCli
     m.incr("api_rate_limited", 3, crm="hubspot")
     m.incr("assignments", crm="hubspot", region="DACH")
     m.observe("task_seconds", 0.3, task="leadscore.sync.page")
-    resp = client.get("/metrics")
+    resp = admin.get("/metrics")
     assert resp.status_code == 200
     assert resp.headers["content-type"].startswith("text/plain")
     text = resp.text
@@ -382,6 +553,82 @@ def test_metrics_export_the_shared_counters_in_prometheus_format(client: TestCli
     ):
         assert line in text, line
     assert "# TYPE leadscore_task_seconds histogram" in text
+
+
+def test_the_public_listener_serves_webhooks_and_healthz_but_neither_metrics_nor_readiness(
+    client: TestClient, admin: TestClient
+) -> None:
+    assert client.get("/metrics").status_code == 404
+    assert client.get("/readyz").status_code == 404
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert admin.get("/healthz").json() == {"status": "ok"}
+    assert admin.post("/webhooks/hubspot", content=b"[]").status_code == 404
+
+
+def _commands(r: redis.Redis) -> dict[str, int]:
+    stats = r.info("commandstats")
+    return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+
+
+def test_a_scrape_costs_a_few_redis_reads_and_no_key_scans(
+    client: TestClient, admin: TestClient, rt: Runtime, redis_client: redis.Redis
+) -> None:
+    for n in range(30):
+        _post_hubspot(client, [_event(900 + n, 900 + n)])
+        Metrics(rt.redis).incr("records_written", crm="hubspot", path=f"p{n}")
+    admin.get("/metrics")  # warm: the runtime is built
+    before = _commands(redis_client)
+    assert admin.get("/metrics").status_code == 200
+    after = _commands(redis_client)
+    spent = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
+    spent.pop("info", None)  # the test's own INFO
+    assert not {"scan", "keys", "hscan", "zscan", "sscan"} & set(spent), spent
+    assert sum(spent.values()) <= 6, spent
+
+
+def test_serve_answers_metrics_only_on_the_operators_address_and_stops_on_sigterm(redis_url: str) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    web, ops = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HUBSPOT_", "SALESFORCE_", "LEADSCORE_"))}
+    env.update(REDIS_URL=redis_url, PORT=str(web), LEADSCORE_METRICS_ADDR=f"127.0.0.1:{ops}",
+               HUBSPOT_WEBHOOK_SECRET=SECRET, SALESFORCE_WEBHOOK_SECRET=SF_TOKEN)  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "connector.cli", "serve"], cwd=ROOT, env=env,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{ops}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None, proc.communicate()[1]
+            assert time.monotonic() < deadline, "serve did not start"
+            time.sleep(0.1)
+        assert httpx.get(f"http://127.0.0.1:{ops}/metrics").status_code == 200
+        assert httpx.get(f"http://127.0.0.1:{web}/metrics").status_code == 404
+        assert httpx.get(f"http://127.0.0.1:{web}/readyz").status_code == 404
+        assert httpx.get(f"http://127.0.0.1:{web}/healthz").json() == {"status": "ok"}
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
+
+def test_the_operators_address_defaults_to_loopback_and_a_bad_one_is_one_sentence() -> None:
+    from connector.config import load_settings
+    from connector.errors import ConfigError
+
+    assert load_settings({}).metrics_bind == ("127.0.0.1", 9464)
+    assert load_settings({"LEADSCORE_METRICS_ADDR": "[::1]:9100"}).metrics_bind == ("::1", 9100)
+    with pytest.raises(ConfigError, match=r"^LEADSCORE_METRICS_ADDR must be host:port"):
+        load_settings({"LEADSCORE_METRICS_ADDR": "9464"})
 
 
 # --------------------------------------------------------------------------- the drain, against a fake adapter
@@ -601,7 +848,7 @@ def test_the_emitter_gives_up_after_its_attempts() -> None:
 
 def test_the_emitters_outbound_messages_are_acknowledged_by_the_web_app(client: TestClient, rt: Runtime) -> None:
     stats = _emit(
-        {"salesforce": {"url": f"{client.hook.rsplit('/', 1)[0]}/salesforce", "org_id": ORG}},
+        {"salesforce": {"url": f"{client.hook.rsplit('/', 1)[0]}/salesforce?token={SF_TOKEN}", "org_id": ORG}},
         ("salesforce_record_changed", "Lead", "00Q000000000001AAA", {"Title": "CTO", "Lead_Score__c": 5}),
         ("salesforce_record_changed", "Lead", "00Q000000000002AAA", {"Lead_Score__c": 91, "OwnerId": "005x"}),
         ("salesforce_activity_created", "Task", "00T000000000003AAA", "003000000000003AAA"),
@@ -647,8 +894,8 @@ def test_outbound_messages_that_only_echo_our_own_score_writes_are_not_rescored(
                 # A workflow rule that fires on every edit, our score writes included.
                 fired_by = ["Title", "Status", "OwnerId", "Lead_Score__c", "Lead_Band__c", "Lead_Scored_At__c"]
                 setup = httpx.post(f"{sb.hubspot_url}/__sandbox__/webhooks", timeout=10, json={
-                    "salesforce": {"url": f"{client.hook.rsplit('/', 1)[0]}/salesforce", "org_id": ORG,
-                                   "fields": fired_by},
+                    "salesforce": {"url": f"{client.hook.rsplit('/', 1)[0]}/salesforce?token={SF_TOKEN}",
+                                   "org_id": ORG, "fields": fired_by},
                 })  # fmt: skip
                 assert setup.status_code == 200, setup.text
                 ids = [lead.id for lead in runtime.adapter("salesforce").read_page("Lead", None, since=None).leads[:20]]
@@ -658,6 +905,7 @@ def test_outbound_messages_that_only_echo_our_own_score_writes_are_not_rescored(
 
                 assert result.counts["written"] == len(ids)
                 assert echoed["events"]["salesforce"] == len(ids), "every score write fired a notification"
+                assert echoed["failed"]["salesforce"] == 0, "and the web app accepted every one"
                 assert _pending(runtime, "salesforce", "Lead") == [], "and none of them queued a rescore"
 
                 rep = next(r for r in runtime.adapter("salesforce").list_reps() if r.active)

@@ -59,3 +59,22 @@ def test_routing_decides_by_the_real_clock_unless_a_moment_is_stated() -> None:
     stated = load_settings({"LEADSCORE_ROUTING_AT": "2026-11-23T10:00:00+01:00"}).routing_at
     assert stated == dt.datetime(2026, 11, 23, 9, 0, tzinfo=dt.UTC).timestamp()
     assert routing_clock(stated)() == stated
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:8080", "http://localhost:9000", "http://[::1]:8080", "http://127.5.6.7", "https://x.test"]
+)
+def test_hubspot_base_url_may_be_plain_http_only_on_loopback(url: str) -> None:
+    assert load_settings({"HUBSPOT_BASE_URL": url}).hubspot_base_url == url
+
+
+@pytest.mark.parametrize(
+    "url", ["http://api.hubapi.com", "http://10.0.0.5:8080", "http://localhost.evil.example", "ftp://api.hubapi.com"]
+)
+def test_hubspot_base_url_over_plain_http_elsewhere_is_refused_in_one_sentence(url: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings({"HUBSPOT_BASE_URL": url})
+    message = str(info.value)
+    assert message.startswith("HUBSPOT_BASE_URL must use https://")
+    assert message.count(". ") == 0
+    assert message.endswith(".")

@@ -181,6 +181,11 @@ INVALID = [
         "(defined: DACH, Rest of World)",
     ),
     (
+        "away until a time without its zone",
+        BASE + "reps:\n  a@x.example:\n    away:\n      - {from: 2026-08-10, until: 2026-08-12T17:00:00}\n",
+        ", line 11, key 'reps.a@x.example.away[0]': give the time zone with the time, like 2026-08-12T17:00:00Z",
+    ),
+    (
         "sla of zero minutes",
         BASE + "sla: {minutes: 0}\n",
         ", line 8, key 'sla.minutes': input should be greater than or equal to 1",
@@ -202,3 +207,45 @@ def test_an_invalid_routing_file_is_rejected_with_one_exact_sentence(
 def test_a_missing_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(MappingError, match=r"routing\.yaml: the file does not exist"):
         load_routing(tmp_path / "routing.yaml")
+
+
+AWAY_INVALID = [
+    (
+        "not a rep e-mail",
+        "version: 1\nreps:\n  julia:\n    away: []\n",
+        ", line 3, key 'reps.julia': 'julia' is not an e-mail address",
+    ),
+    (
+        "unknown key",
+        "version: 1\nreps:\n  a@x.example:\n    away:\n      - {from: 2026-08-10, until: 2026-08-12, why: flu}\n",
+        ", line 5, key 'reps.a@x.example.away[0].why': unknown key",
+    ),
+    ("no version", "reps: {}\n", ", line 1, key 'version': this key is required"),
+]
+
+
+@pytest.mark.parametrize(
+    ("snippet", "message"), [(s, m) for _, s, m in AWAY_INVALID], ids=[i for i, _, _ in AWAY_INVALID]
+)
+def test_an_invalid_away_file_beside_routing_yaml_is_rejected_with_one_exact_sentence(
+    tmp_path: Path, snippet: str, message: str
+) -> None:
+    (tmp_path / "routing.yaml").write_text(BASE, encoding="utf-8")
+    path = tmp_path / "away.yaml"
+    path.write_text(snippet, encoding="utf-8")
+    with pytest.raises(MappingError) as err:
+        load_routing(tmp_path / "routing.yaml")
+    assert str(err.value) == f"{path}{message}"
+
+
+def test_an_away_period_can_end_at_an_instant() -> None:
+    import datetime as dt
+
+    from connector.mappings.routing import AwayPeriod
+
+    until = dt.datetime(2026, 8, 12, 17, 0, tzinfo=dt.UTC)
+    period = AwayPeriod.model_validate({"from": dt.date(2026, 8, 10), "until": until})
+    berlin = dt.timezone(dt.timedelta(hours=2))
+    assert period.covers(dt.datetime(2026, 8, 12, 18, 59, tzinfo=berlin))  # 16:59 UTC
+    assert not period.covers(dt.datetime(2026, 8, 12, 19, 0, tzinfo=berlin))
+    assert not period.covers(dt.datetime(2026, 8, 9, 23, 0, tzinfo=berlin))

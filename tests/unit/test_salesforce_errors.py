@@ -140,6 +140,67 @@ def test_a_refreshed_token_is_shared_with_other_workers_through_redis(
     assert "client_credentials" in str(rsps.calls[1].request.body)
 
 
+def _everything_in(client: fakeredis.FakeRedis) -> bytes:
+    """Every key and every value in Redis, as one blob (strings and hashes are what the adapter writes)."""
+    blob = b""
+    for key in client.keys("*"):
+        blob += key
+        kind = client.type(key)
+        if kind == b"string":
+            blob += client.get(key) or b""
+        elif kind == b"hash":
+            blob += b"".join(k + v for k, v in client.hgetall(key).items())
+    return blob
+
+
+def test_a_refreshed_token_is_kept_in_redis_only_encrypted(
+    mapping: SalesforceMapping, fake_redis: fakeredis.FakeRedis, rsps: responses.RequestsMock
+) -> None:
+    rsps.add(responses.GET, QUERY, **sf_error(401, "INVALID_SESSION_ID"))
+    rsps.add(responses.POST, TOKEN_URL, json={"access_token": "00D-live-session-t1"})
+    rsps.add(responses.GET, QUERY, **query_ok(LEAD_ID))
+    make(mapping, fake_redis, oauth=OAuthCredentials(client_id="cid", client_secret="cs")).read_page(
+        "Lead", None, since=None
+    )
+    assert rsps.calls[2].request.headers["Authorization"] == "Bearer 00D-live-session-t1"
+    stored = _everything_in(fake_redis)
+    assert b"session" in stored  # the shared entry exists ...
+    assert b"00D-live-session-t1" not in stored  # ... but not the token in clear text
+
+
+def test_a_worker_without_the_same_credentials_cannot_use_the_shared_token(
+    mapping: SalesforceMapping, fake_redis: fakeredis.FakeRedis, rsps: responses.RequestsMock
+) -> None:
+    rsps.add(responses.GET, QUERY, **sf_error(401, "INVALID_SESSION_ID"))
+    rsps.add(responses.POST, TOKEN_URL, json={"access_token": "t1"})
+    rsps.add(responses.GET, QUERY, **query_ok(LEAD_ID))
+    rsps.add(responses.GET, QUERY, **query_ok(LEAD_ID))
+    make(mapping, fake_redis, oauth=OAuthCredentials(client_id="cid", client_secret="cs")).read_page(
+        "Lead", None, since=None
+    )
+
+    stranger = make(mapping, fake_redis, oauth=OAuthCredentials(client_id="cid", client_secret="another-secret"))
+    stranger.read_page("Lead", None, since=None)
+
+    assert rsps.calls[3].request.headers["Authorization"] == "Bearer t0"  # its own configured token, not t1
+
+
+def test_a_token_stored_in_clear_text_by_an_older_version_is_dropped(
+    mapping: SalesforceMapping, fake_redis: fakeredis.FakeRedis, rsps: responses.RequestsMock
+) -> None:
+    import hashlib
+    import json
+
+    key = "leadscore:salesforce:default:session"
+    fake_redis.set(key, json.dumps({"for": hashlib.sha256(b"t0").hexdigest()[:16], "token": "old-clear", "at": 1}))
+    rsps.add(responses.GET, QUERY, **query_ok(LEAD_ID))
+    make(mapping, fake_redis, oauth=OAuthCredentials(client_id="cid", client_secret="cs")).read_page(
+        "Lead", None, since=None
+    )
+    assert rsps.calls[0].request.headers["Authorization"] == "Bearer t0"
+    assert b"old-clear" not in _everything_in(fake_redis)
+
+
 def test_a_new_configured_token_wins_over_an_old_refreshed_one(
     mapping: SalesforceMapping, fake_redis: fakeredis.FakeRedis, rsps: responses.RequestsMock
 ) -> None:

@@ -190,8 +190,11 @@ class Outbox:
                 result = self._attempt(entry_id, note, entry.channel, now)
                 status: str = result.status if result.status in ("sent", "failed") else "skipped"
             else:  # "sending" past its lease, or a finished entry still listed
-                status = _s(self._claim(keys=[self._key(entry_id), self.zkey],
-                                        args=[entry_id, repr(now), repr(now), "-"]))  # fmt: skip
+                found = _s(self._claim(keys=[self._key(entry_id), self.zkey],
+                                       args=[entry_id, repr(now), repr(now), "-"]))  # fmt: skip
+                # Only "unknown" (a lease this sweep ended) and "gone" are this sweep's doing; anything
+                # else is being sent, or was finished, by another worker since this sweep listed it.
+                status = found if found in ("unknown", "gone") else "elsewhere"
             counts[status] = counts.get(status, 0) + 1
         return counts
 

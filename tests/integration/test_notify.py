@@ -294,6 +294,47 @@ def test_a_rep_gets_exactly_one_message_when_mail_and_chat_are_down_for_a_while(
     assert len(hook.bodies) == 3, "two refused attempts, one accepted"
 
 
+def test_a_sweep_counts_as_sent_only_what_it_sent_itself(redis_client: redis.Redis) -> None:
+    from connector.notify import Channel, ChannelResult
+    from connector.routing.outbox import Outbox
+
+    class Flaky:
+        channels: tuple[Channel, ...] = ("email", "chat")
+
+        def __init__(self) -> None:
+            self.down = True
+            self.sent: list[tuple[str, Channel]] = []
+
+        def skip_reason(self, note: Notification, channel: Channel) -> str | None:
+            return None
+
+        def deliver(self, note: Notification, channel: Channel) -> ChannelResult:
+            if self.down:
+                return ChannelResult(channel, "failed", "down")
+            self.sent.append((note.key, channel))
+            return ChannelResult(channel, "sent", f"rep {note.rep_id}")
+
+    notifier = Flaky()
+    mine, theirs = Outbox(redis_client, "t:", notifier), Outbox(redis_client, "t:", notifier)
+    msg = Notification(kind="assigned", key="hubspot:contact:1|1|r0|assigned|d1", subject="s", text="t",
+                       rep_email="d1@corp.example", rep_id="d1")  # fmt: skip
+    t = 1_000_000.0
+    assert [r.status for r in mine.send(msg, pending_key="p", round_=0, now=t)] == ["failed", "failed"]
+    notifier.down = False
+    other_sweep: dict[str, int] = {}
+
+    def rebuild(_entry: object) -> Notification:
+        if not other_sweep:  # another worker's sweep runs while this one rebuilds its first message
+            other_sweep.update(theirs.send_due(lambda _e: msg, t + 31))
+        return msg
+
+    this_sweep = mine.send_due(rebuild, t + 31)
+
+    assert other_sweep == {"sent": 2}
+    assert this_sweep.get("sent", 0) == 0, this_sweep
+    assert sorted(channel for _, channel in notifier.sent) == ["chat", "email"], "each channel exactly once"
+
+
 def test_a_retry_is_not_sent_to_a_rep_who_lost_the_lead_meanwhile(
     webhook: tuple[str, Hook], redis_client: redis.Redis
 ) -> None:

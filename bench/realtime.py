@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime as dt
 import math
 import os
 import shutil
@@ -37,8 +38,10 @@ sys.path.insert(0, str(ROOT))
 
 from connector import sync  # noqa: E402
 from connector.bootstrap import build_runtime  # noqa: E402
-from connector.config import Settings  # noqa: E402
+from connector.config import Settings, parse_moment  # noqa: E402
 from connector.localredis import private_redis_server  # noqa: E402
+from connector.mappings.routing import load_routing  # noqa: E402
+from connector.routing.summary import busiest_hour, routable, utc_text  # noqa: E402
 from sandbox.server import Sandbox  # noqa: E402
 
 SECRET = "bench-webhook-secret-4f3e2d1c"  # noqa: S105 - the bench's own throwaway secret
@@ -116,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--changes", type=int, default=50)
     p.add_argument("--contacts", type=int, default=2000)
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--at", default=None, help="route as at this moment (ISO date and time with zone; default: the "
+                                               "first hour from now with the most reps in working hours)")  # fmt: skip
     args = p.parse_args(argv)
     exe = shutil.which("redis-server")
     if exe is None:
@@ -133,6 +138,15 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings(redis_url=redis_url, redis_url_given=True, hubspot_base_url=sandbox.hubspot_url,
                             hubspot_access_token=sandbox.hubspot_token, hubspot_webhook_secret=SECRET,
                             mappings_dir=mappings)  # fmt: skip
+        # Routing decides as at a working hour (LEADSCORE_ROUTING_AT), so the figures never depend on the hour
+        # the bench runs at: hot leads reach reps of their region, not the fallback owner at night.
+        routing = load_routing(mappings / "routing.yaml")
+        probe = build_runtime(settings)
+        reps = routable(routing, probe.adapter("hubspot").list_reps())
+        probe.close()
+        routing_at = parse_moment(args.at, "--at") if args.at else busiest_hour(reps, time.time())[0]
+        settings = settings.model_copy(update={"routing_at": routing_at})
+        print(f"routing as at {utc_text(routing_at)}")
         rt = build_runtime(settings)
         rt.adapter("hubspot").setup()  # `leadscore setup`: the score properties
 
@@ -155,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
         env.update(REDIS_URL=redis_url, HUBSPOT_BASE_URL=sandbox.hubspot_url,
                    HUBSPOT_ACCESS_TOKEN=sandbox.hubspot_token, HUBSPOT_WEBHOOK_SECRET=SECRET,
                    LEADSCORE_MAPPINGS=str(mappings), PORT=str(web_port),
-                   LEADSCORE_METRICS_ADDR=f"127.0.0.1:{ops_port}")  # fmt: skip
+                   LEADSCORE_METRICS_ADDR=f"127.0.0.1:{ops_port}",
+                   LEADSCORE_ROUTING_AT=dt.datetime.fromtimestamp(routing_at, dt.UTC).isoformat())  # fmt: skip
         worker = Proc([sys.executable, "-m", "celery", "-A", "tasks", "worker", "-I", "tasks.realtime",
                        "--pool=solo", "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "INFO",
                        "-n", f"bench-{os.getpid()}@%h"], env, ready=" ready.")  # fmt: skip

@@ -8,6 +8,8 @@ The demo builds one around the sandbox and an embedded store.
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -17,13 +19,14 @@ import redis
 
 from connector.config import Settings
 from connector.domain import CrmName
-from connector.errors import ConfigError
+from connector.errors import ConfigError, UserError
 from connector.mappings.schedule import SyncSchedule
 from connector.metrics import Metrics
 from connector.runs import RunStore
 
 if TYPE_CHECKING:
     from connector.crm.base import CrmAdapter
+    from connector.echo import EchoFilter
     from connector.engine import ScoringModel
     from connector.routing.service import Router
 
@@ -111,6 +114,21 @@ class Runtime:
             )
         raise ConfigError(f"unknown CRM {crm!r}: use hubspot or salesforce.")
 
+    @cached_property
+    def echo_filter(self) -> EchoFilter | None:
+        """Salesforce Outbound Messages that only echo our own writes (None: no readable salesforce.yaml)."""
+        from connector.echo import EchoFilter
+        from connector.mappings.salesforce import load_salesforce_mapping
+
+        path = self.mappings_dir / "salesforce.yaml"
+        if not path.is_file():
+            return None
+        try:
+            mapping = load_salesforce_mapping(path)
+        except UserError:
+            return None  # `leadscore check` reports the file; meanwhile every delivery is rescored
+        return EchoFilter.from_objects(self.redis, self.namespace, {str(k): v for k, v in mapping.objects.items()})
+
     def schedule(self, crm: CrmName) -> SyncSchedule:
         """When beat syncs this CRM: the `schedule:` section of its mapping file."""
         self.adapter(crm)
@@ -136,7 +154,12 @@ class Runtime:
             chat=config.notifications.chat,
         )
         return Router(
-            config, self.redis, self.adapter, notifier, namespace=f"{self.namespace}:routing",
+            config,
+            self.redis,
+            self.adapter,
+            notifier,
+            routing_clock(self.settings.routing_at),
+            namespace=f"{self.namespace}:routing",
             away_file=self.mappings_dir / AWAY_FILE,
         )
 
@@ -145,6 +168,13 @@ class Runtime:
             for adapter in self._adapters.values():
                 adapter.close()
             self._adapters.clear()
+
+
+def routing_clock(at: float | None) -> Callable[[], float]:
+    """The clock routing decides by: the real one, or a stated moment (LEADSCORE_ROUTING_AT) that stands still."""
+    if at is None:
+        return time.time
+    return lambda: at
 
 
 def build_runtime(

@@ -28,6 +28,7 @@ from typing import Any
 import click
 
 from connector import console
+from connector.config import parse_moment
 from connector.domain import CrmName
 from connector.errors import LeadscoreError, UserError
 
@@ -54,6 +55,22 @@ class WholeNumber(click.ParamType):  # type: ignore[type-arg]  # generic only in
 
 POSITIVE = WholeNumber(minimum=1)
 WHOLE = WholeNumber()
+
+
+class Moment(click.ParamType):  # type: ignore[type-arg]  # generic only in newer click
+    """`--at`: "now", or a date and time with its zone, as epoch seconds."""
+
+    name = "moment"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float | str:
+        if isinstance(value, float) or str(value).strip().lower() == "now":
+            return value if isinstance(value, float) else "now"
+        try:
+            return parse_moment(str(value), "--at")
+        except ValueError:
+            self.fail(
+                f"{value!r} is not a date and time with its zone, such as 2026-11-23T10:00+01:00, nor 'now'", param, ctx
+            )
 
 
 def _crm_value(allowed: Sequence[str]) -> Callable[[click.Context, click.Parameter, Any], str | None]:
@@ -236,12 +253,15 @@ def _redact(url: str) -> str:
 @click.option("--contacts", type=POSITIVE, default=10_000, show_default=True, help="people in each CRM")
 @click.option("--seed", type=WHOLE, default=7, show_default=True, help="the same seed gives the same data")
 @click.option("--workers", type=POSITIVE, default=4, show_default=True, help="worker threads in the demo's own worker")
+@click.option("--at", "at", type=Moment(), default=None,
+              help="route as at this moment (ISO date and time with zone, or 'now'); default: the first hour "
+                   "from now with the most reps in working hours")  # fmt: skip
 @JSON_OPTION
-def demo(crm: str, contacts: int, seed: int, workers: int, as_json: bool) -> int:
+def demo(crm: str, contacts: int, seed: int, workers: int, at: float | str | None, as_json: bool) -> int:
     require_sandbox_extra("demo")
     from tasks.demo import run_demo  # the demo runs the real Celery tasks in this process
 
-    summary = run_demo(crm=crm, contacts=contacts, seed=seed, workers=workers, progress=not as_json)
+    summary = run_demo(crm=crm, contacts=contacts, seed=seed, workers=workers, progress=not as_json, at=at)
     if as_json:
         print(json.dumps(summary.as_dict(), sort_keys=True))
     else:
@@ -410,7 +430,7 @@ def reps_list() -> int:
     from connector.routing import service
 
     rt = _runtime()
-    for line in service.list_reps_status(rt.router, time.time()):
+    for line in service.list_reps_status(rt.router, rt.router.clock()):  # routing's clock
         print(line)
     return 0
 

@@ -18,6 +18,7 @@ refused with a sentence.
 from __future__ import annotations
 
 import contextvars
+import datetime as dt
 import ipaddress
 import os
 import re
@@ -140,6 +141,10 @@ class Settings(BaseSettings):
     # console on a terminal, JSON otherwise (LEADSCORE_LOG_FORMAT).
     log_format: str = Field(default="auto", validation_alias="LEADSCORE_LOG_FORMAT")
     log_level: str = Field(default="INFO", validation_alias="LEADSCORE_LOG_LEVEL")
+    # LEADSCORE_ROUTING_AT: routing decides as at this moment (epoch seconds; the variable is an ISO
+    # date and time with its zone) instead of the real time: for the demo, benchmarks and tests that
+    # need a working-day hour. Never set in production.
+    routing_at: float | None = Field(default=None, validation_alias="LEADSCORE_ROUTING_AT")
 
     @classmethod
     def settings_customise_sources(
@@ -248,6 +253,14 @@ class Settings(BaseSettings):
             raise ValueError(f"LEADSCORE_LOG_FORMAT must be json, console or auto, not {value!r}.")
         return text
 
+    @field_validator("routing_at", mode="before")
+    @classmethod
+    def _routing_at(cls, value: Any) -> float | None:
+        value = _blank_is_none(value)
+        if value is None or isinstance(value, int | float):
+            return None if value is None else float(value)
+        return parse_moment(str(value), "LEADSCORE_ROUTING_AT")
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _log_level(cls, value: Any) -> str:
@@ -286,6 +299,22 @@ class Settings(BaseSettings):
         ]
         if missing:
             raise ConfigError(f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set.")
+
+
+def parse_moment(text: str, name: str) -> float:
+    """An ISO 8601 date and time with its zone (2026-11-23T10:00:00+01:00, or Z) as epoch seconds.
+
+    Raises ValueError with one sentence naming `name` (a ConfigError through `load_settings`).
+    """
+    try:
+        moment = dt.datetime.fromisoformat(text.strip())
+    except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        raise ValueError(
+            f"{name} must be a date and time with its zone, such as 2026-11-23T10:00:00+01:00, not {text!r}."
+        )
+    return moment.timestamp()
 
 
 def _sentence(exc: ValidationError) -> str:

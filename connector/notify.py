@@ -3,11 +3,14 @@
 Both channels are optional (configured by LEADSCORE_SMTP_URL and
 LEADSCORE_CHAT_WEBHOOK_URL, switched in routing.yaml `notifications:`). A
 channel that fails is reported in the result, never raised: the lead is
-already assigned and the CRM task exists. Nothing is retried: each channel
-claims an idempotency key (in Redis when given one) before it sends, so a
-retried Celery task or a second call with the same notification never
-produces a second e-mail or chat message. The price is at-most-once: a
-message whose sending failed is reported, not sent again.
+already assigned and the CRM task exists.
+
+`deliver(note, channel)` makes one attempt on one channel and says how it went;
+routing calls it through its outbox (connector.routing.outbox), which records
+each message before it is sent, marks it sent after, and retries failures with
+backoff, at most once per assignment across workers. `send(note)` is the plain
+form without an outbox: each channel claims an idempotency key (in Redis when
+given one) before it sends, so it is at most once and never retried.
 
 LEADSCORE_SMTP_URL: smtp://user:password@host:port?from=leads@example.com
 (user, password and port are optional). `smtp://` upgrades the connection
@@ -63,7 +66,7 @@ class Notification:
     facts: Mapping[str, str] = field(default_factory=dict)
     chat: bool = True  # also post to the team's chat channel
     rep_id: str | None = None  # the rep's CRM id: what results and logs name instead of the address
-    index: str | None = None  # a Redis set listing the keys kept about the lead (claims go there too)
+    index: str | None = None  # a Redis set listing the keys kept about the lead (claims, outbox entries)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +77,12 @@ class ChannelResult:
 
 
 class NotifierLike(Protocol):
-    def send(self, note: Notification) -> list[ChannelResult]: ...
+    @property
+    def channels(self) -> tuple[Channel, ...]: ...
+
+    def skip_reason(self, note: Notification, channel: Channel) -> str | None: ...
+
+    def deliver(self, note: Notification, channel: Channel) -> ChannelResult: ...
 
 
 @dataclass(frozen=True)
@@ -145,8 +153,8 @@ def _who(note: Notification) -> str:
     return f"rep {note.rep_id}" if note.rep_id else "the rep"
 
 
-def _without(text: str, note: Notification) -> str:
-    """A server's message with the rep's address replaced by their id: results are kept in Redis."""
+def without_address(text: str, note: Notification) -> str:
+    """A message with the rep's address replaced by their id: results are kept in Redis."""
     if note.rep_email:
         text = re.sub(re.escape(note.rep_email), _who(note), text, flags=re.IGNORECASE)
     return text
@@ -202,22 +210,32 @@ class Notifier:
             out.append("chat")
         return tuple(out)
 
+    def skip_reason(self, note: Notification, channel: Channel) -> str | None:
+        """Why this channel carries nothing for the note (None: it has something to send)."""
+        if channel == "email":
+            return None if note.rep_email else "no recipient address"
+        return None if note.chat else "not posted to chat"
+
+    def deliver(self, note: Notification, channel: Channel) -> ChannelResult:
+        """One attempt on one configured channel, no idempotency key: the caller's outbox keeps count."""
+        why = self.skip_reason(note, channel)
+        if why is not None:
+            return ChannelResult(channel, "skipped", why)
+        if channel == "email" and self.smtp is not None:
+            return self._email(self.smtp, note)
+        if channel == "chat" and self.chat_url is not None:
+            return self._chat(self.chat_url, note)
+        return ChannelResult(channel, "skipped", "channel not configured")
+
     def send(self, note: Notification) -> list[ChannelResult]:
         results: list[ChannelResult] = []
-        if self.smtp is not None:
-            if not note.rep_email:
-                results.append(ChannelResult("email", "skipped", "no recipient address"))
-            elif not self._claim("email", note.key, note.index):
-                results.append(ChannelResult("email", "duplicate", "already sent for this key"))
+        for channel in self.channels:
+            if self.skip_reason(note, channel) is not None:
+                results.append(self.deliver(note, channel))
+            elif not self._claim(channel, note.key, note.index):
+                results.append(ChannelResult(channel, "duplicate", "already sent for this key"))
             else:
-                results.append(self._email(self.smtp, note))
-        if self.chat_url is not None:
-            if not note.chat:
-                results.append(ChannelResult("chat", "skipped", "not posted to chat"))
-            elif not self._claim("chat", note.key, note.index):
-                results.append(ChannelResult("chat", "duplicate", "already sent for this key"))
-            else:
-                results.append(self._chat(self.chat_url, note))
+                results.append(self.deliver(note, channel))
         return results
 
     def close(self) -> None:
@@ -273,7 +291,7 @@ class Notifier:
                     client.login(smtp.user, smtp.password or "")
                 client.send_message(msg)
         except (OSError, smtplib.SMTPException) as exc:
-            return ChannelResult("email", "failed", _without(f"{type(exc).__name__}: {exc}", note)[:300])
+            return ChannelResult("email", "failed", without_address(f"{type(exc).__name__}: {exc}", note)[:300])
         return ChannelResult("email", "sent", _who(note))
 
     def _chat(self, url: str, note: Notification) -> ChannelResult:
@@ -284,6 +302,6 @@ class Notifier:
         except httpx.HTTPError as exc:
             return ChannelResult("chat", "failed", f"{type(exc).__name__}: {exc}"[:300])
         if resp.status_code >= 300:
-            said = _without(f"webhook answered {resp.status_code}: {resp.text[:200]}", note)
+            said = without_address(f"webhook answered {resp.status_code}: {resp.text[:200]}", note)
             return ChannelResult("chat", "failed", said)
         return ChannelResult("chat", "sent", str(resp.status_code))

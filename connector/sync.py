@@ -67,6 +67,8 @@ def score_leads(rt: Runtime, crm: CrmName, stream: str, leads: Sequence[Lead], n
     model = rt.model
     updates: dict[str, dict[str, str]] = {}
     hot: list[tuple[Lead, ScoreResult, bool]] = []
+    cooled: list[str] = []
+    scored_ids: set[str] = set()
     for lead in leads:
         try:
             scored = model.score(lead.profile, lead.activities, now)
@@ -76,6 +78,7 @@ def score_leads(rt: Runtime, crm: CrmName, stream: str, leads: Sequence[Lead], n
             log.exception("scoring failed", extra={"event": "score_failed", "record": lead.key})
             continue
         result.add("scored")
+        scored_ids.add(lead.id)
         result.add(f"band:{scored.band}")
         values = scored.write_values(now)
         if any(values[f] != lead.written.get(f) for f in CHANGE_FIELDS):
@@ -85,15 +88,18 @@ def score_leads(rt: Runtime, crm: CrmName, stream: str, leads: Sequence[Lead], n
         if scored.band == "hot":
             result.add("hot")
             hot.append((lead, scored, lead.written.get("band") != "hot"))
+        elif lead.written.get("band") == "hot":
+            cooled.append(lead.key)
     # Route before writing: until the band "hot" is in the CRM, a rerun of this page (a worker
     # killed, Redis lost) still sees these leads as newly hot, and the router resumes or
     # redoes their routing instead of skipping them as "owned and already hot".
+    # Routing decides by its own clock (the real time, or LEADSCORE_ROUTING_AT), scoring by `now`.
     today = Recorder(rt.redis, rt.namespace)
     for lead, scored, became_hot in hot:
         if lead.owner_id is not None and not became_hot:
             continue  # owned and already hot last time: nothing new for routing
         try:
-            decision = rt.router.assign_hot_lead(lead, stream, scored, now, became_hot=became_hot)
+            decision = rt.router.assign_hot_lead(lead, stream, scored, rt.router.clock(), became_hot=became_hot)
         except RecordError as exc:
             result.add("failed")
             result.failures.append(f"{lead.key}: not assigned: {exc.message}")
@@ -109,6 +115,13 @@ def score_leads(rt: Runtime, crm: CrmName, stream: str, leads: Sequence[Lead], n
             result.add(f"assigned:{decision.region}>{went}:{decision.rep_id}")
         elif decision.outcome == "unassigned":
             result.add("unassigned")
+    if crm == "salesforce" and rt.echo_filter is not None:
+        # what scoring read, so the Outbound Message our own write fires is known as an echo
+        rt.echo_filter.remember(stream, [lead for lead in leads if lead.id in scored_ids])
+    # Before the write, like routing: while the CRM still says hot, a rerun closes the episode again.
+    for key in cooled:
+        rt.router.lead_cooled(key)
+        result.add("cooled")
     if updates:
         report = adapter.write_scores(stream, updates)
         result.add("written", len(report.written))

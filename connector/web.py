@@ -233,7 +233,7 @@ def build_app(runtime_factory: Callable[[], Runtime], *, dispatcher: Dispatcher 
         expected = state.rt.settings.salesforce_org_id
         if expected and not webhooks.same_org(expected, message.organization_id):
             raise Rejected(403, "organization", "the message comes from another Salesforce org than SALESFORCE_ORG_ID.")
-        return enqueue(message.intake)
+        return enqueue(webhooks.drop_echoes(state.rt, message.intake))
 
     def salesforce_token(given: str | None) -> None:
         """Outbound Messages carry no signature: the endpoint URL's token is the secret (compared in constant time)."""

@@ -17,6 +17,9 @@ Salesforce
     body is read); the OrganizationId is also checked against SALESFORCE_ORG_ID
     when that is set.
     Salesforce resends a message until it reads the ACK envelope (`ACK_SOAP`).
+    A Lead or Contact notification whose fields scoring reads are as we last
+    scored them is an echo of our own write and is ignored (`drop_echoes`,
+    connector.echo): the HubSpot path ignores changes of our own properties.
 
 Both CRMs deliver some events more than once. Every event has an id (HubSpot's
 `eventId`, Salesforce's notification `Id`); the first delivery claims it in
@@ -186,6 +189,8 @@ class Intake:
     # (event id, lead key): purge everything kept about that record
     purges: list[tuple[str, str]] = field(default_factory=list)
     ignored: int = 0
+    # event id -> the field values a Salesforce Outbound Message delivered with its record
+    values: dict[str, dict[str, str | None]] = field(default_factory=dict)
 
 
 def parse_hubspot_delivery(body: bytes, ignored_properties: Iterable[str] = ()) -> Intake:
@@ -286,6 +291,11 @@ def parse_outbound_message(body: bytes) -> OutboundMessage:
         record_id = _id(sobject.findtext(f"{{{SOBJECT_NS}}}Id"))
         if kind in ("Lead", "Contact") and record_id:
             intake.rescores.append((note_id, kind, record_id))
+            intake.values[note_id] = {
+                child.tag.rpartition("}")[2]: None if child.get(f"{{{XSI_NS}}}nil") == "true" else (child.text or "")
+                for child in sobject
+                if child.tag.startswith(f"{{{SOBJECT_NS}}}")
+            }
         elif kind in ("Task", "Event"):
             who = _id(sobject.findtext(f"{{{SOBJECT_NS}}}WhoId"))
             stream = WHO_PREFIXES.get(who[:3]) if who else None
@@ -296,6 +306,26 @@ def parse_outbound_message(body: bytes) -> OutboundMessage:
         else:
             intake.ignored += 1
     return OutboundMessage(org, intake)
+
+
+def drop_echoes(rt: Runtime, intake: Intake) -> Intake:
+    """Count as ignored the Lead and Contact notifications whose scoring fields are as we last scored them.
+
+    Our own score writes (and owner changes) fire the org's Outbound Messages; see connector.echo.
+    """
+    echo = rt.echo_filter
+    if echo is None or not intake.values:
+        return intake
+    kept: list[tuple[str, str, str]] = []
+    for stream in ("Lead", "Contact"):
+        mine = [(e, s, r) for e, s, r in intake.rescores if s == stream and e in intake.values]
+        flags = echo.echoes(stream, [(r, intake.values[e]) for e, _, r in mine])
+        dropped = {e for (e, _, _), echoed in zip(mine, flags, strict=True) if echoed}
+        intake.ignored += len(dropped)
+        kept += [x for x in mine if x[0] not in dropped]
+    kept += [x for x in intake.rescores if x[0] not in intake.values]  # Tasks and Events: always rescored
+    intake.rescores = sorted(kept, key=intake.rescores.index)
+    return intake
 
 
 def same_org(configured: str, given: str) -> bool:
@@ -573,9 +603,11 @@ def purge_record(rt: Runtime, lead_key: str) -> int:
     connector/routing/keys.py) and from names derived from the lead key.
 
     - routing's keys about the lead (episodes, pending assignments, routing record,
-      lock) and the notification claims made for it: deleted;
-    - its entries in the SLA schedule ("lead key|episode"): removed;
+      lock, notification outbox entries) and the notification claims made for it: deleted;
+    - its entries in the SLA schedule ("lead key|episode") and in the outbox's retry
+      schedule: removed;
     - the record's id in its stream's real-time pending and in-flight sets;
+    - a Salesforce record's fingerprint kept to tell echoes of our own writes;
     - run failure lines about the record in the recent runs (they name ids only, no
       personal data, but they name this one); older runs expire within a week.
     """
@@ -600,14 +632,19 @@ def purge_record(rt: Runtime, lead_key: str) -> int:
     episodes = [str(n) for n in range(1, int(ep.get("n", "0") or 0) + 1)] + ([ep["last"]] if "last" in ep else [])
     known |= {f"{prefix}pending:{lead_key}|{e}" for e in episodes}
     names = sorted(listed | known)
-    pending = f"{prefix}pending:"
+    pending, outbox = f"{prefix}pending:", f"{prefix}outbox:"
     members = [n.removeprefix(pending) for n in names if n.startswith(pending)]
+    entries = [n.removeprefix(outbox) for n in names if n.startswith(outbox)]
     pipe = r.pipeline(transaction=False)
     pipe.delete(*names, index)
     if members:
         pipe.zrem(f"{prefix}sla", *members)
+    if entries:
+        pipe.zrem(f"{prefix}outbox", *entries)  # notifications still to be retried
     touched = sum(int(x) for x in pipe.execute())
     PendingQueue(r, rt.namespace).forget(crm, stream, record_id)
+    if crm == "salesforce" and rt.echo_filter is not None:
+        touched += rt.echo_filter.forget(stream, record_id)
     runs = {_text(x) for x in r.lrange(f"{rt.namespace}:runs:{crm}", 0, -1)}  # type: ignore[union-attr]
     lists = {f"{rt.namespace}:run:{run}:failures" for run in runs}
     older = {_text(x) for x in r.smembers(failure_lists)}  # type: ignore[union-attr]
@@ -667,6 +704,7 @@ __all__ = [
     "PendingQueue",
     "Rejected",
     "drain",
+    "drop_echoes",
     "give_up",
     "parse_hubspot_delivery",
     "parse_outbound_message",

@@ -5,7 +5,9 @@
 1. finds the route template ("GET /crm/v3/objects/contacts/{id}") and counts it in `Stats`,
 2. draws a fault from `Faults` (an injected 429 or 500 answered in the CRM's own shape
    by `guard.fault`, or a "timeout": the request hangs for `Faults.timeout_s` and then
-   gets a 504, which a client with a shorter timeout experiences as a read timeout),
+   gets a 504, which a client with a shorter timeout experiences as a read timeout, or a
+   "drop": the request is carried out, then its answer is thrown away and replaced by the
+   same hang and 504, so the CRM stored what the client believes failed),
 3. asks `guard.admit(...)` (authentication, scopes, rate limits), which either refuses
    with a response or admits with headers added to the answer (rate-limit headers),
 4. calls the app.
@@ -47,7 +49,7 @@ from starlette.routing import BaseRoute, Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 SANDBOX_PREFIX = "/__sandbox__/"
-FAULT_KINDS = ("429", "500", "timeout")
+FAULT_KINDS = ("429", "500", "timeout", "drop")
 
 
 class JsonResponse(Response):
@@ -289,9 +291,15 @@ class FaultSpecError(ValueError):
     """A fault specification that cannot be used; the message is one sentence for a user."""
 
 
-def parse_fault_spec(spec: str | Mapping[str, Any]) -> dict[str, float]:
+def parse_fault_spec(spec: str | Mapping[str, Any]) -> dict[str, Any]:
     """Parse `{"429": 0.2, "500": 0.05, "timeout": 0.02, "seed": 1}` (a mapping, a JSON text, or
-    `429=0.2,500=0.05`) into a validated dict; `{}` or "" means no faults."""
+    `429=0.2,500=0.05`) into a validated dict; `{}` or "" means no faults.
+
+    Besides the shares of each kind (429, 500, timeout, drop) and `seed` / `timeout_s`:
+    `only` limits faults to the requests of these routes (a path such as "POST
+    /crm/v3/objects/tasks" or a route template as `/__sandbox__/stats` counts it, or a list
+    of them; in the text form separated by `|`), and `max` stops injecting after that many.
+    """
     raw: Mapping[str, Any]
     if isinstance(spec, str):
         text = spec.strip()
@@ -306,19 +314,29 @@ def parse_fault_spec(spec: str | Mapping[str, Any]) -> dict[str, float]:
                 raise FaultSpecError("the fault specification must be a JSON object")
             raw = loaded
         else:
-            pairs: dict[str, str] = {}
+            pairs: dict[str, Any] = {}
             for part in text.split(","):
                 name, sep, value = part.partition("=")
                 if not sep or not name.strip():
                     raise FaultSpecError(f"fault '{part.strip()}' should look like 429=0.2")
-                pairs[name.strip()] = value.strip()
+                pairs[name.strip()] = value.strip().split("|") if name.strip() == "only" else value.strip()
             raw = pairs
     else:
         raw = spec
-    out: dict[str, float] = {}
+    out: dict[str, Any] = {}
     for name, value in raw.items():
-        if name not in (*FAULT_KINDS, "seed", "timeout_s"):
-            raise FaultSpecError(f"unknown fault '{name}': use 429, 500, timeout, seed or timeout_s")
+        if name == "only":
+            routes = [value] if isinstance(value, str) else value
+            if not isinstance(routes, list | tuple) or not routes or not all(
+                isinstance(r, str) and r.strip() for r in routes
+            ):
+                raise FaultSpecError("'only' must name routes such as \"POST /crm/v3/objects/tasks\"")
+            out[name] = [" ".join(r.split()) for r in routes]
+            continue
+        if name not in (*FAULT_KINDS, "seed", "timeout_s", "max"):
+            raise FaultSpecError(
+                f"unknown fault '{name}': use 429, 500, timeout, drop, seed, timeout_s, only or max"
+            )
         try:
             number = float(value)
         except (TypeError, ValueError):
@@ -327,6 +345,8 @@ def parse_fault_spec(spec: str | Mapping[str, Any]) -> dict[str, float]:
             raise FaultSpecError(f"fault '{name}' must be a share between 0 and 1, not {value}")
         if name == "timeout_s" and number < 0:
             raise FaultSpecError("timeout_s must not be negative")
+        if name == "max" and (number < 0 or not number.is_integer()):
+            raise FaultSpecError(f"max must be a whole number of faults, not {value}")
         out[name] = number
     if sum(out.get(k, 0.0) for k in FAULT_KINDS) > 1.0 + 1e-9:
         raise FaultSpecError("the fault shares add up to more than 1")
@@ -334,32 +354,52 @@ def parse_fault_spec(spec: str | Mapping[str, Any]) -> dict[str, float]:
 
 
 class Faults:
-    """Seeded fault injection: each request draws "429", "500", "timeout" or None."""
+    """Seeded fault injection: each request draws "429", "500", "timeout", "drop" or None.
 
-    def __init__(self, spec: Mapping[str, float] | None = None, *, timeout_s: float = 30.0) -> None:
+    `only` ("METHOD /path" or "METHOD /template") limits the draw to those requests; `max`
+    caps the number of faults injected since the last configuration.
+    """
+
+    def __init__(self, spec: Mapping[str, Any] | None = None, *, timeout_s: float = 30.0) -> None:
         self.default_timeout_s = timeout_s
         self._lock = threading.Lock()
         self.configure(spec or {})
 
-    def configure(self, spec: Mapping[str, float]) -> None:
+    def configure(self, spec: Mapping[str, Any]) -> None:
         with self._lock:
             self.shares = {k: float(spec[k]) for k in FAULT_KINDS if spec.get(k)}
             self.timeout_s = float(spec.get("timeout_s", self.default_timeout_s))
             self._rng = random.Random(int(spec.get("seed", 0)))
+            only = spec.get("only")
+            self.only: frozenset[str] | None = frozenset(only) if only else None
+            self.max: int | None = int(spec["max"]) if spec.get("max") is not None else None
+            self.injected = 0
 
-    def as_dict(self) -> dict[str, float]:
+    def as_dict(self) -> dict[str, Any]:
         with self._lock:
-            return dict(self.shares)
+            out: dict[str, Any] = dict(self.shares)
+            if self.only is not None:
+                out["only"] = sorted(self.only)
+            if self.max is not None:
+                out["max"] = self.max
+                out["injected"] = self.injected
+            return out
 
-    def draw(self) -> str | None:
+    def draw(self, key: str | None = None, concrete: str | None = None) -> str | None:
+        """The fault for one request (`key` "METHOD /template", `concrete` "METHOD /path"), or None."""
         with self._lock:
             if not self.shares:
+                return None
+            if self.only is not None and key not in self.only and concrete not in self.only:
+                return None
+            if self.max is not None and self.injected >= self.max:
                 return None
             x = self._rng.random()
             edge = 0.0
             for kind, share in self.shares.items():
                 edge += share
                 if x < edge:
+                    self.injected += 1
                     return kind
             return None
 
@@ -553,7 +593,13 @@ class SandboxMiddleware:
             if len(self._keys) < 10_000:  # unmatched paths are their own template: keep it bounded
                 self._keys[method, template] = key
         self.stats.count(key)
-        fault = self.faults.draw()
+        fault = self.faults.draw(key, f"{method} {path}") if self.faults.shares else None
+        if fault == "drop":
+            # The CRM does the work; the client never hears of it.
+            await self._pass(scope, receive, _discard, method, template)
+            await asyncio.sleep(self.faults.timeout_s)
+            await self.guard.fault("timeout")(scope, receive, send)
+            return
         if fault is not None:
             if fault == "429":
                 self.stats.count_rate_limited()
@@ -561,6 +607,10 @@ class SandboxMiddleware:
                 await asyncio.sleep(self.faults.timeout_s)
             await self.guard.fault(fault)(scope, receive, send)
             return
+        await self._pass(scope, receive, send, method, template)
+
+    async def _pass(self, scope: Scope, receive: Receive, send: Send, method: str, template: str) -> None:
+        """Through the guard (auth, limits) to the app."""
         admission = self.guard.admit(method, template, Headers(scope=scope))
         if admission.rate_limited:
             self.stats.count_rate_limited()
@@ -614,6 +664,10 @@ class SandboxMiddleware:
             return False
         await response(scope, receive, send)
         return True
+
+
+async def _discard(message: Message) -> None:
+    """A `send` that throws the answer away (the "drop" fault)."""
 
 
 def bearer_token(headers: Headers) -> str | None:

@@ -36,8 +36,11 @@ Salesforce
     A Lead or Contact change fires when one of the watched `fields` changed
     (the workflow rule's criteria); by default every field but the score
     fields and OwnerId, which the connector writes (in a real org: disable
-    "Send Outbound Messages" on the integration user's profile). New Tasks and
-    Events fire with their WhoId.
+    "Send Outbound Messages" on the integration user's profile). Like
+    Salesforce's, a notification carries the record's current values of the
+    fields selected for the message (`message_fields`, default every field of
+    the record; empty ones left out, unverified), not a list of changes. New
+    Tasks and Events fire with their WhoId.
 """
 
 from __future__ import annotations
@@ -116,6 +119,7 @@ class SalesforceTarget:
     url: str
     org_id: str
     fields: frozenset[str] | None = None  # None: every field but the connector's own
+    message_fields: frozenset[str] | None = None  # what a notification carries; None: every field
 
 
 @dataclass
@@ -211,8 +215,9 @@ class WebhookEmitter:
         return {
             "hubspot": None if hs is None else {"url": hs.url, "properties": sorted(hs.properties),
                                                 "types": sorted(hs.types)},
-            "salesforce": None if sf is None else {"url": sf.url, "org_id": sf.org_id,
-                                                   "fields": None if sf.fields is None else sorted(sf.fields)},
+            "salesforce": None if sf is None else {
+                "url": sf.url, "org_id": sf.org_id, "fields": None if sf.fields is None else sorted(sf.fields),
+                "message_fields": None if sf.message_fields is None else sorted(sf.message_fields)},
             "stats": self.stats.as_dict(),
             "pending": self.pending,
         }  # fmt: skip
@@ -255,7 +260,15 @@ class WebhookEmitter:
         fields = raw.get("fields")
         if fields is not None and not (isinstance(fields, list) and all(isinstance(f, str) for f in fields)):
             raise WebhookConfigError("salesforce.fields must be a list of field names")
-        return SalesforceTarget(url=url, org_id=org, fields=None if fields is None else frozenset(fields))
+        carried = raw.get("message_fields")
+        if carried is not None and not (isinstance(carried, list) and all(isinstance(f, str) for f in carried)):
+            raise WebhookConfigError("salesforce.message_fields must be a list of field names")
+        return SalesforceTarget(
+            url=url,
+            org_id=org,
+            fields=None if fields is None else frozenset(fields),
+            message_fields=None if carried is None else frozenset(carried),
+        )
 
     # ------------------------------------------------------------------ HubSpot events
 
@@ -330,10 +343,11 @@ class WebhookEmitter:
         if target is None or sobject not in ("Lead", "Contact"):
             return
         names = set(values if changed is None else changed)
-        watched = {n for n in names if self._watched(target, n)}
-        if not watched:
+        if not any(self._watched(target, n) for n in names):
             return
-        self._add("salesforce", (sobject, {"Id": record_id, **{k: values[k] for k in sorted(watched) if k in values}}))
+        carried = sorted(values if target.message_fields is None else target.message_fields & set(values))
+        current = {k: values[k] for k in carried if k != "Id" and values[k] is not None and values[k] != ""}
+        self._add("salesforce", (sobject, {"Id": record_id, **current}))
 
     def salesforce_activity_created(self, sobject: str, record_id: str, who_id: str | None) -> None:
         target = self.salesforce

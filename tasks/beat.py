@@ -1,5 +1,6 @@
 """The beat schedule, from configuration: per configured CRM an incremental sync every few
-minutes and a full sync once a day; the routing SLA sweep every minute."""
+minutes and a full sync once a day; the routing SLA sweep every minute; failed rep notifications
+retried every 30 s (each with its own backoff)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ def schedules(rt: Runtime) -> list[tuple[CrmName, SyncSchedule]]:
 def beat_schedule(rt: Runtime) -> dict[str, dict[str, Any]]:
     entries: dict[str, dict[str, Any]] = {
         "routing-sla": {"task": "leadscore.routing.check_sla", "schedule": 60.0},
+        "routing-notifications": {"task": "leadscore.routing.send_notifications", "schedule": 30.0},
     }
     for crm, s in schedules(rt):
         hour, minute = (int(x) for x in s.full_daily_at.split(":"))

@@ -8,11 +8,20 @@ through the real Celery tasks (an in-process worker; Celery's in-memory
 broker and an embedded Redis-compatible store when REDIS_URL is not set, that
 Redis otherwise), and summarises what happened: records read, scored and
 written, bands, hot leads, assignments per region and rep, API calls, time.
+
+Routing's clock: run at 06:00 on a Friday, a demo routing by the real time would
+send every hot lead to the fallback owner (nobody works yet) and show nothing of
+the rotation. So the demo routes as at a stated moment (LEADSCORE_ROUTING_AT's
+setting): `--at` when given (`--at now`: the real time), else the first whole hour
+from now on when the most reps are in working hours. The summary names that clock
+and says, in one line per CRM, what would have happened at the real time (the
+same leads routed again at that moment on a fresh pool, by the same rules).
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import shutil
 import socket
 import sys
@@ -30,9 +39,23 @@ import redis
 from connector import console
 from connector.bootstrap import Runtime, build_runtime
 from connector.config import Settings, load_settings
-from connector.domain import CrmName
+from connector.domain import CrmName, Rep
 from connector.errors import UserError
 from connector.localredis import private_redis_server
+from connector.mappings.routing import RoutingConfig, load_routing
+from connector.routing.away import away_marks, merge_marks
+from connector.routing.policy import fallback_owner_of
+from connector.routing.summary import (
+    ROUTED,
+    RegionLine,
+    Replay,
+    busiest_hour,
+    by_region,
+    local_times,
+    replay,
+    routable,
+    utc_text,
+)
 from sandbox.server import Sandbox, admin_call
 
 # The demo's sandbox portal has a raised limit (real portals: 100 or 190 per 10 s),
@@ -40,6 +63,41 @@ from sandbox.server import Sandbox, admin_call
 # call, and the summary says which limit was in force.
 DEMO_HUBSPOT_RATE = 20_000
 
+
+
+@dataclass(frozen=True)
+class DemoClock:
+    """The moment routing decides as at (None: the real time), where it came from, and why, in words."""
+
+    at: float | None
+    source: str  # "default", "--at", "LEADSCORE_ROUTING_AT" or "real time"
+    why: str
+
+    def as_dict(self) -> dict[str, Any]:
+        at = None if self.at is None else dt.datetime.fromtimestamp(self.at, dt.UTC).isoformat()
+        return {"at": at, "source": self.source, "why": self.why}
+
+
+def demo_clock(at: float | str | None, configured: float | None, reps: list[Rep], config: RoutingConfig,
+               now: float) -> DemoClock:  # fmt: skip
+    """`--at` (a moment, or "now"), else LEADSCORE_ROUTING_AT, else the busiest working hour from now on."""
+    views = routable(config, reps)
+    if at == "now":
+        return DemoClock(None, "real time", f"routing at the real time ({utc_text(now)}), as --at now asks")
+    for moment, source in ((at, "--at"), (configured, "LEADSCORE_ROUTING_AT")):
+        if isinstance(moment, float | int):
+            where = ", ".join(local_times(views, float(moment)))
+            return DemoClock(float(moment), source, f"routing as at {utc_text(float(moment))} ({where}), "
+                                                    f"set with {source}")  # fmt: skip
+    moment, n = busiest_hour(views, now)
+    where = ", ".join(local_times(views, moment))
+    return DemoClock(
+        moment,
+        "default",
+        f"routing as at {utc_text(moment)} ({where}): the demo's default, the first hour from now with the most "
+        f"reps in working hours ({n} of {len(views)}), so that the rotation shows at any time of day; "
+        "--at sets another moment, --at now the real time",
+    )
 
 
 @dataclass
@@ -55,6 +113,9 @@ class CrmSummary:
     rate_limited: int
     seconds: float
     failures: list[str] = field(default_factory=list)
+    regions: list[RegionLine] = field(default_factory=list)
+    at_real_time: Replay | None = None
+    fallback_owner: str | None = None
 
 
 @dataclass
@@ -64,6 +125,7 @@ class DemoSummary:
     store: str
     crms: list[CrmSummary]
     seconds: float
+    clock: DemoClock | None = None
 
     @property
     def ok(self) -> bool:
@@ -76,6 +138,7 @@ class DemoSummary:
             "store": self.store,
             "seconds": round(self.seconds, 2),
             "ok": self.ok,
+            "routing_clock": self.clock.as_dict() if self.clock else None,
             "crms": {
                 c.crm: {
                     "run": c.run_id,
@@ -88,6 +151,17 @@ class DemoSummary:
                     "rate_limited": c.rate_limited,
                     "seconds": round(c.seconds, 2),
                     "failures": c.failures[:50],
+                    "routing": {
+                        "regions": {r.name: r.as_dict() for r in c.regions},
+                        "fallback_owner": c.fallback_owner,
+                        "at_real_time": None if c.at_real_time is None else {
+                            "at": dt.datetime.fromtimestamp(c.at_real_time.at, dt.UTC).isoformat(),
+                            "reps_in_hours": c.at_real_time.in_hours,
+                            "reps": c.at_real_time.reps,
+                            "outcomes": dict(c.at_real_time.outcomes),
+                            "line": c.at_real_time.sentence(),
+                        },
+                    },
                 }
                 for c in self.crms
             },
@@ -98,6 +172,8 @@ class DemoSummary:
             f"leadscore demo: {self.contacts} people in each CRM (seed {self.seed}), store: {self.store}",
             f"(the sandbox HubSpot portal allows {DEMO_HUBSPOT_RATE} calls per 10 s; real portals 100 or 190)",
         ]
+        if self.clock is not None:
+            out.append(self.clock.why)
         for c in self.crms:
             k = c.counts
             out.append("")
@@ -107,9 +183,9 @@ class DemoSummary:
             out.append("  bands: " + ", ".join(f"{b} {c.bands.get(b, 0)}" for b in ("hot", "warm", "cold")))
             out.append(f"  hot leads {k.get('hot', 0)}, newly assigned {k.get('assigned', 0)}"
                        + (f", left unassigned {k['unassigned']}" if k.get("unassigned") else ""))
-            for region in sorted(c.assignments):
-                reps = c.assignments[region]
-                out.append(f"    {region}: " + ", ".join(f"{name} {n}" for name, n in sorted(reps.items())))
+            out += _region_lines(c)
+            if c.at_real_time is not None:
+                out.append(f"  {c.at_real_time.sentence()}")
             out.append(f"  API calls {c.api_calls} ({c.api_calls / max(1, k.get('read', 1)) * 1000:.0f} per 1,000 "
                        f"records), rate-limited answers {c.rate_limited}")
             for f in c.failures[:5]:
@@ -128,6 +204,8 @@ class DemoSummary:
         out.print(f"[bold]leadscore demo[/]: {self.contacts:,} people in each CRM (seed {self.seed}), "
                   f"store: {self.store}")
         out.print(f"(the sandbox HubSpot portal allows {DEMO_HUBSPOT_RATE:,} calls per 10 s; real portals 100 or 190)")
+        if self.clock is not None:
+            out.print(self.clock.why, markup=False)
         names = ("read", "scored", "written", "unchanged", "failed", "hot", "assigned")
         rows: list[list[Any]] = [
             [c.crm, c.status, *(c.counts.get(n, 0) for n in names),
@@ -136,14 +214,48 @@ class DemoSummary:
         ]
         console.table("", ["CRM", "sync", *names, "band hot", "band warm", "band cold", "API calls",
                            "rate-limited", "time"], rows, plain=False)
-        assigned = [[c.crm, region, rep, n] for c in self.crms for region in sorted(c.assignments)
-                    for rep, n in sorted(c.assignments[region].items())]
-        if assigned:
-            console.table("assignments", ["CRM", "region", "rep", "leads"], assigned, plain=False)
         for c in self.crms:
+            rows = [[region.name, rep.name, rep.weight, "no limit" if rep.capacity is None else rep.capacity,
+                     rep.received, ", ".join(f"{why} {n}" for why, n in rep.skipped.most_common())]
+                    for region in c.regions for rep in region.reps]  # fmt: skip
+            if rows:
+                console.table(f"{c.crm}: routing per region and rep", ["region", "rep", "weight", "capacity",
+                              "received", "passed over"], rows, plain=False)  # fmt: skip
+            for region in c.regions:
+                went = _where_went(c, region)
+                if went:
+                    out.print(f"{c.crm}: {region.name}: {region.hot_leads} hot leads routed ({went})", markup=False)
+            if c.at_real_time is not None:
+                out.print(f"{c.crm}: {c.at_real_time.sentence()}", markup=False)
             for f in c.failures[:5]:
                 out.print(f"{c.crm}: failed: {f}", markup=False)
         out.print(f"total time {self.seconds:.1f} s")
+
+
+def _region_lines(c: CrmSummary) -> list[str]:
+    """Per region: its hot leads and where they went; each rep with weight, capacity, leads, why passed over."""
+    out = []
+    for region in c.regions:
+        went = _where_went(c, region)
+        out.append(f"  {region.name}: {region.hot_leads} hot leads routed" + (f" ({went})" if went else ""))
+        width = max((len(r.name) for r in region.reps), default=0)
+        for rep in region.reps:
+            cap = "no limit" if rep.capacity is None else str(rep.capacity)
+            why = ", ".join(f"{reason} {n}" for reason, n in sorted(rep.skipped.items(), key=lambda kv: -kv[1]))
+            out.append(f"    {rep.name:<{width}}  weight {rep.weight}  capacity {cap:>3}  received {rep.received:>3}"
+                       + (f"  passed over: {why}" if why else ""))  # fmt: skip
+    return out
+
+
+def _where_went(c: CrmSummary, region: RegionLine) -> str:
+    """The region's leads that did not stay in its rotation, and the leads of other regions that came to it."""
+    went = [f"{n} to fallback region {name}" for name, n in sorted(region.to_fallback_regions.items())]
+    if region.to_fallback_owner:
+        went.append(f"{region.to_fallback_owner} to the fallback owner {c.fallback_owner or ''}".rstrip())
+    if region.unassigned:
+        went.append(f"{region.unassigned} unassigned")
+    went += [f"{n} more from {name}" for name, n in sorted(region.from_other_regions.items())]
+    return ", ".join(went)
 
 
 def _mappings_dir(settings: Settings) -> Path:
@@ -213,12 +325,26 @@ def _worker(app: Any, concurrency: int, queue: str) -> Iterator[None]:
         thread.join(10)
 
 
-def run_demo(*, crm: str, contacts: int, seed: int, workers: int = 4, progress: bool = True) -> DemoSummary:
+def run_demo(
+    *,
+    crm: str,
+    contacts: int,
+    seed: int,
+    workers: int = 4,
+    progress: bool = True,
+    at: float | str | None = None,
+    now: float | None = None,
+) -> DemoSummary:
+    """`at`: the moment routing decides as at (epoch seconds), "now" for the real time, None for the default.
+
+    `now`: the real time as the demo reads it (the default clock and the real-time line start from it).
+    """
     from tasks import sync as sync_tasks
     from tasks.app import app
     from tasks.runtime import set_runtime
 
     started = time.perf_counter()
+    now = time.time() if now is None else now
     base = load_settings()
     crms: list[CrmName] = ["hubspot", "salesforce"] if crm == "both" else [crm]  # type: ignore[list-item]
     mdir = _mappings_dir(base)
@@ -248,6 +374,11 @@ def run_demo(*, crm: str, contacts: int, seed: int, workers: int = 4, progress: 
         try:
             for name in crms:
                 rt.adapter(name).setup()  # `leadscore setup`: HubSpot properties, Salesforce fields (Tooling API)
+            config = load_routing(mdir / "routing.yaml")
+            reps = {name: rt.adapter(name).list_reps() for name in crms}
+            clock = demo_clock(at, base.routing_at, [r for name in crms for r in reps[name]], config, now)
+            # the router is built on first use, from these settings: it decides as at the demo's clock
+            rt.settings = settings.model_copy(update={"routing_at": clock.at})
             for url, ca in ((sb.hubspot_url, None), (sb.salesforce_url, sb.ca_cert)):
                 admin_call(url, "/__sandbox__/stats/reset", {}, ca)
             with _worker(app, workers, queue):
@@ -256,10 +387,31 @@ def run_demo(*, crm: str, contacts: int, seed: int, workers: int = 4, progress: 
                 views = console.wait_for_runs(rt.runs, run_ids, timeout=900, quiet=not progress,
                                               expected=dict.fromkeys(crms, contacts), summary=lambda _v: None)
                 summaries = [_summarise(rt, name, view, sb) for name, view in zip(crms, views, strict=True)]
+            for name, summary in zip(crms, summaries, strict=True):
+                _add_routing(rt, summary, config, reps[name], clock, now)
         finally:
             set_runtime(None)
             rt.close()
-    return DemoSummary(contacts, seed, store_desc, summaries, time.perf_counter() - started)
+    return DemoSummary(contacts, seed, store_desc, summaries, time.perf_counter() - started, clock)
+
+
+def _add_routing(
+    rt: Runtime, summary: CrmSummary, config: RoutingConfig, reps: list[Rep], clock: DemoClock, now: float
+) -> None:
+    """Per region and rep from routing's records; and the same leads routed at the real time."""
+    prefix = rt.router.prefix
+    records = []
+    for raw in rt.redis.scan_iter(match=f"{prefix}record:{summary.crm}:*", count=1000):
+        key = raw.decode() if isinstance(raw, bytes) else str(raw)
+        records += [r for r in rt.router.routing_record(key.removeprefix(f"{prefix}record:")) if r.get("round") == 0]
+    summary.regions = by_region(config, reps, records)
+    names = {r.id: r.name or r.email for r in reps}
+    owner, _ = fallback_owner_of(config, summary.crm, config.default_region, reps)
+    summary.fallback_owner = names.get(owner or "", owner)
+    if clock.at is not None:
+        regions = [str(r["region"]) for r in records if r.get("outcome") in ROUTED]
+        marks = merge_marks(away_marks(rt.redis, reps, prefix), rt.router.file_marks.for_reps(reps))
+        summary.at_real_time = replay(config, summary.crm, reps, regions, now, marks)
 
 
 def _demo_hubspot_limits(mapping: Any) -> dict[str, Any]:

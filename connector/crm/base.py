@@ -7,12 +7,35 @@ Salesforce adapters translate it into vendor calls. Records cross this line as
 
 from __future__ import annotations
 
+import hashlib
+import re
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from connector.domain import CrmName, Lead, Rep
+
+# Creating a CRM task is not idempotent (neither API takes an idempotency key), so routing puts a
+# reference of its own in the task's body, one per assignment, and asks the CRM for it before
+# it creates the task again after a failure that may have reached the CRM (a timeout, a crash).
+TASK_REF_LABEL = "leadscore ref:"
+_TASK_REF = re.compile(r"leadscore ref: (ls-[0-9a-f]{16})\b")
+
+
+def task_ref(key: str) -> str:
+    """The reference routing writes into the task of one assignment (`key`: lead, episode, round)."""
+    return "ls-" + hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def with_task_ref(body: str, ref: str) -> str:
+    return f"{body}\n\n{TASK_REF_LABEL} {ref}"
+
+
+def task_ref_in(text: str | None) -> str | None:
+    """The reference in a task body, if it carries one."""
+    found = _TASK_REF.search(text or "")
+    return found.group(1) if found else None
 
 
 @dataclass(slots=True)
@@ -148,6 +171,13 @@ class CrmAdapter(Protocol):
         ...
 
     def task_is_open(self, task_id: str) -> bool: ...
+
+    def find_task(self, stream: str, lead_id: str, rep_id: str, ref: str) -> str | None:
+        """The rep's task on the record whose body carries `ref` (see `task_ref`), open or closed, if any.
+
+        Asked before creating a task again after an attempt whose outcome is unknown.
+        """
+        ...
 
     def open_task(self, stream: str, lead_id: str, rep_id: str, subject_prefixes: Sequence[str]) -> str | None:
         """An open task of the rep's on the record whose subject starts with one of the prefixes, if any.

@@ -28,7 +28,7 @@ from urllib.parse import urlparse
 import orjson
 import redis
 
-from connector.crm.base import CallCounter, OpenTask, Page, WriteReport
+from connector.crm.base import CallCounter, OpenTask, Page, WriteReport, task_ref_in
 from connector.crm.hubspot_http import ApiError, HubSpotTransport, Response
 from connector.crm.limits import DEFAULT_POLICY, RetryPolicy
 from connector.crm.times import parse_time
@@ -788,6 +788,19 @@ class HubSpotAdapter:
                 and task.get("hs_task_status") != "COMPLETED"
                 and str(task.get("hs_task_subject") or "").startswith(tuple(subject_prefixes))
             ):
+                return str(task_id)
+        return None
+
+    def find_task(self, stream: str, lead_id: str, rep_id: str, ref: str) -> str | None:
+        """Read through the contact's task associations (v4) and a batch read, not search: a task
+        created a moment ago is not searchable yet."""
+        self._stream(stream)
+        linked = self._associated([lead_id], "tasks").get(lead_id) or []
+        if not linked:
+            return None
+        tasks = self._batch_read("tasks", linked, ["hubspot_owner_id", "hs_task_body"])
+        for task_id, task in tasks.items():
+            if str(task.get("hubspot_owner_id") or "") == rep_id and task_ref_in(task.get("hs_task_body")) == ref:
                 return str(task_id)
         return None
 

@@ -37,7 +37,7 @@ import requests
 from simple_salesforce.api import Salesforce
 from simple_salesforce.bulk2 import SFBulk2Handler
 
-from connector.crm.base import CallCounter, OpenTask, Page, WriteReport
+from connector.crm.base import CallCounter, OpenTask, Page, WriteReport, task_ref_in
 from connector.crm.limits import DEFAULT_POLICY, RetryPolicy, SlidingWindowLimiter, call_with_retry
 from connector.crm.salesforce_http import (
     SESSION_EXPIRED,
@@ -74,6 +74,8 @@ from connector.redisutil import text as redis_text
 
 API_VERSION = "59.0"
 COMPOSITE_MAX = 200
+# How many of a rep's tasks on one record `find_task` reads (newest first) looking for a reference.
+FIND_TASK_LIMIT = 50
 
 # On every Lead write over REST, score writes included. Without it Salesforce runs the org's active
 # lead assignment rule on each create *and update* (the header defaults to TRUE; REST API Developer
@@ -589,8 +591,14 @@ class SalesforceAdapter:
             attempts += 1
             if attempts > 1:
                 # Creating is not idempotent: after a failure the first POST may still
-                # have landed (a timeout), so look for it before sending another.
-                existing = self._find_open_task(sf, lead_id, rep_id, task["Subject"])
+                # have landed (a timeout), so look for it before sending another: by the
+                # routing reference in the body when there is one, else by the subject.
+                ref = task_ref_in(body)
+                existing = (
+                    self._find_task(sf, lead_id, rep_id, ref)
+                    if ref
+                    else self._find_open_task(sf, lead_id, rep_id, task["Subject"])
+                )
                 if existing:
                     return existing
             result: Any = sf.restful("sobjects/Task", method="POST", json=task)
@@ -612,6 +620,27 @@ class SalesforceAdapter:
         )
         records = sf.query(soql)["records"]
         return str(records[0]["Id"]) if records else None
+
+    def _find_task(self, sf: Salesforce, lead_id: str, rep_id: str, ref: str) -> str | None:
+        # Description is a long text area, which SOQL cannot filter on: read the rep's tasks
+        # on the record, newest first, and look for the reference in their text.
+        soql = build_soql(
+            ["Id", "Description"],
+            "Task",
+            [f"WhoId = {soql_id(lead_id)}", f"OwnerId = {soql_id(rep_id)}"],
+            order_by="CreatedDate DESC",
+            limit=FIND_TASK_LIMIT,
+        )
+        for record in sf.query(soql)["records"]:
+            if task_ref_in(record.get("Description")) == ref:
+                return str(record["Id"])
+        return None
+
+    def find_task(self, stream: str, lead_id: str, rep_id: str, ref: str) -> str | None:
+        self._object(stream)
+        if not SALESFORCE_ID.match(lead_id) or not SALESFORCE_ID.match(rep_id):
+            return None
+        return self._run(lambda sf: self._find_task(sf, lead_id, rep_id, ref), record_id=lead_id)
 
     def open_task(self, stream: str, lead_id: str, rep_id: str, subject_prefixes: Sequence[str]) -> str | None:
         self._object(stream)

@@ -1,9 +1,9 @@
 """Where routing and the notifier keep what they know about one lead, so a deletion finds it at once.
 
-Every key routing writes about a lead (its episodes, pending assignments, routing record)
-and every notification key claimed for it is listed in the lead's index set,
-`<prefix>index:<lead key>`. A deletion webhook reads that one set instead of scanning
-Redis (see `connector.webhooks.purge_record`).
+Every key routing writes about a lead (its episodes, pending assignments, routing record,
+notification outbox entries) and every notification key claimed for it is listed in the
+lead's index set, `<prefix>index:<lead key>`. A deletion webhook reads that one set instead
+of scanning Redis (see `connector.webhooks.purge_record`).
 
 Keys written by a version without indexes are indexed once, by `index_older_keys`, the
 first time a deletion needs it (one SCAN of the routing and notification keys, then a
@@ -24,7 +24,7 @@ from connector.redisutil import text as _text
 LEAD_INDEX_TTL_S = 90 * 24 * 3600
 
 # Per-lead key families: <prefix><family>:<lead key>[|...]
-_FAMILIES = ("pending", "record", "episode", "lock")
+_FAMILIES = ("pending", "record", "episode", "lock", "outbox")
 _LEAD_KEY = re.compile(r"^((?:hubspot|salesforce):[A-Za-z_]+:[^|:\s]+)")
 
 

@@ -188,6 +188,60 @@ def availability(
     return None
 
 
+def region_attempts(
+    cfg: RoutingConfig,
+    views: Sequence[RepView],
+    region: str,
+    now: float,
+    *,
+    pool_prefix: str,
+    cap_keys: Mapping[str, str],
+    used: Mapping[str, int],
+    marks: Mapping[str, Sequence[AwayMark]],
+    exclude: Sequence[str] = (),
+    exclude_detail: str = "the lead's previous owner",
+) -> list[RegionCandidates]:
+    """The lead's region and its fallback regions in order, each with its reps and whether each may take it.
+
+    `cap_keys` and `used`: each rep's capacity counter for their local day and its count.
+    """
+    out = []
+    for name in [region, *cfg.regions[region].fallback]:
+        cands = []
+        for v in views:
+            if name not in v.regions:
+                continue
+            why: tuple[SkipReason, str] | None = (
+                ("excluded", exclude_detail)
+                if v.id in exclude
+                else availability(v, now, marks.get(v.id, ()), used.get(v.id, 0))
+            )
+            cands.append(
+                Candidate(v.id, v.weight, v.capacity, cap_keys[v.id], why[0] if why else None, why[1] if why else "")
+            )
+        out.append(RegionCandidates(name, f"{pool_prefix}{name}", tuple(cands)))
+    return out
+
+
+def fallback_owner_of(
+    cfg: RoutingConfig, crm: str, region: str | None, reps: Sequence[Rep]
+) -> tuple[str | None, str | None]:
+    """(the fallback owner's CRM id, None) for a region, or (None, why there is none)."""
+    owner = cfg.fallback_owner_for(region or cfg.default_region)
+    if owner is None:
+        return None, None
+    by_id = owner.id_for(crm)
+    if by_id:
+        return by_id, None
+    if owner.email:
+        for rep in reps:
+            if rep.email.lower() == owner.email and rep.active:
+                return rep.id, None
+        # no e-mail in the note: decisions are kept in Redis, which holds ids only
+        return None, f"the fallback owner in routing.yaml is not an active {crm} user"
+    return None, f"no fallback owner configured for {crm}"
+
+
 # --------------------------------------------------------------------------- the pool
 
 

@@ -9,9 +9,13 @@ by (lead key, hot episode) in Redis:
     owner      adapter.set_owner(..., expected=the owner it replaces): only an unowned
                lead is taken; when the CRM says someone else owns it now, the pool
                turn and the capacity unit are given back
-    task       created once (the marker is set before the call and cleared only when
-               the call raises, so a crash never leads to a second task)
-    notify     sent once per message and channel (marker here, idempotency key in the notifier)
+    task       created once: the marker "creating" is set before the call and replaced by the
+               task id after it; the task's body carries a reference of ours (`task_ref`), and
+               a rerun that finds "creating" (a timeout after the CRM stored the task, a crash)
+               asks the CRM for that reference before it creates the task
+    notify     each message recorded in the outbox (connector.routing.outbox) before it is
+               sent, marked sent after; a failed channel is retried with backoff by
+               `send_notifications` (Celery beat); at most once per assignment and channel
     sla        the assignment's deadline in a sorted set, for `check_sla`
     record     one entry per decision, ids and scores only, for `leadscore explain`
 
@@ -40,7 +44,7 @@ from typing import Any, Protocol
 
 import redis
 
-from connector.crm.base import CrmAdapter
+from connector.crm.base import CrmAdapter, task_ref, with_task_ref
 from connector.domain import CRMS, CrmName, Lead, Rep
 from connector.errors import ConfigError, RetryLater
 from connector.mappings.routing import RoutingConfig
@@ -50,22 +54,22 @@ from connector.redisutil import text as _s
 from connector.routing import away
 from connector.routing.away import away_marks, cap_key
 from connector.routing.keys import index_key, remember
+from connector.routing.outbox import Entry, Outbox
 from connector.routing.policy import (
     AwayMark,
-    Candidate,
     Decision,
-    RegionCandidates,
-    SkipReason,
-    availability,
     choose,
+    fallback_owner_of,
     kept,
     owner_plan,
+    region_attempts,
     rep_view,
     resolve_region,
 )
 from connector.routing.pool import PREFIX, RedisPool
 
 PENDING_TTL_S = 30 * 24 * 3600
+CREATING = "creating"  # a round's task marker while its creation may or may not have reached the CRM
 RECORD_TTL_S = 90 * 24 * 3600
 RECORD_KEEP = 50
 SLA_LEASE_S = 300.0
@@ -80,6 +84,13 @@ local s = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not s or tonumber(s) > tonumber(ARGV[2]) then return 0 end
 redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
 return 1
+"""
+
+
+# Close a lead's open hot episode, if routing has one for it.
+_COOL = """
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'open', '0') end
+return 0
 """
 
 
@@ -155,11 +166,13 @@ class Router:
         # `namespace` "leadscore:routing" and `prefix` "leadscore:routing:" say the same thing
         self.prefix = prefix if prefix is not None else f"{namespace}:" if namespace else PREFIX
         self.pool = RedisPool(redis, self.prefix)
+        self.outbox = Outbox(redis, self.prefix, notifier) if notifier is not None else None
         self.reps_ttl_s = reps_ttl_s
         self.lock_ttl_s = lock_ttl_s
         self._reps: dict[str, tuple[float, list[Rep]]] = {}
         self._unlock = redis.register_script(UNLOCK)
         self._claim = redis.register_script(_CLAIM)
+        self._cool = redis.register_script(_COOL)
 
     # ------------------------------------------------------------------ public
 
@@ -219,8 +232,12 @@ class Router:
             return self._run_round(adapter, lead, result_like, state, pkey, n, now)
 
     def lead_cooled(self, lead_key: str) -> None:
-        """The lead's band left hot: its next hot moment is a new episode (re-hot)."""
-        self.redis.hset(self._episode_key(lead_key), "open", "0")
+        """The lead's band left hot: its next hot moment is a new episode (re-hot).
+
+        Called by the pipeline (connector.sync) for a lead whose band written in the CRM is
+        hot and whose new score is not. A lead routing never saw leaves nothing behind.
+        """
+        self._cool(keys=[self._episode_key(lead_key)])
 
     def check_sla(self, now: float | None = None, *, limit: int = 100) -> list[Decision]:
         """Reassign (or escalate) every assignment whose SLA has run out; returns the new decisions."""
@@ -249,7 +266,7 @@ class Router:
 
     def reps(self, crm: CrmName) -> list[Rep]:
         """The CRM's owners/users, cached for a few minutes (one list call per worker, not per lead)."""
-        now = self.clock()
+        now = time.monotonic()  # real time passing, whatever moment routing decides as at
         cached = self._reps.get(crm)
         if cached is None or cached[0] <= now:
             cached = (now + self.reps_ttl_s, self.adapter_for(crm).list_reps())
@@ -259,19 +276,7 @@ class Router:
     # ------------------------------------------------------------------ the decision
 
     def _fallback_owner(self, crm: CrmName, region: str | None) -> tuple[str | None, str | None]:
-        owner = self.config.fallback_owner_for(region or self.config.default_region)
-        if owner is None:
-            return None, None
-        by_id = owner.id_for(crm)
-        if by_id:
-            return by_id, None
-        if owner.email:
-            for rep in self.reps(crm):
-                if rep.email.lower() == owner.email and rep.active:
-                    return rep.id, None
-            # no e-mail in the note: decisions are kept in Redis, which holds ids only
-            return None, f"the fallback owner in routing.yaml is not an active {crm} user"
-        return None, f"no fallback owner configured for {crm}"
+        return fallback_owner_of(self.config, crm, region, self.reps(crm))
 
     def _route(
         self,
@@ -286,26 +291,24 @@ class Router:
     ) -> Decision:
         reps = self.reps(crm)
         views = [rep_view(self.config, rep) for rep in reps]
-        chain = [region, *self.config.regions[region].fallback]
-        members = {r: [v for v in views if r in v.regions] for r in chain}
-        involved = {v.id: v for vs in members.values() for v in vs}
+        chain = {region, *self.config.regions[region].fallback}
+        involved = {v.id: v for v in views if chain & set(v.regions)}
         keys = {rid: cap_key(crm, rid, v.day(now)) for rid, v in involved.items()}
         used = dict(zip(keys, self.pool.used(list(keys.values())), strict=True))
         people = [v.rep for v in involved.values()]
         marks = away.merge_marks(away_marks(self.redis, people, self.prefix), self.file_marks.for_reps(people))
-        attempts = []
-        for r in chain:
-            cands = []
-            for v in members[r]:
-                why: tuple[SkipReason, str] | None = (
-                    ("excluded", exclude_detail)
-                    if v.id in exclude
-                    else availability(v, now, marks.get(v.id, ()), used[v.id])
-                )
-                cands.append(
-                    Candidate(v.id, v.weight, v.capacity, keys[v.id], why[0] if why else None, why[1] if why else "")
-                )
-            attempts.append(RegionCandidates(r, f"{crm}:{r}", tuple(cands)))
+        attempts = region_attempts(
+            self.config,
+            list(involved.values()),
+            region,
+            now,
+            pool_prefix=f"{crm}:",
+            cap_keys=keys,
+            used=used,
+            marks=marks,
+            exclude=exclude,
+            exclude_detail=exclude_detail,
+        )
         fallback_id, problem = self._fallback_owner(crm, region)
         return choose(
             self.pool,
@@ -359,7 +362,10 @@ class Router:
             self._save(pkey, {f"r{n}:owner": "1"})
 
         task_id = state.get(f"r{n}:task")
-        want_task = d.notify and target is not None and d.outcome != "unassigned" and task_id is None
+        # "creating": an earlier attempt sent the task and may have reached the CRM (it timed out,
+        # or its worker died); the task is looked up by its reference before it is sent again.
+        attempted = task_id == CREATING
+        want_task = d.notify and target is not None and d.outcome != "unassigned" and task_id in (None, CREATING)
         want_notes = d.notify and not state.get(f"r{n}:notified")
         texts = ("", "")
         if want_task or want_notes:
@@ -378,24 +384,31 @@ class Router:
                 self._save(pkey, {f"r{n}:task": existing})
         if want_task and target is not None:
             subject, body = texts
-            self._save(pkey, {f"r{n}:task": "creating"})
-            try:
+            ref = task_ref(f"{lead_key}|{ep}|r{n}")
+            earlier = adapter.find_task(stream, lead_id, target, ref) if attempted else None
+            if earlier is not None:
+                task_id = earlier
+            else:
+                self._save(pkey, {f"r{n}:task": CREATING})
+                # On failure "creating" stays: the CRM may have stored the task before the answer
+                # was lost, and the rerun asks for the reference instead of creating a second one.
                 task_id = adapter.create_task(
-                    stream, lead_id, target, subject=subject, body=body, due=now + self.config.sla.minutes * 60
+                    stream,
+                    lead_id,
+                    target,
+                    subject=subject,
+                    body=with_task_ref(body, ref),
+                    due=now + self.config.sla.minutes * 60,
                 )
-            except BaseException:
-                self.redis.hdel(pkey, f"r{n}:task")
-                raise
             self._save(pkey, {f"r{n}:task": task_id})
-        # "creating" left by a crash mid-call: the task may exist; never risk a second one.
 
         notes: list[dict[str, Any]] = []
         if want_notes:
-            self._save(pkey, {f"r{n}:notified": "1"})
             for note in self._notifications(crm, adapter, stream, lead_id, state, d, n, texts):
-                results = self._send(note)
+                results = self._send(note, pkey, n)
                 notes.append({"kind": note.kind, "channels": [[r.channel, r.status, r.detail] for r in results]})
-            self._save(pkey, {f"r{n}:notify_results": json.dumps(notes)})
+            # Marked only now: a rerun before this line finds the notes in the outbox, never sends twice.
+            self._save(pkey, {f"r{n}:notified": "1", f"r{n}:notify_results": json.dumps(notes)})
 
         if d.sla and d.outcome == "assigned":
             self.redis.zadd(f"{self.prefix}sla", {member: now + self.config.sla.minutes * 60})
@@ -430,7 +443,7 @@ class Router:
             "band": state.get("band"),
             "grade": state.get("grade"),
             "model": state.get("model"),
-            "task_id": task_id if task_id != "creating" else None,
+            "task_id": task_id if task_id != CREATING else None,
             "notifications": notes,
             "summary": d.summary(),
         }
@@ -469,7 +482,7 @@ class Router:
             stream, lead_id = state["stream"], state["lead_id"]
             since = float(state[f"r{n}:at"])
             task_id = state.get(f"r{n}:task")
-            task_open = task_id is None or task_id == "creating" or adapter.task_is_open(task_id)
+            task_open = task_id is None or task_id == CREATING or adapter.task_is_open(task_id)
             if not task_open or adapter.rep_acted_since(stream, lead_id, rep, since):
                 self.redis.zrem(zkey, member)
                 self._save(pkey, {f"r{n}:sla": "met"})
@@ -659,13 +672,38 @@ class Router:
             note("assigned", d.chosen, subject, body)
         return out
 
-    def _send(self, note: Notification) -> list[ChannelResult]:
-        if self.notifier is None:
+    def _send(self, note: Notification, pkey: str, n: int) -> list[ChannelResult]:
+        if self.outbox is None:
             return []
-        try:
-            return self.notifier.send(note)
-        except Exception as exc:  # noqa: BLE001 - optional channels never fail an assignment
-            return [ChannelResult("chat", "failed", f"notifier raised {type(exc).__name__}: {exc}"[:300])]
+        # the outbox runs on real time, whatever moment routing decides as at
+        return self.outbox.send(note, pending_key=pkey, round_=n, now=time.time())
+
+    def send_notifications(self, now: float | None = None, *, limit: int = 100) -> dict[str, int]:
+        """Retry the notifications whose sending failed and that are due again (Celery beat)."""
+        if self.outbox is None:
+            return {}
+        return self.outbox.send_due(self._rebuild_note, now, limit=limit)
+
+    def _rebuild_note(self, entry: Entry) -> Notification | str:
+        """The message of an outbox entry, rebuilt from the routing state and the CRM (nothing personal is kept)."""
+        state = self._state(entry.pending_key)
+        n = entry.round
+        if f"r{n}:decision" not in state:
+            return "the assignment is no longer kept (the lead was purged, or its record expired)"
+        if int(state.get("round", n)) != n:
+            return "superseded: the lead was reassigned since"
+        d = Decision.from_json(state[f"r{n}:decision"])
+        crm: CrmName = "salesforce" if state["crm"] == "salesforce" else "hubspot"
+        adapter = self.adapter_for(crm)
+        stream, lead_id = state["stream"], state["lead_id"]
+        found = adapter.get_leads(stream, [lead_id])
+        if not found:
+            return "the record is no longer in the CRM"
+        texts = self._task_text(adapter, found[0], stream, lead_id, state, d, None)
+        for note in self._notifications(crm, adapter, stream, lead_id, state, d, n, texts):
+            if note.key == entry.note_key:
+                return note
+        return "the assignment no longer has this notification"
 
     # ------------------------------------------------------------------ Redis plumbing
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from email import message_from_bytes
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -61,9 +62,9 @@ class Inbox:
         return AuthResult(success=data.password == b"s3cret")
 
 
-def mail_server(*, starttls: bool) -> tuple[Controller, int, Inbox]:
+def mail_server(*, starttls: bool, port: int | None = None) -> tuple[Controller, int, Inbox]:
     inbox = Inbox()
-    port = free_port()
+    port = port or free_port()
     tls: dict[str, Any] = {}
     if starttls:
         server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -95,6 +96,7 @@ def plain_smtp() -> Iterator[tuple[int, Inbox]]:
 class Hook:
     def __init__(self) -> None:
         self.bodies: list[dict[str, Any]] = []
+        self.accepted: list[dict[str, Any]] = []  # the bodies answered with a 2xx: what the channel shows
         self.status = 200
 
 
@@ -105,7 +107,10 @@ def webhook() -> Iterator[tuple[str, Hook]]:
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             length = int(self.headers["Content-Length"])
-            hook.bodies.append(json.loads(self.rfile.read(length)))
+            body = json.loads(self.rfile.read(length))
+            hook.bodies.append(body)
+            if hook.status < 300:
+                hook.accepted.append(body)
             self.send_response(hook.status)
             self.end_headers()
             self.wfile.write(b"ok")
@@ -236,6 +241,118 @@ def test_the_chat_payload_is_slack_compatible_and_escaped() -> None:
     assert payload["blocks"][3]["elements"][0]["text"] == "<https://crm.test/contacts/1|Open in the CRM>"
     odd = chat_payload(Notification(kind="assigned", key="k", subject="R&D <ops>", text="x"))
     assert odd["blocks"][0]["text"]["text"] == "*R&amp;D &lt;ops&gt;*"
+
+
+def _workers(client: redis.Redis, crm: FakeCrm, notifiers: list[Notifier]) -> list[Router]:
+    """One worker's router per notifier (its own connections), all on one Redis."""
+    return [Router(make_config(), client, lambda _crm: crm, n, clock=lambda: NOW) for n in notifiers]
+
+
+def test_a_rep_gets_exactly_one_message_when_mail_and_chat_are_down_for_a_while(
+    webhook: tuple[str, Hook], redis_client: redis.Redis
+) -> None:
+    hook_url, hook = webhook
+    port = free_port()  # the mail server is down: nothing listens there yet
+    hook.status = 503
+    crm = FakeCrm(reps=make_reps())
+    smtp_url = f"smtp://127.0.0.1:{port}?from=leads@corp.example"  # STARTTLS, as by default
+    notifiers = [
+        Notifier(smtp_url=smtp_url, chat_webhook_url=hook_url, timeout=2, ssl_context=client_context())
+        for _ in range(2)
+    ]
+    first, second = _workers(redis_client, crm, notifiers)
+
+    first.assign_hot_lead(crm.add_lead("1"), "contact", Score(), NOW)
+    [entry] = first.routing_record("hubspot:contact:1")[0]["notifications"]
+    assert [c[:2] for c in entry["channels"]] == [["email", "failed"], ["chat", "failed"]]
+    assert "retrying in 30 s" in entry["channels"][0][2]
+    t = time.time()
+    assert second.send_notifications(t + 5) == {}, "not due before its backoff"
+    assert second.send_notifications(t + 31) == {"failed": 2}, "still down at the first retry"
+
+    controller, _, inbox = mail_server(starttls=True, port=port)  # both come back
+    hook.status = 200
+    try:
+        done: list[dict[str, int]] = []
+        sweeps = [threading.Thread(target=lambda r=r: done.append(r.send_notifications(t + 31 + 61)))
+                  for r in (first, second)]  # fmt: skip
+        for sweep in sweeps:
+            sweep.start()
+        for sweep in sweeps:
+            sweep.join()
+        assert sum(c.get("sent", 0) for c in done) == 2, done
+        assert first.send_notifications(t + 24 * 3600) == {}
+        first.assign_hot_lead(crm.get_leads("contact", ["1"])[0], "contact", Score(), NOW)  # a replayed task
+    finally:
+        controller.stop()
+        for notifier in notifiers:
+            notifier.close()
+    assert [rcpts for _, rcpts, _ in inbox.messages] == [["d1@corp.example"]]
+    assert inbox.encrypted == [True]
+    assert "@corp.example" not in dump(redis_client)  # the outbox keeps the rep's id, never the address
+    assert [body["text"] for body in hook.accepted] == ["Hot lead: Anna Muster1 (Acme GmbH), score 87"]
+    assert len(hook.bodies) == 3, "two refused attempts, one accepted"
+
+
+def test_a_sweep_counts_as_sent_only_what_it_sent_itself(redis_client: redis.Redis) -> None:
+    from connector.notify import Channel, ChannelResult
+    from connector.routing.outbox import Outbox
+
+    class Flaky:
+        channels: tuple[Channel, ...] = ("email", "chat")
+
+        def __init__(self) -> None:
+            self.down = True
+            self.sent: list[tuple[str, Channel]] = []
+
+        def skip_reason(self, note: Notification, channel: Channel) -> str | None:
+            return None
+
+        def deliver(self, note: Notification, channel: Channel) -> ChannelResult:
+            if self.down:
+                return ChannelResult(channel, "failed", "down")
+            self.sent.append((note.key, channel))
+            return ChannelResult(channel, "sent", f"rep {note.rep_id}")
+
+    notifier = Flaky()
+    mine, theirs = Outbox(redis_client, "t:", notifier), Outbox(redis_client, "t:", notifier)
+    msg = Notification(kind="assigned", key="hubspot:contact:1|1|r0|assigned|d1", subject="s", text="t",
+                       rep_email="d1@corp.example", rep_id="d1")  # fmt: skip
+    t = 1_000_000.0
+    assert [r.status for r in mine.send(msg, pending_key="p", round_=0, now=t)] == ["failed", "failed"]
+    notifier.down = False
+    other_sweep: dict[str, int] = {}
+
+    def rebuild(_entry: object) -> Notification:
+        if not other_sweep:  # another worker's sweep runs while this one rebuilds its first message
+            other_sweep.update(theirs.send_due(lambda _e: msg, t + 31))
+        return msg
+
+    this_sweep = mine.send_due(rebuild, t + 31)
+
+    assert other_sweep == {"sent": 2}
+    assert this_sweep.get("sent", 0) == 0, this_sweep
+    assert sorted(channel for _, channel in notifier.sent) == ["chat", "email"], "each channel exactly once"
+
+
+def test_a_retry_is_not_sent_to_a_rep_who_lost_the_lead_meanwhile(
+    webhook: tuple[str, Hook], redis_client: redis.Redis
+) -> None:
+    hook_url, hook = webhook
+    hook.status = 503
+    crm = FakeCrm(reps=make_reps())
+    notifier = Notifier(chat_webhook_url=hook_url, timeout=2)
+    [router] = _workers(redis_client, crm, [notifier])
+    first = router.assign_hot_lead(crm.add_lead("1"), "contact", Score(), NOW)
+    [moved] = router.check_sla(NOW + 31 * 60)  # d1 did not act: the lead goes to the next rep
+    hook.status = 200
+
+    counts = router.send_notifications(time.time() + 3600)
+    notifier.close()
+
+    assert (first.chosen, moved.chosen) == ("d1", "d2")
+    assert counts == {"dropped": 1, "sent": 1}, "d1's message is superseded; d2's goes out"
+    assert [b["text"].split(":")[0] for b in hook.accepted] == ["Hot lead reassigned to you"]
 
 
 # --------------------------------------------------------------------------- SMTP transport security

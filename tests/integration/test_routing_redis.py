@@ -23,11 +23,11 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from connector.crm.base import OpenTask, Page, WriteReport
+from connector.crm.base import OpenTask, Page, WriteReport, task_ref_in
 from connector.domain import CrmName, Lead, Rep
 from connector.errors import RetryLater
 from connector.mappings.routing import RoutingConfig, parse_routing
-from connector.notify import ChannelResult, Notification
+from connector.notify import Channel, ChannelResult, Notification
 from connector.routing import service
 from connector.routing.away import list_reps_status, set_away, set_back
 from connector.routing.policy import MemoryPool, Slot, Turn
@@ -123,6 +123,12 @@ class FakeCrm:
     def task_is_open(self, task_id: str) -> bool:
         return next(t for t in self.tasks if t.id == task_id).open
 
+    def find_task(self, stream: str, lead_id: str, rep_id: str, ref: str) -> str | None:
+        return next(
+            (t.id for t in self.tasks if t.lead_id == lead_id and t.rep_id == rep_id and task_ref_in(t.body) == ref),
+            None,
+        )
+
     def open_task(self, stream: str, lead_id: str, rep_id: str, subject_prefixes: Sequence[str]) -> str | None:
         prefixes = tuple(subject_prefixes)
         return next(
@@ -172,11 +178,17 @@ def _copy(lead: Lead) -> Lead:
 
 @dataclass
 class FakeNotifier:
-    sent: list[Notification] = field(default_factory=list)
+    """A chat channel that takes every message (our own NotifierLike interface)."""
 
-    def send(self, note: Notification) -> list[ChannelResult]:
+    sent: list[Notification] = field(default_factory=list)
+    channels: tuple[Channel, ...] = ("chat",)
+
+    def skip_reason(self, note: Notification, channel: Channel) -> str | None:
+        return None
+
+    def deliver(self, note: Notification, channel: Channel) -> ChannelResult:
         self.sent.append(note)
-        return [ChannelResult("chat", "sent")]
+        return ChannelResult(channel, "sent")
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ import redis
 import requests
 from simple_salesforce.api import Salesforce
 
-from connector.crm.base import CrmAdapter
+from connector.crm.base import CrmAdapter, task_ref, with_task_ref
 from connector.crm.limits import RetryPolicy
 from connector.crm.salesforce import SalesforceAdapter
 from connector.crm.salesforce_http import SESSION_EXPIRED, OAuthCredentials
@@ -490,13 +490,36 @@ def test_a_task_for_the_rep_is_created_and_followed(
     assert adapter.record_url("Lead", lead_id) == f"{org.url}/lightning/r/Lead/{lead_id}/view"
 
 
+def test_a_task_stored_before_its_answer_was_lost_is_found_by_its_reference_and_not_created_twice(
+    adapter: SalesforceAdapter, org: Org, some_leads: list[str]
+) -> None:
+    lead_id = some_leads[1601]
+    rep = next(r for r in adapter.list_reps() if r.active and r.region).id
+    ref = task_ref("salesforce:Lead:x|1|r0")
+    mine = build_soql(["Id"], "Task", [f"WhoId = {soql_id(lead_id)}", f"OwnerId = {soql_id(rep)}"])
+    before = len(org.records(mine))
+    # Salesforce stores the task, then the answer is lost: the adapter's retry must not post it again.
+    org.faults({"drop": 1.0, "only": "POST /services/data/v59.0/sobjects/Task", "max": 1, "timeout_s": 0})
+    try:
+        task_id = adapter.create_task("Lead", lead_id, rep, subject="Hot lead: call today",
+                                      body=with_task_ref("Score 91", ref), due=time.time() + 86400)  # fmt: skip
+        injected = org.http.get(f"{org.url}/__sandbox__/faults", timeout=10).json()["faults"]["injected"]
+    finally:
+        org.faults({})
+    assert injected == 1, "the first POST was answered with a 504 after Salesforce stored the task"
+    assert [r["Id"] for r in org.records(mine)][before:] == [task_id]
+    assert adapter.find_task("Lead", lead_id, rep, ref) == task_id
+    assert adapter.find_task("Lead", lead_id, rep, task_ref("another assignment")) is None
+
+
 def test_routings_open_tasks_are_found_again_by_their_headline(
     adapter: SalesforceAdapter, org: Org, some_leads: list[str]
 ) -> None:
     lead_id, other_id = some_leads[1700], some_leads[1701]
     rep = next(r for r in adapter.list_reps() if r.active and r.region).id
     since = time.time() - 60
-    ours = adapter.create_task("Lead", lead_id, rep, subject="Hot lead: Ana Ruiz, score 91", body="b", due=since)
+    body = with_task_ref("b", task_ref("salesforce:Lead:y|1|r0"))  # as routing writes it
+    ours = adapter.create_task("Lead", lead_id, rep, subject="Hot lead: Ana Ruiz, score 91", body=body, due=since)
     done = adapter.create_task("Lead", other_id, rep, subject="Hot lead: Bo Li, score 88", body="b", due=since)
     adapter.create_task("Lead", other_id, rep, subject="Call back about pricing", body="b", due=since)
     org.sf.Task.update(done, {"Status": "Completed"})

@@ -428,6 +428,23 @@ def test_injected_faults_answer_500_and_429_and_clear_with_an_empty_spec(sandbox
     assert raw(sandbox, "GET", "/crm/v3/objects/contacts?limit=1").status_code == 200
 
 
+def test_a_dropped_answer_means_the_task_was_stored_though_the_client_got_a_504(sandbox: Sandbox) -> None:
+    task = {"properties": {"hs_timestamp": "2026-11-23T10:00:00Z", "hs_task_subject": "Call back"},
+            "associations": [{"to": {"id": "7"}, "types": [{"associationCategory": "HUBSPOT_DEFINED",
+                                                             "associationTypeId": 204}]}]}  # fmt: skip
+    before = raw(sandbox, "GET", "/crm/v4/objects/contacts/7/associations/tasks").json()["results"]
+    admin(sandbox, "faults", {"drop": 1.0, "only": "POST /crm/v3/objects/tasks", "max": 1, "timeout_s": 0})
+    try:
+        listed = raw(sandbox, "GET", "/crm/v3/objects/contacts?limit=1").status_code  # not an `only` route
+        dropped = raw(sandbox, "POST", "/crm/v3/objects/tasks", json=task)
+        second = raw(sandbox, "POST", "/crm/v3/objects/tasks", json=task)  # past `max`: answered
+    finally:
+        admin(sandbox, "faults", {})
+    after = raw(sandbox, "GET", "/crm/v4/objects/contacts/7/associations/tasks").json()["results"]
+    assert (listed, dropped.status_code, second.status_code) == (200, 504, 201)
+    assert len(after) == len(before) + 2, "the dropped request was carried out all the same"
+
+
 def test_an_injected_timeout_makes_the_sdk_time_out_without_wedging_the_server(
     sandbox: Sandbox, client: HubSpot
 ) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import shutil
+import ssl
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -346,6 +347,39 @@ def test_a_deletion_purges_what_routing_and_notifications_kept_without_scanning_
     assert [k for k, v in everything.items() if webhooks._names(k + " " + v, "hubspot:contact:123")]
     assert redis_client.exists("leadscore:routing:record:hubspot:contact:123")
     assert _pending(rt) == ["123"]
+
+
+def test_a_deletion_finds_the_notifications_the_outbox_still_retries_through_the_leads_index(
+    rt: Runtime, redis_client: redis.Redis
+) -> None:
+    from connector.notify import Notifier
+    from connector.routing.service import Router
+    from tests.integration.test_routing_redis import NOW, FakeCrm, Score, make_config, make_reps
+
+    webhooks.purge_record(rt, "hubspot:contact:999")  # older keys indexed once: what follows is found by index only
+    crm = FakeCrm(reps=make_reps())
+    notifier = Notifier(chat_webhook_url=f"http://127.0.0.1:{free_port()}/hook", dedupe=rt.redis, timeout=2)
+    router = Router(make_config(), rt.redis, lambda _c: crm, notifier, clock=lambda: NOW,
+                    namespace=f"{rt.namespace}:routing")  # fmt: skip
+    for lead_id in ("12", "123"):
+        router.assign_hot_lead(crm.add_lead(lead_id), "contact", Score(), NOW)
+    notifier.close()
+    waiting = [_text(m) for m in redis_client.zrange("leadscore:routing:outbox", 0, -1)]
+    assert sorted(m.split("|")[0] for m in waiting) == ["hubspot:contact:12", "hubspot:contact:123"]
+    redis_client.config_resetstat()
+
+    webhooks.purge_record(rt, "hubspot:contact:12")
+
+    used = {name.removeprefix("cmdstat_") for name in redis_client.info("commandstats")}
+    assert not used & {"scan", "keys", "hscan", "sscan", "zscan"}, used
+    everything = {k: _dump_value(redis_client, k) for k in redis_client.keys("*")}
+    assert not [k for k, v in everything.items() if webhooks._names(k + " " + v, "hubspot:contact:12")]
+    left = [_text(m) for m in redis_client.zrange("leadscore:routing:outbox", 0, -1)]
+    assert [m.split("|")[0] for m in left] == ["hubspot:contact:123"], "the other lead's retry stays due"
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _dump_value(r: redis.Redis, key: str) -> str:
@@ -826,3 +860,62 @@ def test_the_emitters_outbound_messages_are_acknowledged_by_the_web_app(client: 
     assert stats["failed"]["salesforce"] == 0
     assert _pending(rt, "salesforce", "Lead") == ["00Q000000000001AAA"]  # the score-only write sent nothing
     assert _pending(rt, "salesforce", "Contact") == ["003000000000003AAA"]
+
+
+# --------------------------------------------------------------------------- our own Salesforce writes coming back
+
+
+def _emitter_idle(sb: Any, timeout: float = 20.0) -> dict[str, Any]:
+    """Wait until the sandbox has delivered (or given up) every Outbound Message; its webhook state."""
+    deadline = time.monotonic() + timeout
+    while True:
+        state: dict[str, Any] = httpx.get(f"{sb.hubspot_url}/__sandbox__/webhooks", timeout=10).json()
+        if state["pending"] == 0:
+            return state
+        assert time.monotonic() < deadline, f"the sandbox's outbound messages never went out: {state}"
+        time.sleep(0.05)
+
+
+def test_outbound_messages_that_only_echo_our_own_score_writes_are_not_rescored(
+    redis_url: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    from connector import sync
+    from sandbox.server import Sandbox
+
+    with Sandbox.start(contacts=60, seed=3) as sb:
+        settings = _settings(
+            redis_url, mappings_dir=fast_mappings(tmp_path), salesforce_instance_url=sb.salesforce_url,
+            salesforce_access_token=sb.salesforce_token, salesforce_ca_bundle=Path(sb.ca_cert),
+        )  # fmt: skip
+        runtime = build_runtime(settings)
+        try:
+            runtime.adapter("salesforce").setup()  # the score fields, as `leadscore setup` creates them
+            with TestClient(build_app(lambda: runtime, dispatcher=CeleryDispatcher(redis_url))) as client:
+                # A workflow rule that fires on every edit, our score writes included.
+                fired_by = ["Title", "Status", "OwnerId", "Lead_Score__c", "Lead_Band__c", "Lead_Scored_At__c"]
+                setup = httpx.post(f"{sb.hubspot_url}/__sandbox__/webhooks", timeout=10, json={
+                    "salesforce": {"url": f"{client.hook.rsplit('/', 1)[0]}/salesforce?token={SF_TOKEN}",
+                                   "org_id": ORG, "fields": fired_by},
+                })  # fmt: skip
+                assert setup.status_code == 200, setup.text
+                ids = [lead.id for lead in runtime.adapter("salesforce").read_page("Lead", None, since=None).leads[:20]]
+
+                result = sync.rescore(runtime, "salesforce", "Lead", ids, time.time())
+                echoed = _emitter_idle(sb)["stats"]
+
+                assert result.counts["written"] == len(ids)
+                assert echoed["events"]["salesforce"] == len(ids), "every score write fired a notification"
+                assert echoed["failed"]["salesforce"] == 0, "and the web app accepted every one"
+                assert _pending(runtime, "salesforce", "Lead") == [], "and none of them queued a rescore"
+
+                rep = next(r for r in runtime.adapter("salesforce").list_reps() if r.active)
+                tls = ssl.create_default_context(cafile=sb.ca_cert)
+                with httpx.Client(base_url=f"{sb.salesforce_url}/services/data/v59.0/sobjects/Lead", verify=tls,
+                                  headers={"Authorization": f"Bearer {sb.salesforce_token}"}, timeout=10) as api:
+                    for record_id, change in ((ids[0], {"Title": "Chief Executive Officer"}),
+                                              (ids[1], {"OwnerId": rep.id})):  # an admin's hand
+                        assert api.patch(f"/{record_id}", json=change).status_code == 204
+                _emitter_idle(sb)
+        finally:
+            runtime.close()
+    assert _pending(runtime, "salesforce", "Lead") == [ids[0]], "a new title is rescored; a new owner is not"

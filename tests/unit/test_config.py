@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import time
 from pathlib import Path
 
 import pytest
 
+from connector.bootstrap import routing_clock
 from connector.config import load_settings
 from connector.errors import ConfigError
 
@@ -32,6 +35,10 @@ def test_tokens_never_appear_in_the_settings_repr() -> None:
         ({"REDIS_URL": "http://localhost:6379"}, "REDIS_URL must start with redis://, rediss:// or unix://"),
         ({"HUBSPOT_BASE_URL": "api.hubapi.com"}, "HUBSPOT_BASE_URL must be a URL"),
         ({"SALESFORCE_CA_BUNDLE": "/nonexistent/ca.pem"}, "SALESFORCE_CA_BUNDLE points at /nonexistent/ca.pem"),
+        ({"LEADSCORE_ROUTING_AT": "monday 10:00"},
+         "LEADSCORE_ROUTING_AT must be a date and time with its zone, such as 2026-11-23T10:00:00+01:00, not "
+         "'monday 10:00'."),
+        ({"LEADSCORE_ROUTING_AT": "2026-11-23T10:00"}, "LEADSCORE_ROUTING_AT must be a date and time with its zone"),
     ],
 )
 def test_a_malformed_setting_names_the_variable(env: dict[str, str], message: str) -> None:
@@ -60,6 +67,14 @@ def test_settings_built_in_code_read_no_environment(monkeypatch: pytest.MonkeyPa
     assert Settings().redis_url == "redis://localhost:6379/0"
     assert load_settings().redis_url == "redis://elsewhere:1/0"
     assert load_settings().redis_url_given
+
+
+def test_routing_decides_by_the_real_clock_unless_a_moment_is_stated() -> None:
+    assert load_settings({}).routing_at is None
+    assert routing_clock(None) is time.time
+    stated = load_settings({"LEADSCORE_ROUTING_AT": "2026-11-23T10:00:00+01:00"}).routing_at
+    assert stated == dt.datetime(2026, 11, 23, 9, 0, tzinfo=dt.UTC).timestamp()
+    assert routing_clock(stated)() == stated
 
 
 @pytest.mark.parametrize(

@@ -39,6 +39,7 @@ def test_the_configured_intervals_become_beat_entries(tmp_path: Path) -> None:
     assert entries["hubspot-full"]["args"] == ("hubspot", True)
     assert "salesforce-incremental" not in entries  # not configured
     assert entries["routing-sla"]["task"] == "leadscore.routing.check_sla"
+    assert entries["routing-notifications"] == {"task": "leadscore.routing.send_notifications", "schedule": 30.0}
 
 
 def test_an_unquoted_or_impossible_time_names_the_file_line_and_key(tmp_path: Path) -> None:

@@ -696,7 +696,8 @@ class Org:
         employees = p.employees if isinstance(p.employees, int) else 50
         rec: Record = {
             "Id": sf_ids.make_id(sf_ids.OPPORTUNITY, i), "IsDeleted": False,
-            "Name": f"{p.company} - measurement system", "AccountId": sf_ids.make_id(sf_ids.ACCOUNT, p.company_index), "StageName": stage,
+            "Name": f"{p.company} - measurement system",
+            "AccountId": sf_ids.make_id(sf_ids.ACCOUNT, p.company_index), "StageName": stage,
             "IsClosed": stage.startswith("Closed"), "IsWon": stage == "Closed Won", "CloseDate": _date(close),
             "Amount": float(5_000 + (min(employees, 5000) * 37 + i * 131) % 120_000), "OwnerId": self.owner_id(p),
             "CreatedDate": created, "LastModifiedDate": modified, "SystemModstamp": modified,

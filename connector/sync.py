@@ -168,7 +168,8 @@ def run_page(
         if left == 0:
             finish_run(rt, run_id)
         return left
-    now = time.time() if now is None else now
+    page_began = time.time()
+    now = page_began if now is None else now
     started = time.perf_counter()
     adapter = rt.adapter(crm)
     calls_before = adapter.calls.this_thread
@@ -196,7 +197,8 @@ def run_page(
             raise
     if cursor is None:
         # A run takes up first what earlier runs could not write (connector/retry.py).
-        retry_due(rt, crm, stream, now, result, batches=RUN_RETRY_BATCHES)
+        # Only what was due when this page began: not what the page itself just put there.
+        retry_due(rt, crm, stream, now, result, batches=RUN_RETRY_BATCHES, due_by=page_began)
     result.add("api_calls", adapter.calls.this_thread - calls_before)
     runs.refresh_lock(crm, run_id)
     left = runs.finish_page(run_id, stream, cursor, result)
@@ -287,18 +289,18 @@ def finish_run(rt: Runtime, run_id: str) -> None:
 
 def retry_due(
     rt: Runtime, crm: CrmName, stream: str, now: float | None = None, result: PageResult | None = None,
-    *, batches: int = 1,
+    *, batches: int = 1, due_by: float | None = None,
 ) -> PageResult:
     """Write again the records of the retry set that are due: re-read, scored now, through score_leads.
 
-    Up to `batches` claims of CLAIM_MAX ids. Records written, unchanged or gone leave the set;
+    Up to `batches` claims of CLAIM_MAX ids due by `due_by` (default: now). Records written, unchanged or gone leave the set;
     those that fail again stay, with a longer wait; a batch whose re-read fails goes back as a whole.
     """
     result = PageResult() if result is None else result
     now = time.time() if now is None else now
     adapter = rt.adapter(crm)
     for _ in range(batches):
-        ids = rt.retries.claim(crm, stream, time.time())
+        ids = rt.retries.claim(crm, stream, time.time() if due_by is None else due_by)
         if not ids:
             break
         result.add("retried", len(ids))

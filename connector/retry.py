@@ -14,7 +14,8 @@ Per (crm, stream), only ids, times and a short reason are kept:
 - `retry:{crm}:{stream}:since`  zset id -> when it first failed (how far the stream is behind);
 - `retry:{crm}:{stream}:tries`  hash id -> attempts so far;
 - `retry:{crm}:{stream}:why`    hash id -> the last reason, for `leadscore check`;
-- `retry:streams`               set of "crm\\x1fstream" that may hold ids (no keyspace scans).
+- `retry:streams`               set of "crm\\x1fstream" holding ids (no keyspace scans; a scrape of
+                                /metrics reads only this set while nothing waits).
 """
 
 from __future__ import annotations
@@ -54,6 +55,21 @@ end
 return redis.call('ZCARD', KEYS[1])
 """ % {"cap": BACKOFF_CAP, "base": BACKOFF_BASE}
 
+# KEYS: due zset, since zset, tries hash, why hash, streams set. ARGV: member of streams, then ids.
+# The stream leaves the index when its last id goes, in the same step (no add can slip between).
+_DONE = """
+for i = 2, #ARGV do
+  redis.call('ZREM', KEYS[1], ARGV[i])
+  redis.call('ZREM', KEYS[2], ARGV[i])
+  redis.call('HDEL', KEYS[3], ARGV[i])
+  redis.call('HDEL', KEYS[4], ARGV[i])
+end
+if redis.call('ZCARD', KEYS[1]) == 0 then
+  redis.call('SREM', KEYS[5], ARGV[1])
+end
+return 0
+"""
+
 # KEYS: due zset. ARGV: now, lease until, limit. Takes the due ids and moves them a lease ahead.
 _CLAIM = """
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
@@ -84,6 +100,7 @@ class RetrySet:
         self.ns = namespace
         self._add = client.register_script(_ADD)
         self._claim = client.register_script(_CLAIM)
+        self._done = client.register_script(_DONE)
 
     def _keys(self, crm: str, stream: str) -> list[str]:
         base = f"{self.ns}:retry:{crm}:{stream}"
@@ -108,13 +125,7 @@ class RetrySet:
         """These ids need nothing more (written, unchanged, gone, or failed for good)."""
         if not ids:
             return
-        due, since, tries, why, _ = self._keys(crm, stream)
-        pipe = self.r.pipeline(transaction=True)
-        pipe.zrem(due, *ids)
-        pipe.zrem(since, *ids)
-        pipe.hdel(tries, *ids)
-        pipe.hdel(why, *ids)
-        pipe.execute()
+        self._done(keys=self._keys(crm, stream), args=[f"{crm}\x1f{stream}", *ids])
 
     def waiting(self, crm: str, stream: str) -> int:
         return int(self.r.zcard(self._keys(crm, stream)[0]))  # type: ignore[arg-type]
@@ -135,7 +146,7 @@ class RetrySet:
         return Behind(crm, stream, int(n), float(ts), _s(reason) if reason is not None else None)
 
     def streams(self) -> list[tuple[str, str]]:
-        """Every (crm, stream) that has held ids, from the index set."""
+        """Every (crm, stream) that holds ids, from the index set (one read)."""
         members = self.r.smembers(f"{self.ns}:retry:streams")
         out = []
         for m in members:  # type: ignore[union-attr]

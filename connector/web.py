@@ -183,11 +183,12 @@ class _RetryCollector(Collector):
             labels=["crm", "stream"],
         )
         now = time.time()
+        holding = set(self.retries.streams())  # one read while nothing waits; two more per stream that does
         for crm, streams in STREAMS.items():
             for stream in streams:
-                b = self.retries.behind(crm, stream)
-                waiting.add_metric([crm, stream], b.waiting)
-                behind.add_metric([crm, stream], round(b.seconds(now), 1))
+                b = self.retries.behind(crm, stream) if (crm, stream) in holding else None
+                waiting.add_metric([crm, stream], b.waiting if b else 0)
+                behind.add_metric([crm, stream], round(b.seconds(now), 1) if b else 0.0)
         yield waiting
         yield behind
 

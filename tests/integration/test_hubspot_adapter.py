@@ -437,6 +437,23 @@ def test_a_record_hubspot_could_not_write_in_a_207_is_retried_and_a_lasting_one_
     a.close()
 
 
+def test_a_batch_update_that_keeps_timing_out_leaves_its_records_to_retry_and_raises_nothing(
+    sandbox: Sandbox, fast_mapping: HubSpotMapping, r: redis.Redis
+) -> None:
+    brief = RetryPolicy(attempts=3, total_seconds=10, base=0.01, cap=0.05)
+    a = adapter(sandbox, fast_mapping, r, timeout=0.3, retry_policy=brief)
+    a.setup()
+    set_faults(sandbox, {"timeout": 1.0, "timeout_s": 0.6, "only": "POST /crm/v3/objects/contacts/batch/update"})
+    try:
+        report = a.write_scores("contact", {i: {"score": "19"} for i in ("61", "62", "63")})
+    finally:
+        set_faults(sandbox, {})
+    assert sorted(i for i, _ in report.retry) == ["61", "62", "63"]
+    assert report.written == [] and report.failed == []
+    assert all(why.startswith("not written: ") for _, why in report.retry)
+    a.close()
+
+
 def test_faults_do_not_change_the_written_state(shipped: HubSpotMapping, r: redis.Redis) -> None:
     with Sandbox.start(contacts=300, seed=5, hubspot_rate=100_000) as sb:
         patient = RetryPolicy(attempts=12, total_seconds=60, base=0.05, cap=0.5)

@@ -35,11 +35,12 @@ BACKOFF_CAP = 3600.0  # ... at most an hour: it is never given up on while it fa
 CLAIM_MAX = 100  # ids per claim: one page's worth
 WHY_CHARS = 200
 
-# KEYS: due zset, since zset, tries hash, why hash, streams set. ARGV: now, member of streams, then id/why pairs.
+# KEYS: due zset, since zset, tries hash, why hash, streams set.
+# ARGV: now, member of streams, backoff cap, backoff base, then id/why pairs.
 _ADD = """
 local now = tonumber(ARGV[1])
 redis.call('SADD', KEYS[5], ARGV[2])
-local i = 3
+local i = 5
 while ARGV[i] ~= nil do
   local id = ARGV[i]
   redis.call('ZADD', KEYS[2], 'NX', now, id)
@@ -47,13 +48,13 @@ while ARGV[i] ~= nil do
   redis.call('HSET', KEYS[4], id, ARGV[i + 1])
   local wait = 0
   if tries > 1 then
-    wait = math.min(%(cap)f, %(base)f * 2 ^ (tries - 2))
+    wait = math.min(tonumber(ARGV[3]), tonumber(ARGV[4]) * 2 ^ (tries - 2))
   end
   redis.call('ZADD', KEYS[1], now + wait, id)
   i = i + 2
 end
 return redis.call('ZCARD', KEYS[1])
-""" % {"cap": BACKOFF_CAP, "base": BACKOFF_BASE}
+"""
 
 # KEYS: due zset, since zset, tries hash, why hash, streams set. ARGV: member of streams, then ids.
 # The stream leaves the index when its last id goes, in the same step (no add can slip between).
@@ -108,10 +109,10 @@ class RetrySet:
 
     def add(self, crm: str, stream: str, items: Iterable[tuple[str, str]], now: float | None = None) -> int:
         """Keep these (id, reason) for a later write; an id already kept counts one more attempt. Returns the size."""
-        args: list[str | float] = [time.time() if now is None else now, f"{crm}\x1f{stream}"]
+        args: list[str | float] = [time.time() if now is None else now, f"{crm}\x1f{stream}", BACKOFF_CAP, BACKOFF_BASE]
         for record_id, why in items:
             args += [record_id, why[:WHY_CHARS]]
-        if len(args) == 2:
+        if len(args) == 4:
             return int(self.r.zcard(self._keys(crm, stream)[0]))  # type: ignore[arg-type]
         return int(self._add(keys=self._keys(crm, stream), args=args))
 

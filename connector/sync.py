@@ -293,7 +293,8 @@ def retry_due(
 ) -> PageResult:
     """Write again the records of the retry set that are due: re-read, scored now, through score_leads.
 
-    Up to `batches` claims of CLAIM_MAX ids due by `due_by` (default: now). Records written, unchanged or gone leave the set;
+    Up to `batches` claims of CLAIM_MAX ids due by `due_by` (default: now). Records written,
+    unchanged or gone leave the set;
     those that fail again stay, with a longer wait; a batch whose re-read fails goes back as a whole.
     """
     result = PageResult() if result is None else result

@@ -498,7 +498,8 @@ class SalesforceAdapter:
                 errors = result.get("errors") or []
                 message = "; ".join(f"{e.get('statusCode', 'ERROR')}: {e.get('message', '')}".strip() for e in errors)
                 passes = bool(errors) and all(e.get("statusCode") in TRANSIENT_RECORD_CODES for e in errors)
-                (report.retry if passes else report.failed).append((rid, message or "Salesforce did not save the record"))
+                said = message or "Salesforce did not save the record"
+                (report.retry if passes else report.failed).append((rid, said))
         answered = len(results or [])
         # no result at all: whether it was saved is not known, and saving the same values again is harmless
         report.retry.extend((rid, "Salesforce gave no result for this record") for rid, _ in rows[answered:])
@@ -549,10 +550,10 @@ class SalesforceAdapter:
             code = message.partition(":")[0]
             (report.retry if code in TRANSIENT_RECORD_CODES else report.failed).append((full, _bulk_message(message)))
         for rid in unprocessed:
-            full = by_prefix.get(rid[:15])
-            if full is not None and full[:15] not in settled:
-                settled.add(full[:15])
-                report.retry.append((full, f"not processed: the bulk job stopped ({why})"))
+            left = by_prefix.get(rid[:15])
+            if left is not None and left[:15] not in settled:
+                settled.add(left[:15])
+                report.retry.append((left, f"not processed: the bulk job stopped ({why})"))
         report.written.extend(rid for rid, _ in rows if rid[:15] not in settled)
 
     def _wait_for_job(self, client: Any, job_id: str) -> dict[str, Any]:

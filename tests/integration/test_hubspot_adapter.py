@@ -422,7 +422,8 @@ def test_a_record_hubspot_could_not_write_in_a_207_is_retried_and_a_lasting_one_
     reset_stats(sandbox)
     report = a.write_scores("contact", {i: {"score": "71"} for i in ids})
     assert sorted(report.written) == sorted(ids)
-    assert report.retry == [] and report.failed == []
+    assert report.retry == []
+    assert report.failed == []
     assert calls_to(stats(sandbox), "POST /crm/v3/objects/*/batch/update") == 2
 
     # Contact 47 cannot be written however often it is tried; 9999 does not exist (that stays a failure).
@@ -431,9 +432,11 @@ def test_a_record_hubspot_could_not_write_in_a_207_is_retried_and_a_lasting_one_
     set_faults(sandbox, {})
     assert [i for i, _ in report.retry] == ["47"]
     assert [i for i, _ in report.failed] == ["9999"]
-    assert "47" not in report.written and len(report.written) == len(ids) - 1
+    assert "47" not in report.written
+    assert len(report.written) == len(ids) - 1
     back = {lead.id: lead.written.get("score") for lead in a.get_leads("contact", ids)}
-    assert back["47"] == "71" and back["45"] == "72"
+    assert back["47"] == "71"
+    assert back["45"] == "72"
     a.close()
 
 
@@ -449,7 +452,8 @@ def test_a_batch_update_that_keeps_timing_out_leaves_its_records_to_retry_and_ra
     finally:
         set_faults(sandbox, {})
     assert sorted(i for i, _ in report.retry) == ["61", "62", "63"]
-    assert report.written == [] and report.failed == []
+    assert report.written == []
+    assert report.failed == []
     assert all(why.startswith("not written: ") for _, why in report.retry)
     a.close()
 

@@ -20,7 +20,6 @@ import orjson
 import pytest
 import urllib3
 
-
 from connector import sync
 from connector.bootstrap import Runtime, build_runtime
 from connector.config import Settings
@@ -116,7 +115,8 @@ def test_a_contact_hubspot_keeps_refusing_for_now_is_kept_and_the_next_run_write
     first = run_sync(rt)
 
     assert first.status == "done"
-    assert first.count("retrying") == 1 and first.count("failed") == 0  # not counted as a permanent failure
+    assert first.count("retrying") == 1
+    assert first.count("failed") == 0
     assert rt.retries.ids("hubspot", "contact") == ["7"]
     assert rt.runs.cursor("hubspot", "contact") is not None  # the cursor moved: 7 is not left behind by it
     assert scores(api, ["7", "8"]) == {"7": None, "8": scores(api, ["8"])["8"]}
@@ -140,7 +140,8 @@ def test_a_page_that_keeps_failing_hands_its_records_to_the_retry_set_and_the_ru
     view = run_sync(rt, page_two_fails)  # three pages of 100; the second one's activities never come
 
     assert view.status == "done", view.fields.get("message")
-    assert view.count("pages_deferred") == 1 and view.count("pages_failed") == 0
+    assert view.count("pages_deferred") == 1
+    assert view.count("pages_failed") == 0
     assert rt.runs.cursor("hubspot", "contact") is not None
     waiting = rt.retries.ids("hubspot", "contact")
     assert len(waiting) == 100
@@ -163,7 +164,8 @@ def test_a_page_that_keeps_failing_hands_its_records_to_the_retry_set_and_the_ru
     # The periodic retry writes them on their own, and the stream is no longer behind.
     time.sleep(0.01)
     result = sync.retry_due(rt, "hubspot", "contact", batches=sync.RUN_RETRY_BATCHES)
-    assert result.counts["retried"] == 100 and result.counts["written"] == 100
+    assert result.counts["retried"] == 100
+    assert result.counts["written"] == 100
     assert None not in scores(api, waiting).values()
     assert rt.retries.ids("hubspot", "contact") == []
     assert 'leadscore_retry_waiting{crm="hubspot",stream="contact"} 0.0' in metrics(rt)

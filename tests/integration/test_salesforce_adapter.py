@@ -408,11 +408,14 @@ def test_a_row_lock_on_one_record_is_retried_and_a_lasting_one_is_reported_to_re
     assert report.retry[0][1].startswith("UNABLE_TO_LOCK_ROW")
     assert [rid for rid, _ in report.failed] == [bad]  # a validation error stays reported and skipped
     assert "STRING_TOO_LONG" in report.failed[0][1]
-    assert stuck not in report.written and len(report.written) == len(ids) - 2
+    assert stuck not in report.written
+    assert len(report.written) == len(ids) - 2
     # only the locked record was sent again (1 + 2 retries), not the others
     assert org.stats().get(COMPOSITE) == 2 + 3
     scores = _scores(org, ids)
-    assert scores[stuck] == 44 and scores[ids[0]] == 45 and scores[bad] is None
+    assert scores[stuck] == 44
+    assert scores[ids[0]] == 45
+    assert scores[bad] is None
 
 
 def test_rows_a_failed_bulk_job_left_unprocessed_are_written_again_and_never_reported_as_written(
@@ -426,7 +429,8 @@ def test_rows_a_failed_bulk_job_left_unprocessed_are_written_again_and_never_rep
     org.faults({"records": [ids[150]], "max": 1})
     report = adapter.write_scores("Lead", {i: {"score": "61"} for i in ids})
     assert sorted(report.written) == sorted(ids)
-    assert report.retry == [] and report.failed == []
+    assert report.retry == []
+    assert report.failed == []
     calls = org.stats()
     assert calls.get(BULK_JOBS) == 1  # the 150 rows it did write were not sent again in a second job
     assert calls.get(COMPOSITE) == 2  # the 250 unprocessed ones, 200 a call
@@ -438,10 +442,12 @@ def test_rows_a_failed_bulk_job_left_unprocessed_are_written_again_and_never_rep
     report = adapter.write_scores("Lead", {i: {"score": "62"} for i in ids})
     org.faults({})
     assert [rid for rid, _ in report.retry] == [ids[150]]
-    assert ids[150] not in report.written and len(report.written) == len(ids) - 1
+    assert ids[150] not in report.written
+    assert len(report.written) == len(ids) - 1
     assert report.failed == []
     scores = _scores(org, ids[140:160])
-    assert scores[ids[150]] == 61 and scores[ids[151]] == 62
+    assert scores[ids[150]] == 61
+    assert scores[ids[151]] == 62
     adapter.close()
 
 

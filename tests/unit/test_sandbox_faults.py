@@ -18,7 +18,8 @@ def test_the_text_form_names_routes_with_bars_and_a_maximum() -> None:
         ({"drop": 2}, "fault 'drop' must be a share between 0 and 1, not 2"),
         ({"max": 1.5}, "max must be a whole number of faults, not 1.5"),
         ({"only": []}, "'only' must name routes such as \"POST /crm/v3/objects/tasks\""),
-        ({"lost": 1}, "unknown fault 'lost': use 429, 500, timeout, drop, record, records, seed, timeout_s, only or max"),
+        ({"lost": 1},
+         "unknown fault 'lost': use 429, 500, timeout, drop, record, records, seed, timeout_s, only or max"),
     ],
 )
 def test_a_bad_specification_is_one_sentence(spec: dict[str, object], message: str) -> None:

@@ -507,10 +507,10 @@ class SalesforceAdapter:
     def _write_bulk(self, obj: str, rows: Sequence[tuple[str, dict[str, Any]]], report: WriteReport) -> None:
         """One Bulk API 2.0 update job (CSV).
 
-        Rows the job refused come back in failedResults (a row lock among them passes, the rest do
-        not); rows a Failed or Aborted job never reached come back in unprocessedrecords, "not the
-        same as failed rows" (Bulk API 2.0 Developer Guide, "Get Job Unprocessed Record Results"):
-        they were not written and go to report.retry.
+        A row is written when successfulResults lists it. Rows the job refused come back in
+        failedResults (a row lock among them passes, the rest do not). Rows a Failed or Aborted
+        job never reached are in neither, "not the same as failed rows" (Bulk API 2.0 Developer
+        Guide, "Get Job Unprocessed Record Results"): not written, they go to report.retry.
         """
         columns = list(dict.fromkeys(name for _, fields in rows for name in fields))
         # In a Bulk API CSV an empty cell leaves the field as it is, which is what a
@@ -521,40 +521,38 @@ class SalesforceAdapter:
         writer.writerows([rid, *(self._csv_value(fields.get(c)) for c in columns)] for rid, fields in rows)
         data = buf.getvalue()
 
-        def job(sf: Salesforce) -> tuple[list[tuple[str, str]], list[str], str]:
+        def job(sf: Salesforce) -> tuple[set[str], list[tuple[str, str]], str]:
             handler = SFBulk2Handler(sf.session_id, sf.bulk2_url, session=self._session)
             # The job's steps one by one: SFBulk2Type.update raises on a Failed job without its id,
-            # and the id is what lists the rows it did not process.
+            # and the id is what tells which rows were written.
             client = getattr(handler, obj)._client
             job_id = client.create_job(Operation.update)["id"]
             client.upload_job_data(job_id, data)
             client.close_job(job_id)
             info = self._wait_for_job(client, job_id)
+            text = client.get_ingest_results(job_id, "successfulResults")
+            written = {(row.get("sf__Id") or "")[:15] for row in csv.DictReader(io.StringIO(text))}
             failed: list[tuple[str, str]] = []
             if int(info.get("numberRecordsFailed") or 0):
                 text = client.get_ingest_results(job_id, "failedResults")
                 for row in csv.DictReader(io.StringIO(text)):
                     failed.append((row.get("sf__Id") or row.get("Id") or "?", row.get("sf__Error") or ""))
-            unprocessed: list[str] = []
-            if info.get("state") != "JobComplete" or int(info.get("numberRecordsProcessed") or 0) < len(rows):
-                text = client.get_ingest_results(job_id, "unprocessedrecords")
-                unprocessed = [row.get("Id") or "" for row in csv.DictReader(io.StringIO(text))]
-            return failed, unprocessed, str(info.get("errorMessage") or info.get("state") or "")
+            return written, failed, str(info.get("errorMessage") or info.get("state") or "")
 
-        failed, unprocessed, why = self._run(job)
+        written, failed, why = self._run(job)
         by_prefix = {rid[:15]: rid for rid, _ in rows}
-        settled: set[str] = set()
+        refused: set[str] = set()
         for rid, message in failed:
             full = by_prefix.get(rid[:15], rid)
-            settled.add(full[:15])
+            refused.add(full[:15])
             code = message.partition(":")[0]
             (report.retry if code in TRANSIENT_RECORD_CODES else report.failed).append((full, _bulk_message(message)))
-        for rid in unprocessed:
-            left = by_prefix.get(rid[:15])
-            if left is not None and left[:15] not in settled:
-                settled.add(left[:15])
-                report.retry.append((left, f"not processed: the bulk job stopped ({why})"))
-        report.written.extend(rid for rid, _ in rows if rid[:15] not in settled)
+        for rid, _ in rows:
+            if rid[:15] in written:
+                report.written.append(rid)
+            elif rid[:15] not in refused:
+                # Neither written nor refused: a row the job never processed (listed by unprocessedrecords).
+                report.retry.append((rid, f"not processed: the bulk job stopped ({why})"))
 
     def _wait_for_job(self, client: Any, job_id: str) -> dict[str, Any]:
         """Poll a closed ingest job until it ends (JobComplete, Failed or Aborted)."""

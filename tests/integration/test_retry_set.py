@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 import httpx
 import orjson
 import pytest
+import redis
 import urllib3
 
 from connector import sync
@@ -25,6 +26,7 @@ from connector.bootstrap import Runtime, build_runtime
 from connector.config import Settings
 from connector.errors import RetryLater
 from connector.mappings.hubspot import Account
+from connector.retry import BACKOFF_BASE, LEASE_SECONDS, RetrySet
 from connector.runs import RunView
 from connector.web import build_admin_app, build_app
 from sandbox.server import Sandbox
@@ -171,3 +173,33 @@ def test_a_page_that_keeps_failing_hands_its_records_to_the_retry_set_and_the_ru
     assert 'leadscore_retry_waiting{crm="hubspot",stream="contact"} 0.0' in metrics(rt)
     proc = check(env)
     assert not [line for line in proc.stdout.splitlines() if "behind by" in line], proc.stdout
+
+
+def test_workers_claim_disjoint_ids_a_dead_claim_comes_due_again_and_one_failing_again_waits_longer(
+    redis_url: str,
+) -> None:
+    store = RetrySet(redis.Redis.from_url(redis_url))
+    t0 = 1_000_000.0
+    store.add("salesforce", "Lead", [(f"00Q{i:015d}", "UNABLE_TO_LOCK_ROW") for i in range(250)], t0)
+    first = store.claim("salesforce", "Lead", t0)
+    second = store.claim("salesforce", "Lead", t0)
+    third = store.claim("salesforce", "Lead", t0)
+    assert (len(first), len(second), len(third)) == (100, 100, 50)
+    assert len(set(first) | set(second) | set(third)) == 250  # no id handed to two workers
+    assert store.claim("salesforce", "Lead", t0 + 1) == []  # all leased
+
+    store.done("salesforce", "Lead", first + second)
+    store.add("salesforce", "Lead", [(i, "UNABLE_TO_LOCK_ROW again") for i in third[:10]], t0 + 2)
+    # The 10 that failed again wait BACKOFF_BASE; the worker holding the other 40 died: they come
+    # due when its lease runs out.
+    assert store.claim("salesforce", "Lead", t0 + 2 + BACKOFF_BASE - 1) == []
+    assert sorted(store.claim("salesforce", "Lead", t0 + 2 + BACKOFF_BASE)) == sorted(third[:10])
+    assert store.claim("salesforce", "Lead", t0 + LEASE_SECONDS - 1) == []
+    assert sorted(store.claim("salesforce", "Lead", t0 + LEASE_SECONDS)) == sorted(third[10:])
+
+    behind = store.behind("salesforce", "Lead")
+    assert behind.waiting == 50
+    assert behind.since == t0  # when the oldest first failed, not when it last failed
+    store.done("salesforce", "Lead", third)
+    assert store.streams() == []  # nothing waits: the stream left the index
+    assert store.behind("salesforce", "Lead").waiting == 0

@@ -220,10 +220,13 @@ def run_page(
     return left
 
 
-def _page_metrics(rt: Runtime, crm: CrmName, stream: str, result: PageResult, ok: bool) -> None:
+def _page_metrics(
+    rt: Runtime, crm: CrmName, stream: str, result: PageResult, ok: bool, outcome: str | None = None
+) -> None:
     m = rt.metrics
     m.incr("api_rate_limited", rt.adapter(crm).calls.take_limited(), crm=crm)
-    m.incr("pages", crm=crm, stream=stream, outcome="ok" if ok else "failed")
+    # outcome "deferred": a page that kept failing and handed its records to the retry set
+    m.incr("pages", crm=crm, stream=stream, outcome=outcome or ("ok" if ok else "failed"))
     m.incr("records_scored", result.counts.get("scored", 0), crm=crm, path="sync")
     m.incr("records_written", result.counts.get("written", 0), crm=crm, path="sync")
     m.incr("api_calls", result.counts.get("api_calls", 0), crm=crm)
@@ -236,7 +239,7 @@ def fail_page(rt: Runtime, run_id: str, crm: CrmName, stream: str, cursor: str |
     records go to the retry set, to be retried on their own, and the run may finish and move
     the cursor. A page that could not even be read fails the run; the cursor still moves up to
     the pages read before it (the pages of a stream are read one after another, so none after
-    it was read), which keeps the window the next run reads from growing.
+    it was read), so the window the next run reads does not keep growing.
     """
     runs = rt.runs
     result = PageResult()
@@ -254,7 +257,7 @@ def fail_page(rt: Runtime, run_id: str, crm: CrmName, stream: str, cursor: str |
         result.add("pages_deferred")
     left = runs.finish_page(run_id, stream, cursor, result, ok=bool(held))
     if left is not None:
-        _page_metrics(rt, crm, stream, result, ok=False)
+        _page_metrics(rt, crm, stream, result, ok=False, outcome="deferred" if held else "failed")
     log.warning("page failed", extra={"event": "page_failed", "run": run_id, "crm": crm, "stream": stream, "why": why,
                                       "retrying": len(held)})
     if left == 0:
@@ -294,8 +297,8 @@ def retry_due(
     """Write again the records of the retry set that are due: re-read, scored now, through score_leads.
 
     Up to `batches` claims of CLAIM_MAX ids due by `due_by` (default: now). Records written,
-    unchanged or gone leave the set;
-    those that fail again stay, with a longer wait; a batch whose re-read fails goes back as a whole.
+    unchanged or gone leave the set; those that fail again stay, with a longer wait; a batch
+    whose re-read fails goes back as a whole.
     """
     result = PageResult() if result is None else result
     now = time.time() if now is None else now

@@ -60,6 +60,9 @@ def start_run(
         since = None if full else runs.cursor(crm, stream)
         runs.add_page(run_id, stream, None)
         firsts.append((stream, since))
+    # Whether each stream is read in order of modification (since set) or not (a full read): see finish_run.
+    if firsts:
+        runs.set(run_id, **{f"since:{stream}": "" if since is None else repr(since) for stream, since in firsts})
     log.info("run started", extra={"event": "run_started", "run": run_id, "crm": crm, "full": full})
     return Started(run_id, None), firsts
 
@@ -251,6 +254,7 @@ def fail_page(rt: Runtime, run_id: str, crm: CrmName, stream: str, cursor: str |
                                f"retried on their own: {why}")
     else:
         result.failures.append(f"{crm}:{stream}: page failed: {why}")
+        result.add(f"unread:{stream}")  # the pages after it were never read (see finish_run)
     if stop:
         runs.set(run_id, status="failed", message=why)
     if held:
@@ -273,11 +277,15 @@ def finish_run(rt: Runtime, run_id: str) -> None:
     ok = view.count("pages_failed") == 0 and view.status != "failed"
     if view.status != "failed":
         # Every record of every page read is written, settled, or in the retry set: the cursor
-        # may move past them all, even when a page could not be read (nothing after it was).
+        # may move past them all. When a page could not be read, none after it was; that is
+        # safe for a read in order of modification (every unread record is newer than the
+        # cursor), not for a full read (the list comes in id order): such a stream keeps its cursor.
         # A stopped run (StopSync) moves nothing: a page read before the stop may have been
         # dropped unprocessed while a later one finished.
         started = float(view.fields.get("started") or view.fields.get("created") or time.time())
         for stream, high in runs.high_waters(run_id).items():
+            if view.count(f"unread:{stream}") and not view.fields.get(f"since:{stream}"):
+                continue
             runs.save_cursor(crm, stream, min(high, started - SEARCH_LAG_SECONDS))
     message: dict[str, str] = {}
     if not ok and not view.fields.get("message"):

@@ -175,6 +175,35 @@ def test_a_page_that_keeps_failing_hands_its_records_to_the_retry_set_and_the_ru
     assert not [line for line in proc.stdout.splitlines() if "behind by" in line], proc.stdout
 
 
+def test_a_page_that_cannot_be_read_moves_an_incremental_cursor_up_to_the_pages_before_it_not_a_full_ones(
+    rt: Runtime, sandbox: Sandbox
+) -> None:
+    def second_list_page_unreadable(n: int) -> None:
+        set_faults(sandbox, {"500": 1.0, "only": "GET /crm/v3/objects/contacts"} if n == 2 else {})
+
+    # A full read comes in id order: pages after the unreadable one may hold older changes.
+    first = run_sync(rt, second_list_page_unreadable)
+    assert first.status == "failed"
+    assert rt.runs.cursor("hubspot", "contact") is None
+
+    set_faults(sandbox, {})
+    assert run_sync(rt).status == "done"
+    before = rt.runs.cursor("hubspot", "contact")
+    assert before is not None
+
+    def second_search_page_unreadable(n: int) -> None:
+        set_faults(sandbox, {"500": 1.0, "only": "POST /crm/v3/objects/contacts/search"} if n == 2 else {})
+
+    # An incremental read comes in order of modification (pages of 200: everyone written by the
+    # last run shows up again): what was not read is newer than what was.
+    third = run_sync(rt, second_search_page_unreadable)
+    assert third.status == "failed"
+    assert third.count("read") == 200
+    after = rt.runs.cursor("hubspot", "contact")
+    assert after is not None
+    assert after > before  # the window the next run reads does not keep growing
+
+
 def test_workers_claim_disjoint_ids_a_dead_claim_comes_due_again_and_one_failing_again_waits_longer(
     redis_url: str,
 ) -> None:

@@ -13,8 +13,9 @@ page task may run more than once (a killed worker's task is delivered again):
 - the incremental cursor of a stream moves only past records that were written,
   settled (unchanged, refused for good) or kept in the retry set (connector/retry.py):
   a page whose processing keeps failing hands its records (held here, by id, while
-  its task retries) to the retry set and counts as deferred, not failed; a run
-  stopped by StopSync moves no cursor.
+  its task retries) to the retry set and counts as deferred, not failed; a page
+  that cannot be read leaves the pages after it unread, so only a stream read in
+  order of modification moves its cursor then; a run stopped by StopSync moves none.
 
 Only ids and counts are kept: no names or e-mail addresses.
 """

@@ -22,7 +22,7 @@ from connector.engine import Contribution, ScoreResult, ScoringModel, load_scori
 from connector.engine.decay import DAY, decay_rate
 from connector.engine.result import reasons_text
 from connector.engine.rules import Reading, alias_table, checks_of, fit_plans
-from connector.engine.values import as_text, fmt_age
+from connector.engine.values import as_number, as_text, fmt_age
 from connector.mappings.scoring import BANT_KEYS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,10 +46,18 @@ def reference(m: ScoringModel, profile: Mapping[str, Any], activities: Sequence[
     aliases = {name: alias_table(table) for name, table in spec.aliases.items()}
     problems: list[str] = []
     passed: dict[int, Contribution] = {}
-    for plan in fit_plans(spec.fit, aliases):
-        contributions, unread = plan.evaluate(profile.get(plan.field))
+    plans, combos = fit_plans(spec.fit, aliases, spec.fields)
+    leaves: dict[int, str] = {}
+    for plan in plans:
+        contributions, unread, leaf = plan.evaluate(profile.get(plan.field))
         problems += unread
         passed.update((slot, c) for slot, c, _ in contributions)
+        leaves.update(leaf)
+    for combo in combos:
+        detail = combo.test(leaves)
+        if detail is not None:
+            r = combo.rule
+            passed[combo.slot] = Contribution(r.name, "fit", float(r.points), detail, r.bant)
     taken: set[str] = set()
     for slot in sorted(passed):
         group = spec.fit[slot].exclusive
@@ -65,8 +73,11 @@ def reference(m: ScoringModel, profile: Mapping[str, Any], activities: Sequence[
         for act in activities:
             if act.kind not in rule.kinds():
                 continue
-            readings = [(check, as_text(act.attrs.get(a))[0]) for a, check in conditions]
-            if all(check(Reading(t, None if t is None else t.casefold())) is not None for check, t in readings):
+            readings = [(check, act.attrs.get(a)) for a, check in conditions]
+            if all(check(Reading(
+                as_text(raw)[0], None if as_text(raw)[0] is None else as_text(raw)[0].casefold(),  # type: ignore[union-attr]
+                None if as_text(raw)[0] is None else as_number(raw)[0],
+            )) is not None for check, raw in readings):
                 stamps.append(float(act.ts))
         if not stamps:
             continue
@@ -78,6 +89,8 @@ def reference(m: ScoringModel, profile: Mapping[str, Any], activities: Sequence[
         if first == n:
             continue
         seen = n - first
+        if rule.min_count and seen < rule.min_count:
+            continue
         if rule.max_count and seen > rule.max_count:
             first = n - rule.max_count
         end = max(first, bisect_right(stamps, now)) if stamps[-1] > now else n

@@ -521,7 +521,7 @@ def _test_words(node: Test, inherited: str | None = None) -> str:
     f = node.field or inherited
     op = node.test_name()
     if op == "not":
-        assert node.not_ is not None  # noqa: S101 - the schema gives `not` one test
+        assert node.not_ is not None
         return f"not ({_test_words(node.not_, f)})"
     if op in ("all", "any"):
         kids = node.all_ if op == "all" else node.any_

@@ -10,10 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-
-from collections.abc import Mapping
 
 from connector.domain import PROFILE_FIELDS
 from connector.engine.compiled import ScoringModel
@@ -138,7 +137,7 @@ def _test_problems(node: Test, loc: Loc, inherited: str | None, custom: Mapping[
     f = node.field or inherited
     op = node.test_name()
     if op == "not":
-        assert node.not_ is not None  # noqa: S101 - the schema gives `not` one test
+        assert node.not_ is not None
         return _test_problems(node.not_, (*loc, "not"), f, custom)
     if op in ("all", "any"):
         for j, kid in enumerate((node.all_ if op == "all" else node.any_) or []):
@@ -153,6 +152,33 @@ def _test_problems(node: Test, loc: Loc, inherited: str | None, custom: Mapping[
     if op == "range" and kind is not None and kind != "number":
         key = "range" if node.range is not None else "min" if node.min is not None else "max"
         return [((*loc, key), f"{f} is declared as {kind}, so a number test cannot apply; declare it as number")]
+    return out
+
+
+def _alias_problems(
+    node: Test, loc: Loc, inherited: str | None, known: Mapping[str, Mapping[str, str]]
+) -> list[tuple[Loc, str]]:
+    """Values of `equals` / `in` tests that the field's alias table does not know, nested tests included."""
+    f = node.field or inherited
+    out: list[tuple[Loc, str]] = []
+    op = node.test_name()
+    if op in ("not", "all", "any"):
+        kids = [node.not_] if op == "not" else (node.all_ if op == "all" else node.any_) or []
+        for j, kid in enumerate(kids):
+            if kid is not None:
+                out += _alias_problems(kid, (*loc, "not") if op == "not" else (*loc, op, j), f, known)
+        return out
+    canon = known.get(f) if f is not None else None
+    if canon is None:
+        return out
+    values: list[Any] = [node.equals] if node.equals is not None else list(node.in_ or [])
+    for j, value in enumerate(values):
+        if isinstance(value, str) and " ".join(value.split()).casefold() not in canon:
+            where: Loc = (*loc, "equals") if node.equals is not None else (*loc, "in", j)
+            out.append((
+                where,
+                f"'{value}' is not a known {str(f).replace('_', ' ')}; add it under aliases.{f} or fix the spelling",
+            ))
     return out
 
 
@@ -200,16 +226,5 @@ def cross_check(spec: ScoringFile, custom: Mapping[str, str] | None = None) -> l
                     out.append((spot, f"'{spelling}' is listed under both {other} and {canonical}"))
     known = {name: alias_table(table) for name, table in spec.aliases.items()}
     for i, rule in enumerate(spec.fit):
-        canon = known.get(rule.field) if rule.field is not None else None
-        if canon is None:
-            continue
-        values: list[Any] = [rule.equals] if rule.equals is not None else list(rule.in_ or [])
-        for j, value in enumerate(values):
-            if isinstance(value, str) and " ".join(value.split()).casefold() not in canon:
-                where = ("fit", i, "equals") if rule.equals is not None else ("fit", i, "in", j)
-                out.append((
-                    where,
-                    f"'{value}' is not a known {rule.field.replace('_', ' ')}; "
-                    f"add it under aliases.{rule.field} or fix the spelling",
-                ))
+        out += _alias_problems(rule, ("fit", i), None, known)
     return out

@@ -355,7 +355,7 @@ def fit_plans(
         fields = _field_of(node, inherited)
         if len(fields) == 1:
             (f,) = fields
-            assert f is not None  # noqa: S101 - load.cross_check rejects a test without a field
+            assert f is not None
             leaf = sum(len(v) for v in leaves.values())
             leaves.setdefault(f, []).append((leaf, node.model_copy(update={"field": f})))
             return lambda hits: hits.get(leaf)
@@ -392,7 +392,7 @@ def fit_plans(
         fields = _field_of(rule, None)
         if len(fields) == 1:
             (f,) = fields
-            assert f is not None  # noqa: S101 - load.cross_check rejects a rule without a field
+            assert f is not None
             by_field.setdefault(f, []).append((slot, rule))
         else:
             combos.append(Combo(slot, rule, combo(rule, None)))

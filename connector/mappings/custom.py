@@ -29,7 +29,7 @@ from connector.domain import CUSTOM_FIELD_TYPES, PROFILE_FIELDS
 from connector.engine.values import as_number
 
 FieldType = Literal["text", "number", "date", "boolean", "enumeration"]
-assert CUSTOM_FIELD_TYPES == ("text", "number", "date", "boolean", "enumeration")  # noqa: S101 - kept in step
+assert CUSTOM_FIELD_TYPES == ("text", "number", "date", "boolean", "enumeration")
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,59}$")
 

@@ -30,7 +30,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, ValidationInfo, field_validator, model_validator
 
-from connector.domain import ACTIVITY_KINDS, PROFILE_FIELDS, is_activity_kind
+from connector.domain import ACTIVITY_KINDS, is_activity_kind
 from connector.mapfile import Strict, not_yaml_bool
 
 Bant = Literal["budget", "authority", "need", "timeline"]

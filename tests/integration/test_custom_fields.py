@@ -152,4 +152,46 @@ def test_a_sync_scores_by_a_custom_property_and_the_score_is_read_back(
     for props in (other,):
         assert "Working professional" not in (props["lead_score_reasons"] or "")
         assert "Student by occupation" not in (props["lead_score_reasons"] or "")
-    assert pro["lead_score"] is not None and stu["lead_score"] is not None
+    assert pro["lead_score"] is not None
+    assert stu["lead_score"] is not None
+
+
+# ------------------------------------------------------------------ Salesforce
+
+
+def test_salesforce_custom_fields_are_checked_and_read_by_type(redis_client: redis.Redis) -> None:
+    from connector.mappings.salesforce import CustomField, SalesforceMapping, load_salesforce_mapping
+    from tests.integration.test_salesforce_adapter import Org, read_all
+
+    shipped = load_salesforce_mapping(ROOT / "mappings" / "salesforce.yaml")
+
+    def declaring(**custom: CustomField) -> SalesforceMapping:
+        lead = shipped.objects["Lead"].model_copy(update={"custom": custom})
+        return shipped.model_copy(update={"objects": {**shipped.objects, "Lead": lead}})
+
+    with Sandbox.start(contacts=30, seed=5) as sandbox:
+        org = Org(sandbox)
+        try:
+            org.create_score_fields()
+            missing = org.adapter(redis_client, declaring(visits=CustomField(field="Total_Visits__c", type="number")))
+            assert ("Lead: mappings/salesforce.yaml reads visits from Total_Visits__c, but Lead has no field "
+                    "Total_Visits__c (or the integration user cannot read it); fix objects.Lead.custom.visits or "
+                    "create the field") in missing.check()
+
+            org.admin("POST", "fields", {"object": "Lead", "fields": [
+                {"name": "Total_Visits__c", "type": "double"}, {"name": "Occupation__c", "type": "string"}]})
+            wrong = org.adapter(redis_client, declaring(visits=CustomField(field="Occupation__c", type="number")))
+            assert ("Lead: visits is declared as number in mappings/salesforce.yaml, but Occupation__c is a string "
+                    "field; fix objects.Lead.custom.visits.type") in wrong.check()
+
+            lead_id = org.records("SELECT Id FROM Lead WHERE IsConverted = false LIMIT 1")[0]["Id"]
+            org.sf.Lead.update(lead_id, {"Total_Visits__c": 12, "Occupation__c": "Student"})
+            right = org.adapter(redis_client, declaring(
+                visits=CustomField(field="Total_Visits__c", type="number"),
+                occupation=CustomField(field="Occupation__c", type="enumeration"),
+            ))
+            assert not [p for p in right.check() if "custom" in p or "Total_Visits__c" in p]
+            lead = next(x for x in read_all(right, "Lead") if x.id == lead_id)
+            assert (lead.profile["visits"], lead.profile["occupation"]) == (12.0, "Student")
+        finally:
+            org.close()

@@ -488,3 +488,15 @@ def _version_of(body: str) -> str:
     dump = {"model": model, "aliases": {}, "fit": fit_rules, "engagement": engagement}
     canonical = json.dumps(dump, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:8]
+
+
+def test_a_value_the_alias_table_does_not_know_is_an_error_inside_all_too(tmp_path: Path) -> None:
+    assert error(tmp_path, """\
+        aliases:
+          country: {DE: [Germany]}
+        fit:
+          - name: DACH
+            all: [{field: employees, min: 5}, {field: country, in: [DE, XX]}]
+            points: 5
+        """) == ("line 10, key 'fit[0].all[1].in[1]': 'XX' is not a known country; add it under aliases.country or "
+                 "fix the spelling")

@@ -45,7 +45,7 @@ from connector.engine.rules import (
     kind_plans,
     needs_number,
 )
-from connector.engine.values import as_text, fmt_age, fmt_number, show
+from connector.engine.values import as_text, fmt_day, fmt_number, show
 from connector.mappings.scoring import BANT_KEYS, EngagementRule, FitRule, ScoringFile, Test
 
 INF = math.inf
@@ -364,20 +364,22 @@ class ScoringModel:
             total += value
             if tag is not None:
                 bant[tag] += value
-            days = int(age // DAY) if age > 0.0 else 0
-            detail = details.get(seen * 100_000 + days) or self._detail(seen, days)
+            # the UTC day of the newest occurrence (of now, for one dated in the future): a date, not an
+            # age, so the reason stays the same from one day to the next while the evidence does
+            day = int((newest if newest < now else now) // DAY)
+            detail = details.get((seen << 32) + day) or self._detail(seen, day)
             r = math.floor(value + 0.5)
             text = None if r == 0 else f"{signed.get(r) or f'{r:+d} '}{name} ({detail})"
             # tuple.__new__ directly: a NamedTuple's own __new__ is a Python-level call
             append((-abs(value), order, new(Contribution, (name, "engagement", value, detail, tag)), text))
         return total
 
-    def _detail(self, seen: int, days: int) -> str:
-        """'3x, last 2d ago' (cached: a population repeats these a lot)."""
-        when = fmt_age(days * DAY)
+    def _detail(self, seen: int, day: int) -> str:
+        """'3x, last 2026-11-14' (cached: a population repeats these a lot)."""
+        when = fmt_day(day)
         if len(self._details) > CACHE_LIMIT:
             self._details.clear()
-        detail = self._details[seen * 100_000 + days] = f"{seen}x, last {when}" if seen > 1 else when
+        detail = self._details[(seen << 32) + day] = f"{seen}x, last {when}" if seen > 1 else when
         return detail
 
     def _sanitize(self, activities: Any, problems: list[str]) -> list[Activity]:

@@ -22,7 +22,7 @@ from connector.engine import Contribution, ScoreResult, ScoringModel, load_scori
 from connector.engine.decay import DAY, decay_rate
 from connector.engine.result import reasons_text
 from connector.engine.rules import Reading, alias_table, checks_of, fit_plans
-from connector.engine.values import as_number, as_text, fmt_age
+from connector.engine.values import as_number, as_text, fmt_day
 from connector.mappings.scoring import BANT_KEYS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -104,8 +104,7 @@ def reference(m: ScoringModel, profile: Mapping[str, Any], activities: Sequence[
         value = float(rule.points) * weight
         cap = math.inf if rule.max_points is None else float(rule.max_points)
         value = max(-cap, min(cap, value))
-        age = now - stamps[-1]
-        when = fmt_age((int(age // DAY) if age > 0.0 else 0) * DAY)
+        when = fmt_day(int(min(stamps[-1], now) // DAY))
         detail = f"{seen}x, last {when}" if seen > 1 else when
         found.append((-abs(value), len(spec.fit) + i, Contribution(rule.name, "engagement", value, detail, rule.bant)))
     found.sort(key=lambda f: (f[0], f[1]))

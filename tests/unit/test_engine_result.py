@@ -153,8 +153,8 @@ def test_the_reasons_list_the_top_contributions_for_a_rep() -> None:
     careers = [Activity("page_view", NOW - 2 * 86400, {"url": "/careers"})]
     result = score(model(), {"job_title": "CEO", "industry": "Automotive"}, [*meetings(2), *careers])
     assert result.reasons == (
-        "+40 Meeting held (2x, last today); +25 Decision-maker title (CEO); "
-        "+15 Target industry (Automotive); -10 Careers page visit (2d ago)"
+        "+40 Meeting held (2x, last 2027-01-15); +25 Decision-maker title (CEO); "
+        "+15 Target industry (Automotive); -10 Careers page visit (2027-01-13)"
     )
 
 
@@ -239,7 +239,7 @@ def test_the_explanation_shows_the_score_and_each_rule_point_by_point() -> None:
     assert [line.strip() for line in text.splitlines() if line.strip().startswith(("+", "-", "Score"))] == [
         "Score 45 (warm; warm from 40, hot from 70)",
         "+25.0  Decision-maker title (CEO) [authority]  -- 25 when job_title has one of the words",
-        "+20.0  Meeting held (today) [need]  -- 20 each, no decay",
+        "+20.0  Meeting held (2027-01-15) [need]  -- 20 each, no decay",
     ]
 
 

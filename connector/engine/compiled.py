@@ -364,9 +364,9 @@ class ScoringModel:
             total += value
             if tag is not None:
                 bant[tag] += value
-            # the UTC day of the newest occurrence (of now, for one dated in the future): a date, not an
-            # age, so the reason stays the same from one day to the next while the evidence does
-            day = int((newest if newest < now else now) // DAY)
+            # the UTC day of the newest occurrence (its own, even when dated after `now` by a skewed
+            # clock): a date, not an age, so the reason stays the same from day to day while the evidence does
+            day = int(newest // DAY)
             detail = details.get((seen << 32) + day) or self._detail(seen, day)
             r = math.floor(value + 0.5)
             text = None if r == 0 else f"{signed.get(r) or f'{r:+d} '}{name} ({detail})"

@@ -177,9 +177,9 @@ def test_the_detail_of_an_activity_from_today_is_todays_date() -> None:
     assert scored(m, view("/pricing", 0.2)).contributions[0].detail == "2027-01-15"
 
 
-def test_an_activity_dated_in_the_future_is_shown_with_todays_date() -> None:
+def test_an_activity_dated_in_the_future_is_shown_with_its_own_date() -> None:
     m = model(PRICING)
-    assert scored(m, view("/pricing", -3)).contributions[0].detail == "2027-01-15"
+    assert scored(m, view("/pricing", -3)).contributions[0].detail == "2027-01-18"
 
 
 def test_the_detail_does_not_change_from_one_day_to_the_next() -> None:

@@ -104,7 +104,7 @@ def reference(m: ScoringModel, profile: Mapping[str, Any], activities: Sequence[
         value = float(rule.points) * weight
         cap = math.inf if rule.max_points is None else float(rule.max_points)
         value = max(-cap, min(cap, value))
-        when = fmt_day(int(min(stamps[-1], now) // DAY))
+        when = fmt_day(int(stamps[-1] // DAY))
         detail = f"{seen}x, last {when}" if seen > 1 else when
         found.append((-abs(value), len(spec.fit) + i, Contribution(rule.name, "engagement", value, detail, rule.bant)))
     found.sort(key=lambda f: (f[0], f[1]))

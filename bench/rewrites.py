@@ -32,7 +32,7 @@ from connector.domain import CHANGE_FIELDS  # noqa: E402
 from connector.engine import ScoringModel, load_scoring, model_version  # noqa: E402
 
 try:
-    from connector.engine import must_write  # noqa: E402
+    from connector.engine import must_write
 except ImportError:  # an engine from before must_write: every change of the text is a write
     def must_write(values: dict[str, str], written: dict[str, str]) -> bool:  # type: ignore[misc]
         return any(values[f] != written.get(f) for f in CHANGE_FIELDS)

@@ -185,7 +185,7 @@ def test_an_activity_dated_in_the_future_is_shown_with_its_own_date() -> None:
 def test_the_detail_does_not_change_from_one_day_to_the_next() -> None:
     m = model(PRICING.replace("points: 6", "points: 6\n    decay: false").replace("half_life_days: 14\n", ""))
     acts = [view("/pricing", 2.5), view("/pricing", 9)]
-    days = {m.score({}, acts, NOW + d * DAY).reasons for d in range(0, 20)}
+    days = {m.score({}, acts, NOW + d * DAY).reasons for d in range(20)}
     assert days == {"+12 Pricing page viewed (2x, last 2027-01-12)"}
 
 

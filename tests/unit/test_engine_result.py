@@ -270,3 +270,27 @@ def test_the_default_model_scores_a_student_on_free_mail_cold() -> None:
     activities = [Activity("download", NOW - 86400, {"title": "Whitepaper: DAQ basics"})]
     result = score(m, profile, activities)
     assert (result.band, result.grade) == ("cold", "D")
+
+
+def test_a_lead_is_rewritten_when_a_score_field_changes() -> None:
+    from connector.engine import must_write
+
+    old = {"score": "50", "fit": "30", "engagement": "20", "band": "warm", "grade": "B", "model": "m+1",
+           "reasons": "+20 Meeting held (2026-11-14); +30 CEO (CEO)"}
+    assert must_write({**old, "score": "51", "scored_at": "x"}, old)
+    assert must_write({**old, "model": "m+2", "scored_at": "x"}, old)
+    assert not must_write({**old, "scored_at": "x"}, old)
+
+
+def test_reasons_whose_only_change_is_a_decayed_rules_points_are_not_rewritten_on_their_own() -> None:
+    from connector.engine import must_write
+
+    old = {"score": "50", "fit": "30", "engagement": "20", "band": "warm", "grade": "B", "model": "m+1",
+           "reasons": "+6 Pricing page viewed (2x, last 2026-11-14); +3 Opened an email (2026-11-01)"}
+    decayed = {**old, "reasons": "+3 Opened an email (2026-11-01); +5 Pricing page viewed (2x, last 2026-11-14)"}
+    new_count = {**old, "reasons": "+6 Pricing page viewed (3x, last 2026-11-20); +3 Opened an email (2026-11-01)"}
+    gone = {**old, "reasons": "+6 Pricing page viewed (2x, last 2026-11-14)"}
+    assert not must_write(decayed, old)
+    assert must_write(new_count, old)
+    assert must_write(gone, old)
+    assert must_write(old, {k: v for k, v in old.items() if k != "reasons"})  # nothing written yet

@@ -79,7 +79,8 @@ INVALID = [
         MODEL + "engagement:\n  - name: Pricing\n    kind: page_view\n    where:\n"
         "      url: {includes: /pricing}\n    points: 5\n",
         "line 9, key 'engagement[0].where.url.includes': unknown key 'includes'; "
-        "a condition is one test: equals, in, range, min, max, contains, matches, words, present, missing, not, all, any",
+        "a condition is one test: equals, in, range, min, max, contains, matches, words, present, missing, "
+        "not, all, any",
     ),
     (
         "unknown key in an engagement rule",

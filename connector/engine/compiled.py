@@ -129,7 +129,13 @@ class ScoringModel:
         numeric = frozenset(
             attr for rule in spec.engagement for attr, cond in rule.where.items() if needs_number(cond)
         )
-        self._plans, self._classes = kind_plans(triples, numeric)
+        substrings: dict[int, tuple[str, ...] | None] = {}
+        for slot, rule in enumerate(spec.engagement):
+            plain = all(cond.operators() == ["contains"] for cond in rule.where.values())
+            substrings[slot] = (
+                tuple(n.casefold() for cond in rule.where.values() for n in cond.contains or ()) if plain else None
+            )
+        self._plans, self._classes = kind_plans(triples, numeric, substrings)
         # kind -> (the attribute whose value decides, or None; value -> class id). A kind whose
         # rules look at several attributes gets an empty dict here, and is classified in _miss.
         self._kinds: dict[str, tuple[str | None, dict[Any, int]]] = {
@@ -277,6 +283,10 @@ class ScoringModel:
         else:
             key = attrs.get(plan.key_attrs)  # type: ignore[arg-type]
             cache = plan.cache
+            path = plan.shortcut(key)
+            if path is not None:
+                key = path
+                attrs = {plan.key_attrs: path}  # type: ignore[dict-item]
         cid = cache.get(key)
         if cid is None:
             cid = plan.classify(attrs)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from connector.engine.result import Contribution, phrase
-from connector.engine.values import as_number, as_text, clip, domain_of, fmt_number, show
+from connector.engine.values import PLACEHOLDERS, as_number, as_text, clip, domain_of, fmt_number, show
 from connector.mappings.scoring import COMBINATORS, Condition, FieldSettings, FitRule, Operators, Test
 
 # Caches are cleared when they grow past this many distinct values, so a
@@ -41,6 +41,7 @@ class Reading:
     norm: str | None  # casefolded text, mapped to its canonical alias when the field has aliases
     number: float | None = None
     domain: str | None = None
+    folded: str | None = None  # casefolded text (before any alias), when the reader made it already
 
 
 Check = Callable[[Reading], str | None]
@@ -82,10 +83,13 @@ def compile_check(op: str, arg: Any, label: str, canon: Callable[[str], str]) ->
         anywhere = re.compile("|".join(re.escape(p) for p in parts))
 
         def contains(r: Reading) -> str | None:
-            t = r.text
-            if t is None:
-                return None
-            m = anywhere.search(t.casefold())
+            f = r.folded
+            if f is None:
+                t = r.text
+                if t is None:
+                    return None
+                f = t.casefold()
+            m = anywhere.search(f)
             return None if m is None else m.group(0)
 
         return contains
@@ -442,6 +446,9 @@ class ClassTable:
     def intern(self, slots: tuple[int, ...]) -> int:
         if not slots:
             return -1
+        cid = self._ids.get(slots)  # the common case, without the lock: a slots tuple once in is never taken out
+        if cid is not None:
+            return cid
         with self._lock:
             cid = self._ids.get(slots)
             if cid is None:
@@ -461,9 +468,28 @@ class KindPlan:
     multi_cache: dict[tuple[Any, ...], int] = dataclasses.field(default_factory=dict)  # by several
     # Attributes some condition reads as a number (parsed only for these: urls are not numbers).
     numeric: frozenset[str] = frozenset()
+    # When every condition of this kind is a plain `contains` on the one key attribute: all their
+    # needles, casefolded, as one pattern. A value whose query string ('?' onwards) holds none of
+    # them is classified (and cached) by the part before the '?': urls tagged for campaigns
+    # (?utm_source=...&utm_content=17) are mostly new, their paths are not.
+    query_needles: re.Pattern[str] | None = None
+
+    def shortcut(self, raw: Any) -> str | None:
+        """The part of `raw` before its query string, when that part decides its class alone."""
+        if type(raw) is not str:
+            return None
+        path, mark, query = raw.partition("?")
+        if not mark or not path or self.query_needles is None:
+            return None
+        if not raw.isprintable() or " " in raw or path.casefold() in PLACEHOLDERS:
+            return None  # whitespace to collapse, or a path that reads as empty: the long way
+        if self.query_needles.search(query.casefold()) is not None:
+            return None
+        return path
 
     def classify(self, attrs: Mapping[str, Any]) -> int:
-        """The class id of the rules these attributes match; -1 for none."""
+        """The class id of the rules these attributes match; -1 for none. Each attribute is read once
+        (text, casefolded, a number where a condition needs one) however many conditions test it."""
         readings: dict[str, Reading] = {}
         matched = []
         for rule in self.rules:
@@ -471,8 +497,14 @@ class KindPlan:
                 reading = readings.get(attr)
                 if reading is None:
                     raw = attrs.get(attr)
-                    text, _ = as_text(raw)
-                    reading = readings[attr] = Reading(text, None if text is None else text.casefold())
+                    if type(raw) is str and raw.isprintable() and " " not in raw and raw:
+                        text: str | None = raw  # nothing to collapse (urls, form ids): as_text would give it back
+                        if raw.casefold() in PLACEHOLDERS:
+                            text = None
+                    else:
+                        text, _ = as_text(raw)
+                    folded = None if text is None else text.casefold()
+                    reading = readings[attr] = Reading(text, folded, folded=folded)
                     if text is not None and attr in self.numeric:
                         reading.number = as_number(raw)[0]
                 if check(reading) is None:
@@ -485,9 +517,11 @@ class KindPlan:
 def kind_plans(
     rules: list[tuple[int, str, tuple[tuple[str, Check], ...]]],
     numeric: frozenset[str] = frozenset(),
+    substrings: Mapping[int, tuple[str, ...] | None] | None = None,
 ) -> tuple[dict[str, KindPlan], ClassTable]:
     """(slot, kind, conditions) triples into one plan per kind; `numeric`: the attributes some
-    condition reads as a number."""
+    condition reads as a number; `substrings`: per rule slot, the casefolded needles when its
+    conditions are only plain `contains` tests (none: no conditions), else None."""
     classes = ClassTable()
     by_kind: dict[str, list[ActivityRule]] = {}
     for slot, kind, conditions in rules:
@@ -496,5 +530,12 @@ def kind_plans(
     for kind, entries in by_kind.items():
         attrs = sorted({a for r in entries for a, _ in r.conditions})
         key: KeyAttrs = None if not attrs else attrs[0] if len(attrs) == 1 else tuple(attrs)
-        plans[kind] = KindPlan(key, tuple(entries), classes, numeric=numeric)
+        needles: re.Pattern[str] | None = None
+        if substrings is not None and isinstance(key, str) and key not in numeric:
+            found = [substrings.get(r.slot) for r in entries]
+            if all(f is not None for f in found):
+                words = sorted({n for f in found for n in f or ()}, key=len, reverse=True)
+                if words and not any("?" in w for w in words):
+                    needles = re.compile("|".join(re.escape(w) for w in words))
+        plans[kind] = KindPlan(key, tuple(entries), classes, numeric=numeric, query_needles=needles)
     return plans, classes

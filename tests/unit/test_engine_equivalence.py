@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from connector.domain import Activity
 from connector.engine import Contribution, ScoreResult, ScoringModel, load_scoring
@@ -172,3 +174,23 @@ EDGES = [
 def test_edge_cases_score_exactly_as_the_rules_read(activities: list[Activity]) -> None:
     profile = {"job_title": "Head of Test", "email": "a@gmail.com", "country": "DE"}
     assert _same(MODEL.score(profile, activities, NOW), reference(MODEL, profile, activities, NOW))
+
+
+URL_PIECES = ["https://x.example", "/pricing", "/products", "/careers", "?", "&", "utm_content=", "/PRICING", "n/a",
+              " ", "\t", "ß", "/de/preise", "=", "/demo", "?ref=/pricing", "#", "Straße"]
+
+
+FAST = load_scoring(ROOT / "mappings" / "scoring.yaml")
+SLOW = load_scoring(ROOT / "mappings" / "scoring.yaml")
+for _plan in SLOW._plans.values():
+    _plan.query_needles = None  # every url read whole
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(st.sampled_from(URL_PIECES), min_size=0, max_size=6).map("".join), min_size=1, max_size=8))
+def test_urls_classified_by_their_path_score_as_classified_whole(urls: list[str]) -> None:
+    """The first-sighting shortcut (a query string without any rule's text is not read) changes nothing."""
+    fast, slow = FAST, SLOW
+    acts = [Activity("page_view", 1_795_000_000.0 - i * 86400.0, {"url": u}) for i, u in enumerate(urls)]
+    assert _same(fast.score({}, acts, 1_795_000_000.0), slow.score({}, acts, 1_795_000_000.0))
+    assert _same(fast.score({}, acts, 1_795_000_000.0), slow.score({}, acts, 1_795_000_000.0))  # cached now

@@ -315,6 +315,8 @@ class ScoringModel:
                 per_rule[slot] = stamps if before is None else before + stamps
         total = 0.0
         exp = math.exp
+        floor = math.floor
+        day_s = DAY
         new = tuple.__new__
         signed = _SIGNED
         details = self._details
@@ -366,7 +368,6 @@ class ScoringModel:
                     for t in stamps[first:end] if first or end != n else stamps:
                         weight += exp(rate * (t - now))
                 value = points * weight
-                age = now - newest
             if value > cap:
                 value = cap
             elif value < -cap:
@@ -376,9 +377,9 @@ class ScoringModel:
                 bant[tag] += value
             # the UTC day of the newest occurrence (its own, even when dated after `now` by a skewed
             # clock): a date, not an age, so the reason stays the same from day to day while the evidence does
-            day = int(newest // DAY)
+            day = int(newest // day_s)
             detail = details.get((seen << 32) + day) or self._detail(seen, day)
-            r = math.floor(value + 0.5)
+            r = floor(value + 0.5)
             text = None if r == 0 else f"{signed.get(r) or f'{r:+d} '}{name} ({detail})"
             # tuple.__new__ directly: a NamedTuple's own __new__ is a Python-level call
             append((-abs(value), order, new(Contribution, (name, "engagement", value, detail, tag)), text))

@@ -11,6 +11,10 @@ Only scoring is timed; generating the population is not.
     python bench/engine.py --leads 20000 --json
     python bench/engine.py --profile       # cProfile of the scoring loop, top functions
 
+The engine is imported from this checkout (pure Python), or, run from a directory without
+connector/, from wherever it is installed (compiled by `LEADSCORE_COMPILE=1 pip install .`);
+`compiled` in the JSON says which.
+
 Rates are per second of process CPU time (the machine may be shared; wall time is
 printed too, as `seconds` and `wall_events_per_s`).
 
@@ -36,7 +40,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+if (ROOT / "connector").is_dir():
+    sys.path.insert(0, str(ROOT))
 
 from connector.domain import Activity  # noqa: E402
 from connector.engine import ScoringModel, load_scoring  # noqa: E402
@@ -187,6 +192,13 @@ def run(
     return seconds, cpu
 
 
+def compiled_engine() -> bool:
+    """Whether the engine imported is the mypyc-compiled one (LEADSCORE_COMPILE=1 pip install .)."""
+    import connector.engine.compiled as engine
+
+    return not str(engine.__file__).endswith(".py")
+
+
 def calibration() -> float:
     """Nanoseconds per iteration of a loop doing one dict.get: how fast this interpreter and CPU are."""
     d = {"a": 1}
@@ -257,6 +269,7 @@ def main() -> None:
         "cold_share": round(bands["cold"] / n, 4),
         "ns_per_dict_get": round(ns_per_get, 1),
         "results_sha256": digest.hexdigest()[:16],
+        "compiled": compiled_engine(),
         "python": sys.version.split()[0],
     }
     if not args.json:
@@ -269,6 +282,8 @@ def main() -> None:
               "machine is shared)")
         print("bands        " + ", ".join(f"{b} {bands[b] / n:.1%}" for b in ("hot", "warm", "cold")))
         print("grades       " + ", ".join(f"{g} {grades[g] / n:.1%}" for g in "ABCD"))
+        print(f"engine       {'compiled with mypyc' if figures['compiled'] else 'pure Python'} "
+              f"({sys.modules[ScoringModel.__module__].__file__})")
         print(f"calibration  a dict.get loop costs {ns_per_get:.0f} ns here (about 20 on a recent laptop)")
         print(f"results      sha256 {figures['results_sha256']} (same population, model and engine -> same hash;"
               " compare before and after an engine change)")

@@ -314,8 +314,6 @@ class ScoringModel:
                 before = per_rule.get(slot)
                 per_rule[slot] = stamps if before is None else before + stamps
         total = 0.0
-        exp = math.exp
-        floor = math.floor
         day_s = DAY
         new = tuple.__new__
         signed = _SIGNED
@@ -337,7 +335,7 @@ class ScoringModel:
                 if age < 0.0:
                     value = points * 1.0
                 elif rate:
-                    value = points * exp(rate * (newest - now))
+                    value = points * math.exp(rate * (newest - now))
                 else:
                     value = points * 1.0
             else:
@@ -363,10 +361,10 @@ class ScoringModel:
                 if not rate:
                     weight += end - first
                 elif end - first == 1:
-                    weight += exp(rate * (stamps[first] - now))
+                    weight += math.exp(rate * (stamps[first] - now))
                 else:
                     for t in stamps[first:end] if first or end != n else stamps:
-                        weight += exp(rate * (t - now))
+                        weight += math.exp(rate * (t - now))
                 value = points * weight
             if value > cap:
                 value = cap
@@ -379,7 +377,7 @@ class ScoringModel:
             # clock): a date, not an age, so the reason stays the same from day to day while the evidence does
             day = int(newest // day_s)
             detail = details.get((seen << 32) + day) or self._detail(seen, day)
-            r = floor(value + 0.5)
+            r = math.floor(value + 0.5)
             text = None if r == 0 else f"{signed.get(r) or f'{r:+d} '}{name} ({detail})"
             # tuple.__new__ directly: a NamedTuple's own __new__ is a Python-level call
             append((-abs(value), order, new(Contribution, (name, "engagement", value, detail, tag)), text))

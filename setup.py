@@ -37,12 +37,12 @@ def ext_modules() -> list[Any]:
         from mypyc.build import mypycify
     except ImportError:
         # the first pass of a build (collecting build requirements) runs before mypy is there
-        print("leadscore: mypyc is not available; the engine stays pure Python", file=sys.stderr)
+        print("leadscore: mypyc is not available; the engine stays pure Python", file=sys.stderr)  # noqa: T201
         return []
     try:
         return list(mypycify(ENGINE, opt_level="3"))
     except Exception as exc:  # noqa: BLE001 - any failure to compile falls back to pure Python
-        print(f"leadscore: compiling the engine failed ({exc}); it stays pure Python", file=sys.stderr)
+        print(f"leadscore: compiling the engine failed ({exc}); it stays pure Python", file=sys.stderr)  # noqa: T201
         return []
 
 

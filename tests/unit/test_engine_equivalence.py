@@ -186,7 +186,7 @@ for _plan in SLOW._plans.values():
     _plan.query_needles = None  # every url read whole
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(st.lists(st.lists(st.sampled_from(URL_PIECES), min_size=0, max_size=6).map("".join), min_size=1, max_size=8))
 def test_urls_classified_by_their_path_score_as_classified_whole(urls: list[str]) -> None:
     """The first-sighting shortcut (a query string without any rule's text is not read) changes nothing."""

@@ -224,7 +224,6 @@ class Hot:
 rt = build_runtime(Settings(mappings_dir=Path(mappings), hubspot_base_url=hubspot_url, hubspot_access_token=token),
                    redis_client=redis.Redis.from_url(redis_url), namespace="rt")
 rt.overrides["hubspot"] = lambda m: {"account": m.account.model_copy(update={"requests_per_10s": 4900})}
-rt.router.lock_ttl_s = 1.0  # the lock of a worker that dies is free again after a second
 lead = rt.adapter("hubspot").get_leads("contact", [lead_id])[0]
 rt.router.assign_hot_lead(lead, "contact", Hot(), float(now), became_hot=True)
 """

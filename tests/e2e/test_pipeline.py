@@ -149,10 +149,15 @@ def third_of(ref: Reference) -> int:
 
 def in_flight(log: str) -> str | None:
     """The id of the page task a worker has received and not finished, from its log."""
-    received = re.findall(r"Task leadscore\.sync\.page\[([0-9a-f-]+)\] received", log)
-    finished = set(re.findall(r"Task leadscore\.sync\.page\[([0-9a-f-]+)\] (?:succeeded|failed|retry)", log))
-    open_ = [t for t in received if t not in finished]
+    open_ = open_tasks(log, r"leadscore\.sync\.page")
     return open_[-1] if open_ else None
+
+
+def open_tasks(log: str, name: str = r"[\w.]+") -> list[str]:
+    """Tasks a worker has received and not finished (a page in hand, retries waiting their countdown)."""
+    received = re.findall(rf"Task {name}\[([0-9a-f-]+)\] received", log)
+    finished = set(re.findall(rf"Task {name}\[([0-9a-f-]+)\] (?:succeeded|failed|retry)", log))
+    return [t for t in received if t not in finished]
 
 
 # --------------------------------------------------------------------------- 1. several workers
@@ -204,7 +209,7 @@ def test_a_worker_killed_mid_sync_costs_seconds_and_leaves_the_state_of_an_unint
     p.start_workers(1)  # the worker started again at once
     code, out, err = finished_summary(sync_cmd)
     finished_after = time.monotonic() - killed_at
-    wait_until_idle(p, dead=frozenset({lost}))
+    wait_until_idle(p, dead=frozenset(open_tasks(victim.log(100_000))))
     stats = p.stats()
 
     assert code == 0, out + err

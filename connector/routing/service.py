@@ -226,6 +226,7 @@ class Router:
                     "r0:decision": decision.to_json(),
                     "r0:at": repr(now),
                 }
+                self._still_held(lead.key, decision)
                 self._save(pkey, fields)
                 state.update(fields)
             n = int(state["round"])
@@ -556,6 +557,7 @@ class Router:
                 f"r{n + 1}:at": repr(now),
                 f"r{n}:sla": "missed",
             }
+            self._still_held(lead_key, nd)
             self._save(pkey, fields)
             state.update(fields)
             # Round n+1 is not done yet: it runs now, and a crash would resume it on the next check.
@@ -776,10 +778,13 @@ class Router:
             self._held.pop(lead_key, None)
             leases.release(lease)
 
-    def _still_held(self, lead_key: str) -> None:
-        """Before a side effect: raise RetryLater if this worker's lock on the lead was taken over."""
+    def _still_held(self, lead_key: str, decision: Decision | None = None) -> None:
+        """Before storing a decision or a side effect: raise RetryLater if this worker's lock on the lead
+        was taken over meanwhile (it was frozen past its lease), giving back the pool turn `decision` took."""
         lease = self._held.get(lead_key)
         if lease is not None and not lease.held():
+            if decision is not None and decision.turn is not None:
+                self.pool.release(decision.turn)
             raise RetryLater(f"lead {lead_key}: another worker took its routing over")
 
 

@@ -16,8 +16,9 @@ child, sampled with psutil).
 mappings/hubspot.yaml accepts); the connector's limiter is set just under it.
 `--kill-worker`: two runs, each on a fresh sandbox and Redis: one undisturbed,
 then one where a worker's process group is killed with -9 while it holds a page
-(`--kill-at SECONDS` after the sync is enqueued, else a third of the way through)
-and a new worker is started at once. The lost page is sent again when its claim
+and, if it takes one within 10 s, a lead's routing lock (`--kill-at SECONDS`
+after the sync is enqueued, else a third of the way through), and a new worker
+is started at once. The lost page is sent again when its claim
 runs out (connector/runs.py, "Lost pages"), with the production visibility
 timeout left as it is (`--visibility-timeout` to try another). Prints both run
 times, tasks per hot lead and unscored leads, read back through the CRM's API:
@@ -63,6 +64,7 @@ sys.path.insert(0, str(ROOT))
 from connector.bootstrap import build_runtime  # noqa: E402
 from connector.config import Settings  # noqa: E402
 from connector.localredis import private_redis_server  # noqa: E402
+from connector.redisutil import text  # noqa: E402
 from connector.runs import RunStore, RunView  # noqa: E402
 from sandbox.server import Sandbox, admin_call  # noqa: E402
 
@@ -347,20 +349,44 @@ def kill_and_replace(
     workers: list[Worker], env: dict[str, str], tmp: Path, view: RunView, at: float, quiet: bool
 ) -> dict[str, Any]:
     victim = workers[0]
-    deadline = time.monotonic() + 10  # between two pages for a moment: kill it once it holds the next
-    while not held_page(victim.log_path.read_text(errors="replace")) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    holding = held_page(victim.log_path.read_text(errors="replace"))
+    # The hard case: dead with a page and a lead's routing lock in hand. Look for up to 10 s (frozen
+    # while we look, so what we see is what it holds when it dies), then kill it whatever it holds.
+    deadline = time.monotonic() + 10
+    while True:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(victim.proc.pid, signal.SIGSTOP)
+        holding = held_page(victim.log_path.read_text(errors="replace"))
+        locks = routing_locks_of(victim, env["REDIS_URL"])
+        if (holding and locks) or time.monotonic() > deadline:
+            break
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(victim.proc.pid, signal.SIGCONT)
+        time.sleep(0.05)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(victim.proc.pid, signal.SIGKILL)
     victim.proc.wait(10)
-    say(f"  {at:6.1f} s  kill -9 {victim.name} ({'holding a page' if holding else 'between pages'}, pages done "
-        f"{view.count('pages_done')}); starting a new worker", quiet)  # fmt: skip
+    say(f"  {at:6.1f} s  kill -9 {victim.name} ({'holding a page' if holding else 'between pages'}, "
+        f"{locks} routing lock(s), pages done {view.count('pages_done')}); starting a new worker", quiet)  # fmt: skip
     fresh = start_worker(f"bench{len(workers)}", env, tmp)
     workers.append(fresh)
     wait_ready([fresh])
     return {"victim": victim.name, "at_s": round(at, 1), "pages_done_at_kill": view.count("pages_done"),
-            "held_page": holding}  # fmt: skip
+            "held_page": holding, "held_routing_locks": locks}  # fmt: skip
+
+
+def routing_locks_of(worker: Worker, url: str) -> int:
+    """Routing locks a worker's processes hold (a lock's token names its host and process: connector/leases.py)."""
+    try:
+        pids = {worker.proc.pid, *(c.pid for c in psutil.Process(worker.proc.pid).children(recursive=True))}
+    except psutil.Error:
+        return 0
+    client = redis.Redis.from_url(url)
+    try:
+        tokens = [text(client.get(k) or "") for k in client.scan_iter("leadscore:routing:lock:*", count=1000)]
+    finally:
+        client.close()
+    held = [t for t in tokens if t.count(":") >= 2 and t.split(":")[1].isdigit() and int(t.split(":")[1]) in pids]
+    return len(held)
 
 
 # --------------------------------------------------------------------------- what the CRM holds afterwards
@@ -484,6 +510,7 @@ def kill_worker_comparison(args: argparse.Namespace, quiet: bool) -> int:
         "killed_status": killed.view.status,
         "kill_at_s": k.get("at_s"),
         "victim_held_page": k.get("held_page"),
+        "victim_held_routing_locks": k.get("held_routing_locks"),
         "pages_resent": k.get("pages_resent"),
         "hot_leads": outcome["hot_leads"],
         "tasks_per_hot_lead": outcome["tasks_per_hot_lead"],
@@ -500,7 +527,8 @@ def kill_worker_comparison(args: argparse.Namespace, quiet: bool) -> int:
         print(f"{args.crm}: {args.contacts:,} people at {args.rate} requests per 10 s, {args.workers} worker(s)")
         print(f"  undisturbed run: {f['undisturbed_s']} s{'' if f['undisturbed_measured'] else ' (given)'}")
         print(f"  killed run:      {f['killed_s']} s ({f['killed_status']}), kill -9 at {f['kill_at_s']} s "
-              f"({'holding a page' if f['victim_held_page'] else 'between pages'}); "
+              f"({'holding a page' if f['victim_held_page'] else 'between pages'}, "
+              f"{f['victim_held_routing_locks']} routing lock(s)); "
               f"{f['delay_s']:+} s against undisturbed; pages sent again {f['pages_resent']}")  # fmt: skip
         t = f["tasks_per_hot_lead"]
         print(f"  hot leads {f['hot_leads']}: with one task {t['1']}, none {t['0']}, more than one {t['2+']}; "

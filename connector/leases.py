@@ -19,8 +19,10 @@ Used for page claims (connector/runs.py) and routing's per-lead lock
 from __future__ import annotations
 
 import os
+import socket
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -119,6 +121,11 @@ def _current() -> _Renewer:
         return _renewer
 
 
+def token() -> str:
+    """A holder's token that says who holds it (host and process), for whoever looks at a lock in Redis."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+
+
 def keep(client: redis.Redis, key: str, token: str, ttl_s: float = LEASE_S) -> Lease:
     """Renew `key` (already set to `token` by the caller) from now on, until `release`."""
     lease = Lease(client, key, token, int(ttl_s * 1000))
@@ -140,4 +147,4 @@ def release(lease: Lease, *, delete: bool = True) -> None:
         lease.client.register_script(UNLOCK)(keys=[lease.key], args=[lease.token])
 
 
-__all__ = ["LEASE_S", "RENEW_S", "Lease", "acquire", "keep", "release"]
+__all__ = ["LEASE_S", "RENEW_S", "Lease", "acquire", "keep", "release", "token"]

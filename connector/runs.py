@@ -296,7 +296,7 @@ class RunStore:
         """Take a page for this worker, renewed until released. None: the page is done, or another
         worker's claim on it is alive (a duplicate message), and there is nothing to do."""
         base, pk = self._run(run_id), page_key(stream, cursor)
-        token = f"h:{holder}:{uuid.uuid4().hex[:8]}"
+        token = f"h:{holder}:{leases.token()}"
         key = f"{base}:claim:{pk}"
         if self._claim(keys=[key, f"{base}:done:{pk}"], args=[token, int(leases.LEASE_S * 1000)]) != 1:
             return None

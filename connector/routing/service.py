@@ -766,7 +766,7 @@ class Router:
         `_still_held` before each side effect and steps back (RetryLater) instead of racing the taker.
         """
         key = f"{self.prefix}lock:{lead_key}"
-        lease = leases.acquire(self.redis, key, uuid.uuid4().hex, self.lock_ttl_s)
+        lease = leases.acquire(self.redis, key, leases.token(), self.lock_ttl_s)
         if lease is None:
             # Usually another worker is routing it and is done in a moment. No fixed wait: the
             # task's exponential backoff retries soon at first and outlasts a dead worker's lease.

@@ -102,11 +102,9 @@ if redis.call('SET', KEYS[1], '1', 'NX', 'EX', tonumber(ARGV[1])) == false then
 end
 redis.call('HINCRBY', KEYS[2], 'pending', 1)
 redis.call('HINCRBY', KEYS[2], 'pages_total', 1)
-if ARGV[2] then
-  redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])
-  redis.call('EXPIRE', KEYS[3], tonumber(ARGV[1]))
-  redis.call('SET', KEYS[4], 'queued', 'PX', tonumber(ARGV[4]))
-end
+redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])
+redis.call('EXPIRE', KEYS[3], tonumber(ARGV[1]))
+redis.call('SET', KEYS[4], 'queued', 'PX', tonumber(ARGV[4]))
 return 1
 """
 

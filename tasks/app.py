@@ -105,11 +105,15 @@ def _start_heartbeat(sender: Any = None, **_: Any) -> None:
     def watch() -> None:
         from tasks.sync import resend_lost_pages
 
+        failing = False
         while not _heartbeat_stop.wait(PAGE_WATCH_S):
             try:
                 resend_lost_pages()
+                failing = False
             except Exception:  # the watch never stops a worker; the next round tries again
-                logging.getLogger("leadscore.tasks").warning("lost-page watch failed", exc_info=True)
+                if not failing:  # said once, not every few seconds while Redis is away
+                    logging.getLogger("leadscore.tasks").warning("lost-page watch failed", exc_info=True)
+                failing = True
 
     _heartbeat_stop.clear()
     threading.Thread(target=beat, name="leadscore-heartbeat", daemon=True).start()

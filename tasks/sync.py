@@ -80,3 +80,25 @@ def resend_lost_pages(now: float | None = None) -> int:
                                                        "stream": page.stream})  # fmt: skip
             sent += 1
     return sent
+
+
+@house_task(name="leadscore.sync.retry")
+def retry_records(self: Any, crm: CrmName | None = None) -> int:
+    """The periodic retry (beat): write again the due records of each stream's retry set.
+
+    Skipped for an account whose sync runs: its first pages take the retry set up first.
+    """
+    rt = get_runtime()
+    taken = 0
+    for name in [crm] if crm else rt.configured_crms:
+        if rt.runs.lock_holder(name) is not None:
+            continue
+        for stream in rt.adapter(name).streams:
+            try:
+                result = sync.retry_due(rt, name, stream, batches=sync.RUN_RETRY_BATCHES)
+            except StopSync as exc:
+                log.warning("retry stopped", extra={"event": "retry_stopped", "crm": name, "why": str(exc)})
+                break
+            taken += result.counts.get("retried", 0)
+            rt.metrics.incr("records_written", result.counts.get("written", 0), crm=name, path="retry")
+    return taken

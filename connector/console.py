@@ -287,13 +287,23 @@ def run_summary_text(v: RunView) -> str:
         f"failed {v.count('failed')}, API calls {v.count('api_calls')}"
         + (f", to retry {v.count('retrying')}" if v.count("retrying") else ""),
     ]
-    if resent := v.count("pages_resent"):
-        lines.append(f"  {resent} page(s) lost with their worker were sent to another worker")
+    if lost := lost_pages_text(v):
+        lines.append(f"  {lost}")
     for f in v.failures[:20]:
         lines.append(f"  {_failure_kind(f)}: {f}")
     if len(v.failures) > 20:
         lines.append(f"  ... and {len(v.failures) - 20} more failures")
     return "\n".join(lines)
+
+
+def lost_pages_text(v: RunView) -> str:
+    """Pages lost with their worker and sent again (connector/runs.py, "Lost pages"), and the wait they cost."""
+    resent = v.count("pages_resent")
+    if not resent:
+        return ""
+    waited = float(v.fields.get("lost_wait_s") or 0)
+    return (f"{resent} page(s) lost with their worker were sent to another worker; "
+            f"waited {waited:.0f} s for them in all")
 
 
 def print_run_summary(v: RunView) -> None:
@@ -307,8 +317,8 @@ def print_run_summary(v: RunView) -> None:
     if v.count("retrying"):
         names += ("retrying",)
     table("", [n.replace("_", " ") for n in names], [[v.count(n) for n in names]], plain=False)
-    if resent := v.count("pages_resent"):
-        out().print(f"  {resent} page(s) lost with their worker were sent to another worker", markup=False)
+    if lost := lost_pages_text(v):
+        out().print(f"  {lost}", markup=False)
     for f in v.failures[:20]:
         out().print(f"  {_failure_kind(f)}: {f}", markup=False)
     if len(v.failures) > 20:

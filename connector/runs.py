@@ -391,6 +391,9 @@ class RunStore:
         )
         # no longer pending: nothing to watch (were this lost, resend_lost finds the done marker and cleans up)
         pk = page_key(stream, cursor)
+        lost_at = self.r.hget(f"{base}:lost", pk)
+        if lost_at is not None and left >= 0:  # counted by this call: what the lost page cost the run, once
+            self.r.hincrbyfloat(base, "lost_wait_s", round(max(0.0, time.time() - float(_s(lost_at))), 1))
         pipe = self.r.pipeline(transaction=False)
         pipe.hdel(f"{base}:pages", pk)
         pipe.hdel(f"{base}:lost", pk)

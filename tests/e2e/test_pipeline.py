@@ -223,8 +223,9 @@ def test_a_worker_killed_mid_sync_costs_seconds_and_leaves_the_state_of_an_unint
     view = p.latest_run()
     assert view is not None
     assert view.count("pages_resent") >= 1
-    assert re.search(r"\w+: waiting \d+ s for a page lost with its worker, sent to another", err), err
-    assert "were sent to another worker" in out
+    # while it waited, the progress said so (the moment it is sent again may be too short to show)
+    assert re.search(r"\w+: waiting \d+ s for a page (whose worker stopped answering|lost with its worker)", err), err
+    assert re.search(r"page\(s\) lost with their worker were sent to another worker; waited \d+ s", out), out
     missing_tasks = assert_same_outcome(p, ref, p.state(), stats)
     assert not missing_tasks, f"hot leads left without their task: {sorted(missing_tasks)}"
 

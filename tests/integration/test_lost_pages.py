@@ -17,7 +17,7 @@ import redis
 
 from connector import leases
 from connector.console import wait_for_runs
-from connector.runs import LostPage, RunStore, page_key
+from connector.runs import LostPage, PageResult, RunStore, page_key
 from tests.conftest import ROOT
 
 _HOLDER = """
@@ -102,8 +102,6 @@ def test_a_live_workers_page_and_lock_are_never_taken_and_a_killed_ones_are_take
 
 
 def test_a_duplicate_message_of_a_page_held_or_done_does_nothing(redis_client: redis.Redis) -> None:
-    from connector.runs import PageResult
-
     runs = RunStore(redis_client, "t")
     run = runs.new_run("hubspot", "full", ("contact",))
     runs.add_page(run, "contact", None)
@@ -172,6 +170,7 @@ def test_sync_wait_says_which_stream_waits_for_a_lost_page_and_for_how_long(
         while not runs.resend_lost(run) and time.monotonic() < deadline:
             time.sleep(0.2)
         time.sleep(1.0)  # the page sent again is being worked on
+        runs.finish_page(run, "contact", "c-2", PageResult())
         runs.set(run, status="done")
 
     t = threading.Thread(target=the_watch_and_then_a_worker)
@@ -182,6 +181,8 @@ def test_sync_wait_says_which_stream_waits_for_a_lost_page_and_for_how_long(
         t.join()
 
     assert views[0].status == "done"
-    err = capsys.readouterr().err
+    said = capsys.readouterr()
+    err = said.err
+    assert re.search(r"1 page\(s\) lost with their worker were sent to another worker; waited 1\d s", said.out)
     assert re.search(r"contact: waiting \d+ s for a page whose worker stopped answering", err), err
     assert re.search(r"contact: waiting 1\d s for a page lost with its worker, sent to another", err), err

@@ -29,6 +29,8 @@ import orjson
 import redis
 
 from connector.crm.base import CallCounter, OpenTask, Page, WriteReport, task_ref_in
+from connector.crm.hubspot_events import EventsRefused, WebEventStore
+from connector.crm.hubspot_events import iso_ms as events_iso
 from connector.crm.hubspot_http import ApiError, HubSpotTransport, Response
 from connector.crm.limits import DEFAULT_POLICY, RetryPolicy
 from connector.crm.times import parse_time
@@ -49,6 +51,15 @@ ISOLATION_CALLS = 32
 ASSOC_BATCH = 1000  # v4 association batch read inputs per call (HubSpot's limit since 2025)
 EVENT_READERS = 8
 EVENTS_LIMIT = 100
+# A full sync reads this many list pages (of 100) into one sync page: 1,000 contacts, what one v4
+# association batch read takes, so their engagements cost one association call per type, not ten.
+LIST_PAGES_PER_READ = 10
+# Web events come per contact (one call each) instead of from the shared bulk read (WebEventStore)
+# when that read does not cover the look-back or is stale and at most this many contacts need them:
+# a webhook's rescore of a few contacts, say.
+PER_CONTACT_EVENTS_MAX = 20
+CHANGED_PAGE = 100  # contacts with new web events read per incremental sync page (one batch read)
+SEARCHED_TTL_S = 86400  # ids an incremental stream's search returned, kept for its web events part
 TIE_OFFSET = 20  # beyond this many records sharing one timestamp, page by offset instead of by id
 CACHE_SIZE = 20_000
 # The events API is Enterprise-only (events.json: x-hubspot-product-tier-requirements ENTERPRISE); on other
@@ -182,6 +193,30 @@ class HubSpotAdapter:
         self._props: dict[str, tuple[list[str], list[str]]] = {
             mode: self._props_for(mode) for mode in ("events", "rollups", "none")
         }
+        acts = mapping.activities
+        self.web_events = WebEventStore(
+            redis, account, acts.events, acts.lookback_days * 86400.0, self._read_events_window
+        )
+
+    def _read_events_window(self, lo_ms: int, hi_ms: int, event_type: str | None, after: str | None) -> Any:
+        """One page of every contact's events with lo_ms <= occurredAt <= hi_ms (GET /events/v3/events
+        without objectId, events.json)."""
+        try:
+            resp = self._call(
+                self.apis.events.get_page,
+                object_type="contact",
+                event_type=event_type,
+                occurred_after=events_iso(lo_ms),
+                occurred_before=events_iso(hi_ms),
+                limit=EVENTS_LIMIT,
+                after=after,
+                refusals=(403,),
+            )
+        except ApiError as exc:
+            if exc.status == 403:
+                raise EventsRefused(f"{exc.status}: {exc.message}") from None
+            raise
+        return resp.body
 
     def _props_for(self, web: str) -> tuple[list[str], list[str]]:
         """(roll-up or gate properties, every property a contact read asks for) with `web` as the source."""
@@ -301,18 +336,25 @@ class HubSpotAdapter:
 
     def _list_page(self, cursor: str | None) -> Page:
         after = orjson.loads(cursor)["after"] if cursor else None
-        resp = self._call(
-            self.apis.contacts.get_page, limit=LIST_LIMIT, after=after, properties=self._read_props, archived=False
-        )
         problems: list[tuple[str, str]] = []
-        leads = self._leads(resp.body.get("results") or [], problems)
-        nxt = ((resp.body.get("paging") or {}).get("next") or {}).get("after")
-        if nxt is not None and str(nxt) == str(after):
-            raise StopSync(f"HubSpot repeated the page token {nxt!r} of the contact list; stopping to avoid a loop.")
+        leads: list[Lead] = []
+        for _ in range(LIST_PAGES_PER_READ):
+            resp = self._call(
+                self.apis.contacts.get_page, limit=LIST_LIMIT, after=after, properties=self._read_props, archived=False
+            )
+            leads += self._leads(resp.body.get("results") or [], problems)
+            nxt = ((resp.body.get("paging") or {}).get("next") or {}).get("after")
+            if nxt is not None and str(nxt) == str(after):
+                raise StopSync(
+                    f"HubSpot repeated the page token {nxt!r} of the contact list; stopping to avoid a loop."
+                )
+            after = str(nxt) if nxt is not None else None
+            if after is None:
+                break
         stamps = [lead.modified_at for lead in leads if lead.modified_at is not None]
         return Page(
             leads=leads,
-            next_cursor=orjson.dumps({"after": str(nxt)}).decode() if nxt is not None else None,
+            next_cursor=orjson.dumps({"after": after}).decode() if after is not None else None,
             high_water=max(stamps) if stamps else None,
             problems=problems,
         )
@@ -333,6 +375,8 @@ class HubSpotAdapter:
         # only inside a large group of contacts sharing one millisecond.
         modified = self.mapping.contact.modified
         state: dict[str, Any] = orjson.loads(cursor) if cursor else {}
+        if "w" in state:
+            return self._changed_page(state, since)
         start = int(state.get("s", math.floor(since * 1000)))
         seen_n = int(state.get("n", 0))
         seen: set[str] = {str(i) for i in state.get("x", [])}
@@ -375,8 +419,49 @@ class HubSpotAdapter:
                 {"s": last_ms, "n": count, "x": ids if count <= TIE_OFFSET else []}
             ).decode()
         total = resp.body.get("total")
+        if self._web() == "events" and leads:
+            # which contacts this incremental stream already read, so its web events part skips them
+            key = self._searched_key(since)
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.sadd(key, *[lead.id for lead in leads])
+            pipe.expire(key, SEARCHED_TTL_S)
+            pipe.execute()
+        if next_cursor is None and self._web() == "events":
+            # then the contacts with new web events since `since` (their scores may have changed too)
+            next_cursor = orjson.dumps({"w": math.floor(since * 1000)}).decode()
         return Page(leads=leads, next_cursor=next_cursor, high_water=max(high) if high else None, problems=problems,
                     total=int(total) if cursor is None and isinstance(total, int) else None)
+
+    def _searched_key(self, since: float) -> str:
+        return f"leadscore:hubspot:{self.account}:searched:{math.floor(since * 1000)}"
+
+    def _changed_page(self, state: Mapping[str, Any], since: float) -> Page:
+        """Contacts with web events since `since` that the search did not return (not modified since),
+        CHANGED_PAGE at a time from the shared web events (refreshed first: about one call per 100 new
+        events), read with one batch read. The cursor: the last event time returned and the contacts at it."""
+        since_ms = int(state["w"])
+        try:
+            self.web_events.ensure(time.time())
+        except EventsRefused as exc:
+            self._refuse_events(exc.why)
+            return Page(leads=[], next_cursor=None)
+        after = (int(state["t"]), [str(i) for i in state.get("x", [])]) if "t" in state else None
+        rows = self.web_events.changed_since(since_ms, after, CHANGED_PAGE)
+        if not rows:
+            return Page(leads=[], next_cursor=None)
+        ids = [cid for cid, _ in rows]
+        searched = self._redis.smismember(self._searched_key(since), ids)
+        unread = [cid for cid, seen in zip(ids, searched, strict=True) if not seen]
+        leads = [lead for lead in self.get_leads("contact", unread)
+                 if lead.modified_at is None or lead.modified_at < since]  # fmt: skip
+        next_cursor = None
+        if len(rows) == CHANGED_PAGE:
+            last = rows[-1][1]
+            tie = [cid for cid, ms in rows if ms == last]
+            if after is not None and after[0] == last:
+                tie = [*after[1], *tie]
+            next_cursor = orjson.dumps({"w": since_ms, "t": last, "x": tie}).decode()
+        return Page(leads=leads, next_cursor=next_cursor)
 
     def get_leads(self, stream: str, ids: Sequence[str]) -> list[Lead]:
         self._stream(stream)
@@ -519,23 +604,45 @@ class HubSpotAdapter:
                     by_id[contact_id] += self._emit(rules, obj, min(ts, now))
 
     def _events(self, ids: Sequence[str], by_id: dict[str, list[Activity]], cutoff: float, now: float) -> bool:
-        """Web activity from the events API; False (nothing added) when HubSpot refuses it for this portal."""
-        # The events API filters on one objectId per call. The cheapest honest
-        # way: ask only for contacts whose gate property (last visit, last
-        # conversion) lies inside the look-back; everyone else has nothing to
-        # find. One call per such contact (more only past EVENTS_LIMIT events),
-        # all mapped event types in that one call when there are several.
+        """Web activity from the events API; False (nothing added) when HubSpot refuses it for this portal.
+
+        From the shared bulk read (WebEventStore: no call when it is fresh, else about one call per 100
+        new events of the portal); per contact (one call each) only where that is cheaper: the bulk read
+        does not cover the look-back or is stale, and at most PER_CONTACT_EVENTS_MAX contacts whose gate
+        property (last visit, last conversion) lies inside the look-back need events.
+        """
         acts = self.mapping.activities
-        rules_by_type: dict[str, list[EventRule]] = {}
-        for rule in acts.events:
-            rules_by_type.setdefault(rule.type, []).append(rule)
+        store = self.web_events
+        _, fresh = store.covers(now)
         targets: Sequence[str] = ids
-        if acts.event_gates:
+        if not fresh and acts.event_gates:
             gates = self._contact_props(ids, acts.event_gates)
             targets = [
                 i for i in ids
                 if any((parse_ts(gates.get(i, {}).get(g)) or 0) >= cutoff for g in acts.event_gates)
             ]
+        if not fresh and len(targets) > PER_CONTACT_EVENTS_MAX:
+            try:
+                store.ensure(now)
+            except EventsRefused as exc:
+                self._refuse_events(exc.why)
+                return False
+            fresh = True
+        if fresh:
+            for contact_id, found in store.activities(ids, cutoff, now, self._emit).items():
+                by_id[contact_id] += found
+            return True
+        return self._events_per_contact(targets, by_id, cutoff, now)
+
+    def _events_per_contact(
+        self, targets: Sequence[str], by_id: dict[str, list[Activity]], cutoff: float, now: float
+    ) -> bool:
+        # The events API filtered on one objectId per call: one call per contact (more only past
+        # EVENTS_LIMIT events), all mapped event types in that one call when there are several.
+        acts = self.mapping.activities
+        rules_by_type: dict[str, list[EventRule]] = {}
+        for rule in acts.events:
+            rules_by_type.setdefault(rule.type, []).append(rule)
         only_type = next(iter(rules_by_type)) if len(rules_by_type) == 1 else None
 
         def one(contact_id: str) -> tuple[list[Activity] | None, int]:

@@ -24,7 +24,8 @@ import urllib3
 from hubspot import HubSpot
 
 from connector.crm.base import CrmAdapter
-from connector.crm.hubspot import EVENT_READERS, ISOLATION_CALLS, HubSpotAdapter
+from connector.crm.hubspot import EVENT_READERS, ISOLATION_CALLS, PER_CONTACT_EVENTS_MAX, HubSpotAdapter
+from connector.crm.hubspot_events import FULL_SLICES
 from connector.crm.limits import RetryPolicy, day_in
 from connector.domain import Lead
 from connector.errors import StopSync
@@ -171,7 +172,9 @@ def test_an_incremental_read_crosses_the_10000_result_cap_of_search(shipped: Hub
         assert stamps == sorted(stamps)
         # no 400 for paging past 10,000: each page restarts from the last timestamp
         snap = stats(sb)
-        assert snap["total"] == calls_to(snap, "POST /crm/v3/objects/*/search") == math.ceil(n / 200)
+        assert calls_to(snap, "POST /crm/v3/objects/*/search") == math.ceil(n / 200)
+        # then the contacts with web events the search did not return: none here (all were modified since)
+        assert calls_to(snap, "POST /crm/v3/objects/contacts/batch/read") == 0
         a.close()
 
 
@@ -200,18 +203,17 @@ def test_activities_are_mapped_onto_engine_kinds_with_batched_calls(sandbox: San
                                                                    r: redis.Redis) -> None:
     a = adapter(sandbox, fast_mapping, r)
     page = a.read_page("contact", None, since=None)
+    n = len(page.leads)
+    assert n == 250  # a full sync page is up to 1,000 contacts (ten list calls), what one association read takes
     reset_stats(sandbox)
     now = time.time()
     a.load_activities(page.leads, now)
     snap = stats(sandbox)
     pop = sandbox.population
     cutoff = now - 180 * 86400
-    recent = {i: [act for act in pop.activities(i) if act.ts >= cutoff] for i in range(100)}
-    # the events API is asked only for contacts with a visit or a form in the look-back (event_gates)
-    gated = [i for i in range(100) if any(act.kind in ("page_view", "form_submission") for act in recent[i])]
+    recent = {i: [act for act in pop.activities(i) if act.ts >= cutoff] for i in range(n)}
     web = ("page_view", "form_submission", "webinar_registered", "webinar_attended", "event_attended")
-    truth = Counter(act.kind for i in range(100) for act in recent[i] if act.kind not in web)
-    truth.update(act.kind for i in gated for act in recent[i] if act.kind in web)
+    truth = Counter(act.kind for i in range(n) for act in recent[i])
     got = Counter(act.kind for lead in page.leads for act in lead.activities)
     for kind in (*web, "call", "meeting", "note", "email_reply", "email_bounce", "email_click"):
         assert got[kind] == truth[kind], kind
@@ -220,11 +222,35 @@ def test_activities_are_mapped_onto_engine_kinds_with_batched_calls(sandbox: San
     assert all(act.kind in ("page_view", "email_click") for act in pricing)
     # one association read per engagement type for the whole page, engagements 100 per batch read
     assert calls_to(snap, "POST /crm/v4/associations/*/*/batch/read") == 4
-    emails = sum(1 for i in range(100) for act in pop.activities(i) if act.kind.startswith("email_"))
+    emails = sum(1 for i in range(n) for act in pop.activities(i) if act.kind.startswith("email_"))
     assert calls_to(snap, "POST /crm/v3/objects/emails/batch/read") == math.ceil(emails / 100)
-    assert calls_to(snap, "POST /crm/v3/objects/*/batch/read") == math.ceil(emails / 100) + 3
-    # the events API takes one contact per call
-    assert calls_to(snap, "GET /events/v3/events") == len(gated)
+    # web events of every contact at once (events API without objectId): one call per 100 events of the
+    # look-back, plus at most one partial page per time slice of the read
+    events = sum(truth[k] for k in web)
+    assert math.ceil(events / 100) <= calls_to(snap, "GET /events/v3/events") <= math.ceil(events / 100) + FULL_SLICES
+    # once read, the events are shared: another load of the same contacts asks HubSpot for none
+    reset_stats(sandbox)
+    again = a.get_leads("contact", [lead.id for lead in page.leads[:50]])
+    a.load_activities(again, now)
+    assert calls_to(stats(sandbox), "GET /events/v3/events") == 0
+    assert Counter(act.kind for lead in again for act in lead.activities if act.kind in web) == Counter(
+        act.kind for i in range(50) for act in recent[i] if act.kind in web
+    )
+    a.close()
+
+
+def test_a_few_contacts_get_their_web_events_one_call_each_while_no_bulk_read_is_fresh(
+    sandbox: Sandbox, fast_mapping: HubSpotMapping, r: redis.Redis
+) -> None:
+    a = adapter(sandbox, fast_mapping, r)
+    leads = a.get_leads("contact", ["1", "2", "3", "4", "5"])
+    reset_stats(sandbox)
+    now = time.time()
+    a.load_activities(leads, now)
+    cutoff = now - 180 * 86400
+    gated = [i for i in range(5) if any(act.kind in ("page_view", "form_submission") and act.ts >= cutoff
+                                        for act in sandbox.population.activities(i))]  # fmt: skip
+    assert calls_to(stats(sandbox), "GET /events/v3/events") == len(gated) <= PER_CONTACT_EVENTS_MAX
     a.close()
 
 
@@ -262,7 +288,7 @@ def test_below_enterprise_web_activity_comes_from_the_rollups_after_one_warning(
 ) -> None:
     # The events API is Enterprise-only: a Professional portal answers 403 to it. The sync goes on with
     # the roll-up properties instead of failing every page, and says so once; `check` says what to change.
-    with Sandbox.start(contacts=220, seed=7, hubspot_rate=100_000, hubspot_tier="professional") as sb:
+    with Sandbox.start(contacts=1_100, seed=7, hubspot_rate=100_000, hubspot_tier="professional") as sb:
         mapping = mapping_with(shipped, account=FAST)  # the shipped activities: web: events
         client = redis.Redis.from_url(redis_url)
         a = adapter(sb, mapping, client)
@@ -282,7 +308,9 @@ def test_below_enterprise_web_activity_comes_from_the_rollups_after_one_warning(
             assert views
             assert all(act.attrs == {"source": "rollup"} for act in views)
         # the roll-up properties came with the second page's contacts: no batch read for them
-        assert calls_to(snap, "POST /crm/v3/objects/contacts/batch/read") == 1  # the first page's only
+        assert second.leads
+        # the first page's only (a sync page is up to 1,000 contacts: 100 per batch read)
+        assert calls_to(snap, "POST /crm/v3/objects/contacts/batch/read") == math.ceil(len(first.leads) / 100)
         other = adapter(sb, mapping, redis.Redis.from_url(redis_url))  # another worker knows it too
         reset_stats(sb)
         other.load_activities(other.get_leads("contact", ["5", "6"]), time.time())

@@ -16,6 +16,7 @@ from connector.bootstrap import Runtime
 from connector.domain import CHANGE_FIELDS, CrmName, Lead
 from connector.engine import ScoreResult
 from connector.errors import RecordError
+from connector.routing.service import HotLead
 from connector.runs import PageResult
 from connector.status import Recorder
 
@@ -95,14 +96,18 @@ def score_leads(rt: Runtime, crm: CrmName, stream: str, leads: Sequence[Lead], n
     # redoes their routing instead of skipping them as "owned and already hot".
     # Routing decides by its own clock (the real time, or LEADSCORE_ROUTING_AT), scoring by `now`.
     today = Recorder(rt.redis, rt.namespace)
-    for lead, scored, became_hot in hot:
-        if lead.owner_id is not None and not became_hot:
-            continue  # owned and already hot last time: nothing new for routing
-        try:
-            decision = rt.router.assign_hot_lead(lead, stream, scored, rt.router.clock(), became_hot=became_hot)
-        except RecordError as exc:
+    # owned and already hot last time: nothing new for routing
+    routed = [(lead, scored, became_hot) for lead, scored, became_hot in hot
+              if lead.owner_id is None or became_hot]  # fmt: skip
+    # the page's hot leads at once: owners, tasks and re-reads in a few batch calls, not a few per lead
+    outcomes = rt.router.assign_hot_leads(
+        [HotLead(lead, stream, scored, became_hot=became_hot) for lead, scored, became_hot in routed],
+        rt.router.clock(),
+    ) if routed else []  # fmt: skip
+    for (lead, _, became_hot), decision in zip(routed, outcomes, strict=True):
+        if isinstance(decision, RecordError):
             result.add("failed")
-            result.failures.append(f"{lead.key}: not assigned: {exc.message}")
+            result.failures.append(f"{lead.key}: not assigned: {decision.message}")
             continue
         if became_hot:
             today.hot_lead(crm, decision.region, time.time())

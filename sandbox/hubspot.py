@@ -2402,7 +2402,9 @@ class HubSpotApi:
                 "hs_url": url, "hs_title": a.attrs.get("title", ""), "hs_page_id": str(zlib.crc32(url.encode())),
             }
         if a.kind == "form_submission":
-            return EVENT_FORM, {"hs_form_id": a.attrs.get("form_id", ""), "hs_form_title": a.attrs.get("form_title", "")}
+            return EVENT_FORM, {
+                "hs_form_id": a.attrs.get("form_id", ""), "hs_form_title": a.attrs.get("form_title", ""),
+            }
         if a.kind in EVENT_CUSTOM:
             return EVENT_CUSTOM[a.kind], {"campaign": a.attrs.get("campaign", "")}
         return None

@@ -28,7 +28,7 @@ from urllib.parse import urlparse
 import orjson
 import redis
 
-from connector.crm.base import CallCounter, OpenTask, Page, WriteReport, task_ref_in
+from connector.crm.base import CallCounter, OpenTask, Page, TaskToCreate, WriteReport, task_ref_in
 from connector.crm.hubspot_events import EventsRefused, WebEventStore
 from connector.crm.hubspot_events import iso_ms as events_iso
 from connector.crm.hubspot_http import ApiError, HubSpotTransport, Response
@@ -849,6 +849,134 @@ class HubSpotAdapter:
             self.apis.contacts.update, lead_id, {"properties": {prop: rep_id}}, record_id=lead_id
         )
         return True
+
+    def set_owners(
+        self, stream: str, wanted: Sequence[tuple[str, str, str | None]]
+    ) -> dict[str, bool | str]:
+        """`set_owner` for many records at once: (lead id, rep id, expected owner) each.
+
+        One batch read of the owner property per 100 records (the re-read that narrows the race), then
+        one batch update per 100 of those whose owner is still `expected` (POST /crm/v3/objects/contacts/
+        batch/read|update, contacts.json). Per lead: True when the rep owns it after the call, False when
+        someone else does, a sentence when HubSpot refused it (deleted, say).
+        """
+        self._stream(stream)
+        prop = self.mapping.contact.owner
+        out: dict[str, bool | str] = {}
+        current: dict[str, str | None] = {}
+        ids = list(dict.fromkeys(lead_id for lead_id, _, _ in wanted))
+        for chunk in _chunks(ids, BATCH):
+            resp = self._call(self.apis.contacts_batch.read,
+                              {"inputs": [{"id": i} for i in chunk], "properties": [prop]}, archived=False)
+            for obj in resp.body.get("results") or []:
+                current[str(obj["id"])] = (obj.get("properties") or {}).get(prop) or None
+        updates: list[dict[str, Any]] = []
+        for lead_id, rep_id, expected in wanted:
+            if lead_id not in current:
+                out[lead_id] = "not found in HubSpot (deleted or merged)"
+            elif current[lead_id] == rep_id:
+                out[lead_id] = True
+            elif current[lead_id] != expected:
+                out[lead_id] = False
+            else:
+                updates.append({"id": lead_id, "properties": {prop: rep_id}})
+        for chunk in _chunks(updates, BATCH):
+            sent = [c["id"] for c in chunk]
+            try:
+                resp = self._call(self.apis.contacts_batch.update, {"inputs": list(chunk)})
+            except ApiError as exc:  # refused as a whole (400): nothing written
+                for lead_id in sent:
+                    out[lead_id] = problems_text(exc.body) or exc.message
+                continue
+            done = {str(r.get("id")) for r in resp.body.get("results") or []}
+            errors = resp.body.get("errors") or []
+            for lead_id in sent:
+                said = next((_message(e) for e in errors if lead_id in _ids_in(e)), None)
+                out[lead_id] = True if lead_id in done else (said or "HubSpot did not confirm the owner")
+        return out
+
+    def create_tasks(self, stream: str, tasks: Sequence[TaskToCreate]) -> tuple[dict[str, str], dict[str, str]]:
+        """Tasks linked to their records, 100 per call (POST /crm/v3/objects/tasks/batch/create, tasks.json:
+        each input carries its associations). Returns (ref -> task id, ref -> why not created), matched by
+        the reference in each task's body (a batch answer need not keep the inputs' order).
+
+        Not idempotent, like `create_task`: a timeout or a 5xx is raised as RetryLater untouched, and the
+        caller looks its references up (`find_tasks`) before it sends them again.
+        """
+        self._stream(stream)
+        created: dict[str, str] = {}
+        failed: dict[str, str] = {}
+        for chunk in _chunks(list(tasks), BATCH):
+            inputs = [{
+                "properties": {
+                    "hs_timestamp": iso(t.due),
+                    "hs_task_subject": t.subject,
+                    "hs_task_body": t.body,
+                    "hs_task_status": "NOT_STARTED",
+                    "hs_task_priority": self.mapping.tasks.priority,
+                    "hs_task_type": self.mapping.tasks.type,
+                    "hubspot_owner_id": t.rep_id,
+                },
+                "associations": [{
+                    "to": {"id": t.lead_id},
+                    "types": [{"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": TASK_TO_CONTACT}],
+                }],
+            } for t in chunk]  # fmt: skip
+            try:
+                resp = self._call(self.apis.objects_batch.create, "tasks", {"inputs": inputs}, idempotent=False)
+            except ApiError as exc:  # the whole batch refused (400): nothing was created
+                for t in chunk:
+                    failed[t.ref] = exc.message
+                continue
+            for obj in resp.body.get("results") or []:
+                ref = task_ref_in((obj.get("properties") or {}).get("hs_task_body"))
+                if ref is not None:
+                    created[ref] = str(obj["id"])
+            errors = resp.body.get("errors") or []
+            for k, t in enumerate(chunk):
+                if t.ref in created:
+                    continue
+                said = next((_message(e) for e in errors if str(k) in _ids_in(e)), None)
+                failed[t.ref] = said or "HubSpot did not confirm the task"
+        return created, failed
+
+    def find_tasks(self, stream: str, wanted: Sequence[tuple[str, str, str]]) -> dict[str, str]:
+        """`find_task` for many (lead id, rep id, ref) at once: ref -> task id for those that exist.
+
+        One v4 association read per 1,000 records and one task batch read per 100 tasks (not search:
+        a task created a moment ago is not searchable yet)."""
+        self._stream(stream)
+        tasks = self._tasks_of([lead_id for lead_id, _, _ in wanted], ["hubspot_owner_id", "hs_task_body"])
+        out: dict[str, str] = {}
+        for lead_id, rep_id, ref in wanted:
+            for task_id, task in tasks.get(lead_id, []):
+                if str(task.get("hubspot_owner_id") or "") == rep_id and task_ref_in(task.get("hs_task_body")) == ref:
+                    out[ref] = task_id
+        return out
+
+    def open_tasks(
+        self, stream: str, wanted: Sequence[tuple[str, str]], subject_prefixes: Sequence[str]
+    ) -> dict[str, str]:
+        """`open_task` for many (lead id, rep id) at once: lead id -> an open task of the rep's on it."""
+        self._stream(stream)
+        tasks = self._tasks_of([lead_id for lead_id, _ in wanted],
+                               ["hubspot_owner_id", "hs_task_status", "hs_task_subject"])  # fmt: skip
+        out: dict[str, str] = {}
+        for lead_id, rep_id in wanted:
+            for task_id, task in tasks.get(lead_id, []):
+                if (
+                    str(task.get("hubspot_owner_id") or "") == rep_id
+                    and task.get("hs_task_status") != "COMPLETED"
+                    and str(task.get("hs_task_subject") or "").startswith(tuple(subject_prefixes))
+                ):
+                    out.setdefault(lead_id, task_id)
+        return out
+
+    def _tasks_of(self, lead_ids: Sequence[str], props: Sequence[str]) -> dict[str, list[tuple[str, dict[str, Any]]]]:
+        links = self._associated(list(dict.fromkeys(lead_ids)), "tasks")
+        wanted = list(dict.fromkeys(t for ids in links.values() for t in ids))
+        tasks = self._batch_read("tasks", wanted, props) if wanted else {}
+        return {lead_id: [(t, tasks[t]) for t in ids if t in tasks] for lead_id, ids in links.items()}
 
     # -- tasks and follow-up
 

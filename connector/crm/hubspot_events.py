@@ -82,6 +82,9 @@ return 1
 """
 
 
+Emit = Callable[[Sequence[EventRule], Mapping[str, Any], float], list[Activity]]
+
+
 def iso_ms(ms: int) -> str:
     seconds, rest = divmod(int(ms), 1000)
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{rest:03d}Z"
@@ -200,15 +203,15 @@ class WebEventStore:
                 return
             text = member.decode() if isinstance(member, bytes) else str(member)
             a, b = (int(x) for x in text.split(":"))
-            self._read_slice(a, b, lambda: self.redis.zadd(key, {text: time.time() + SLICE_LEASE_S}, xx=True))
+            self._read_slice(a, b, key, text)
             self.redis.zrem(key, text)
 
-    def _read_slice(self, lo: int, hi: int, renew: Callable[[], Any]) -> None:
+    def _read_slice(self, lo: int, hi: int, fill_key: str, member: str) -> None:
         after: str | None = None
         while True:
             body = self.read_window(lo, hi, self.only_type, after)
             self._keep(body.get("results") or [])
-            renew()
+            self.redis.zadd(fill_key, {member: time.time() + SLICE_LEASE_S}, xx=True)  # the lease renewed
             nxt = ((body.get("paging") or {}).get("next") or {}).get("after")
             if not nxt or nxt == after:
                 return
@@ -242,8 +245,9 @@ class WebEventStore:
 
     # -- reading
 
-    def activities(self, ids: Sequence[str], cutoff: float, now: float,
-                   emit: Callable[[Sequence[EventRule], Mapping[str, Any], float], list[Activity]]) -> dict[str, list[Activity]]:  # fmt: skip
+    def activities(
+        self, ids: Sequence[str], cutoff: float, now: float, emit: Emit
+    ) -> dict[str, list[Activity]]:
         """Each contact's web activities since `cutoff`, from Redis (no HubSpot call)."""
         raw = self.redis.mget([f"{self.prefix}:c:{i}" for i in ids]) if ids else []
         out: dict[str, list[Activity]] = {}
@@ -252,7 +256,7 @@ class WebEventStore:
             found: list[Activity] = []
             if blob:
                 seen: set[str] = set()
-                for line in bytes(blob).splitlines():
+                for line in (blob.encode() if isinstance(blob, str) else blob).splitlines():
                     try:
                         event_id, etype, ms, props = orjson.loads(line)
                     except (orjson.JSONDecodeError, ValueError):
@@ -266,12 +270,15 @@ class WebEventStore:
             out[cid] = found
         return out
 
-    def changed_since(self, since_ms: int, after: tuple[int, Sequence[str]] | None, limit: int) -> list[tuple[str, int]]:
+    def changed_since(
+        self, since_ms: int, after: tuple[int, Sequence[str]] | None, limit: int
+    ) -> list[tuple[str, int]]:
         """Contacts whose latest event is at or after `since_ms`, oldest first, after the (time, ids) cursor."""
         lo = since_ms if after is None else after[0]
         skip = set(after[1]) if after is not None else set()
-        rows = self.redis.zrangebyscore(f"{self.prefix}:last", lo, "+inf", start=0, num=limit + len(skip),
-                                        withscores=True)  # fmt: skip
+        rows: Any = self.redis.zrangebyscore(
+            f"{self.prefix}:last", lo, "+inf", start=0, num=limit + len(skip), withscores=True
+        )
         out: list[tuple[str, int]] = []
         for member, score in rows:
             cid = member.decode() if isinstance(member, bytes) else str(member)

@@ -1398,6 +1398,7 @@ class HubSpotApi:
         self._events_lock = threading.Lock()
         self._event_order: dict[str, list[int]] | None = None  # see _event_index
         self._event_added: set[int] = set()
+        self.stats: Stats | None = None  # set by build_app: record writes are counted there
 
     # ---- helpers
 
@@ -1572,6 +1573,8 @@ class HubSpotApi:
         return []
 
     def _write_contact(self, key: int, clean: Mapping[str, str]) -> None:
+        if self.stats is not None:
+            self.stats.count_writes("contacts", clean)
         hooks = self.crm.webhooks
         before = self.crm.contact_values(key, list(clean)) if hooks is not None else None
         self.crm.write_contact(key, clean)
@@ -2632,6 +2635,7 @@ def build_app(
     api.association_page_size = association_page_size
     guard = HubSpotGuard(token, rate=rate, daily=daily, search_rate=search_rate, zone=crm.portal.zone)
     stats = Stats()
+    api.stats = stats
     fault_box = Faults(faults, timeout_s=timeout_s)
 
     async def add_token(request: Request) -> Response:

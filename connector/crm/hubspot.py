@@ -19,6 +19,7 @@ import datetime as dt
 import logging
 import math
 import time
+import zlib
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -60,6 +61,10 @@ LIST_PAGES_PER_READ = 10
 PER_CONTACT_EVENTS_MAX = 20
 CHANGED_PAGE = 100  # contacts with new web events read per incremental sync page (one batch read)
 SEARCHED_TTL_S = 86400  # ids an incremental stream's search returned, kept for its web events part
+# Our score writes' modification times per contact (see _remember_writes), in this many Redis hashes,
+# each kept this long after its last write (longer than incremental syncs are apart).
+WRITTEN_BUCKETS = 1024
+WRITTEN_TTL_S = 3 * 86400
 TIE_OFFSET = 20  # beyond this many records sharing one timestamp, page by offset instead of by id
 CACHE_SIZE = 20_000
 # The events API is Enterprise-only (events.json: x-hubspot-product-tier-requirements ENTERPRISE); on other
@@ -398,6 +403,10 @@ class HubSpotAdapter:
         results = resp.body.get("results") or []
         fresh = [r for r in results if str(r.get("id")) not in seen]
         leads = self._leads(fresh, problems)
+        echoes = self._own_echoes(leads)
+        if echoes:  # modified last by our own score write: nothing new to score (the cursor still moves on)
+            stamps_only = [lead.modified_at for lead in leads if lead.modified_at is not None]
+            leads = [lead for lead in leads if lead.id not in echoes]
         has_more = bool(((resp.body.get("paging") or {}).get("next") or {}).get("after"))
         stamps_ms: list[tuple[int, str]] = []
         for obj in results:
@@ -405,6 +414,8 @@ class HubSpotAdapter:
             ts = parse_ts(props.get(modified)) or parse_ts(obj.get("updatedAt"))
             stamps_ms.append((round(ts * 1000) if ts is not None else start, str(obj.get("id"))))
         high = [lead.modified_at for lead in leads if lead.modified_at is not None]
+        if echoes:
+            high = stamps_only
         if not has_more or not results:
             next_cursor = None
         else:
@@ -791,6 +802,7 @@ class HubSpotAdapter:
                 attributed.setdefault(i, msg)
             if not ids:
                 loose.append(msg)
+        self._remember_writes(resp.body.get("results") or [])
         for lead_id in sent:
             if lead_id in attributed and lead_id not in ok:
                 report.failed.append((lead_id, attributed[lead_id]))
@@ -798,6 +810,42 @@ class HubSpotAdapter:
                 report.written.append(lead_id)
             else:
                 report.failed.append((lead_id, "; ".join(loose) or "HubSpot did not confirm the update"))
+
+    # -- our own writes, seen again by incremental syncs
+
+    def _written_key(self, lead_id: str) -> str:
+        return f"leadscore:hubspot:{self.account}:written:{zlib.crc32(lead_id.encode()) % WRITTEN_BUCKETS}"
+
+    def _remember_writes(self, results: Sequence[Mapping[str, Any]]) -> None:
+        """The modification time HubSpot gave each contact for our score write (batch update answer:
+        the `lastmodifieddate` property, else updatedAt), shared through Redis: an incremental sync that
+        finds a contact modified at exactly that time finds our own write, nothing new to score."""
+        modified = self.mapping.contact.modified
+        pipe = self._redis.pipeline(transaction=False)
+        keys = set()
+        for obj in results:
+            ts = parse_ts((obj.get("properties") or {}).get(modified)) or parse_ts(obj.get("updatedAt"))
+            if ts is None or obj.get("id") is None:
+                continue
+            key = self._written_key(str(obj["id"]))
+            pipe.hset(key, str(obj["id"]), str(round(ts * 1000)))
+            keys.add(key)
+        for key in keys:
+            pipe.expire(key, WRITTEN_TTL_S)
+        if keys:
+            pipe.execute()
+
+    def _own_echoes(self, leads: Sequence[Lead]) -> set[str]:
+        """Ids of leads whose last modification is our own score write (see _remember_writes)."""
+        stamped = [lead for lead in leads if lead.modified_at is not None]
+        if not stamped:
+            return set()
+        pipe = self._redis.pipeline(transaction=False)
+        for lead in stamped:
+            pipe.hget(self._written_key(lead.id), lead.id)
+        ours = pipe.execute()
+        return {lead.id for lead, ms in zip(stamped, ours, strict=True)
+                if ms is not None and int(ms) == round((lead.modified_at or 0) * 1000)}  # fmt: skip
 
     # -- reps and owners
 

@@ -152,8 +152,10 @@ def test_an_incremental_read_returns_only_the_records_changed_since(sandbox: San
     a.setup()
     since = time.time()
     time.sleep(0.01)
-    report = a.write_scores("contact", {i: {"model": f"inc-{i}"} for i in ("5", "17", "230")})
-    assert sorted(report.written) == ["17", "230", "5"]
+    # changed by another writer (our own score writes are skipped: see the next test)
+    contacts = HubSpot(access_token=sandbox.hubspot_token, host=sandbox.hubspot_url).crm.contacts.basic_api
+    for i in ("5", "17", "230"):
+        contacts.update(i, {"properties": {"lead_score_model": f"inc-{i}"}})
     wait_searchable(sandbox)  # search shows writes a few moments after them, as in HubSpot
     leads = read_all(a, since=since)
     assert sorted(lead.id for lead in leads) == ["17", "230", "5"]
@@ -361,6 +363,27 @@ def test_written_scores_read_back_in_canonical_form(sandbox: Sandbox, fast_mappi
     assert back["11"].written == {**values, "score": "87", "scored_at": "2026-01-02T03:04:05Z"}
     assert back["12"].written["score"] == "12"
     a.close()
+
+
+def test_an_incremental_read_skips_contacts_whose_last_change_is_our_own_score_write(
+    shipped: HubSpotMapping, r: redis.Redis
+) -> None:
+    with Sandbox.start(contacts=120, seed=4, hubspot_rate=100_000) as sb:
+        a = adapter(sb, mapping_with(shipped, account=FAST), r)
+        a.setup()
+        started = time.time() - 1
+        values = {"score": "50", "band": "warm"}
+        assert len(a.write_scores("contact", {str(i): values for i in range(1, 41)}).written) == 40
+        # someone edits contact 7 after our write: that one is new again
+        time.sleep(0.01)
+        HubSpot(access_token=sb.hubspot_token, host=sb.hubspot_url).crm.contacts.basic_api.update(
+            "7", {"properties": {"jobtitle": "CTO"}})
+        wait_searchable(sb)
+        reset_stats(sb)
+        changed = [lead.id for lead in read_all(a, since=started)]
+        assert changed == ["7"]
+        assert calls_to(stats(sb), "POST /crm/v3/objects/*/search") == 1
+        a.close()
 
 
 def test_a_partial_failure_reports_the_refused_record_and_writes_the_rest(

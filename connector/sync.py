@@ -100,6 +100,7 @@ def score_leads(rt: Runtime, crm: CrmName, stream: str, leads: Sequence[Lead], n
     routed = [(lead, scored, became_hot) for lead, scored, became_hot in hot
               if lead.owner_id is None or became_hot]  # fmt: skip
     # the page's hot leads at once: owners, tasks and re-reads in a few batch calls, not a few per lead
+    calls_before = adapter.calls.this_thread
     outcomes = rt.router.assign_hot_leads(
         [HotLead(lead, stream, scored, became_hot=became_hot) for lead, scored, became_hot in routed],
         rt.router.clock(),
@@ -120,6 +121,7 @@ def score_leads(rt: Runtime, crm: CrmName, stream: str, leads: Sequence[Lead], n
             result.add(f"assigned:{decision.region}>{went}:{decision.rep_id}")
         elif decision.outcome == "unassigned":
             result.add("unassigned")
+    result.add("calls:routing", adapter.calls.this_thread - calls_before)
     if crm == "salesforce" and rt.echo_filter is not None:
         # what scoring read, so the Outbound Message our own write fires is known as an echo
         rt.echo_filter.remember(stream, [lead for lead in leads if lead.id in scored_ids])
@@ -128,7 +130,9 @@ def score_leads(rt: Runtime, crm: CrmName, stream: str, leads: Sequence[Lead], n
         rt.router.lead_cooled(key)
         result.add("cooled")
     if updates:
+        calls_before = adapter.calls.this_thread
         report = adapter.write_scores(stream, updates)
+        result.add("calls:writes", adapter.calls.this_thread - calls_before)
         result.add("written", len(report.written))
         for record_id, message in report.failed:
             result.add("failed")
@@ -163,6 +167,7 @@ def run_page(
     adapter = rt.adapter(crm)
     calls_before = adapter.calls.this_thread
     page = adapter.read_page(stream, cursor, since=since)
+    calls_read = adapter.calls.this_thread - calls_before
     if page.next_cursor is not None and runs.add_page(run_id, stream, page.next_cursor):
         # enqueue the next page before working on this one, so other workers read ahead
         enqueue_next(page.next_cursor)
@@ -173,8 +178,12 @@ def run_page(
     for record_id, why in page.problems:
         result.add("failed")
         result.failures.append(f"{crm}:{stream}:{record_id}: {why}")
+    # calls by part (list, activities, routing, writes) for the benchmarks' calls per 1,000 records
+    result.add("calls:list", calls_read)
     if page.leads:
+        before_activities = adapter.calls.this_thread
         adapter.load_activities(page.leads, now)
+        result.add("calls:activities", adapter.calls.this_thread - before_activities)
         score_leads(rt, crm, stream, page.leads, now, result)
     result.add("api_calls", adapter.calls.this_thread - calls_before)
     runs.refresh_lock(crm, run_id)

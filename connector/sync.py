@@ -58,6 +58,8 @@ def start_run(
         since = None if full else runs.cursor(crm, stream)
         runs.add_page(run_id, stream, None)
         firsts.append((stream, since))
+    # streams read whole (a full run, or no cursor yet): their next cursor is this run's start
+    runs.set(run_id, listed=",".join(stream for stream, since in firsts if since is None))
     log.info("run started", extra={"event": "run_started", "run": run_id, "crm": crm, "full": full})
     return Started(run_id, None), firsts
 
@@ -239,7 +241,12 @@ def finish_run(rt: Runtime, run_id: str) -> None:
     ok = view.count("pages_failed") == 0 and view.status != "failed"
     if ok:
         started = float(view.fields.get("started") or view.fields.get("created") or time.time())
-        for stream, high in runs.high_waters(run_id).items():
+        highs = runs.high_waters(run_id)
+        # A stream read whole (list, not search) saw every record after the run started: whatever
+        # changed before that is scored, even when the newest modification it saw is older. The next
+        # incremental run, and its web events part, start there instead of re-reading what this one scored.
+        highs |= {stream: started for stream in view.fields.get("listed", "").split(",") if stream}
+        for stream, high in highs.items():
             runs.save_cursor(crm, stream, min(high, started - SEARCH_LAG_SECONDS))
     runs.set(
         run_id,

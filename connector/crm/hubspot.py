@@ -60,6 +60,7 @@ LIST_PAGES_PER_READ = 10
 # a webhook's rescore of a few contacts, say.
 PER_CONTACT_EVENTS_MAX = 20
 CHANGED_PAGE = 100  # contacts with new web events read per incremental sync page (one batch read)
+CHANGED_FRESH_S = 0.0  # the first such page reads the web events up to its own time
 SEARCHED_TTL_S = 86400  # ids an incremental stream's search returned, kept for its web events part
 # Our score writes' modification times per contact (see _remember_writes), in this many Redis hashes,
 # each kept this long after its last write (longer than incremental syncs are apart).
@@ -447,24 +448,27 @@ class HubSpotAdapter:
         return f"leadscore:hubspot:{self.account}:searched:{math.floor(since * 1000)}"
 
     def _changed_page(self, state: Mapping[str, Any], since: float) -> Page:
-        """Contacts with web events since `since` that the search did not return (not modified since),
+        """Contacts with web events since `since` that this stream's search did not return (not modified
+        since, or not searchable yet),
         CHANGED_PAGE at a time from the shared web events (refreshed first: about one call per 100 new
         events), read with one batch read. The cursor: the last event time returned and the contacts at it."""
         since_ms = int(state["w"])
-        try:
-            self.web_events.ensure(time.time())
-        except EventsRefused as exc:
-            self._refuse_events(exc.why)
-            return Page(leads=[], next_cursor=None)
         after = (int(state["t"]), [str(i) for i in state.get("x", [])]) if "t" in state else None
+        if after is None:
+            # up to now: events newer than this refresh are found by the next run, whose `since` lies
+            # at least SEARCH_LAG_SECONDS before this run's start
+            try:
+                self.web_events.ensure(time.time(), fresh_s=CHANGED_FRESH_S)
+            except EventsRefused as exc:
+                self._refuse_events(exc.why)
+                return Page(leads=[], next_cursor=None)
         rows = self.web_events.changed_since(since_ms, after, CHANGED_PAGE)
         if not rows:
             return Page(leads=[], next_cursor=None)
         ids = [cid for cid, _ in rows]
         searched = self._redis.smismember(self._searched_key(since), ids)
         unread = [cid for cid, seen in zip(ids, searched, strict=True) if not seen]
-        leads = [lead for lead in self.get_leads("contact", unread)
-                 if lead.modified_at is None or lead.modified_at < since]  # fmt: skip
+        leads = self.get_leads("contact", unread) if unread else []
         next_cursor = None
         if len(rows) == CHANGED_PAGE:
             last = rows[-1][1]
@@ -472,7 +476,8 @@ class HubSpotAdapter:
             if after is not None and after[0] == last:
                 tie = [*after[1], *tie]
             next_cursor = orjson.dumps({"w": since_ms, "t": last, "x": tie}).decode()
-        return Page(leads=leads, next_cursor=next_cursor)
+        # the newest event seen counts as a change: the next run's cursor moves past it
+        return Page(leads=leads, next_cursor=next_cursor, high_water=max(ms for _, ms in rows) / 1000)
 
     def get_leads(self, stream: str, ids: Sequence[str]) -> list[Lead]:
         self._stream(stream)

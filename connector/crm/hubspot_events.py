@@ -77,6 +77,8 @@ local hi = redis.call('HGET', KEYS[1], 'hi')
 if redis.call('HGET', KEYS[1], 'full') == '1' or not redis.call('HGET', KEYS[1], 'from') then
   redis.call('HSET', KEYS[1], 'from', lo)
 end
+local to = redis.call('HGET', KEYS[1], 'to')
+if to and tonumber(to) > tonumber(hi) then hi = to end
 redis.call('HSET', KEYS[1], 'to', hi, 'gen', '')
 return 1
 """
@@ -133,24 +135,25 @@ class WebEventStore:
         return {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
                 for k, v in raw.items()}  # fmt: skip
 
-    def covers(self, now: float) -> tuple[bool, bool]:
-        """(the window reaches back over the whole look-back, and it is fresh)."""
+    def covers(self, now: float, fresh_s: float = FRESH_S) -> tuple[bool, bool]:
+        """(the window reaches back over the whole look-back, and it ends at most `fresh_s` before `now`)."""
         st = self._state()
         if not st.get("from") or not st.get("to"):
             return False, False
         cutoff_ms = math.floor((now - self.lookback_s) * 1000)
         covered = int(st["from"]) <= cutoff_ms
-        return covered, covered and int(st["to"]) >= (now - FRESH_S) * 1000
+        return covered, covered and int(st["to"]) >= math.floor((now - fresh_s) * 1000)
 
-    def ensure(self, now: float) -> None:
-        """Read whatever the window lacks up to `now`, sharing the slices with other workers; returns when done.
+    def ensure(self, now: float, fresh_s: float = FRESH_S) -> None:
+        """Read whatever the window lacks up to `now` (when it ends more than `fresh_s` before), sharing
+        the slices with other workers; returns when done.
 
         Raises EventsRefused (403) and RetryLater (HubSpot unreachable, or other workers' slices take
         longer than WAIT_S).
         """
         deadline = time.monotonic() + WAIT_S
         while True:
-            covered, fresh = self.covers(now)
+            covered, fresh = self.covers(now, fresh_s)
             if fresh:
                 return
             gen = self._state().get("gen") or self._start(now, covered)
@@ -160,10 +163,11 @@ class WebEventStore:
             self._work(gen)
             if self._finish(keys=[f"{self.prefix}:state", f"{self.prefix}:fill:{gen}"], args=[gen]):
                 self.redis.zremrangebyscore(f"{self.prefix}:last", "-inf", math.floor((now - self.lookback_s) * 1000))
-                continue
-            if time.monotonic() > deadline:
-                raise RetryLater("web events are still being read by other workers", wait=30.0)
-            time.sleep(0.25)  # the last slices are being read by other workers
+            elif self._state().get("gen") == gen:  # its last slices are being read by other workers
+                if time.monotonic() > deadline:
+                    raise RetryLater("web events are still being read by other workers", wait=30.0)
+                time.sleep(0.25)
+            # then as from the start: a fill another worker began before `now` may leave a rest to read
 
     def _start(self, now: float, covered: bool) -> str | None:
         lock = f"{self.prefix}:gen-lock"

@@ -256,6 +256,30 @@ def test_a_few_contacts_get_their_web_events_one_call_each_while_no_bulk_read_is
     a.close()
 
 
+def test_an_incremental_read_also_returns_contacts_with_new_web_events_that_search_does_not_show_yet(
+    shipped: HubSpotMapping, r: redis.Redis
+) -> None:
+    with Sandbox.start(contacts=300, seed=9, hubspot_rate=100_000) as sb:
+        a = adapter(sb, mapping_with(shipped, account=FAST), r)
+        first = a.read_page("contact", None, since=None)
+        a.load_activities(first.leads, time.time())  # the look-back's web events, read in bulk
+        since = time.time()
+        search_index(sb, {"lag_s": [600, 600]})  # writes reach search only in ten minutes
+        HTTP.request("POST", sb.hubspot_url + "/__sandbox__/activities", body=orjson.dumps(
+            {"contact": "9", "kind": "page_view", "attrs": {"url": "/pricing", "title": "Pricing"}}))
+        time.sleep(0.01)
+        reset_stats(sb)
+        leads = read_all(a, since=since)
+        assert [lead.id for lead in leads] == ["9"]  # found through the events read, not through search
+        snap = stats(sb)
+        assert calls_to(snap, "GET /events/v3/events") == 1  # only the new events
+        assert calls_to(snap, "POST /crm/v3/objects/contacts/batch/read") == 1
+        a.load_activities(leads, time.time())
+        assert any(act.kind == "page_view" and act.attrs.get("url", "").endswith("/pricing") and act.ts >= since
+                   for act in leads[0].activities)  # fmt: skip
+        a.close()
+
+
 def test_a_contact_with_more_associations_than_a_page_holds_is_read_to_the_end(
     shipped: HubSpotMapping, r: redis.Redis
 ) -> None:

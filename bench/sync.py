@@ -248,6 +248,9 @@ class Result:
         }
         out.update(rate_figures(self.stats, self.seconds, self.rate))
         out["calls_per_1000_by_part"] = parts_per_1000(self.view, max(1, self.records))
+        out["calls_per_1000_by_endpoint"] = {
+            k: round(n / max(1, self.records) * 1000, 1) for k, n in sorted(self.stats.get("calls", {}).items())
+        }
         if self.incremental:
             out["incremental"] = self.incremental
         if self.killed:
@@ -648,6 +651,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  written {f['written']:,}, hot {f['hot']:,}, assigned {f['assigned']:,}, failed {f['failed']}")
         parts = ", ".join(f"{part} {n}" for part, n in f["calls_per_1000_by_part"].items())
         print(f"  calls per 1,000 records by part: {parts}")
+        for endpoint, n in f["calls_per_1000_by_endpoint"].items():
+            print(f"    {n:7.1f}  {endpoint}")
         print(f"  rate used: {f['rate_use_pct']} % of {result.rate} per 10 s ({f['window_calls']:,} calls in the "
               f"ten-second window), 429 answers {f['rate_limited_pct']} % of calls")  # fmt: skip
         for k, inc in enumerate(f.get("incremental", []), 1):

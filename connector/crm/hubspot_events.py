@@ -20,6 +20,7 @@ What Redis holds, under leadscore:hubspot:{account}:web:
                  stays
     last         sorted set: contact id -> time of its latest event (which contacts' scores may have
                  changed since a moment)
+    idle         set for a moment by a worker waiting for others' slices: they split theirs
     fill:{gen}   sorted set of the time slices of a fill still to read, scored by their lease's end
 Only the properties the mapping's event rules read are kept (the mapped attributes and `when` tests),
 never names or e-mail addresses.
@@ -56,6 +57,7 @@ FRESH_S = 300.0
 # Each refresh reads again this far back before the window's end, for events HubSpot records a little
 # after they occurred (unverified: HubSpot states no ingestion delay for the events API).
 OVERLAP_S = 120.0
+MIN_SPLIT_MS = 3_600_000  # a slice is split for idle workers only while more than twice this is left
 SLICE_LEASE_S = 120.0  # a slice's claim lasts this long unless its reader renews it (every page)
 WAIT_S = 3600.0  # longest a worker waits for other workers' slices before it asks to be retried
 GEN_LOCK_S = 30.0
@@ -166,6 +168,7 @@ class WebEventStore:
             elif self._state().get("gen") == gen:  # its last slices are being read by other workers
                 if time.monotonic() > deadline:
                     raise RetryLater("web events are still being read by other workers", wait=30.0)
+                self.redis.set(f"{self.prefix}:idle", "1", px=2000)  # they hand this worker part of theirs
                 time.sleep(0.25)
             # then as from the start: a fill another worker began before `now` may leave a rest to read
 
@@ -211,15 +214,26 @@ class WebEventStore:
             self.redis.zrem(key, text)
 
     def _read_slice(self, lo: int, hi: int, fill_key: str, member: str) -> None:
+        """Read one time slice; while no other slice is left to claim, hand the second half of what is
+        left of this one back to the fill (other workers would otherwise wait for this one to end)."""
         after: str | None = None
         while True:
             body = self.read_window(lo, hi, self.only_type, after)
-            self._keep(body.get("results") or [])
+            results = body.get("results") or []
+            self._keep(results)
             self.redis.zadd(fill_key, {member: time.time() + SLICE_LEASE_S}, xx=True)  # the lease renewed
             nxt = ((body.get("paging") or {}).get("next") or {}).get("after")
             if not nxt or nxt == after:
                 return
             after = str(nxt)
+            last = max((round((parse_time(e.get("occurredAt")) or 0) * 1000) for e in results), default=lo)
+            if (
+                lo <= last and hi - last > 2 * MIN_SPLIT_MS and self.redis.exists(f"{self.prefix}:idle")
+                and not self.redis.zcount(fill_key, "-inf", time.time())
+            ):  # fmt: skip
+                mid = (last + hi) // 2
+                self.redis.zadd(fill_key, {f"{mid}:{hi}": 0})
+                lo, hi, after = last, mid, None  # the query again from the last event read (ids dedupe)
 
     def _keep(self, events: Iterable[Mapping[str, Any]]) -> None:
         pipe = self.redis.pipeline(transaction=False)

@@ -1,6 +1,7 @@
 """The beat schedule, from configuration: per configured CRM an incremental sync every few
 minutes and a full sync once a day; the routing SLA sweep every minute; failed rep notifications
-retried every 30 s (each with its own backoff)."""
+retried every 30 s (each with its own backoff); score writes that failed for a passing reason
+retried every minute (connector/retry.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from celery.schedules import crontab
 from connector.bootstrap import Runtime
 from connector.domain import CrmName
 from connector.mappings.schedule import SyncSchedule
+from connector.retry import RETRY_EVERY_SECONDS
 
 
 def schedules(rt: Runtime) -> list[tuple[CrmName, SyncSchedule]]:
@@ -23,6 +25,7 @@ def beat_schedule(rt: Runtime) -> dict[str, dict[str, Any]]:
     entries: dict[str, dict[str, Any]] = {
         "routing-sla": {"task": "leadscore.routing.check_sla", "schedule": 60.0},
         "routing-notifications": {"task": "leadscore.routing.send_notifications", "schedule": 30.0},
+        "sync-retry": {"task": "leadscore.sync.retry", "schedule": RETRY_EVERY_SECONDS},
     }
     for crm, s in schedules(rt):
         hour, minute = (int(x) for x in s.full_daily_at.split(":"))

@@ -40,7 +40,7 @@ from connector.crm.base import (
     task_ref_in,
     write_with_record_retries,
 )
-from connector.crm.hubspot_events import EventsRefused, WebEventStore
+from connector.crm.hubspot_events import FRESH_S, EventsRefused, WebEventStore
 from connector.crm.hubspot_events import iso_ms as events_iso
 from connector.crm.hubspot_http import ApiError, HubSpotTransport, Response
 from connector.crm.limits import DEFAULT_POLICY, RetryPolicy
@@ -65,9 +65,9 @@ EVENTS_LIMIT = 100
 # A full sync reads this many list pages (of 100) into one sync page: 1,000 contacts, what one v4
 # association batch read takes, so their engagements cost one association call per type, not ten.
 LIST_PAGES_PER_READ = 10
-# Web events come per contact (one call each) instead of from the shared bulk read (WebEventStore)
-# when that read does not cover the look-back or is stale and at most this many contacts need them:
-# a webhook's rescore of a few contacts, say.
+# At most this many contacts (a webhook's rescore) get their web events up to the moment: from the
+# shared bulk read (WebEventStore) brought up to date, or one call each while it does not cover the
+# look-back yet.
 PER_CONTACT_EVENTS_MAX = 20
 CHANGED_PAGE = 100  # contacts with new web events read per incremental sync page (one batch read)
 CHANGED_FRESH_S = 0.0  # the first such page reads the web events up to its own time
@@ -632,33 +632,35 @@ class HubSpotAdapter:
     def _events(self, ids: Sequence[str], by_id: dict[str, list[Activity]], cutoff: float, now: float) -> bool:
         """Web activity from the events API; False (nothing added) when HubSpot refuses it for this portal.
 
-        From the shared bulk read (WebEventStore: no call when it is fresh, else about one call per 100
-        new events of the portal); per contact (one call each) only where that is cheaper: the bulk read
-        does not cover the look-back or is stale, and at most PER_CONTACT_EVENTS_MAX contacts whose gate
-        property (last visit, last conversion) lies inside the look-back need events.
+        From the shared bulk read (WebEventStore): a sync page's contacts from it as it is when fresh
+        (no call), else refreshed first (about one call per 100 new events of the portal). A few
+        contacts (at most PER_CONTACT_EVENTS_MAX: a webhook's rescore) need the events up to `now`:
+        the shared read is brought up to `now` when it covers the look-back, else they are read per
+        contact (one call each, only those whose gate property, last visit or last conversion, lies
+        inside the look-back), which is cheaper than a first bulk read of the whole look-back.
         """
         acts = self.mapping.activities
         store = self.web_events
-        _, fresh = store.covers(now)
-        targets: Sequence[str] = ids
-        if not fresh and acts.event_gates:
-            gates = self._contact_props(ids, acts.event_gates)
-            targets = [
-                i for i in ids
-                if any((parse_ts(gates.get(i, {}).get(g)) or 0) >= cutoff for g in acts.event_gates)
-            ]
-        if not fresh and len(targets) > PER_CONTACT_EVENTS_MAX:
+        covered, fresh = store.covers(now)
+        few = len(ids) <= PER_CONTACT_EVENTS_MAX
+        if few and not covered:
+            targets: Sequence[str] = ids
+            if acts.event_gates:
+                gates = self._contact_props(ids, acts.event_gates)
+                targets = [
+                    i for i in ids
+                    if any((parse_ts(gates.get(i, {}).get(g)) or 0) >= cutoff for g in acts.event_gates)
+                ]
+            return self._events_per_contact(targets, by_id, cutoff, now)
+        if few or not fresh:
             try:
-                store.ensure(now)
+                store.ensure(now, fresh_s=0.0 if few else FRESH_S)
             except EventsRefused as exc:
                 self._refuse_events(exc.why)
                 return False
-            fresh = True
-        if fresh:
-            for contact_id, found in store.activities(ids, cutoff, now, self._emit).items():
-                by_id[contact_id] += found
-            return True
-        return self._events_per_contact(targets, by_id, cutoff, now)
+        for contact_id, found in store.activities(ids, cutoff, now, self._emit).items():
+            by_id[contact_id] += found
+        return True
 
     def _events_per_contact(
         self, targets: Sequence[str], by_id: dict[str, list[Activity]], cutoff: float, now: float

@@ -241,7 +241,7 @@ def test_activities_are_mapped_onto_engine_kinds_with_batched_calls(sandbox: San
     a.close()
 
 
-def test_a_few_contacts_get_their_web_events_one_call_each_while_no_bulk_read_is_fresh(
+def test_a_few_contacts_get_their_web_events_one_call_each_while_no_bulk_read_covers_the_look_back(
     sandbox: Sandbox, fast_mapping: HubSpotMapping, r: redis.Redis
 ) -> None:
     a = adapter(sandbox, fast_mapping, r)

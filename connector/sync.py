@@ -13,8 +13,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from connector.bootstrap import Runtime
-from connector.domain import CHANGE_FIELDS, CrmName, Lead
-from connector.engine import ScoreResult
+from connector.domain import CrmName, Lead
+from connector.engine import ScoreResult, must_write
 from connector.errors import RecordError, RetryLater, StopSync
 from connector.routing.service import HotLead
 from connector.runs import PageResult
@@ -88,7 +88,7 @@ def score_leads(rt: Runtime, crm: CrmName, stream: str, leads: Sequence[Lead], n
         scored_ids.add(lead.id)
         result.add(f"band:{scored.band}")
         values = scored.write_values(now)
-        if any(values[f] != lead.written.get(f) for f in CHANGE_FIELDS):
+        if must_write(values, lead.written):  # reasons: by their evidence, not a decayed rule's points
             updates[lead.id] = values
         else:
             result.add("unchanged")

@@ -59,7 +59,7 @@ def start_run(
     firsts: list[tuple[str, float | None]] = []
     for stream in adapter.streams:
         since = None if full else runs.cursor(crm, stream)
-        runs.add_page(run_id, stream, None)
+        runs.add_page(run_id, stream, None, since)
         firsts.append((stream, since))
     # Whether each stream is read in order of modification (since set) or not (a full read): see finish_run.
     if firsts:
@@ -187,7 +187,7 @@ def run_page(
     calls_before = adapter.calls.this_thread
     page = adapter.read_page(stream, cursor, since=since)
     calls_read = adapter.calls.this_thread - calls_before
-    if page.next_cursor is not None and runs.add_page(run_id, stream, page.next_cursor):
+    if page.next_cursor is not None and runs.add_page(run_id, stream, page.next_cursor, since):
         # enqueue the next page before working on this one, so other workers read ahead
         enqueue_next(page.next_cursor)
     if cursor is None and page.total is not None:

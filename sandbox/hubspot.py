@@ -1700,6 +1700,8 @@ class HubSpotApi:
                 ), 400
             contacts.append(contact)
         tkey = crm.store.create("tasks", clean)
+        if self.stats is not None:
+            self.stats.count_writes("tasks", clean)
         with crm.lock:
             crm.task_contacts[tkey] = contacts
             for c in contacts:

@@ -17,7 +17,8 @@ child, sampled with psutil).
 per 10 s a sync is as slow as on a real portal: size `--contacts` to the time you have.
 Printed besides: API calls per 1,000 records by part (list, activities, routing, writes, as the
 connector counted them), the share of the allowed request rate used over the run (calls that count
-in HubSpot's ten-second window: v4 association batch reads do not) and the share of 429 answers.
+in HubSpot's ten-second window: v4 association batch reads do not; calls / (seconds x rate / 10), so a
+run of a few windows can pass 100 %: the rolling window starts empty) and the share of 429 answers.
 `--incremental N` (HubSpot, default 1% of the contacts, 0 to skip): after the full sync, N contacts are
 edited and N others get a new page view, then an incremental sync runs; twice, because the first
 incremental after a full sync also pages past that sync's own writes (search finds them; they are

@@ -12,8 +12,17 @@ child, sampled with psutil).
     python bench/sync.py --crm hubspot --contacts 50000 --workers 4 --kill-worker
     python bench/sync.py --crm hubspot --contacts 10000 --workers 1 --compare-tap --json
 
-`--rate N`: the sandbox's HubSpot allowance per 10 s (default 10,000, the most
-mappings/hubspot.yaml accepts); the connector's limiter is set just under it.
+`--rate N`: the sandbox's HubSpot allowance per 10 s (default 190, a Professional portal's; up to
+10,000, the most mappings/hubspot.yaml accepts); the connector's limiter is set just under it. At 190
+per 10 s a sync is as slow as on a real portal: size `--contacts` to the time you have.
+Printed besides: API calls per 1,000 records by part (list, activities, routing, writes, as the
+connector counted them), the share of the allowed request rate used over the run (calls that count
+in HubSpot's ten-second window: v4 association batch reads do not; calls / (seconds x rate / 10), so a
+run of a few windows can pass 100 %: the rolling window starts empty) and the share of 429 answers.
+`--incremental N` (HubSpot, default 1% of the contacts, 0 to skip): after the full sync, N contacts are
+edited and N others get a new page view, then an incremental sync runs; twice, because the first
+incremental after a full sync also pages past that sync's own writes (search finds them; they are
+skipped without reading activities). Its calls are printed per changed contact.
 `--kill-worker`: two runs, each on a fresh sandbox and Redis: one undisturbed,
 then one where a worker's process group is killed with -9 while it holds a page
 and, if it takes one within 10 s, a lead's routing lock (`--kill-at SECONDS`
@@ -63,6 +72,7 @@ sys.path.insert(0, str(ROOT))
 
 from connector.bootstrap import build_runtime  # noqa: E402
 from connector.config import Settings  # noqa: E402
+from connector.crm.hubspot import LIST_LIMIT, LIST_PAGES_PER_READ  # noqa: E402
 from connector.localredis import private_redis_server  # noqa: E402
 from connector.redisutil import text  # noqa: E402
 from connector.runs import RunStore, RunView  # noqa: E402
@@ -219,6 +229,8 @@ class Result:
     rss: list[tuple[str, int, int]]  # name, peak bytes (main + child), peak child bytes
     killed: dict[str, Any] = field(default_factory=dict)
     tap: dict[str, Any] = field(default_factory=dict)
+    rate: int = 190
+    incremental: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def records(self) -> int:
@@ -245,6 +257,13 @@ class Result:
             "peak_rss_mb_per_worker": {name: round(total / 2**20, 1) for name, total, _ in self.rss},
             "peak_child_rss_mb_per_worker": {name: round(child / 2**20, 1) for name, _, child in self.rss},
         }
+        out.update(rate_figures(self.stats, self.seconds, self.rate))
+        out["calls_per_1000_by_part"] = parts_per_1000(self.view, max(1, self.records))
+        out["calls_per_1000_by_endpoint"] = {
+            k: round(n / max(1, self.records) * 1000, 1) for k, n in sorted(self.stats.get("calls", {}).items())
+        }
+        if self.incremental:
+            out["incremental"] = self.incremental
         if self.killed:
             out["kill_worker"] = self.killed
         if self.tap:
@@ -252,6 +271,95 @@ class Result:
             if self.tap.get("records_per_s"):
                 out["ratio_records_per_s_ours_over_tap"] = round(out["records_per_s"] / self.tap["records_per_s"], 3)
         return out
+
+
+PARTS = ("list", "activities", "routing", "writes")
+# Calls HubSpot does not count in its ten-second window (sandbox.hubspot.TEN_SECOND_EXEMPT)
+WINDOW_EXEMPT = ("POST /crm/v4/associations/{from_type}/{to_type}/batch/read",)
+
+
+def parts_per_1000(view: RunView, records: int) -> dict[str, float]:
+    return {part: round(view.count(f"calls:{part}") / records * 1000, 1) for part in PARTS}
+
+
+def rate_figures(stats: dict[str, Any], seconds: float, rate: int) -> dict[str, Any]:
+    """The share of the allowed request rate used over `seconds`, and of 429 answers among all calls."""
+    total = int(stats.get("total", 0))
+    exempt = sum(int(stats.get("calls", {}).get(k, 0)) for k in WINDOW_EXEMPT)
+    allowed = seconds * rate / 10
+    return {
+        "window_calls": total - exempt,
+        "rate_use_pct": round((total - exempt) / allowed * 100, 1) if allowed else 0.0,
+        "rate_limited_pct": round(int(stats.get("rate_limited", 0)) / max(1, total) * 100, 2),
+    }
+
+
+def wait_run(runs: RunStore, run_id: str, t0: float, timeout: float, quiet: bool) -> RunView:
+    last_print = 0.0
+    while True:
+        view = runs.get(run_id)
+        if view is not None and view.finished:
+            return view
+        now = time.perf_counter()
+        if now - last_print > 10 and view is not None:
+            say(f"  {now - t0:6.1f} s  pages {view.count('pages_done')}/{view.count('pages_total')}  "
+                f"read {view.count('read'):,}", quiet)  # fmt: skip
+            last_print = now
+        if now - t0 > timeout:
+            raise SystemExit(f"bench/sync.py: the sync did not finish within {timeout} s.")
+        time.sleep(0.1)
+
+
+def small_change(sb: Sandbox, n: int, offset: int, contacts: int) -> list[str]:
+    """n contacts edited by someone (a job title) and n others with a new page view; their ids."""
+    import httpx
+
+    edited = [str((offset + 7 * k) % contacts + 1) for k in range(n)]
+    viewed = [str((offset + 7 * k + 3) % contacts + 1) for k in range(n)]
+    headers = {"Authorization": f"Bearer {sb.hubspot_token}"}
+    with httpx.Client(base_url=sb.hubspot_url, headers=headers, timeout=60) as http:
+        for k in range(0, n, 100):
+            http.post("/crm/v3/objects/contacts/batch/update", json={"inputs": [
+                {"id": i, "properties": {"jobtitle": f"Head of Operations {offset}"}} for i in edited[k:k + 100]
+            ]}).raise_for_status()  # fmt: skip
+        for i in viewed:
+            http.post("/__sandbox__/activities", json={"contact": i, "kind": "page_view",
+                                                       "attrs": {"url": "/pricing", "title": "Pricing"}})  # fmt: skip
+        deadline = time.monotonic() + 60
+        while http.get("/__sandbox__/search").json().get("pending") and time.monotonic() < deadline:
+            time.sleep(0.2)
+    return sorted(set(edited) | set(viewed))
+
+
+def run_incremental(
+    args: argparse.Namespace, env: dict[str, str], runs: RunStore, sb: Sandbox, offset: int, quiet: bool
+) -> dict[str, Any]:
+    changed = small_change(sb, args.incremental, offset, args.contacts)
+    # the saved cursor stays SEARCH_LAG_SECONDS behind the previous run's start: let that pass
+    time.sleep(61)
+    admin(sb.hubspot_url, "/__sandbox__/stats/reset", {})
+    say(f"incremental sync after changing {len(changed)} contacts ...", quiet)
+    t0 = time.perf_counter()
+    enq = subprocess.run([sys.executable, "-m", "connector.cli", "sync", "--crm", "hubspot"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, check=False)  # fmt: skip
+    if enq.returncode != 0:
+        raise SystemExit(f"bench/sync.py: leadscore sync failed: {enq.stderr.strip()}")
+    run_id = enq.stdout.split(" sync ", 1)[1].split()[0]
+    view = wait_run(runs, run_id, t0, args.timeout, quiet)
+    seconds = time.perf_counter() - t0
+    stats = admin(sb.hubspot_url, "/__sandbox__/stats", None)
+    calls = int(stats["total"])
+    return {
+        "changed": len(changed),
+        "status": view.status,
+        "seconds": round(seconds, 1),
+        "read": view.count("read"),
+        "written": view.count("written"),
+        "api_calls": calls,
+        "api_calls_per_changed": round(calls / max(1, len(changed)), 2),
+        "calls_by_part": {part: view.count(f"calls:{part}") for part in PARTS},
+        **rate_figures(stats, seconds, args.rate),
+    }
 
 
 def run_pipeline(args: argparse.Namespace, tmp: Path, url: str, sb: Sandbox, quiet: bool) -> Result:
@@ -281,12 +389,18 @@ def run_pipeline(args: argparse.Namespace, tmp: Path, url: str, sb: Sandbox, qui
     finally:
         rt.close()
 
+    # setup's calls went through another namespace's limiter: let them leave the portal's ten-second
+    # window before the workers start, or the first seconds of the sync would meet 429s that a real
+    # portal at rest would not give
+    setup_done = time.monotonic()
     workers = [start_worker(f"bench{i}", env, tmp) for i in range(args.workers)]
     client = redis.Redis.from_url(url)
     runs = RunStore(client)
     killed: dict[str, Any] = {}
+    incremental: list[dict[str, Any]] = []
     try:
         wait_ready(workers)
+        time.sleep(max(0.0, 10.5 - (time.monotonic() - setup_done)))
         admin(api_url, "/__sandbox__/stats/reset", {}, ca)
         say(f"{args.workers} worker(s) ready; syncing {args.contacts:,} {args.crm} people ...", quiet)
         with Sampler(workers):
@@ -296,7 +410,8 @@ def run_pipeline(args: argparse.Namespace, tmp: Path, url: str, sb: Sandbox, qui
             if enq.returncode != 0:
                 raise SystemExit(f"bench/sync.py: leadscore sync failed: {enq.stderr.strip()}")
             run_id = enq.stdout.split(" sync ", 1)[1].split()[0]
-            expected_pages = max(1, args.contacts // (100 if args.crm == "hubspot" else 2000))
+            per_page = LIST_LIMIT * LIST_PAGES_PER_READ if args.crm == "hubspot" else 2000
+            expected_pages = max(1, args.contacts // per_page)
             last_print = 0.0
             while True:
                 view = runs.get(run_id)
@@ -324,18 +439,22 @@ def run_pipeline(args: argparse.Namespace, tmp: Path, url: str, sb: Sandbox, qui
             seconds = time.perf_counter() - t0
         stats = admin(api_url, "/__sandbox__/stats", None, ca)
         if killed:
-            killed["tasks_created"] = sum(
+            # HubSpot tasks are created in batches: the sandbox counts each created task's subject
+            killed["tasks_created"] = int(stats.get("property_writes", {}).get("tasks.hs_task_subject", 0)) + sum(
                 n
                 for k, n in stats["calls"].items()
-                if k.startswith("POST ") and k.endswith(("/objects/tasks", "/sobjects/{sobject}"))
+                if k.startswith("POST ") and k.endswith("/sobjects/{sobject}")
             )
             killed["recovered_after_s"] = round(seconds - killed["at_s"], 1)
             killed["pages_resent"] = view.count("pages_resent")
+        if args.crm == "hubspot" and args.incremental > 0 and view.status == "done" and not args.kill_worker:
+            incremental = [run_incremental(args, env, runs, sb, k * 1000, quiet) for k in range(2)]
     finally:
         stop_workers(workers)
         client.close()
     rss = [(w.name, w.peak_rss, w.peak_child_rss) for w in workers]
-    return Result(args.crm, args.contacts, args.workers, seconds, view, stats, rss, killed)
+    return Result(args.crm, args.contacts, args.workers, seconds, view, stats, rss, killed, rate=args.rate,
+                  incremental=incremental)
 
 
 def held_page(log: str) -> bool:
@@ -689,8 +808,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--crm", choices=("hubspot", "salesforce"), default="hubspot")
     p.add_argument("--contacts", type=int, default=10_000, help="people in the sandbox CRM")
-    p.add_argument("--workers", type=int, default=2, help="celery worker processes (concurrency 1 each)")
-    p.add_argument("--rate", type=int, default=10_000, help="the sandbox's HubSpot requests per 10 s")
+    p.add_argument("--workers", type=int, default=4, help="celery worker processes (concurrency 1 each)")
+    p.add_argument("--rate", type=int, default=190,
+                   help="the sandbox's HubSpot requests per 10 s (default 190: HubSpot Professional)")
+    p.add_argument("--incremental", type=int, default=None,
+                   help="HubSpot: contacts changed (and as many viewing a page) before each of two incremental "
+                        "syncs after the full one (default 1%% of --contacts; 0 skips them)")  # fmt: skip
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--kill-worker", action="store_true",
                    help="an undisturbed run, then one with a worker killed with -9 mid-page (compared)")
@@ -709,6 +832,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--compare-tap reads HubSpot: use it with --crm hubspot")
     if not 1 <= args.rate <= 10_000:
         p.error("--rate must be between 1 and 10,000 (the most mappings/hubspot.yaml accepts)")
+    if args.incremental is None:
+        args.incremental = max(10, args.contacts // 100) if args.crm == "hubspot" else 0
     if (args.kill_at is not None or args.undisturbed_s is not None) and not args.kill_worker:
         p.error("--kill-at and --undisturbed-s go with --kill-worker")
     if args.kill_worker and args.compare_tap:
@@ -738,6 +863,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  API calls {f['api_calls']:,} ({f['api_calls_per_1000']} per 1,000 records), "
               f"rate-limited answers {f['rate_limited']}")  # fmt: skip
         print(f"  written {f['written']:,}, hot {f['hot']:,}, assigned {f['assigned']:,}, failed {f['failed']}")
+        parts = ", ".join(f"{part} {n}" for part, n in f["calls_per_1000_by_part"].items())
+        print(f"  calls per 1,000 records by part: {parts}")
+        for endpoint, n in f["calls_per_1000_by_endpoint"].items():
+            print(f"    {n:7.1f}  {endpoint}")
+        print(f"  rate used: {f['rate_use_pct']} % of {result.rate} per 10 s ({f['window_calls']:,} calls in the "
+              f"ten-second window), 429 answers {f['rate_limited_pct']} % of calls")  # fmt: skip
+        for k, inc in enumerate(f.get("incremental", []), 1):
+            print(f"  incremental {k} after {inc['changed']} changed contacts: {inc['status']} in {inc['seconds']} s, "
+                  f"read {inc['read']}, written {inc['written']}, API calls {inc['api_calls']} "
+                  f"({inc['api_calls_per_changed']} per changed contact; by part {inc['calls_by_part']})")
         for name, mb in f["peak_rss_mb_per_worker"].items():
             print(f"  peak RSS {name}: {mb} MB (pool child {f['peak_child_rss_mb_per_worker'][name]} MB)")
         if result.killed:

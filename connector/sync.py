@@ -16,6 +16,7 @@ from connector.bootstrap import Runtime
 from connector.domain import CrmName, Lead
 from connector.engine import ScoreResult, must_write
 from connector.errors import RecordError, RetryLater, StopSync
+from connector.routing.service import HotLead
 from connector.runs import PageResult
 from connector.status import Recorder
 
@@ -101,14 +102,19 @@ def score_leads(rt: Runtime, crm: CrmName, stream: str, leads: Sequence[Lead], n
     # redoes their routing instead of skipping them as "owned and already hot".
     # Routing decides by its own clock (the real time, or LEADSCORE_ROUTING_AT), scoring by `now`.
     today = Recorder(rt.redis, rt.namespace)
-    for lead, scored, became_hot in hot:
-        if lead.owner_id is not None and not became_hot:
-            continue  # owned and already hot last time: nothing new for routing
-        try:
-            decision = rt.router.assign_hot_lead(lead, stream, scored, rt.router.clock(), became_hot=became_hot)
-        except RecordError as exc:
+    # owned and already hot last time: nothing new for routing
+    routed = [(lead, scored, became_hot) for lead, scored, became_hot in hot
+              if lead.owner_id is None or became_hot]  # fmt: skip
+    # the page's hot leads at once: owners, tasks and re-reads in a few batch calls, not a few per lead
+    calls_before = adapter.calls.this_thread
+    outcomes = rt.router.assign_hot_leads(
+        [HotLead(lead, stream, scored, became_hot=became_hot) for lead, scored, became_hot in routed],
+        rt.router.clock(),
+    ) if routed else []  # fmt: skip
+    for (lead, _, became_hot), decision in zip(routed, outcomes, strict=True):
+        if isinstance(decision, RecordError):
             result.add("failed")
-            result.failures.append(f"{lead.key}: not assigned: {exc.message}")
+            result.failures.append(f"{lead.key}: not assigned: {decision.message}")
             continue
         if became_hot:
             today.hot_lead(crm, decision.region, time.time())
@@ -121,6 +127,7 @@ def score_leads(rt: Runtime, crm: CrmName, stream: str, leads: Sequence[Lead], n
             result.add(f"assigned:{decision.region}>{went}:{decision.rep_id}")
         elif decision.outcome == "unassigned":
             result.add("unassigned")
+    result.add("calls:routing", adapter.calls.this_thread - calls_before)
     if crm == "salesforce" and rt.echo_filter is not None:
         # what scoring read, so the Outbound Message our own write fires is known as an echo
         rt.echo_filter.remember(stream, [lead for lead in leads if lead.id in scored_ids])
@@ -130,7 +137,9 @@ def score_leads(rt: Runtime, crm: CrmName, stream: str, leads: Sequence[Lead], n
         result.add("cooled")
     settled = [lead.id for lead in leads if lead.id not in updates]  # unchanged, or could not be scored
     if updates:
+        calls_before = adapter.calls.this_thread
         report = adapter.write_scores(stream, updates)
+        result.add("calls:writes", adapter.calls.this_thread - calls_before)
         result.add("written", len(report.written))
         settled += report.written
         for record_id, message in report.failed:
@@ -177,6 +186,7 @@ def run_page(
     adapter = rt.adapter(crm)
     calls_before = adapter.calls.this_thread
     page = adapter.read_page(stream, cursor, since=since)
+    calls_read = adapter.calls.this_thread - calls_before
     if page.next_cursor is not None and runs.add_page(run_id, stream, page.next_cursor, since):
         # enqueue the next page before working on this one, so other workers read ahead
         enqueue_next(page.next_cursor)
@@ -187,9 +197,13 @@ def run_page(
     for record_id, why in page.problems:
         result.add("failed")
         result.failures.append(f"{crm}:{stream}:{record_id}: {why}")
+    # calls by part (list, activities, routing, writes) for the benchmarks' calls per 1,000 records
+    result.add("calls:list", calls_read)
     if page.leads:
         try:
+            before_activities = adapter.calls.this_thread
             adapter.load_activities(page.leads, now)
+            result.add("calls:activities", adapter.calls.this_thread - before_activities)
             score_leads(rt, crm, stream, page.leads, now, result)
         except StopSync:
             raise
@@ -201,7 +215,12 @@ def run_page(
     if cursor is None:
         # A run takes up first what earlier runs could not write (connector/retry.py).
         # Only what was due when this page began: not what the page itself just put there.
+        before_retry = adapter.calls.this_thread
+        counted = result.counts.get("calls:routing", 0) + result.counts.get("calls:writes", 0)
         retry_due(rt, crm, stream, now, result, batches=RUN_RETRY_BATCHES, due_by=page_began)
+        # re-reading the retried records counts as writing them (score_leads counted the rest)
+        counted = result.counts.get("calls:routing", 0) + result.counts.get("calls:writes", 0) - counted
+        result.add("calls:writes", adapter.calls.this_thread - before_retry - counted)
     result.add("api_calls", adapter.calls.this_thread - calls_before)
     runs.refresh_lock(crm, run_id)
     left = runs.finish_page(run_id, stream, cursor, result)
@@ -283,7 +302,13 @@ def finish_run(rt: Runtime, run_id: str) -> None:
         # A stopped run (StopSync) moves nothing: a page read before the stop may have been
         # dropped unprocessed while a later one finished.
         started = float(view.fields.get("started") or view.fields.get("created") or time.time())
-        for stream, high in runs.high_waters(run_id).items():
+        highs = runs.high_waters(run_id)
+        # A stream read whole (list, not search) saw every record after the run started: whatever
+        # changed before that is scored, even when the newest modification it saw is older. The next
+        # incremental run, and its web events part, start there instead of re-reading what this one scored.
+        streams = [s for s in view.fields.get("streams", "").split(",") if s]
+        highs |= {stream: started for stream in streams if view.fields.get(f"since:{stream}") == ""}
+        for stream, high in highs.items():
             if view.count(f"unread:{stream}") and not view.fields.get(f"since:{stream}"):
                 continue
             runs.save_cursor(crm, stream, min(high, started - SEARCH_LAG_SECONDS))

@@ -261,10 +261,12 @@ class DailyBudget:
 
 
 class Stats:
-    """Calls by "METHOD /route/template", the total and how many were answered 429."""
+    """Calls by "METHOD /route/template", the total, how many were answered 429, and record writes by
+    "object type.property" (a batch call writes many records: this counts each record's write)."""
 
     def __init__(self) -> None:
         self._calls: dict[str, int] = {}
+        self._writes: dict[str, int] = {}
         self.total = 0
         self.rate_limited = 0
         self._lock = threading.Lock()
@@ -278,13 +280,21 @@ class Stats:
         with self._lock:
             self.rate_limited += 1
 
+    def count_writes(self, object_type: str, names: Iterable[str]) -> None:
+        with self._lock:
+            for name in names:
+                key = f"{object_type}.{name}"
+                self._writes[key] = self._writes.get(key, 0) + 1
+
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
-            return {"total": self.total, "rate_limited": self.rate_limited, "calls": dict(self._calls)}
+            return {"total": self.total, "rate_limited": self.rate_limited, "calls": dict(self._calls),
+                    "property_writes": dict(self._writes)}  # fmt: skip
 
     def reset(self) -> None:
         with self._lock:
             self._calls.clear()
+            self._writes.clear()
             self.total = 0
             self.rate_limited = 0
 

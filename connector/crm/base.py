@@ -133,6 +133,18 @@ class OpenTask:
     due: float | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class TaskToCreate:
+    """One task of a batch (`BatchRouting.create_tasks`); `ref` is the reference its body carries."""
+
+    lead_id: str
+    rep_id: str
+    subject: str
+    body: str
+    due: float
+    ref: str
+
+
 class CallCounter:
     """HTTP calls made, in total and by the calling thread.
 
@@ -172,6 +184,25 @@ class CallCounter:
     @property
     def this_thread(self) -> int:
         return int(getattr(self._local, "n", 0))
+
+
+@runtime_checkable
+class BatchRouting(Protocol):
+    """What routing uses, where an adapter has it, to carry out a page's hot leads in a few calls.
+
+    Each is the batch form of a CrmAdapter method with the same meaning (set_owner, create_task,
+    find_task, open_task); an adapter without them is used one record at a time.
+    """
+
+    def set_owners(self, stream: str, wanted: Sequence[tuple[str, str, str | None]]) -> dict[str, bool | str]: ...
+
+    def create_tasks(self, stream: str, tasks: Sequence[TaskToCreate]) -> tuple[dict[str, str], dict[str, str]]: ...
+
+    def find_tasks(self, stream: str, wanted: Sequence[tuple[str, str, str]]) -> dict[str, str]: ...
+
+    def open_tasks(
+        self, stream: str, wanted: Sequence[tuple[str, str]], subject_prefixes: Sequence[str]
+    ) -> dict[str, str]: ...
 
 
 @runtime_checkable

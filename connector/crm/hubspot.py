@@ -5,12 +5,14 @@ objects built once, the portal's shared quotas, the one error table and the
 one retry policy). Everything vendor-shaped stays in this module and in
 mappings/hubspot.yaml; the pipeline sees `Lead`, `Activity`, `Rep`.
 
-Calls per page of 100 contacts in a full sync (see `load_activities`):
-1 list call, 1 association read per engagement type mapped (4), one batch read
-per 100 engagements of each type, for the web activity either nothing
-(roll-ups, read with the contacts) or one events call per contact whose
-last-visit / last-conversion date falls inside the look-back (the events API
-answers for one contact per call), and 1 batch update per 100 changed scores.
+Calls per sync page of 1,000 contacts in a full sync (LIST_PAGES_PER_READ list calls of 100): one v4
+association batch read per engagement type mapped (4), one batch read per 100 engagements of each
+type, for web activity either nothing (roll-ups, read with the contacts) or the events of the whole
+portal read in bulk once and shared through Redis (hubspot_events.WebEventStore: about one call per
+100 events of the look-back, then per 100 new ones), one batch update per 100 changed scores, and
+for the page's new hot leads one owner re-read, one owner write and one task creation per 100
+(Router.assign_hot_leads). About 133 calls per 1,000 contacts on the generated sandbox
+(bench/sync.py); an incremental sync costs what changed.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import datetime as dt
 import logging
 import math
 import time
+import zlib
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -33,10 +36,13 @@ from connector.crm.base import (
     LeadOutcome,
     OpenTask,
     Page,
+    TaskToCreate,
     WriteReport,
     task_ref_in,
     write_with_record_retries,
 )
+from connector.crm.hubspot_events import FRESH_S, EventsRefused, WebEventStore
+from connector.crm.hubspot_events import iso_ms as events_iso
 from connector.crm.hubspot_http import ApiError, HubSpotTransport, Response
 from connector.crm.limits import DEFAULT_POLICY, RetryPolicy
 from connector.crm.times import parse_time
@@ -59,6 +65,20 @@ ISOLATION_CALLS = 32
 ASSOC_BATCH = 1000  # v4 association batch read inputs per call (HubSpot's limit since 2025)
 EVENT_READERS = 8
 EVENTS_LIMIT = 100
+# A full sync reads this many list pages (of 100) into one sync page: 1,000 contacts, what one v4
+# association batch read takes, so their engagements cost one association call per type, not ten.
+LIST_PAGES_PER_READ = 10
+# At most this many contacts (a webhook's rescore) get their web events up to the moment: from the
+# shared bulk read (WebEventStore) brought up to date, or one call each while it does not cover the
+# look-back yet.
+PER_CONTACT_EVENTS_MAX = 20
+CHANGED_PAGE = 100  # contacts with new web events read per incremental sync page (one batch read)
+CHANGED_FRESH_S = 0.0  # the first such page reads the web events up to its own time
+SEARCHED_TTL_S = 86400  # ids an incremental stream's search returned, kept for its web events part
+# Our score writes' modification times per contact (see _remember_writes), in this many Redis hashes,
+# each kept this long after its last write (longer than incremental syncs are apart).
+WRITTEN_BUCKETS = 1024
+WRITTEN_TTL_S = 3 * 86400
 TIE_OFFSET = 20  # beyond this many records sharing one timestamp, page by offset instead of by id
 CACHE_SIZE = 20_000
 # The events API is Enterprise-only (events.json: x-hubspot-product-tier-requirements ENTERPRISE); on other
@@ -193,6 +213,30 @@ class HubSpotAdapter:
         self._props: dict[str, tuple[list[str], list[str]]] = {
             mode: self._props_for(mode) for mode in ("events", "rollups", "none")
         }
+        acts = mapping.activities
+        self.web_events = WebEventStore(
+            redis, account, acts.events, acts.lookback_days * 86400.0, self._read_events_window
+        )
+
+    def _read_events_window(self, lo_ms: int, hi_ms: int, event_type: str | None, after: str | None) -> Any:
+        """One page of every contact's events with lo_ms <= occurredAt <= hi_ms (GET /events/v3/events
+        without objectId, events.json)."""
+        try:
+            resp = self._call(
+                self.apis.events.get_page,
+                object_type="contact",
+                event_type=event_type,
+                occurred_after=events_iso(lo_ms),
+                occurred_before=events_iso(hi_ms),
+                limit=EVENTS_LIMIT,
+                after=after,
+                refusals=(403,),
+            )
+        except ApiError as exc:
+            if exc.status == 403:
+                raise EventsRefused(f"{exc.status}: {exc.message}") from None
+            raise
+        return resp.body
 
     def _props_for(self, web: str) -> tuple[list[str], list[str]]:
         """(roll-up or gate properties, every property a contact read asks for) with `web` as the source."""
@@ -316,21 +360,28 @@ class HubSpotAdapter:
 
     def _list_page(self, cursor: str | None, props: list[str] | None = None, raw: list[Any] | None = None) -> Page:
         after = orjson.loads(cursor)["after"] if cursor else None
-        resp = self._call(
-            self.apis.contacts.get_page, limit=LIST_LIMIT, after=after, properties=props or self._read_props,
-            archived=False,
-        )
         problems: list[tuple[str, str]] = []
-        leads = self._leads(resp.body.get("results") or [], problems)
-        if raw is not None:
-            raw += resp.body.get("results") or []
-        nxt = ((resp.body.get("paging") or {}).get("next") or {}).get("after")
-        if nxt is not None and str(nxt) == str(after):
-            raise StopSync(f"HubSpot repeated the page token {nxt!r} of the contact list; stopping to avoid a loop.")
+        leads: list[Lead] = []
+        for _ in range(LIST_PAGES_PER_READ):
+            resp = self._call(
+                self.apis.contacts.get_page, limit=LIST_LIMIT, after=after, properties=props or self._read_props,
+                archived=False,
+            )
+            leads += self._leads(resp.body.get("results") or [], problems)
+            if raw is not None:
+                raw += resp.body.get("results") or []
+            nxt = ((resp.body.get("paging") or {}).get("next") or {}).get("after")
+            if nxt is not None and str(nxt) == str(after):
+                raise StopSync(
+                    f"HubSpot repeated the page token {nxt!r} of the contact list; stopping to avoid a loop."
+                )
+            after = str(nxt) if nxt is not None else None
+            if after is None:
+                break
         stamps = [lead.modified_at for lead in leads if lead.modified_at is not None]
         return Page(
             leads=leads,
-            next_cursor=orjson.dumps({"after": str(nxt)}).decode() if nxt is not None else None,
+            next_cursor=orjson.dumps({"after": after}).decode() if after is not None else None,
             high_water=max(stamps) if stamps else None,
             problems=problems,
         )
@@ -353,6 +404,8 @@ class HubSpotAdapter:
         # only inside a large group of contacts sharing one millisecond.
         modified = self.mapping.contact.modified
         state: dict[str, Any] = orjson.loads(cursor) if cursor else {}
+        if "w" in state:
+            return self._changed_page(state, since)
         start = int(state.get("s", math.floor(since * 1000)))
         seen_n = int(state.get("n", 0))
         seen: set[str] = {str(i) for i in state.get("x", [])}
@@ -376,6 +429,10 @@ class HubSpotAdapter:
         leads = self._leads(fresh, problems)
         if raw is not None:
             raw += fresh
+        echoes = self._own_echoes(leads)
+        if echoes:  # modified last by our own score write: nothing new to score (the cursor still moves on)
+            stamps_only = [lead.modified_at for lead in leads if lead.modified_at is not None]
+            leads = [lead for lead in leads if lead.id not in echoes]
         has_more = bool(((resp.body.get("paging") or {}).get("next") or {}).get("after"))
         stamps_ms: list[tuple[int, str]] = []
         for obj in results:
@@ -383,6 +440,8 @@ class HubSpotAdapter:
             ts = parse_ts(props.get(modified)) or parse_ts(obj.get("updatedAt"))
             stamps_ms.append((round(ts * 1000) if ts is not None else start, str(obj.get("id"))))
         high = [lead.modified_at for lead in leads if lead.modified_at is not None]
+        if echoes:
+            high = stamps_only
         if not has_more or not results:
             next_cursor = None
         else:
@@ -397,6 +456,16 @@ class HubSpotAdapter:
                 {"s": last_ms, "n": count, "x": ids if count <= TIE_OFFSET else []}
             ).decode()
         total = resp.body.get("total")
+        if self._web() == "events" and leads:
+            # which contacts this incremental stream already read, so its web events part skips them
+            key = self._searched_key(since)
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.sadd(key, *[lead.id for lead in leads])
+            pipe.expire(key, SEARCHED_TTL_S)
+            pipe.execute()
+        if next_cursor is None and self._web() == "events":
+            # then the contacts with new web events since `since` (their scores may have changed too)
+            next_cursor = orjson.dumps({"w": math.floor(since * 1000)}).decode()
         return Page(leads=leads, next_cursor=next_cursor, high_water=max(high) if high else None, problems=problems,
                     total=int(total) if cursor is None and isinstance(total, int) else None)
 
@@ -478,6 +547,41 @@ class HubSpotAdapter:
                 elif stage in rule.lost:
                     out.setdefault(lead_id, []).append(("lost", when))
         return out
+
+    def _searched_key(self, since: float) -> str:
+        return f"leadscore:hubspot:{self.account}:searched:{math.floor(since * 1000)}"
+
+    def _changed_page(self, state: Mapping[str, Any], since: float) -> Page:
+        """Contacts with web events since `since` that this stream's search did not return (not modified
+        since, or not searchable yet),
+        CHANGED_PAGE at a time from the shared web events (refreshed first: about one call per 100 new
+        events), read with one batch read. The cursor: the last event time returned and the contacts at it."""
+        since_ms = int(state["w"])
+        after = (int(state["t"]), [str(i) for i in state.get("x", [])]) if "t" in state else None
+        if after is None:
+            # up to now: events newer than this refresh are found by the next run, whose `since` lies
+            # at least SEARCH_LAG_SECONDS before this run's start
+            try:
+                self.web_events.ensure(time.time(), fresh_s=CHANGED_FRESH_S)
+            except EventsRefused as exc:
+                self._refuse_events(exc.why)
+                return Page(leads=[], next_cursor=None)
+        rows = self.web_events.changed_since(since_ms, after, CHANGED_PAGE)
+        if not rows:
+            return Page(leads=[], next_cursor=None)
+        ids = [cid for cid, _ in rows]
+        searched = self._redis.smismember(self._searched_key(since), ids)
+        unread = [cid for cid, seen in zip(ids, searched, strict=True) if not seen]
+        leads = self.get_leads("contact", unread) if unread else []
+        next_cursor = None
+        if len(rows) == CHANGED_PAGE:
+            last = rows[-1][1]
+            tie = [cid for cid, ms in rows if ms == last]
+            if after is not None and after[0] == last:
+                tie = [*after[1], *tie]
+            next_cursor = orjson.dumps({"w": since_ms, "t": last, "x": tie}).decode()
+        # the newest event seen counts as a change: the next run's cursor moves past it
+        return Page(leads=leads, next_cursor=next_cursor, high_water=max(ms for _, ms in rows) / 1000)
 
     def get_leads(self, stream: str, ids: Sequence[str]) -> list[Lead]:
         self._stream(stream)
@@ -620,23 +724,47 @@ class HubSpotAdapter:
                     by_id[contact_id] += self._emit(rules, obj, min(ts, now))
 
     def _events(self, ids: Sequence[str], by_id: dict[str, list[Activity]], cutoff: float, now: float) -> bool:
-        """Web activity from the events API; False (nothing added) when HubSpot refuses it for this portal."""
-        # The events API filters on one objectId per call. The cheapest honest
-        # way: ask only for contacts whose gate property (last visit, last
-        # conversion) lies inside the look-back; everyone else has nothing to
-        # find. One call per such contact (more only past EVENTS_LIMIT events),
-        # all mapped event types in that one call when there are several.
+        """Web activity from the events API; False (nothing added) when HubSpot refuses it for this portal.
+
+        From the shared bulk read (WebEventStore): a sync page's contacts from it as it is when fresh
+        (no call), else refreshed first (about one call per 100 new events of the portal). A few
+        contacts (at most PER_CONTACT_EVENTS_MAX: a webhook's rescore) need the events up to `now`:
+        the shared read is brought up to `now` when it covers the look-back, else they are read per
+        contact (one call each, only those whose gate property, last visit or last conversion, lies
+        inside the look-back), which is cheaper than a first bulk read of the whole look-back.
+        """
+        acts = self.mapping.activities
+        store = self.web_events
+        covered, fresh = store.covers(now)
+        few = len(ids) <= PER_CONTACT_EVENTS_MAX
+        if few and not covered:
+            targets: Sequence[str] = ids
+            if acts.event_gates:
+                gates = self._contact_props(ids, acts.event_gates)
+                targets = [
+                    i for i in ids
+                    if any((parse_ts(gates.get(i, {}).get(g)) or 0) >= cutoff for g in acts.event_gates)
+                ]
+            return self._events_per_contact(targets, by_id, cutoff, now)
+        if few or not fresh:
+            try:
+                store.ensure(now, fresh_s=0.0 if few else FRESH_S)
+            except EventsRefused as exc:
+                self._refuse_events(exc.why)
+                return False
+        for contact_id, found in store.activities(ids, cutoff, now, self._emit).items():
+            by_id[contact_id] += found
+        return True
+
+    def _events_per_contact(
+        self, targets: Sequence[str], by_id: dict[str, list[Activity]], cutoff: float, now: float
+    ) -> bool:
+        # The events API filtered on one objectId per call: one call per contact (more only past
+        # EVENTS_LIMIT events), all mapped event types in that one call when there are several.
         acts = self.mapping.activities
         rules_by_type: dict[str, list[EventRule]] = {}
         for rule in acts.events:
             rules_by_type.setdefault(rule.type, []).append(rule)
-        targets: Sequence[str] = ids
-        if acts.event_gates:
-            gates = self._contact_props(ids, acts.event_gates)
-            targets = [
-                i for i in ids
-                if any((parse_ts(gates.get(i, {}).get(g)) or 0) >= cutoff for g in acts.event_gates)
-            ]
         only_type = next(iter(rules_by_type)) if len(rules_by_type) == 1 else None
 
         def one(contact_id: str) -> tuple[list[Activity] | None, int]:
@@ -797,6 +925,7 @@ class HubSpotAdapter:
                 attributed.setdefault(i, (msg, transient_batch_error(err)))
             if not ids:
                 loose.append(msg)
+        self._remember_writes(resp.body.get("results") or [])
         for lead_id in sent:
             if lead_id in attributed and lead_id not in ok:
                 msg, passes = attributed[lead_id]
@@ -807,6 +936,42 @@ class HubSpotAdapter:
                 # Neither written nor refused by name: whether it was written is not known, and
                 # writing the same values again is harmless.
                 report.retry.append((lead_id, "; ".join(loose) or "HubSpot did not confirm the update"))
+
+    # -- our own writes, seen again by incremental syncs
+
+    def _written_key(self, lead_id: str) -> str:
+        return f"leadscore:hubspot:{self.account}:written:{zlib.crc32(lead_id.encode()) % WRITTEN_BUCKETS}"
+
+    def _remember_writes(self, results: Sequence[Mapping[str, Any]]) -> None:
+        """The modification time HubSpot gave each contact for our score write (batch update answer:
+        the `lastmodifieddate` property, else updatedAt), shared through Redis: an incremental sync that
+        finds a contact modified at exactly that time finds our own write, nothing new to score."""
+        modified = self.mapping.contact.modified
+        pipe = self._redis.pipeline(transaction=False)
+        keys = set()
+        for obj in results:
+            ts = parse_ts((obj.get("properties") or {}).get(modified)) or parse_ts(obj.get("updatedAt"))
+            if ts is None or obj.get("id") is None:
+                continue
+            key = self._written_key(str(obj["id"]))
+            pipe.hset(key, str(obj["id"]), str(round(ts * 1000)))
+            keys.add(key)
+        for key in keys:
+            pipe.expire(key, WRITTEN_TTL_S)
+        if keys:
+            pipe.execute()
+
+    def _own_echoes(self, leads: Sequence[Lead]) -> set[str]:
+        """Ids of leads whose last modification is our own score write (see _remember_writes)."""
+        stamped = [lead for lead in leads if lead.modified_at is not None]
+        if not stamped:
+            return set()
+        pipe = self._redis.pipeline(transaction=False)
+        for lead in stamped:
+            pipe.hget(self._written_key(lead.id), lead.id)
+        ours = pipe.execute()
+        return {lead.id for lead, ms in zip(stamped, ours, strict=True)
+                if ms is not None and int(ms) == round((lead.modified_at or 0) * 1000)}  # fmt: skip
 
     # -- reps and owners
 
@@ -858,6 +1023,134 @@ class HubSpotAdapter:
             self.apis.contacts.update, lead_id, {"properties": {prop: rep_id}}, record_id=lead_id
         )
         return True
+
+    def set_owners(
+        self, stream: str, wanted: Sequence[tuple[str, str, str | None]]
+    ) -> dict[str, bool | str]:
+        """`set_owner` for many records at once: (lead id, rep id, expected owner) each.
+
+        One batch read of the owner property per 100 records (the re-read that narrows the race), then
+        one batch update per 100 of those whose owner is still `expected` (POST /crm/v3/objects/contacts/
+        batch/read|update, contacts.json). Per lead: True when the rep owns it after the call, False when
+        someone else does, a sentence when HubSpot refused it (deleted, say).
+        """
+        self._stream(stream)
+        prop = self.mapping.contact.owner
+        out: dict[str, bool | str] = {}
+        current: dict[str, str | None] = {}
+        ids = list(dict.fromkeys(lead_id for lead_id, _, _ in wanted))
+        for chunk in _chunks(ids, BATCH):
+            resp = self._call(self.apis.contacts_batch.read,
+                              {"inputs": [{"id": i} for i in chunk], "properties": [prop]}, archived=False)
+            for obj in resp.body.get("results") or []:
+                current[str(obj["id"])] = (obj.get("properties") or {}).get(prop) or None
+        updates: list[dict[str, Any]] = []
+        for lead_id, rep_id, expected in wanted:
+            if lead_id not in current:
+                out[lead_id] = "not found in HubSpot (deleted or merged)"
+            elif current[lead_id] == rep_id:
+                out[lead_id] = True
+            elif current[lead_id] != expected:
+                out[lead_id] = False
+            else:
+                updates.append({"id": lead_id, "properties": {prop: rep_id}})
+        for chunk in _chunks(updates, BATCH):
+            sent = [c["id"] for c in chunk]
+            try:
+                resp = self._call(self.apis.contacts_batch.update, {"inputs": list(chunk)})
+            except ApiError as exc:  # refused as a whole (400): nothing written
+                for lead_id in sent:
+                    out[lead_id] = problems_text(exc.body) or exc.message
+                continue
+            done = {str(r.get("id")) for r in resp.body.get("results") or []}
+            errors = resp.body.get("errors") or []
+            for lead_id in sent:
+                said = next((_message(e) for e in errors if lead_id in _ids_in(e)), None)
+                out[lead_id] = True if lead_id in done else (said or "HubSpot did not confirm the owner")
+        return out
+
+    def create_tasks(self, stream: str, tasks: Sequence[TaskToCreate]) -> tuple[dict[str, str], dict[str, str]]:
+        """Tasks linked to their records, 100 per call (POST /crm/v3/objects/tasks/batch/create, tasks.json:
+        each input carries its associations). Returns (ref -> task id, ref -> why not created), matched by
+        the reference in each task's body (a batch answer need not keep the inputs' order).
+
+        Not idempotent, like `create_task`: a timeout or a 5xx is raised as RetryLater untouched, and the
+        caller looks its references up (`find_tasks`) before it sends them again.
+        """
+        self._stream(stream)
+        created: dict[str, str] = {}
+        failed: dict[str, str] = {}
+        for chunk in _chunks(list(tasks), BATCH):
+            inputs = [{
+                "properties": {
+                    "hs_timestamp": iso(t.due),
+                    "hs_task_subject": t.subject,
+                    "hs_task_body": t.body,
+                    "hs_task_status": "NOT_STARTED",
+                    "hs_task_priority": self.mapping.tasks.priority,
+                    "hs_task_type": self.mapping.tasks.type,
+                    "hubspot_owner_id": t.rep_id,
+                },
+                "associations": [{
+                    "to": {"id": t.lead_id},
+                    "types": [{"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": TASK_TO_CONTACT}],
+                }],
+            } for t in chunk]  # fmt: skip
+            try:
+                resp = self._call(self.apis.objects_batch.create, "tasks", {"inputs": inputs}, idempotent=False)
+            except ApiError as exc:  # the whole batch refused (400): nothing was created
+                for t in chunk:
+                    failed[t.ref] = exc.message
+                continue
+            for obj in resp.body.get("results") or []:
+                ref = task_ref_in((obj.get("properties") or {}).get("hs_task_body"))
+                if ref is not None:
+                    created[ref] = str(obj["id"])
+            errors = resp.body.get("errors") or []
+            for k, t in enumerate(chunk):
+                if t.ref in created:
+                    continue
+                said = next((_message(e) for e in errors if str(k) in _ids_in(e)), None)
+                failed[t.ref] = said or "HubSpot did not confirm the task"
+        return created, failed
+
+    def find_tasks(self, stream: str, wanted: Sequence[tuple[str, str, str]]) -> dict[str, str]:
+        """`find_task` for many (lead id, rep id, ref) at once: ref -> task id for those that exist.
+
+        One v4 association read per 1,000 records and one task batch read per 100 tasks (not search:
+        a task created a moment ago is not searchable yet)."""
+        self._stream(stream)
+        tasks = self._tasks_of([lead_id for lead_id, _, _ in wanted], ["hubspot_owner_id", "hs_task_body"])
+        out: dict[str, str] = {}
+        for lead_id, rep_id, ref in wanted:
+            for task_id, task in tasks.get(lead_id, []):
+                if str(task.get("hubspot_owner_id") or "") == rep_id and task_ref_in(task.get("hs_task_body")) == ref:
+                    out[ref] = task_id
+        return out
+
+    def open_tasks(
+        self, stream: str, wanted: Sequence[tuple[str, str]], subject_prefixes: Sequence[str]
+    ) -> dict[str, str]:
+        """`open_task` for many (lead id, rep id) at once: lead id -> an open task of the rep's on it."""
+        self._stream(stream)
+        tasks = self._tasks_of([lead_id for lead_id, _ in wanted],
+                               ["hubspot_owner_id", "hs_task_status", "hs_task_subject"])  # fmt: skip
+        out: dict[str, str] = {}
+        for lead_id, rep_id in wanted:
+            for task_id, task in tasks.get(lead_id, []):
+                if (
+                    str(task.get("hubspot_owner_id") or "") == rep_id
+                    and task.get("hs_task_status") != "COMPLETED"
+                    and str(task.get("hs_task_subject") or "").startswith(tuple(subject_prefixes))
+                ):
+                    out.setdefault(lead_id, task_id)
+        return out
+
+    def _tasks_of(self, lead_ids: Sequence[str], props: Sequence[str]) -> dict[str, list[tuple[str, dict[str, Any]]]]:
+        links = self._associated(list(dict.fromkeys(lead_ids)), "tasks")
+        wanted = list(dict.fromkeys(t for ids in links.values() for t in ids))
+        tasks = self._batch_read("tasks", wanted, props) if wanted else {}
+        return {lead_id: [(t, tasks[t]) for t in ids if t in tasks] for lead_id, ids in links.items()}
 
     # -- tasks and follow-up
 

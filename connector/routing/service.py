@@ -38,16 +38,17 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import redis
 
 from connector import leases
-from connector.crm.base import CrmAdapter, task_ref, with_task_ref
+from connector.crm.base import BatchRouting, CrmAdapter, TaskToCreate, task_ref, with_task_ref
 from connector.domain import CRMS, CrmName, Lead, Rep
-from connector.errors import ConfigError, RetryLater
+from connector.errors import ConfigError, RecordError, RetryLater
 from connector.mappings.routing import RoutingConfig
 from connector.notify import ChannelResult, Notification, NotificationKind, NotifierLike
 from connector.redisutil import text as _s
@@ -140,6 +141,89 @@ HEADLINES: dict[str, str] = {
 TASK_HEADLINES: tuple[str, ...] = tuple(sorted(set(HEADLINES.values())))
 
 
+@dataclass(frozen=True, slots=True)
+class HotLead:
+    """One hot lead of a page for `Router.assign_hot_leads` (the arguments of `assign_hot_lead`)."""
+
+    lead: Lead
+    stream: str
+    result: ScoreLike
+    became_hot: bool | None = None
+    episode: str | None = None
+
+
+@dataclass(slots=True)
+class _Round:
+    k: int  # the lead's position in the batch
+    lead: Lead
+    result: ScoreLike | None
+    state: dict[str, str]
+    pkey: str
+    n: int
+
+
+@dataclass(slots=True)
+class _TaskPlan:
+    rnd: _Round
+    d: Decision
+    task_id: str | None
+    want_task: bool
+    attempted: bool  # an earlier attempt sent the task and may have reached the CRM
+    want_notes: bool
+    texts: tuple[str, str]
+    ref: str
+
+    @property
+    def lead_id(self) -> str:
+        return self.rnd.state["lead_id"]
+
+
+class _OneByOne:
+    """BatchRouting for an adapter without batch calls: one record at a time, the same answers."""
+
+    def __init__(self, adapter: CrmAdapter) -> None:
+        self.adapter = adapter
+
+    def set_owners(self, stream: str, wanted: Sequence[tuple[str, str, str | None]]) -> dict[str, bool | str]:
+        out: dict[str, bool | str] = {}
+        for lead_id, rep_id, expected in wanted:
+            try:
+                out[lead_id] = self.adapter.set_owner(stream, lead_id, rep_id, expected=expected)
+            except RecordError as exc:
+                out[lead_id] = exc.message
+        return out
+
+    def create_tasks(self, stream: str, tasks: Sequence[TaskToCreate]) -> tuple[dict[str, str], dict[str, str]]:
+        created: dict[str, str] = {}
+        failed: dict[str, str] = {}
+        for t in tasks:
+            try:
+                created[t.ref] = self.adapter.create_task(
+                    stream, t.lead_id, t.rep_id, subject=t.subject, body=t.body, due=t.due
+                )
+            except RecordError as exc:
+                failed[t.ref] = exc.message
+        return created, failed
+
+    def find_tasks(self, stream: str, wanted: Sequence[tuple[str, str, str]]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for lead_id, rep_id, ref in wanted:
+            found = self.adapter.find_task(stream, lead_id, rep_id, ref)
+            if found is not None:
+                out[ref] = found
+        return out
+
+    def open_tasks(
+        self, stream: str, wanted: Sequence[tuple[str, str]], subject_prefixes: Sequence[str]
+    ) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for lead_id, rep_id in wanted:
+            found = self.adapter.open_task(stream, lead_id, rep_id, subject_prefixes)
+            if found is not None:
+                out[lead_id] = found
+        return out
+
+
 class Router:
     """Hot-lead routing for both CRMs. Shared by any number of workers through Redis."""
 
@@ -195,42 +279,82 @@ class Router:
         now = self.clock() if now is None else now
         adapter = self.adapter_for(lead.crm)
         with self._lock(lead.key):
-            ep, rehot, previous = self._episode(lead.key, episode, bool(became_hot), now)
-            pkey = self._pending_key(lead.key, ep)
-            state = self._state(pkey)
-            if "r0:decision" not in state:
-                inactive = lead.owner_id is not None and any(
-                    r.id == lead.owner_id and not r.active for r in self.reps(lead.crm)
-                )
-                plan = owner_plan(self.config, lead.owner_id, previous, rehot, owner_inactive=inactive)
-                region = resolve_region(self.config, lead.profile)
-                if plan.action == "keep" and lead.owner_id is not None:
-                    decision = kept(region, lead.owner_id, now, plan)
-                else:
-                    decision = self._route(
-                        lead.crm, region, now, reason=plan.reason, expected=plan.expected_owner, exclude=plan.exclude
-                    )
-                fields = {
-                    "crm": lead.crm,
-                    "stream": stream,
-                    "lead_id": lead.id,
-                    "lead_key": lead.key,
-                    "episode": ep,
-                    "score": _num(float(result_like.score)),
-                    "band": str(result_like.band),
-                    "grade": str(result_like.grade),
-                    "model": str(getattr(result_like, "model_version", "") or ""),
-                    "round": "0",
-                    "sla_count": "0",
-                    "tried": json.dumps([decision.chosen] if decision.outcome == "assigned" else []),
-                    "r0:decision": decision.to_json(),
-                    "r0:at": repr(now),
-                }
-                self._still_held(lead.key, decision)
-                self._save(pkey, fields)
-                state.update(fields)
-            n = int(state["round"])
+            state, pkey, n = self._decide(lead, stream, result_like, now, episode, bool(became_hot))
             return self._run_round(adapter, lead, result_like, state, pkey, n, now)
+
+    def assign_hot_leads(
+        self, leads: Sequence[HotLead], now: float | None = None
+    ) -> list[Decision | RecordError]:
+        """`assign_hot_lead` for a page's hot leads at once, with a few CRM calls for all of them.
+
+        Each lead's decision is made and stored as `assign_hot_lead` makes it; then, per CRM and stream,
+        the owners are re-read and set in batches (`BatchRouting.set_owners`: compare-and-set on
+        `expected`, as `set_owner`), a rerun's unknown tasks are looked up by their references in batch
+        (`find_tasks`), an existing owner's open task too (`open_tasks`), and the tasks are created in
+        batch with their associations (`create_tasks`), before each lead's notifications, SLA entry and
+        record. An adapter without those methods is called one record at a time. The result has one
+        entry per lead, in order: its Decision, or the RecordError that kept it from being routed.
+        Raises RetryLater when another worker holds one of the leads (the page is retried).
+        """
+        now = self.clock() if now is None else now
+        out: dict[int, Decision | RecordError] = {}
+        with ExitStack() as held:
+            for item in leads:
+                held.enter_context(self._lock(item.lead.key))
+            groups: dict[tuple[CrmName, str], list[_Round]] = {}
+            for k, item in enumerate(leads):
+                state, pkey, n = self._decide(
+                    item.lead, item.stream, item.result, now, item.episode, bool(item.became_hot)
+                )
+                if state.get(f"r{n}:done"):
+                    out[k] = Decision.from_json(state[f"r{n}:decision"]).with_(replayed=True)
+                    continue
+                groups.setdefault((item.lead.crm, item.stream), []).append(
+                    _Round(k, item.lead, item.result, state, pkey, n)
+                )
+            for (crm, _), rounds in groups.items():
+                self._run_rounds(self.adapter_for(crm), rounds, now, out)
+        return [out[k] for k in range(len(leads))]
+
+    def _decide(
+        self, lead: Lead, stream: str, result_like: ScoreLike, now: float, episode: str | None, became_hot: bool
+    ) -> tuple[dict[str, str], str, int]:
+        """The lead's hot episode and the decision of its current round, made once and stored (the lock held)."""
+        ep, rehot, previous = self._episode(lead.key, episode, became_hot, now)
+        pkey = self._pending_key(lead.key, ep)
+        state = self._state(pkey)
+        if "r0:decision" not in state:
+            inactive = lead.owner_id is not None and any(
+                r.id == lead.owner_id and not r.active for r in self.reps(lead.crm)
+            )
+            plan = owner_plan(self.config, lead.owner_id, previous, rehot, owner_inactive=inactive)
+            region = resolve_region(self.config, lead.profile)
+            if plan.action == "keep" and lead.owner_id is not None:
+                decision = kept(region, lead.owner_id, now, plan)
+            else:
+                decision = self._route(
+                    lead.crm, region, now, reason=plan.reason, expected=plan.expected_owner, exclude=plan.exclude
+                )
+            fields = {
+                "crm": lead.crm,
+                "stream": stream,
+                "lead_id": lead.id,
+                "lead_key": lead.key,
+                "episode": ep,
+                "score": _num(float(result_like.score)),
+                "band": str(result_like.band),
+                "grade": str(result_like.grade),
+                "model": str(getattr(result_like, "model_version", "") or ""),
+                "round": "0",
+                "sla_count": "0",
+                "tried": json.dumps([decision.chosen] if decision.outcome == "assigned" else []),
+                "r0:decision": decision.to_json(),
+                "r0:at": repr(now),
+            }
+            self._still_held(lead.key, decision)
+            self._save(pkey, fields)
+            state.update(fields)
+        return state, pkey, int(state["round"])
 
     def lead_cooled(self, lead_key: str) -> None:
         """The lead's band left hot: its next hot moment is a new episode (re-hot).
@@ -341,26 +465,13 @@ class Router:
         crm: CrmName = "salesforce" if state["crm"] == "salesforce" else "hubspot"
         stream, lead_id, lead_key, ep = state["stream"], state["lead_id"], state["lead_key"], state["episode"]
         target = d.chosen
-        member = f"{lead_key}|{ep}"
 
         if d.outcome in ("assigned", "fallback_owner") and target and not state.get(f"r{n}:owner"):
             self._still_held(lead_key)
             ok = target == d.expected_owner or adapter.set_owner(stream, lead_id, target, expected=d.expected_owner)
             if not ok:
-                if d.turn is not None:
-                    self.pool.release(d.turn)
                 again = adapter.get_leads(stream, [lead_id])
-                now_owner = again[0].owner_id if again else None
-                d = d.with_(
-                    outcome="lost_race",
-                    chosen=now_owner,
-                    notify=False,
-                    sla=False,
-                    note=f"routing chose {target}; the CRM owner changed first, so the turn was given back",
-                )
-                self._save(pkey, {f"r{n}:decision": d.to_json(), f"r{n}:owner": "lost"})
-                self.redis.zrem(f"{self.prefix}sla", member)
-                return self._finish(pkey, state, n, d, task_id=None, notes=[])
+                return self._lost_race(state, pkey, n, d, again[0].owner_id if again else None)
             self._save(pkey, {f"r{n}:owner": "1"})
 
         task_id = state.get(f"r{n}:task")
@@ -405,6 +516,41 @@ class Router:
                 )
             self._save(pkey, {f"r{n}:task": task_id})
 
+        return self._conclude(crm, adapter, state, pkey, n, d, task_id, texts, want_notes, now)
+
+    def _lost_race(
+        self, state: Mapping[str, str], pkey: str, n: int, d: Decision, now_owner: str | None
+    ) -> Decision:
+        """The CRM's owner changed before routing's: the turn goes back, nobody is told."""
+        if d.turn is not None:
+            self.pool.release(d.turn)
+        d = d.with_(
+            outcome="lost_race",
+            chosen=now_owner,
+            notify=False,
+            sla=False,
+            note=f"routing chose {d.chosen}; the CRM owner changed first, so the turn was given back",
+        )
+        self._save(pkey, {f"r{n}:decision": d.to_json(), f"r{n}:owner": "lost"})
+        self.redis.zrem(f"{self.prefix}sla", f"{state['lead_key']}|{state['episode']}")
+        return self._finish(pkey, state, n, d, task_id=None, notes=[])
+
+    def _conclude(
+        self,
+        crm: CrmName,
+        adapter: CrmAdapter,
+        state: Mapping[str, str],
+        pkey: str,
+        n: int,
+        d: Decision,
+        task_id: str | None,
+        texts: tuple[str, str],
+        want_notes: bool,
+        now: float,
+    ) -> Decision:
+        """After the owner and the task: notifications, the SLA entry, the episode's owner, the record."""
+        stream, lead_id, lead_key, ep = state["stream"], state["lead_id"], state["lead_key"], state["episode"]
+        member = f"{lead_key}|{ep}"
         notes: list[dict[str, Any]] = []
         if want_notes:
             for note in self._notifications(crm, adapter, stream, lead_id, state, d, n, texts):
@@ -417,9 +563,108 @@ class Router:
             self.redis.zadd(f"{self.prefix}sla", {member: now + self.config.sla.minutes * 60})
         else:
             self.redis.zrem(f"{self.prefix}sla", member)
-        if d.outcome in ("assigned", "fallback_owner") and target:
-            self.redis.hset(self._episode_key(lead_key), mapping={"owner": target, "owner_ep": ep})
+        if d.outcome in ("assigned", "fallback_owner") and d.chosen:
+            self.redis.hset(self._episode_key(lead_key), mapping={"owner": d.chosen, "owner_ep": ep})
         return self._finish(pkey, state, n, d, task_id=task_id, notes=notes)
+
+    def _run_rounds(
+        self, adapter: CrmAdapter, rounds: Sequence[_Round], now: float, out: dict[int, Decision | RecordError]
+    ) -> None:
+        """`_run_round` for many leads of one CRM and stream, the CRM calls batched (see assign_hot_leads)."""
+        if not rounds:
+            return
+        state0 = rounds[0].state
+        crm: CrmName = "salesforce" if state0["crm"] == "salesforce" else "hubspot"
+        stream = state0["stream"]
+        batch = adapter if isinstance(adapter, BatchRouting) else _OneByOne(adapter)
+        live: list[tuple[_Round, Decision]] = []
+        # 1. owners: one re-read and one write per 100 records (compare-and-set on `expected`)
+        owners: list[tuple[_Round, Decision]] = []
+        for rnd in rounds:
+            d = Decision.from_json(rnd.state[f"r{rnd.n}:decision"])
+            target = d.chosen
+            needs = d.outcome in ("assigned", "fallback_owner") and target and not rnd.state.get(f"r{rnd.n}:owner")
+            if needs and target != d.expected_owner:
+                owners.append((rnd, d))
+            else:
+                if needs:
+                    self._save(rnd.pkey, {f"r{rnd.n}:owner": "1"})
+                live.append((rnd, d))
+        if owners:
+            for rnd, _ in owners:
+                self._still_held(rnd.state["lead_key"])
+            answers = batch.set_owners(
+                stream, [(r.state["lead_id"], d.chosen or "", d.expected_owner) for r, d in owners]
+            )
+            lost: list[tuple[_Round, Decision]] = []
+            for rnd, d in owners:
+                answer = answers.get(rnd.state["lead_id"], "HubSpot did not answer for it")
+                if answer is True:
+                    self._save(rnd.pkey, {f"r{rnd.n}:owner": "1"})
+                    live.append((rnd, d))
+                elif answer is False:
+                    lost.append((rnd, d))
+                else:
+                    out[rnd.k] = RecordError(rnd.state["lead_id"], f"owner not set: {answer}")
+            if lost:
+                again = {x.id: x.owner_id for x in adapter.get_leads(stream, [r.state["lead_id"] for r, _ in lost])}
+                for rnd, d in lost:
+                    out[rnd.k] = self._lost_race(rnd.state, rnd.pkey, rnd.n, d, again.get(rnd.state["lead_id"]))
+        # 2. tasks: what a rerun may already have created, found by reference; an existing owner's open
+        # task; then the rest created in one call per 100, each with its association to the record
+        plans: list[_TaskPlan] = []
+        for rnd, d in live:
+            task_id = rnd.state.get(f"r{rnd.n}:task")
+            target = d.chosen
+            want_task = d.notify and target is not None and d.outcome != "unassigned" and task_id in (None, CREATING)
+            want_notes = d.notify and not rnd.state.get(f"r{rnd.n}:notified")
+            texts = ("", "")
+            if want_task or want_notes:
+                texts = self._task_text(adapter, rnd.lead, stream, rnd.state["lead_id"], rnd.state, d, rnd.result)
+            ref = task_ref(f"{rnd.state['lead_key']}|{rnd.state['episode']}|r{rnd.n}")
+            plans.append(_TaskPlan(rnd, d, task_id if task_id != CREATING else None, want_task,
+                                   task_id == CREATING, want_notes, texts, ref))  # fmt: skip
+        existing = [p for p in plans if p.want_task and p.d.outcome == "kept_owner" and p.d.reason == "existing owner"]
+        if existing:
+            # Redis may have lost what routing did (a rerun after a restart): ask the CRM (see _run_round)
+            found = batch.open_tasks(stream, [(p.lead_id, p.d.chosen or "") for p in existing], TASK_HEADLINES)
+            for p in existing:
+                if p.lead_id in found:
+                    p.task_id, p.want_task = found[p.lead_id], False
+                    self._save(p.rnd.pkey, {f"r{p.rnd.n}:task": p.task_id})
+        attempted = [p for p in plans if p.want_task and p.attempted]
+        if attempted:
+            earlier = batch.find_tasks(stream, [(p.lead_id, p.d.chosen or "", p.ref) for p in attempted])
+            for p in attempted:
+                if p.ref in earlier:
+                    p.task_id, p.want_task = earlier[p.ref], False
+                    self._save(p.rnd.pkey, {f"r{p.rnd.n}:task": p.task_id})
+        to_create = [p for p in plans if p.want_task]
+        if to_create:
+            for p in to_create:
+                self._still_held(p.rnd.state["lead_key"])
+            pipe = self.redis.pipeline(transaction=False)
+            for p in to_create:
+                pipe.hset(p.rnd.pkey, f"r{p.rnd.n}:task", CREATING)
+            pipe.execute()
+            # On failure "creating" stays: the rerun asks for the references instead of creating twice.
+            created, failed = batch.create_tasks(stream, [
+                TaskToCreate(p.lead_id, p.d.chosen or "", p.texts[0], with_task_ref(p.texts[1], p.ref),
+                             now + self.config.sla.minutes * 60, p.ref)
+                for p in to_create
+            ])  # fmt: skip
+            for p in to_create:
+                if p.ref in created:
+                    p.task_id = created[p.ref]
+                    self._save(p.rnd.pkey, {f"r{p.rnd.n}:task": p.task_id})
+                else:
+                    out[p.rnd.k] = RecordError(p.lead_id, f"task not created: {failed.get(p.ref, 'no answer')}")
+        # 3. each lead's notifications, SLA entry and record
+        for p in plans:
+            if p.rnd.k in out:
+                continue
+            out[p.rnd.k] = self._conclude(crm, adapter, p.rnd.state, p.rnd.pkey, p.rnd.n, p.d, p.task_id,
+                                          p.texts, p.want_notes, now)  # fmt: skip
 
     def _finish(
         self, pkey: str, state: Mapping[str, str], n: int, d: Decision, *, task_id: str | None, notes: list[Any]

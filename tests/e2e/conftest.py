@@ -276,10 +276,11 @@ class Pipeline:
         self._admin("/__sandbox__/stats/reset", {})
 
     def owner_writes(self, stats: dict[str, Any]) -> int:
-        """Single-record updates: the adapters set the owner with one, and write scores only in batches."""
+        """Owner writes, record by record: HubSpot's sandbox counts each contact's write of the owner
+        property (routing sets owners in batch updates); Salesforce's adapter sets one with a single update."""
         calls: dict[str, int] = stats["calls"]
         if self.crm == "hubspot":
-            return sum(n for k, n in calls.items() if k.startswith("PATCH /crm/v3/objects/"))
+            return int(stats.get("property_writes", {}).get("contacts.hubspot_owner_id", 0))
         return sum(n for k, n in calls.items() if k.startswith("PATCH ") and "/sobjects/{" in k)
 
     def setup_crm(self) -> None:

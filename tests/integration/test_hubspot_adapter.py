@@ -24,7 +24,8 @@ import urllib3
 from hubspot import HubSpot
 
 from connector.crm.base import CrmAdapter
-from connector.crm.hubspot import EVENT_READERS, ISOLATION_CALLS, HubSpotAdapter
+from connector.crm.hubspot import EVENT_READERS, ISOLATION_CALLS, PER_CONTACT_EVENTS_MAX, HubSpotAdapter
+from connector.crm.hubspot_events import FULL_SLICES
 from connector.crm.limits import RetryPolicy, day_in
 from connector.domain import Lead
 from connector.errors import StopSync
@@ -151,8 +152,10 @@ def test_an_incremental_read_returns_only_the_records_changed_since(sandbox: San
     a.setup()
     since = time.time()
     time.sleep(0.01)
-    report = a.write_scores("contact", {i: {"model": f"inc-{i}"} for i in ("5", "17", "230")})
-    assert sorted(report.written) == ["17", "230", "5"]
+    # changed by another writer (our own score writes are skipped: see the next test)
+    contacts = HubSpot(access_token=sandbox.hubspot_token, host=sandbox.hubspot_url).crm.contacts.basic_api
+    for i in ("5", "17", "230"):
+        contacts.update(i, {"properties": {"lead_score_model": f"inc-{i}"}})
     wait_searchable(sandbox)  # search shows writes a few moments after them, as in HubSpot
     leads = read_all(a, since=since)
     assert sorted(lead.id for lead in leads) == ["17", "230", "5"]
@@ -171,7 +174,9 @@ def test_an_incremental_read_crosses_the_10000_result_cap_of_search(shipped: Hub
         assert stamps == sorted(stamps)
         # no 400 for paging past 10,000: each page restarts from the last timestamp
         snap = stats(sb)
-        assert snap["total"] == calls_to(snap, "POST /crm/v3/objects/*/search") == math.ceil(n / 200)
+        assert calls_to(snap, "POST /crm/v3/objects/*/search") == math.ceil(n / 200)
+        # then the contacts with web events the search did not return: none here (all were modified since)
+        assert calls_to(snap, "POST /crm/v3/objects/contacts/batch/read") == 0
         a.close()
 
 
@@ -200,18 +205,17 @@ def test_activities_are_mapped_onto_engine_kinds_with_batched_calls(sandbox: San
                                                                    r: redis.Redis) -> None:
     a = adapter(sandbox, fast_mapping, r)
     page = a.read_page("contact", None, since=None)
+    n = len(page.leads)
+    assert n == 250  # a full sync page is up to 1,000 contacts (ten list calls), what one association read takes
     reset_stats(sandbox)
     now = time.time()
     a.load_activities(page.leads, now)
     snap = stats(sandbox)
     pop = sandbox.population
     cutoff = now - 180 * 86400
-    recent = {i: [act for act in pop.activities(i) if act.ts >= cutoff] for i in range(100)}
-    # the events API is asked only for contacts with a visit or a form in the look-back (event_gates)
-    gated = [i for i in range(100) if any(act.kind in ("page_view", "form_submission") for act in recent[i])]
+    recent = {i: [act for act in pop.activities(i) if act.ts >= cutoff] for i in range(n)}
     web = ("page_view", "form_submission", "webinar_registered", "webinar_attended", "event_attended")
-    truth = Counter(act.kind for i in range(100) for act in recent[i] if act.kind not in web)
-    truth.update(act.kind for i in gated for act in recent[i] if act.kind in web)
+    truth = Counter(act.kind for i in range(n) for act in recent[i])
     got = Counter(act.kind for lead in page.leads for act in lead.activities)
     for kind in (*web, "call", "meeting", "note", "email_reply", "email_bounce", "email_click"):
         assert got[kind] == truth[kind], kind
@@ -220,16 +224,65 @@ def test_activities_are_mapped_onto_engine_kinds_with_batched_calls(sandbox: San
     assert all(act.kind in ("page_view", "email_click") for act in pricing)
     # one association read per engagement type for the whole page, engagements 100 per batch read
     assert calls_to(snap, "POST /crm/v4/associations/*/*/batch/read") == 4
-    emails = sum(1 for i in range(100) for act in pop.activities(i) if act.kind.startswith("email_"))
+    emails = sum(1 for i in range(n) for act in pop.activities(i) if act.kind.startswith("email_"))
     assert calls_to(snap, "POST /crm/v3/objects/emails/batch/read") == math.ceil(emails / 100)
-    others = [sum(1 for i in range(100) for act in pop.activities(i) if act.kind == k)
+    others = [sum(1 for i in range(n) for act in pop.activities(i) if act.kind == k)
               for k in ("call", "meeting", "note")]  # fmt: skip
     assert calls_to(snap, "POST /crm/v3/objects/*/batch/read") == math.ceil(emails / 100) + sum(
-        math.ceil(n / 100) for n in others
+        math.ceil(count / 100) for count in others
     )
-    # the events API takes one contact per call
-    assert calls_to(snap, "GET /events/v3/events") == len(gated)
+    # web events of every contact at once (events API without objectId): one call per 100 events of the
+    # look-back, plus at most one partial page per time slice of the read
+    events = sum(truth[k] for k in web)
+    assert math.ceil(events / 100) <= calls_to(snap, "GET /events/v3/events") <= math.ceil(events / 100) + FULL_SLICES
+    # once read, the events are shared: another load of the same contacts asks HubSpot for none
+    reset_stats(sandbox)
+    again = a.get_leads("contact", [lead.id for lead in page.leads[:50]])
+    a.load_activities(again, now)
+    assert calls_to(stats(sandbox), "GET /events/v3/events") == 0
+    assert Counter(act.kind for lead in again for act in lead.activities if act.kind in web) == Counter(
+        act.kind for i in range(50) for act in recent[i] if act.kind in web
+    )
     a.close()
+
+
+def test_a_few_contacts_get_their_web_events_one_call_each_while_no_bulk_read_covers_the_look_back(
+    sandbox: Sandbox, fast_mapping: HubSpotMapping, r: redis.Redis
+) -> None:
+    a = adapter(sandbox, fast_mapping, r)
+    leads = a.get_leads("contact", ["1", "2", "3", "4", "5"])
+    reset_stats(sandbox)
+    now = time.time()
+    a.load_activities(leads, now)
+    cutoff = now - 180 * 86400
+    gated = [i for i in range(5) if any(act.kind in ("page_view", "form_submission") and act.ts >= cutoff
+                                        for act in sandbox.population.activities(i))]  # fmt: skip
+    assert calls_to(stats(sandbox), "GET /events/v3/events") == len(gated) <= PER_CONTACT_EVENTS_MAX
+    a.close()
+
+
+def test_an_incremental_read_also_returns_contacts_with_new_web_events_that_search_does_not_show_yet(
+    shipped: HubSpotMapping, r: redis.Redis
+) -> None:
+    with Sandbox.start(contacts=300, seed=9, hubspot_rate=100_000) as sb:
+        a = adapter(sb, mapping_with(shipped, account=FAST), r)
+        first = a.read_page("contact", None, since=None)
+        a.load_activities(first.leads, time.time())  # the look-back's web events, read in bulk
+        since = time.time()
+        search_index(sb, {"lag_s": [600, 600]})  # writes reach search only in ten minutes
+        HTTP.request("POST", sb.hubspot_url + "/__sandbox__/activities", body=orjson.dumps(
+            {"contact": "9", "kind": "page_view", "attrs": {"url": "/pricing", "title": "Pricing"}}))
+        time.sleep(0.01)
+        reset_stats(sb)
+        leads = read_all(a, since=since)
+        assert [lead.id for lead in leads] == ["9"]  # found through the events read, not through search
+        snap = stats(sb)
+        assert calls_to(snap, "GET /events/v3/events") == 1  # only the new events
+        assert calls_to(snap, "POST /crm/v3/objects/contacts/batch/read") == 1
+        a.load_activities(leads, time.time())
+        assert any(act.kind == "page_view" and act.attrs.get("url", "").endswith("/pricing") and act.ts >= since
+                   for act in leads[0].activities)  # fmt: skip
+        a.close()
 
 
 def test_a_contact_with_more_associations_than_a_page_holds_is_read_to_the_end(
@@ -266,7 +319,7 @@ def test_below_enterprise_web_activity_comes_from_the_rollups_after_one_warning(
 ) -> None:
     # The events API is Enterprise-only: a Professional portal answers 403 to it. The sync goes on with
     # the roll-up properties instead of failing every page, and says so once; `check` says what to change.
-    with Sandbox.start(contacts=220, seed=7, hubspot_rate=100_000, hubspot_tier="professional") as sb:
+    with Sandbox.start(contacts=1_100, seed=7, hubspot_rate=100_000, hubspot_tier="professional") as sb:
         mapping = mapping_with(shipped, account=FAST)  # the shipped activities: web: events
         client = redis.Redis.from_url(redis_url)
         a = adapter(sb, mapping, client)
@@ -286,7 +339,9 @@ def test_below_enterprise_web_activity_comes_from_the_rollups_after_one_warning(
             assert views
             assert all(act.attrs == {"source": "rollup"} for act in views)
         # the roll-up properties came with the second page's contacts: no batch read for them
-        assert calls_to(snap, "POST /crm/v3/objects/contacts/batch/read") == 1  # the first page's only
+        assert second.leads
+        # the first page's only (a sync page is up to 1,000 contacts: 100 per batch read)
+        assert calls_to(snap, "POST /crm/v3/objects/contacts/batch/read") == math.ceil(len(first.leads) / 100)
         other = adapter(sb, mapping, redis.Redis.from_url(redis_url))  # another worker knows it too
         reset_stats(sb)
         other.load_activities(other.get_leads("contact", ["5", "6"]), time.time())
@@ -337,6 +392,27 @@ def test_written_scores_read_back_in_canonical_form(sandbox: Sandbox, fast_mappi
     assert back["11"].written == {**values, "score": "87", "scored_at": "2026-01-02T03:04:05Z"}
     assert back["12"].written["score"] == "12"
     a.close()
+
+
+def test_an_incremental_read_skips_contacts_whose_last_change_is_our_own_score_write(
+    shipped: HubSpotMapping, r: redis.Redis
+) -> None:
+    with Sandbox.start(contacts=120, seed=4, hubspot_rate=100_000) as sb:
+        a = adapter(sb, mapping_with(shipped, account=FAST), r)
+        a.setup()
+        started = time.time() - 1
+        values = {"score": "50", "band": "warm"}
+        assert len(a.write_scores("contact", {str(i): values for i in range(1, 41)}).written) == 40
+        # someone edits contact 7 after our write: that one is new again
+        time.sleep(0.01)
+        HubSpot(access_token=sb.hubspot_token, host=sb.hubspot_url).crm.contacts.basic_api.update(
+            "7", {"properties": {"jobtitle": "CTO"}})
+        wait_searchable(sb)
+        reset_stats(sb)
+        changed = [lead.id for lead in read_all(a, since=started)]
+        assert changed == ["7"]
+        assert calls_to(stats(sb), "POST /crm/v3/objects/*/search") == 1
+        a.close()
 
 
 def test_a_partial_failure_reports_the_refused_record_and_writes_the_rest(

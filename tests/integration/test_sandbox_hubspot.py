@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import time
 from collections.abc import Iterator
@@ -46,6 +47,10 @@ def client(sandbox: Sandbox) -> HubSpot:
 def limited() -> Iterator[Sandbox]:
     with Sandbox.start(contacts=20, seed=1, anchor=ANCHOR, hubspot_rate=5, search_rate=5) as sb:
         yield sb
+
+
+def dt_from_ms(ms: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC)
 
 
 def admin(sb: Sandbox, path: str, body: Any = None) -> Any:
@@ -371,6 +376,42 @@ def test_events_list_page_views_and_form_submissions_for_one_contact(sandbox: Sa
     assert forms.results
     assert all(e.event_type == "e_submitted_form" for e in forms.results)
     assert all(e.object_id == str(person + 1) for e in forms.results)
+
+
+def test_events_of_every_contact_in_a_window_come_oldest_first_in_pages(sandbox: Sandbox, client: HubSpot) -> None:
+    # events.json (Events v3): objectId is optional; objectType=contact + eventType + occurredAfter/Before
+    # returns the events of every contact in the window, paged by paging.next.after.
+    pop = sandbox.population
+    acts = [a for i in range(N) for a in pop.activities(i) if a.kind == "page_view"]
+    times = sorted(a.ts_ms for a in acts)
+    lo, hi = times[len(times) // 4], times[3 * len(times) // 4]
+    want = sorted((a.ts_ms, a.person) for a in acts if lo <= a.ts_ms <= hi)
+    got: list[tuple[str, str]] = []
+    after: str | None = None
+    pages = 0
+    while True:
+        page = client.events.events_api.get_page(
+            object_type="contact", event_type="e_visited_page", limit=50, after=after,
+            occurred_after=dt_from_ms(lo), occurred_before=dt_from_ms(hi), _request_timeout=TIMEOUT,
+        )  # fmt: skip
+        pages += 1
+        got += [(e.occurred_at.isoformat(), e.object_id) for e in page.results]
+        assert all(e.event_type == "e_visited_page" for e in page.results)
+        after = page.paging.next.after if page.paging and page.paging.next else None
+        if after is None:
+            break
+    assert len(got) == len(want)
+    assert [g[0] for g in got] == sorted(g[0] for g in got)  # oldest first
+    assert sorted(int(oid) - 1 for _, oid in got) == sorted(p for _, p in want)
+    assert pages == -(-len(want) // 50)
+
+
+def test_the_events_query_refuses_what_the_spec_does_not_allow(sandbox: Sandbox) -> None:
+    assert raw(sandbox, "GET", "/events/v3/events?objectId=5").status_code == 400  # objectId needs objectType
+    assert raw(sandbox, "GET", "/events/v3/events?objectType=contact&after=not-a-token").status_code == 400
+    answer = raw(sandbox, "GET", "/events/v3/events?objectType=contact&limit=0")
+    assert answer.status_code == 400
+    assert answer.json()["category"] == "VALIDATION_ERROR"
 
 
 # ---------------------------------------------------------------- limits, auth, stats, faults

@@ -1,0 +1,118 @@
+"""API calls per 1,000 contacts: the rate limit is the product's physical limit (issue 16).
+
+A full sync of the generated sandbox through the real pipeline (sync.start_run / run_page, in one
+process: counting calls is deterministic, timing is not), routing included, must stay under
+FULL_SYNC_BUDGET calls per 1,000 contacts; an incremental sync after a small change must cost in
+proportion to what changed. Calls are counted by the sandbox (/__sandbox__/stats) and by part by the
+run itself (calls:list, calls:activities, calls:routing, calls:writes). Figures at the real rate:
+bench/sync.py.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from connector import sync
+from connector.bootstrap import Runtime
+from connector.domain import CrmName
+from connector.runs import RunView
+from sandbox.server import Sandbox
+from tests.integration.test_routing_on_sandbox import make_runtime
+
+CONTACTS = 2_000
+FULL_SYNC_BUDGET = 150  # calls per 1,000 contacts, activities and routing included (issue 16)
+
+
+@pytest.fixture(scope="module")
+def sandbox() -> Iterator[Sandbox]:
+    with Sandbox.start(contacts=CONTACTS, seed=11, hubspot_rate=100_000, search_lag_s=0.0) as sb:
+        yield sb
+
+
+def http(sb: Sandbox) -> httpx.Client:
+    return httpx.Client(base_url=sb.hubspot_url, headers={"Authorization": f"Bearer {sb.hubspot_token}"}, timeout=60)
+
+
+def calls(sb: Sandbox, reset: bool = False) -> dict[str, Any]:
+    with http(sb) as client:
+        if reset:
+            client.post("/__sandbox__/stats/reset")
+            return {}
+        out: dict[str, Any] = client.get("/__sandbox__/stats").json()
+        return out
+
+
+def run_sync(rt: Runtime, crm: CrmName, *, full: bool, now: float) -> RunView:
+    """A whole run in this process: every page, in the order a single worker would take them."""
+    started, firsts = sync.start_run(rt, crm, full=full, now=now)
+    assert started.skipped_for is None
+    queue: list[tuple[str, str | None, float | None]] = [(stream, None, since) for stream, since in firsts]
+    while queue:
+        stream, cursor, since = queue.pop(0)
+        sync.run_page(rt, started.run_id, crm, stream, cursor, since,
+                      enqueue_next=lambda c, s=stream, t=since: queue.append((s, c, t)), now=now)  # type: ignore[misc]
+    view = rt.runs.get(started.run_id)
+    assert view is not None
+    assert view.status == "done", view.failures
+    return view
+
+
+def change(sb: Sandbox, ids: list[str], tag: str) -> None:
+    """Someone edits contacts in HubSpot; as many others visit the pricing page."""
+    with http(sb) as client:
+        client.post("/crm/v3/objects/contacts/batch/update", json={"inputs": [
+            {"id": i, "properties": {"jobtitle": f"Head of Operations {tag}"}} for i in ids
+        ]}).raise_for_status()  # fmt: skip
+        for i in ids:
+            client.post("/__sandbox__/activities", json={
+                "contact": str(int(i) + 1), "kind": "page_view", "attrs": {"url": "/pricing", "title": "Pricing"},
+            }).raise_for_status()  # fmt: skip
+
+
+def test_a_full_sync_and_incremental_syncs_stay_within_the_call_budget(
+    sandbox: Sandbox, redis_url: str, tmp_path: Path
+) -> None:
+    rt = make_runtime(sandbox, redis_url, tmp_path / "mappings")
+    try:
+        rt.router.reps("hubspot")
+        calls(sandbox, reset=True)
+        full = run_sync(rt, "hubspot", full=True, now=time.time() - 120)
+        snap = calls(sandbox)
+        per_1000 = snap["total"] / CONTACTS * 1000
+        parts = {p: full.count(f"calls:{p}") / CONTACTS * 1000 for p in ("list", "activities", "routing", "writes")}
+        assert full.count("read") == CONTACTS
+        assert full.count("assigned") > 0, "routing is part of the budget: some hot leads must be routed"
+        assert per_1000 <= FULL_SYNC_BUDGET, (per_1000, parts, snap["calls"])
+        assert sum(full.count(f"calls:{p}") for p in parts) == snap["total"], "every call belongs to a part"
+        # list pages of 100, a batch update per 100 changed scores, the hot leads in a few calls a page
+        assert parts["list"] == pytest.approx(10, abs=1)
+        assert parts["writes"] <= 10
+        assert parts["routing"] <= 3 * math.ceil(CONTACTS / 1000) / CONTACTS * 1000 + 2
+
+        # an incremental sync after a small change: the first also pages past the full sync's own
+        # writes (search finds them; they are skipped unread), the second costs only what changed
+        costs: list[int] = []
+        snaps: list[Any] = []
+        for round_, n in enumerate((10, 40)):
+            ids = [str(1 + 37 * k + round_) for k in range(n)]
+            change(sandbox, ids, f"r{round_}")
+            time.sleep(0.2)
+            calls(sandbox, reset=True)
+            inc = run_sync(rt, "hubspot", full=False, now=time.time())
+            snap = calls(sandbox)
+            assert inc.count("read") >= n  # the edited ones, and the visitors found through web events
+            costs.append(snap["total"])
+            by_part = {p: inc.count(f"calls:{p}") for p in ("list", "activities", "routing", "writes")}
+            snaps.append((snap["calls"], by_part, inc.count("read")))
+        first, second = costs
+        assert first <= math.ceil(CONTACTS / 200) + 40, (first, snaps[0])  # search over our own writes + what changed
+        assert second <= 2 + 80 * 0.5 + 10, second  # 80 changed contacts: well under one call each
+    finally:
+        rt.close()

@@ -1,0 +1,1 @@
+"""Learning from outcomes: the dataset of past leads, backtests, suggested points, previews, reports."""

@@ -14,7 +14,6 @@ from connector.bootstrap import Runtime
 from connector.domain import CrmName
 from connector.mappings.schedule import SyncSchedule
 
-
 # The weekly backtest: Monday early morning UTC, after the night's full syncs.
 BACKTEST_DAY = "mon"
 BACKTEST_AT = (4, 15)

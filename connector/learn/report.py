@@ -65,8 +65,7 @@ def figure(width: float = 7.0, height: float = 3.6) -> Figure:
     """A matplotlib Figure not tied to any GUI backend (safe in workers and threads)."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
-    return fig
+    return Figure(figsize=(width, height), dpi=100, layout="constrained")
 
 
 def img(fig: Figure, alt: str) -> str:
@@ -167,7 +166,8 @@ def _gains(bt: Backtest) -> Section:
     rows = [[d["decile"], d["leads"], d["min_score"], d["won"], pct(d["rate"]), d["lift"],
              pct(d["cumulative_won_share"])] for d in bt.deciles]
     return Section("Gains and lift by decile", img(fig, "gains chart")
-                   + table(["decile", "outcomes", "lowest score", "won", "converted", "lift", "won found so far"], rows))
+                   + table(["decile", "outcomes", "lowest score", "won", "converted", "lift", "won found so far"],
+                           rows))
 
 
 def _calibration(bt: Backtest) -> Section:

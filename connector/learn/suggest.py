@@ -62,7 +62,7 @@ MIN_MATCHES = 10  # outcomes a rule must have counted for before its points are 
 MIN_SUPPORT = 20  # labelled leads above a threshold before its precision is trusted
 SCALE_QUANTILE = 0.99
 TOP = 100  # the total cap of the suggested model
-C_GRID = tuple(float(c) for c in np.logspace(-3, 1, 9))
+C_GRID = (0.003, 0.03, 0.3, 3.0)
 
 Note = Literal["fitted", "kept: too few outcomes", "zero: sign not borne out", "zero: no lift"]
 
@@ -133,10 +133,10 @@ def fit_points(X: Floats, y: NDArray[Any], rules: Sequence[RuleInfo], *, X_scale
         if j not in active:
             notes[j] = "kept: too few outcomes"
     beta = np.zeros(n_rules)
-    C = 1.0
+    C: float | None = None
     while active:
         Z = (X[:, active] - X[:, active].mean(axis=0)) / std[active]
-        C = choose_c(Z, y, seed)
+        C = choose_c(Z, y, seed) if C is None else C  # chosen once, on all the rules that have data
         coef = _logistic(Z, y, C).coef_[0] / std[active]
         wrong = [j for j, b in zip(active, coef, strict=True) if signs[j] != 0 and b != 0 and np.sign(b) != signs[j]]
         if not wrong:
@@ -158,7 +158,7 @@ def fit_points(X: Floats, y: NDArray[Any], rules: Sequence[RuleInfo], *, X_scale
     for j in range(n_rules):
         if notes[j] == "fitted" and points[j] == 0:
             notes[j] = "zero: no lift"
-    return Fit(points, notes, scale, C)
+    return Fit(points, notes, scale, 1.0 if C is None else C)
 
 
 def _logistic(Z: Floats, y: NDArray[Any], C: float) -> Any:
@@ -229,7 +229,7 @@ def hot_threshold(target: Target, population: Floats, scores: Floats, y: NDArray
             best = (precision, t)
     if best is None:
         return threshold_for_share(population, 0.1), (
-            f"too few outcomes to judge a precision; hot is the top 10% instead")
+            "too few outcomes to judge a precision; hot is the top 10% instead")
     return best[1], (f"no score reaches a precision of {target.value:.0%} on these outcomes; "
                      f"hot from {best[1]}, where {best[0]:.0%} converted")
 
@@ -448,8 +448,8 @@ def scoring_yaml(spec: ScoringFile, s: Suggestion, *, now: float, since: float |
         f"# Starting point: {source} (model {s.current_version}); its rules, tests and reasons are kept,",
         "# points fitted with an L2-regularised logistic regression on the rules' own contributions,",
         f"# 1 point = {1 / s.scale:.4f} log-odds; thresholds: hot for {s.target}, warm and grades keep today's shares.",
-        f"# Cross-validated ({s.folds}-fold, held-out leads): AUC {cv_c['auc']:.3f} today, {cv_s['auc']:.3f} with these "
-        "points;",
+        f"# Cross-validated ({s.folds}-fold, held-out leads): AUC {cv_c['auc']:.3f} today, "
+        f"{cv_s['auc']:.3f} with these points;",
         f"#   hot converts {_pct(cv_c['bands']['hot']['rate'])} today, {_pct(cv_s['bands']['hot']['rate'])} here.",
         *([f"# Note: {s.cuts.note}."] if s.cuts.note else []),
         "# Review it, preview it (`leadscore preview FILE`), then copy it over mappings/scoring.yaml.",
@@ -503,7 +503,8 @@ def write_suggestion(path: Path, text: str) -> None:
 def comparison_rows(s: Suggestion) -> list[list[str]]:
     c, g = s.current, s.suggested
     rows = [
-        [f"AUC ({s.folds}-fold CV, mean ± sd)", f"{c['auc']:.3f} ± {c['auc_sd']:.3f}", f"{g['auc']:.3f} ± {g['auc_sd']:.3f}"],
+        [f"AUC ({s.folds}-fold CV, mean ± sd)", f"{c['auc']:.3f} ± {c['auc_sd']:.3f}",
+         f"{g['auc']:.3f} ± {g['auc_sd']:.3f}"],
         ["top-decile lift", f"{c['top_decile_lift']:.2f}", f"{g['top_decile_lift']:.2f}"],
         ["won leads found in hot", _pct(c["won_in_hot"]), _pct(g["won_in_hot"])],
     ]

@@ -67,8 +67,10 @@ def test_bands_and_grades_count_won_and_lost_per_band(tiny: ScoringModel) -> Non
     assert (d["leads"], d["won"], d["lost"], d["open"], d["undated"]) == (5, 2, 3, 1, 1)
     assert d["bands"]["hot"] == {"leads": 2, "won": 1, "lost": 1, "rate": 0.5, "open": 0}
     assert d["bands"]["warm"] == {"leads": 1, "won": 1, "lost": 0, "rate": 1.0, "open": 1}
-    assert d["bands"]["cold"]["leads"] == 2 and d["bands"]["cold"]["rate"] == 0.0
-    assert d["grades"]["A"]["leads"] == 3 and d["grades"]["D"]["leads"] == 2
+    assert d["bands"]["cold"]["leads"] == 2
+    assert d["bands"]["cold"]["rate"] == 0.0
+    assert d["grades"]["A"]["leads"] == 3
+    assert d["grades"]["D"]["leads"] == 2
     # won 80, 50 vs lost 80, 0, 0: of 6 pairs the won lead is above in 4, tied in 1
     assert d["auc"] == pytest.approx(4.5 / 6)
 

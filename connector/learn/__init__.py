@@ -1,1 +1,2 @@
-"""Learning from outcomes: the dataset of past leads, backtests, suggested points, previews, reports."""
+"""Learning from outcomes: the dataset of past leads (dataset.py) that backtests, suggestions and
+the predictive model build on."""

@@ -510,6 +510,6 @@ def comparison_rows(s: Suggestion) -> list[list[str]]:
     ]
     for band in BANDS:
         cb, gb = c["bands"][band], g["bands"][band]
-        rows.append([f"{band}: share of leads / converted", f"{_pct(cb['share'])} / {_pct(cb['rate'])}",
+        rows.append([f"{band}: share of outcomes / converted", f"{_pct(cb['share'])} / {_pct(cb['rate'])}",
                      f"{_pct(gb['share'])} / {_pct(gb['rate'])}"])
     return rows

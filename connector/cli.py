@@ -426,7 +426,7 @@ ONE_CRM = "which CRM (default: the one configured; needed when both are)"
 @cli.command(help="How well a model separates won from lost on past outcomes (AUC, bands, deciles, rules).")
 @crm_option(both=False, help_text=ONE_CRM)
 @click.option("--model", "model_file", metavar="FILE", help="a scoring file to test (default: mappings/scoring.yaml)")
-@click.option("--since", metavar="DATE", help="only leads created since this date (YYYY-MM-DD, UTC)")
+@click.option("--since", metavar="DATE", help="leave out outcomes dated before this day (YYYY-MM-DD, UTC)")
 @click.option("--html", "html_file", metavar="FILE", help="also write the report as one self-contained HTML file")
 @JSON_OPTION
 def backtest(crm: str | None, model_file: str | None, since: str | None, html_file: str | None,

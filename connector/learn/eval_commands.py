@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from connector.errors import UserError
+from connector.errors import LeadscoreError, UserError
 from connector.learn.evaluate import BANDS, GRADES, Backtest, backtest, rule_matrix
 
 if TYPE_CHECKING:
@@ -229,7 +229,7 @@ def weekly_backtest(rt: Runtime, crm: CrmName, now: float) -> dict[str, Any]:
     try:
         ds = read_dataset(rt, crm)
         bt = backtest(ds, rt.model)
-    except UserError as exc:
+    except LeadscoreError as exc:  # not configured, too few outcomes, the CRM refusing: said in status
         history.failed(crm, now, str(exc))
         return {"at": now, "error": str(exc)}
     figures = figures_of(bt, now)

@@ -261,7 +261,7 @@ def build_catalog() -> dict[str, SObjectType]:
            relationship_name="Opportunity"),
         _f("ContactId", T.REFERENCE, "Contact ID", updateable=True, length=18, reference_to=("Contact",),
            relationship_name="Contact"),
-        _f("Role", T.PICKLIST, "Role", updateable=True, length=40,
+        _f("Role", T.PICKLIST, "Role", updateable=True, length=255,
            picklist=("Business User", "Decision Maker", "Economic Buyer", "Technical Buyer", "Evaluator",
                      "Influencer", "Other")),
         _f("IsPrimary", T.BOOLEAN, "Primary", updateable=True, nillable=False),

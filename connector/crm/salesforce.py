@@ -873,6 +873,37 @@ class SalesforceAdapter:
         result = self._run(lambda sf: sf.restful(f"sobjects/{obj}/describe"), policy=policy)
         return {f["name"].lower(): f for f in (result or {}).get("fields", [])}
 
+    def _outcome_lines(self) -> list[str]:
+        """What the `outcomes:` section needs and the integration user cannot read, one sentence each."""
+        outcomes = self.mapping.outcomes
+        if outcomes is None:
+            return []
+        lines: list[str] = []
+        needed: list[str] = []
+        if outcomes.lead_conversion is not None and outcomes.lead_conversion.won == "opportunity_won":
+            needed.append("Opportunity")
+        if outcomes.contact_roles is not None:
+            needed += ["Opportunity", "OpportunityContactRole"]
+        for obj in dict.fromkeys(needed):
+            try:
+                self._describe(obj, _CHECK_POLICY)
+            except RecordError:
+                lines.append(
+                    f"The outcomes: section of mappings/salesforce.yaml reads {obj}, which the integration user "
+                    f"cannot see; give it Read access to {obj} (profile or permission set)"
+                )
+        rule = outcomes.field
+        if rule is not None:
+            for obj in rule.objects:
+                fields = self._describe(obj, _CHECK_POLICY)
+                for name in (rule.name, rule.date):
+                    if name is not None and name.lower() not in fields:
+                        lines.append(
+                            f"{obj}: the outcomes: section of mappings/salesforce.yaml reads the field {name}, "
+                            f"which {obj} does not have; fix outcomes.field"
+                        )
+        return lines
+
     def _field_lines(self, obj: str, fields: Mapping[str, Mapping[str, Any]], *, all_lines: bool) -> list[str]:
         lines: list[str] = []
         for engine, api in self.mapping.write_fields.as_dict().items():
@@ -922,6 +953,7 @@ class SalesforceAdapter:
         try:
             for obj in OBJECTS:
                 problems += self._field_lines(obj, self._describe(obj, _CHECK_POLICY), all_lines=False)
+            problems += self._outcome_lines()
         except (StopSync, RetryLater) as exc:
             return [*problems, _sentence(str(exc))]
         finally:

@@ -250,3 +250,20 @@ def test_a_sync_never_writes_to_a_converted_lead(sandbox: Sandbox, redis_url: st
     scored = sf.query_all("SELECT Id, IsConverted, Lead_Score__c FROM Lead")["records"]
     assert any(r["Lead_Score__c"] is not None for r in scored if not r["IsConverted"])
     assert all(r["Lead_Score__c"] is None for r in scored if r["IsConverted"])
+
+
+def test_check_says_when_a_salesforce_outcome_field_is_missing(
+    sandbox: Sandbox, redis_url: str, tmp_path: Path
+) -> None:
+    rt = sf_runtime(sandbox, redis_url, tmp_path)
+    adapter = rt.adapter("salesforce")
+    adapter.setup()
+    assert adapter.check() == []
+    rt.close()
+    rt = sf_runtime(sandbox, redis_url, tmp_path)  # the mapping is read when the adapter is first built
+    (tmp_path / "mappings" / "salesforce.yaml").write_text(
+        (ROOT / "mappings" / "salesforce.yaml").read_text().replace("name: Status\n", "name: Stage__c\n"))
+    assert rt.adapter("salesforce").check() == [
+        "Lead: the outcomes: section of mappings/salesforce.yaml reads the field Stage__c, which Lead does not "
+        "have; fix outcomes.field"]
+    rt.close()

@@ -190,6 +190,12 @@ def read_current_leads(
 # --------------------------------------------------------------------------- showing
 
 
+def _capacity(n: int, capacity: int | None) -> str:
+    if not capacity:
+        return ""
+    return f" (capacity {capacity}/day" + (", more than a day's worth)" if n > capacity else ")")
+
+
 def show(p: Preview, *, plain: bool) -> None:
     from connector.console import table
 
@@ -205,7 +211,7 @@ def show(p: Preview, *, plain: bool) -> None:
         rows = []
         for r in p.regions:
             reps = ", ".join(
-                f"{r.names[rid]} +{n}" + (f" (capacity {r.capacity[rid]}/day)" if r.capacity[rid] else "")
+                f"{r.names[rid]} +{n}" + _capacity(n, r.capacity[rid])
                 for rid, n in sorted(r.per_rep.items(), key=lambda kv: (-kv[1], r.names[kv[0]]))
             ) or ("-" if not r.unrouted else f"{r.unrouted} with no active rep: fallback")
             rows.append([r.region, r.new_hot, r.kept_owner, r.to_route, r.no_longer_hot, reps])

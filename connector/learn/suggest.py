@@ -17,7 +17,8 @@ the numbers change:
    occurrences).
 4. Thresholds: hot for the stated target (`top:10%`: at most that share of the leads is
    hot; `precision:0.6`: the lowest score from which at least that share of the labelled
-   leads converted), warm so that as many leads are warm or hot as with the model today,
+   leads converted), warm so that as many leads are warm or hot as with the model today
+   (when the new hot band alone is that wide: half of the other leads are warm),
    grades A/B/C so that as many leads hold each grade as today.
 
 Everything the command prints is cross-validated: stratified k-fold on the labelled leads,
@@ -261,8 +262,8 @@ def choose_cuts(
     cur_fit = current.fit[current_rows]
     warm_share = _share_at_least(cur_scores, current_model.warm_threshold)
     hot_share = _share_at_least(population, hot)
-    if warm_share <= hot_share:
-        warm_share = min(1.0, 2 * hot_share)
+    if warm_share <= hot_share:  # today's warm-or-hot share is no wider than the new hot: half the rest is warm
+        warm_share = hot_share + (1.0 - hot_share) / 2
     warm = min(threshold_for_share(population, warm_share), hot - 1)
     g = current_model.spec.model.grades
     shares = [_share_at_least(cur_fit, t) for t in (g.A, g.B, g.C)]

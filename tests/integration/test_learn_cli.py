@@ -158,6 +158,17 @@ def test_the_weekly_backtest_keeps_its_figures_for_status(sandbox: Sandbox, redi
     shown = status["crms"]["hubspot"]["backtest"]
     assert shown["auc"] == figures["auc"]
     assert shown["model"] == rt.model.version
+    # the task beat starts, on the same runtime
+    from tasks.learn import backtest as backtest_task
+    from tasks.runtime import set_runtime
+
+    set_runtime(rt)
+    try:
+        again = backtest_task.apply(args=("hubspot",)).get()
+    finally:
+        set_runtime(None)
+    assert again["auc"] == figures["auc"]
+    assert len(BacktestHistory(rt.redis, rt.namespace).history("hubspot")) == 2
     rt.close()
     proc = run(["status"], env(sandbox, redis_url, mappings))
     assert proc.returncode == 0, proc.stderr

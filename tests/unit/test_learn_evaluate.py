@@ -135,3 +135,22 @@ def test_without_both_outcomes_the_backtest_says_so_in_one_sentence(tiny: Scorin
     examples = [Example(lead(i, "CEO", []), "won", READ_AT - DAY) for i in range(5)]
     with pytest.raises(UserError, match=r"has 5 won and 0 lost outcome\(s\); at least 2 of each are needed"):
         backtest(dataset_from_examples("hubspot", examples, READ_AT), tiny)
+
+
+def section_for_tests(ds, bt):  # type: ignore[no-untyped-def]
+    """A provider as another module would register it in EXTRA_SECTIONS."""
+    from connector.learn.report import Section
+
+    return Section("Predicted probability", f"<p>{len(ds.examples)} leads, AUC {bt.auc:.3f}</p>")
+
+
+def test_sections_named_in_extra_sections_are_added_to_the_report() -> None:
+    from connector.learn import report
+
+    ds = synthetic_dataset(300, seed=12)
+    bt = backtest(ds, load_scoring(ROOT / "mappings" / "scoring.yaml"))
+    extra = report.extra_sections(ds, bt, ["tests.unit.test_learn_evaluate:section_for_tests"])
+    page = report.render_html(bt, extra=extra)
+    assert page.index("<h2>Rules: lift and suggested points</h2>") < page.index("<h2>Predicted probability</h2>")
+    assert f"<p>300 leads, AUC {bt.auc:.3f}</p>" in page
+    assert report.EXTRA_SECTIONS == []

@@ -119,3 +119,14 @@ def test_a_precision_target_puts_hot_where_that_share_converted(data, shipped: S
     hot = lab & (scores >= s.cuts.hot)
     assert np.mean(rm.y[hot]) >= 0.6
     assert np.mean(rm.y[lab & (scores >= s.cuts.hot - 1)]) < 0.6 or s.cuts.hot == 1
+
+
+def test_a_precision_no_score_reaches_is_said_and_the_best_threshold_taken() -> None:
+    from connector.learn.suggest import hot_threshold
+
+    scores = np.array([float(s) for s in range(100)] * 3)
+    y = np.array([1 if (s % 3 == 0) else 0 for s in range(300)])  # about a third convert at every score
+    population = scores
+    hot, note = hot_threshold(Target("precision", 0.9), population, scores, y)
+    assert 1 <= hot <= 100
+    assert note.startswith("no score reaches a precision of 90% on these outcomes; hot from ")

@@ -1033,8 +1033,7 @@ class HubSpotAdapter:
                 (self.apis.contacts.get_page, (), {"limit": 1, "properties": ["email"]}),
                 (self.apis.owners.get_page, (), {"limit": 1}),
             ]
-            if outcomes is not None and outcomes.deals is not None:  # outcomes from deals need their read scope
-                probes.append((self.apis.objects.get_page, ("deals",), {"limit": 1, "properties": ["dealstage"]}))
+
             for op, args, kwargs in probes:
                 try:
                     self._call(op, *args, **kwargs)
@@ -1043,6 +1042,19 @@ class HubSpotAdapter:
                         problems.append(str(exc))
                 except (RetryLater, ApiError):
                     continue
+            if outcomes is not None and outcomes.deals is not None:  # outcomes from deals need their read scope
+                try:
+                    self._call(self.apis.objects.get_page, "deals", limit=1, properties=["dealstage"])
+                except StopSync as exc:
+                    problems.append(
+                        "The outcomes: section of mappings/hubspot.yaml reads deals, but the private app lacks the "
+                        "scope crm.objects.deals.read: add it in the app's settings (Scopes) and use the new token, "
+                        "or remove outcomes.deals."
+                        if "crm.objects.deals.read" in str(exc)
+                        else f"The outcomes: section of mappings/hubspot.yaml reads deals, but HubSpot refused: {exc}"
+                    )
+                except (RetryLater, ApiError):
+                    pass
             if self.mapping.activities.web == "events":
                 refused = self._probe_events()
                 if refused:

@@ -475,9 +475,9 @@ def test_check_says_what_to_fix_in_one_sentence_each(shipped: HubSpotMapping, r:
         assert scoped.check() == [
             "The HubSpot private app lacks the scope crm.objects.owners.read: add it in the app's settings "
             "(Scopes) and use the new token.",
-            # the shipped outcomes: section reads deals
-            "The HubSpot private app lacks the scope crm.objects.deals.read: add it in the app's settings "
-            "(Scopes) and use the new token."]
+            "The outcomes: section of mappings/hubspot.yaml reads deals, but the private app lacks the scope "
+            "crm.objects.deals.read: add it in the app's settings (Scopes) and use the new token, or remove "
+            "outcomes.deals."]
         for x in (bad, a, scoped):
             x.close()
     gone = HubSpotAdapter(base_url=sb.hubspot_url, token="t", mapping=mapping, redis=r, timeout=1.0)

@@ -58,7 +58,10 @@ def load_scoring(path: Path) -> ScoringModel:
 def model_version(spec: ScoringFile) -> str:
     """'label+hash': the hash is of the validated content, so comments and layout do not change it
     (a new version makes the connector rewrite every score in the CRM)."""
-    canonical = json.dumps(spec.model_dump(mode="json", by_alias=True), sort_keys=True, separators=(",", ":"))
+    # The `probability:` section changes what is written only when the band comes from it.
+    skip = {"probability"} if spec.probability.band_from == "points" else set()
+    content = spec.model_dump(mode="json", by_alias=True, exclude=skip)
+    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"))
     return f"{spec.model.label}+{hashlib.sha256(canonical.encode()).hexdigest()[:8]}"
 
 

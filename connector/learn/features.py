@@ -1,0 +1,276 @@
+"""Features for the learned conversion probability, from the same normalised leads the rules see.
+
+Pure: no I/O, the moment passed in. A `FeatureSpec` is fitted once on the training
+examples (which profile fields exist, custom ones included, and how to read each)
+and then turns any lead into one row of numbers:
+
+- per profile field: a number (log-scaled) and whether it is missing, when most of its
+  values are numbers; else the field's frequent values one-hot, "another value" and
+  "missing"; a field with mostly unique values (names, e-mails) only says present or not;
+- per activity kind: how many before the moment, how many in the 30 days before it, and
+  days since the last (capped at a year);
+- per scoring rule: the points the rule gave (fit rules for who the lead is, engagement
+  rules for what it did, decayed and capped as the engine does).
+
+Each feature belongs to a group (a field, a kind, a rule) that is one factor in words.
+Fields excluded by the leakage guard (connector.learn.train) are never read, nor the
+rules that read them.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from connector.domain import ACTIVITY_KINDS, Activity
+from connector.engine import ScoreResult, ScoringModel
+
+DAY = 86400.0
+RECENT_DAYS = 30.0
+MAX_DAYS = 365.0
+MAX_CATEGORIES = 12          # frequent values one-hot per text field
+MIN_CATEGORY_COUNT = 5       # a value seen fewer times counts as "another value"
+NUMERIC_SHARE = 0.8          # a field is a number when this share of its values read as numbers
+UNIQUE_SHARE = 0.5           # a field with more distinct values than this share of leads is an identifier
+
+# Kinds in words, for the factors ("3 meetings", "no email replies").
+KIND_WORDS: dict[str, tuple[str, str]] = {
+    "page_view": ("page view", "page views"),
+    "form_submission": ("form submitted", "forms submitted"),
+    "download": ("download", "downloads"),
+    "email_open": ("email opened", "emails opened"),
+    "email_click": ("email clicked", "emails clicked"),
+    "email_reply": ("email reply", "email replies"),
+    "email_bounce": ("email bounce", "email bounces"),
+    "email_unsubscribe": ("unsubscribe", "unsubscribes"),
+    "meeting": ("meeting", "meetings"),
+    "call": ("call", "calls"),
+    "note": ("note", "notes"),
+    "webinar_registered": ("webinar registration", "webinar registrations"),
+    "webinar_attended": ("webinar attended", "webinars attended"),
+    "event_attended": ("event attended", "events attended"),
+}
+
+
+def number_of(value: Any) -> float | None:
+    """A profile value as a number ("1,200", "420", 3.5); None when it is not one."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value) if math.isfinite(value) else None
+    if not isinstance(value, str):
+        return None
+    text = value.strip().replace(",", "").replace("_", "").replace(" ", "")
+    if not text:
+        return None
+    try:
+        n = float(text)
+    except ValueError:
+        return None
+    return n if math.isfinite(n) else None
+
+
+def text_of(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = " ".join(str(value).split())
+    return text.casefold() if text else None
+
+
+def _signed_log(x: float) -> float:
+    return math.copysign(math.log1p(abs(x)), x)
+
+
+@dataclass(frozen=True, slots=True)
+class FieldPlan:
+    name: str
+    how: str                       # "number", "category" or "present"
+    categories: tuple[str, ...] = ()
+    labels: tuple[str, ...] = ()   # the categories as first seen (for words)
+    start: int = 0                 # first column
+
+
+@dataclass(slots=True)
+class FeatureSpec:
+    """Which columns a lead becomes; fitted on training leads, stored with the model."""
+
+    fields: list[FieldPlan]
+    kinds: list[str]
+    rules: list[tuple[str, str]]            # (group: fit|engagement, rule name)
+    columns: list[str] = field(default_factory=list)
+    groups: list[str] = field(default_factory=list)          # group of each column
+    group_columns: dict[str, list[int]] = field(default_factory=dict)
+    _kind_start: int = 0
+    _rule_index: dict[tuple[str, str], int] = field(default_factory=dict)
+    _cat_index: list[dict[str, int]] = field(default_factory=list)
+    _kind_pos: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._layout()
+
+    def _layout(self) -> None:
+        cols: list[str] = []
+        groups: list[str] = []
+        fields: list[FieldPlan] = []
+        for plan in self.fields:
+            start = len(cols)
+            if plan.how == "number":
+                cols += [f"{plan.name}:number", f"{plan.name}:missing"]
+            elif plan.how == "category":
+                cols += [f"{plan.name}={c}" for c in plan.categories] + [f"{plan.name}:other", f"{plan.name}:missing"]
+            else:
+                cols.append(f"{plan.name}:present")
+            groups += [f"field:{plan.name}"] * (len(cols) - start)
+            fields.append(FieldPlan(plan.name, plan.how, plan.categories, plan.labels, start))
+        self.fields = fields
+        self._cat_index = [{c: p.start + i for i, c in enumerate(p.categories)} for p in fields]
+        self._kind_start = len(cols)
+        self._kind_pos = {k: len(cols) + 3 * i for i, k in enumerate(self.kinds)}
+        for kind in self.kinds:
+            cols += [f"{kind}:count", f"{kind}:recent", f"{kind}:days_since"]
+            groups += [f"kind:{kind}"] * 3
+        self._rule_index = {}
+        for group, name in self.rules:
+            self._rule_index[(group, name)] = len(cols)
+            cols.append(f"rule:{name}")
+            groups.append(f"rule:{name}")
+        self.columns, self.groups = cols, groups
+        self.group_columns = {}
+        for i, g in enumerate(groups):
+            self.group_columns.setdefault(g, []).append(i)
+
+    @property
+    def width(self) -> int:
+        return len(self.columns)
+
+    # ------------------------------------------------------------------ fitting
+
+    @classmethod
+    def fit(
+        cls, profiles: Sequence[Mapping[str, Any]], model: ScoringModel, exclude: Iterable[str] = ()
+    ) -> FeatureSpec:
+        """Plan the columns from the training leads' profiles (custom fields included) and the scoring rules."""
+        excluded = set(exclude)
+        n = max(1, len(profiles))
+        seen: dict[str, list[Any]] = {}
+        for p in profiles:
+            for name, value in p.items():
+                if name in excluded or value is None or (isinstance(value, str) and not value.strip()):
+                    continue
+                seen.setdefault(name, []).append(value)
+        plans: list[FieldPlan] = []
+        for name in sorted(seen):
+            values = seen[name]
+            if sum(number_of(v) is not None for v in values) >= NUMERIC_SHARE * len(values):
+                plans.append(FieldPlan(name, "number"))
+                continue
+            texts = Counter(t for v in values if (t := text_of(v)) is not None)
+            if len(texts) > UNIQUE_SHARE * n:
+                plans.append(FieldPlan(name, "present"))
+                continue
+            frequent = [t for t, c in texts.most_common(MAX_CATEGORIES) if c >= MIN_CATEGORY_COUNT]
+            first: dict[str, str] = {}
+            for v in values:
+                t = text_of(v)
+                if t is not None and t not in first:
+                    first[t] = " ".join(str(v).split())
+            plans.append(FieldPlan(name, "category", tuple(frequent), tuple(first[t] for t in frequent)))
+        rules: list[tuple[str, str]] = [
+            ("fit", r.name) for r in model.spec.fit if r.field not in excluded
+        ] + [("engagement", r.name) for r in model.spec.engagement]
+        return cls(plans, sorted(ACTIVITY_KINDS), rules)
+
+    # ------------------------------------------------------------------ rows
+
+    def row(self, profile: Mapping[str, Any], activities: Sequence[Activity], at: float,
+            scored: ScoreResult) -> list[float]:
+        """One lead as numbers, as of `at` (only activities before `at` count)."""
+        x = [0.0] * len(self.columns)
+        get = profile.get
+        for plan, cats in zip(self.fields, self._cat_index, strict=True):
+            raw = get(plan.name)
+            if plan.how == "number":
+                n = number_of(raw)
+                if n is None:
+                    x[plan.start + 1] = 1.0
+                else:
+                    x[plan.start] = _signed_log(n)
+            elif plan.how == "category":
+                t = text_of(raw)
+                if t is None:
+                    x[plan.start + len(plan.categories) + 1] = 1.0
+                else:
+                    x[cats.get(t, plan.start + len(plan.categories))] = 1.0
+            elif text_of(raw) is not None:
+                x[plan.start] = 1.0
+        # activity kinds: count, count in the last RECENT_DAYS, days since the last
+        start = self._kind_start
+        index = self._kind_pos
+        recent_from = at - RECENT_DAYS * DAY
+        last: dict[int, float] = {}
+        for a in activities:
+            ts = a.ts
+            if ts >= at:
+                continue
+            j = index.get(a.kind)
+            if j is None:
+                continue
+            x[j] += 1.0
+            if ts >= recent_from:
+                x[j + 1] += 1.0
+            if ts > last.get(j, -math.inf):
+                last[j] = ts
+        for k in range(len(self.kinds)):
+            j = start + 3 * k
+            if j in last:
+                x[j] = math.log1p(x[j])
+                x[j + 1] = math.log1p(x[j + 1])
+                x[j + 2] = min(MAX_DAYS, (at - last[j]) / DAY)
+            else:
+                x[j + 2] = MAX_DAYS
+        rules = self._rule_index
+        for c in scored.contributions:
+            j = rules.get((c.group, c.rule))
+            if j is not None:
+                x[j] += c.points
+        return x
+
+    # ------------------------------------------------------------------ words
+
+    def describe(self, group: str, x: Sequence[float], at: float) -> str:
+        """The lead's value of one feature group in words ("3 meetings, the last on 2026-11-20")."""
+        kind, _, name = group.partition(":")
+        cols = self.group_columns[group]
+        if kind == "kind":
+            one, many = KIND_WORDS.get(name, (name, name))
+            count = round(math.expm1(x[cols[0]]))
+            if count <= 0:
+                return f"no {many}"
+            when = time.strftime("%Y-%m-%d", time.gmtime(at - x[cols[2]] * DAY))
+            return f"{count} {one if count == 1 else many}, the last on {when}"
+        if kind == "rule":
+            points = x[cols[0]]
+            return f"'{name}' {points:+.0f} points" if round(points) else f"no '{name}' points"
+        plan = next(p for p in self.fields if p.name == name)
+        label = name.replace("_", " ")
+        if plan.how == "number":
+            if x[plan.start + 1]:
+                return f"no {label} given"
+            v = math.copysign(math.expm1(abs(x[plan.start])), x[plan.start])
+            return f"{label} {v:,.0f}"
+        if plan.how == "present":
+            return f"{label} given" if x[plan.start] else f"no {label} given"
+        k = len(plan.categories)
+        if x[plan.start + k + 1]:
+            return f"no {label} given"
+        if x[plan.start + k]:
+            return f"{label} not among the usual values"
+        for i, lab in enumerate(plan.labels):
+            if x[plan.start + i]:
+                return f"{label} {lab}"
+        return label
+

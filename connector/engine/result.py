@@ -83,7 +83,7 @@ class ScoreResult(NamedTuple):
             "scored_at": iso_utc(now),
             "model": self.model_version,
         }
-        return {k: values[k] for k in WRITE_FIELDS}
+        return {k: values[k] for k in WRITE_FIELDS if k in values}  # probability and factors: connector.sync
 
 
 def reasons_of(contributions: tuple[Contribution, ...]) -> str:

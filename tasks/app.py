@@ -25,7 +25,7 @@ VISIBILITY_TIMEOUT = _settings.visibility_timeout
 # a task waiting out its countdown is unacknowledged: it must never outlast the visibility timeout
 MAX_COUNTDOWN = min(120, VISIBILITY_TIMEOUT // 2)
 
-app = Celery("leadscore", include=["tasks.sync", "tasks.routing", "tasks.realtime"])
+app = Celery("leadscore", include=["tasks.sync", "tasks.routing", "tasks.realtime", "tasks.learn"])
 app.conf.update(
     broker_url=_settings.redis_url,
     task_acks_late=True,

@@ -1,6 +1,7 @@
 """The beat schedule, from configuration: per configured CRM an incremental sync every few
 minutes and a full sync once a day; the routing SLA sweep every minute; failed rep notifications
-retried every 30 s (each with its own backoff)."""
+retried every 30 s (each with its own backoff); with a model store, the learned probability
+retrained on scoring.yaml's `probability.retrain` schedule."""
 
 from __future__ import annotations
 
@@ -34,6 +35,13 @@ def beat_schedule(rt: Runtime) -> dict[str, dict[str, Any]]:
             "task": "leadscore.sync.start", "schedule": crontab(hour=hour, minute=minute),
             "args": (crm, True),
         }
+        retrain = rt.model.spec.probability.retrain
+        if rt.settings.model_store and retrain.every_days > 0:
+            # daily at the stated time; the task trains only when the last training is every_days old
+            hour, minute = (int(x) for x in retrain.at.split(":"))
+            entries[f"{crm}-retrain"] = {
+                "task": "leadscore.learn.retrain", "schedule": crontab(hour=hour, minute=minute), "args": (crm,),
+            }
     return entries
 
 

@@ -103,3 +103,21 @@ class Predictor:
             text = ". ".join(parts) + "." if parts else NO_FACTORS
             texts.append(text[:FACTORS_LIMIT])
         return texts
+
+
+def explain_lines(rt: Any, crm: str, lead: Any, now: float) -> list[str]:
+    """`leadscore explain`'s lines on the learned probability, next to the points."""
+    if rt.predictors is None:
+        return ["probability: none (LEADSCORE_MODEL_STORE is not set)"]
+    predictor = rt.predictors.get(crm)
+    if predictor is None:
+        return ["probability: none yet (no trained model is active for this CRM: run leadscore train)"]
+    scored = rt.model.score(lead.profile, lead.activities, now)
+    [(percent, factors)] = predictor.apply([(lead.profile, lead.activities, scored)], now)
+    lines = [f"probability: {percent}% of converting (model {predictor.version})"]
+    settings = rt.model.spec.probability
+    if settings.band_from == "probability":
+        lines.append(f"band from the probability: {settings.bands.band(percent)} "
+                     f"(warm from {settings.bands.warm}%, hot from {settings.bands.hot}%)")
+    lines.append(f"factors: {factors}")
+    return lines

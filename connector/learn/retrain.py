@@ -60,3 +60,35 @@ def train_and_store(rt: Runtime, crm: CrmName, *, dataset: object | None = None,
     log.info("model trained", extra={"event": "model_trained", "crm": crm, "version": version, "kept": keep,
                                      "cv_auc": round(figures.cv_auc, 4), "outcomes": figures.outcomes})
     return figures
+
+
+DUE_SLACK_S = 3600.0   # a daily beat entry a little early still counts as due
+TRAIN_LOCK_S = 2 * 3600
+
+
+def retrain_if_due(rt: Runtime, crm: CrmName, now: float | None = None) -> tuple[Figures | None, str]:
+    """Beat's daily call: train when the last training is `retrain.every_days` old (or there was none).
+
+    One training at a time per CRM across workers (a Redis lock); a redelivered task finds the
+    training recorded and does nothing. Returns the figures (None when nothing was trained) and why.
+    """
+    now = time.time() if now is None else now
+    settings = rt.model.spec.probability.retrain
+    if settings.every_days <= 0:
+        return None, "retraining is off (probability.retrain.every_days is 0)"
+    store = require_store(rt)
+    last = store.trainings(crm, 1)
+    if last and now - last[0].trained_at < settings.every_days * 86400 - DUE_SLACK_S:
+        return None, f"not due: last trained {time.strftime('%Y-%m-%d %H:%M', time.gmtime(last[0].trained_at))} UTC"
+    lock = f"{rt.namespace}:model:{crm}:training"
+    if not rt.redis.set(lock, f"{now:.0f}", nx=True, ex=TRAIN_LOCK_S):
+        return None, "another worker is training this CRM"
+    try:
+        figures = train_and_store(rt, crm, now=now)
+    except UserError as exc:
+        rt.redis.set(f"{rt.namespace}:model:{crm}:last_refusal", str(exc))
+        log.warning("model not trained", extra={"event": "model_not_trained", "crm": crm, "why": str(exc)})
+        return None, str(exc)
+    finally:
+        rt.redis.delete(lock)
+    return figures, "trained: " + ("kept" if figures.kept else "not kept") + f" ({figures.kept_why})"

@@ -100,7 +100,9 @@ class FeatureSpec:
 
     fields: list[FieldPlan]
     kinds: list[str]
-    rules: list[tuple[str, str]]            # (group: fit|engagement, rule name)
+    # (fit|engagement, rule name, the field or kind group it joins or ""): a fit rule is a factor
+    # together with its profile field, a one-kind engagement rule together with its kind
+    rules: list[tuple[str, str, str]]
     columns: list[str] = field(default_factory=list)
     groups: list[str] = field(default_factory=list)          # group of each column
     group_columns: dict[str, list[int]] = field(default_factory=dict)
@@ -134,10 +136,11 @@ class FeatureSpec:
             cols += [f"{kind}:count", f"{kind}:recent", f"{kind}:days_since"]
             groups += [f"kind:{kind}"] * 3
         self._rule_index = {}
-        for group, name in self.rules:
+        known = set(groups)
+        for group, name, joins in self.rules:
             self._rule_index[(group, name)] = len(cols)
             cols.append(f"rule:{name}")
-            groups.append(f"rule:{name}")
+            groups.append(joins if joins in known else f"rule:{name}")
         self.columns, self.groups = cols, groups
         self.group_columns = {}
         for i, g in enumerate(groups):
@@ -179,9 +182,12 @@ class FeatureSpec:
                 if t is not None and t not in first:
                     first[t] = " ".join(str(v).split())
             plans.append(FieldPlan(name, "category", tuple(frequent), tuple(first[t] for t in frequent)))
-        rules: list[tuple[str, str]] = [
-            ("fit", r.name) for r in model.spec.fit if r.field not in excluded
-        ] + [("engagement", r.name) for r in model.spec.engagement]
+        rules: list[tuple[str, str, str]] = [
+            ("fit", r.name, f"field:{r.field}") for r in model.spec.fit if r.field not in excluded
+        ] + [
+            ("engagement", r.name, f"kind:{kinds[0]}" if len(kinds := r.kinds()) == 1 else "")
+            for r in model.spec.engagement
+        ]
         return cls(plans, sorted(ACTIVITY_KINDS), rules)
 
     # ------------------------------------------------------------------ rows

@@ -5,11 +5,11 @@ as the rules: the engine's contributions are features, nothing is scored twice) 
 lead, the percentage and the factors text written to `lead_conversion_probability` and
 `lead_probability_factors`.
 
-Factors: for each feature group (a profile field, an activity kind, a rule) on which the lead
-differs from a typical lead, the probability is recomputed with that group set as the typical
-lead has it; the difference is that factor's weight in percentage points. The three largest
-each way are written, for and against. Only groups that differ are recomputed, and all leads of
-a page go through the estimator in one call.
+Factors: for each feature group (a profile field, an activity kind, a rule) the probability is
+recomputed with that group set as the average lead of the training data has it; the difference
+is that factor's weight in percentage points. The three largest each way are written, for and
+against. With the logistic model the decision value is linear, so each group's share is exact
+and costs a matrix product; with trees the page is re-predicted once per group, in one call.
 """
 
 from __future__ import annotations
@@ -39,14 +39,27 @@ class Predictor:
         self.estimator = trained.estimator
         self.baseline = np.asarray(trained.baseline, dtype=float)
         self._groups = list(self.spec.group_columns.items())
+        self._names = [g for g, _ in self._groups]
+        self._member = np.zeros((self.spec.width, len(self._groups)))
+        for k, (_, cols) in enumerate(self._groups):
+            self._member[cols, k] = 1.0
+        # The calibrated estimator is sigmoid(decision value) of one base estimator (ensemble=False).
+        self._base, self._calibrator = _parts(self.estimator)
+        self._weights = _linear_weights(self._base)
 
     def rows(self, items: Sequence[tuple[Mapping[str, Any], Sequence[Activity], ScoreResult]], at: float
              ) -> np.ndarray:
         row = self.spec.row
         return np.asarray([row(p, a, at, s) for p, a, s in items], dtype=float).reshape(len(items), self.spec.width)
 
+    def _decision(self, X: np.ndarray) -> np.ndarray:
+        return np.asarray(self._base.decision_function(X), dtype=float)
+
+    def _calibrated(self, f: np.ndarray) -> np.ndarray:
+        return np.asarray(self._calibrator.predict(f), dtype=float)
+
     def probabilities(self, X: np.ndarray) -> np.ndarray:
-        return np.asarray(self.estimator.predict_proba(X)[:, 1]) if len(X) else np.zeros(0)
+        return self._calibrated(self._decision(X)) if len(X) else np.zeros(0)
 
     def apply(
         self, items: Sequence[tuple[Mapping[str, Any], Sequence[Activity], ScoreResult]], at: float,
@@ -56,44 +69,45 @@ class Predictor:
         if not items:
             return []
         X = self.rows(items, at)
-        p = self.probabilities(X)
-        pct = [int(np.floor(v * 100 + 0.5)) for v in p]
+        f = self._decision(X)
+        p = self._calibrated(f)
+        pct = [int(v) for v in np.floor(p * 100 + 0.5)]
         if not factors:
             return [(v, "") for v in pct]
-        return list(zip(pct, self.factors(X, p, at), strict=True))
+        return list(zip(pct, self._texts(X, self._points(X, f, p), at), strict=True))
+
+    def _points(self, X: np.ndarray, f: np.ndarray, p: np.ndarray) -> np.ndarray:
+        """Per lead and group: percentage points the lead's probability loses when that group is set to
+        the typical lead's (n x groups)."""
+        n, g = len(X), len(self._groups)
+        if self._weights is not None:
+            # linear decision value: moving a group to the baseline moves f by its share, exactly
+            shares = ((X - self.baseline) * self._weights) @ self._member
+            q = self._calibrated((f[:, None] - shares).ravel()).reshape(n, g)
+            return (p[:, None] - q) * 100
+        blocks = np.repeat(X[None, :, :], g, axis=0)
+        for k, (_, cols) in enumerate(self._groups):
+            blocks[k][:, cols] = self.baseline[cols]
+        q = self.probabilities(blocks.reshape(g * n, -1)).reshape(g, n).T
+        return (p[:, None] - q) * 100
 
     def weights(self, X: np.ndarray, p: np.ndarray) -> list[list[tuple[float, str]]]:
-        """Per lead, (percentage points, group) for every group on which it differs from the typical lead."""
-        base = self.baseline
-        blocks = []
-        owners: list[tuple[np.ndarray, str]] = []
-        for group, cols in self._groups:
-            differs = np.any(X[:, cols] != base[cols], axis=1)
-            idx = np.nonzero(differs)[0]
-            if len(idx) == 0:
-                continue
-            block = X[idx].copy()
-            block[:, cols] = base[cols]
-            blocks.append(block)
-            owners.append((idx, group))
-        out: list[list[tuple[float, str]]] = [[] for _ in range(len(X))]
-        if not blocks:
-            return out
-        q = self.probabilities(np.vstack(blocks))
-        start = 0
-        for idx, group in owners:
-            deltas = (p[idx] - q[start:start + len(idx)]) * 100
-            start += len(idx)
-            for i, d in zip(idx.tolist(), deltas.tolist(), strict=True):
-                out[i].append((d, group))
-        return out
+        """Per lead, (percentage points, group) for every group (for tests and explain)."""
+        pts = self._points(X, self._decision(X), p)
+        return [[(float(d), name) for d, name in zip(row, self._names, strict=True)] for row in pts]
 
     def factors(self, X: np.ndarray, p: np.ndarray, at: float) -> list[str]:
+        return self._texts(X, self._points(X, self._decision(X), p), at)
+
+    def _texts(self, X: np.ndarray, pts: np.ndarray, at: float) -> list[str]:
         texts = []
         describe = self.spec.describe
-        for i, found in enumerate(self.weights(X, p)):
-            pros = sorted((w for w in found if w[0] >= MIN_POINTS), reverse=True)[:TOP_FACTORS]
-            cons = sorted(w for w in found if w[0] <= -MIN_POINTS)[:TOP_FACTORS]
+        names = self._names
+        for i in range(len(X)):
+            row_pts = pts[i]
+            order = np.argsort(row_pts)
+            pros = [(row_pts[k], names[k]) for k in order[::-1][:TOP_FACTORS] if row_pts[k] >= MIN_POINTS]
+            cons = [(row_pts[k], names[k]) for k in order[:TOP_FACTORS] if row_pts[k] <= -MIN_POINTS]
             row = X[i]
             parts = []
             if pros:
@@ -103,6 +117,27 @@ class Predictor:
             text = ". ".join(parts) + "." if parts else NO_FACTORS
             texts.append(text[:FACTORS_LIMIT])
         return texts
+
+
+def _parts(estimator: Any) -> tuple[Any, Any]:
+    """The base estimator and the sigmoid calibrator of a CalibratedClassifierCV fitted with ensemble=False."""
+    [calibrated] = estimator.calibrated_classifiers_
+    [calibrator] = calibrated.calibrators
+    return calibrated.estimator, calibrator
+
+
+def _linear_weights(base: Any) -> np.ndarray | None:
+    """Per column, the decision value's slope, when the base model is scaling + logistic regression."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if isinstance(base, Pipeline) and len(base.steps) == 2:
+        scaler, lr = base.steps[0][1], base.steps[1][1]
+        if isinstance(scaler, StandardScaler) and isinstance(lr, LogisticRegression):
+            scale = np.where(scaler.scale_ == 0, 1.0, scaler.scale_)
+            return np.asarray(lr.coef_[0] / scale, dtype=float)
+    return None
 
 
 def explain_lines(rt: Any, crm: str, lead: Any, now: float) -> list[str]:

@@ -268,14 +268,9 @@ def rows_of(
 
 
 def baseline_row(spec: FeatureSpec, X: np.ndarray) -> np.ndarray:
-    """A typical lead, what each factor is measured against: per profile field the most common
-    pattern of its columns (a value, or "missing"), elsewhere the median."""
-    base = np.median(X, axis=0) if len(X) else np.zeros(spec.width)
-    for group, cols in spec.group_columns.items():
-        if group.startswith("field:") and len(X):
-            top, _ = Counter(tuple(r) for r in X[:, cols].tolist()).most_common(1)[0]
-            base[cols] = top
-    return base
+    """The average lead of the training data, what each factor is measured against (a category's
+    column holds its share of leads, so every value of a field is for or against by its own weight)."""
+    return np.asarray(X.mean(axis=0)) if len(X) else np.zeros(spec.width)
 
 
 # ---------------------------------------------------------------------------- training

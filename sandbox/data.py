@@ -139,6 +139,11 @@ class Person:
     owner: int | None  # index into Population.reps()
     is_student: bool
     free_mail: bool
+    # The hidden truth (see "Outcomes" in the module docstring): what became of this person.
+    propensity: float  # P(won | the person reached a decision) under the hidden model, 0..1
+    outcome: str | None  # "won", "lost" or None (still open)
+    outcome_ms: int | None  # when it happened (the truth always knows; a CRM may not record it)
+    outcome_dated: bool  # whether the CRMs record a lost outcome with a date (a closed-lost deal) or only a status
 
     @property
     def created_at(self) -> float:
@@ -1016,6 +1021,163 @@ class _Lru(Generic[K, V]):
                 self.items.popitem(last=False)
 
 
+# --------------------------------------------------------------------------- the hidden truth
+#
+# Outcomes (issue 14) are drawn from a propensity that is deliberately NOT the shipped
+# mappings/scoring.yaml: it weighs practitioners and buyers over titles with "chief" in them,
+# mid-size automotive/aerospace makers over "large company" and research institutes, referrals
+# and trade shows (the lead source the shipped model ignores) over purchased lists, and it leaves
+# meetings and calls out (both won and lost deals had them). Tests read it from
+# `Person.propensity` / `Person.outcome` / `Person.outcome_ms` (or `hidden_propensity`).
+
+HIDDEN_BASE: Final = -2.2
+HIDDEN_INTENT: Final = 2.5  # per unit of intent above HIDDEN_INTENT_CENTRE
+HIDDEN_INTENT_CENTRE: Final = 0.2
+HIDDEN_INDUSTRY: Final = {
+    "automotive": 0.9, "aerospace": 0.7, "energy": 0.3, "rail": 0.4, "industrial manufacturing": 0.2,
+    "electronics": 0.1, "civil engineering": 0.0, "medical devices": 0.2, "research/university": -0.9,
+    "software": -0.4, "retail": -1.2, "consulting": -0.3, "government": -0.6,
+}  # fmt: skip
+HIDDEN_TITLE_WORDS: Final = (  # (word in the job title, log-odds), the first match counts
+    ("student", -2.5), ("intern", -2.5), ("phd", -1.5), ("professor", -0.8),
+    ("head of test", 1.0), ("test engineer", 0.9), ("validation", 0.8), ("measurement", 0.8), ("lab manager", 0.9),
+    ("purchasing", 0.8), ("buyer", 0.8), ("procurement", 0.9),
+    ("ceo", -0.4), ("managing director", -0.3), ("cto", 0.0), ("vp", 0.2), ("director", 0.3),
+    ("marketing", -0.8), ("it administrator", -0.6),
+)  # fmt: skip
+HIDDEN_SOURCE: Final = {
+    "Referral": 1.0, "Trade show": 0.7, "Webinar": 0.4, "Partner": 0.3, "Paid search": -0.1,
+    "Purchased list": -1.3, "Social media": -0.4, "Email marketing": -0.2,
+}  # fmt: skip
+HIDDEN_REGION: Final = {"DACH": 0.3, "Nordics": 0.5, "UK&I": 0.0, "Benelux": 0.2, "Rest of World": -0.5}
+HIDDEN_FREE_MAIL: Final = -0.4
+# Who reaches a decision (won or lost) at all: RESOLVED_BASE + RESOLVED_PER_INTENT * intent.
+RESOLVED_BASE: Final = 0.22
+RESOLVED_PER_INTENT: Final = 0.6
+OUTCOME_NOISE: Final = 0.7  # standard deviation of the noise on the log-odds
+OUTCOME_DAYS: Final = (2.0, 120.0)  # outcomes happened this many days before the anchor
+LOST_DATED_SHARE: Final = 0.6  # lost with a closed-lost deal / opportunity (dated); the others only by a status
+STAGE_ORDER: Final = (
+    "subscriber", "lead", "marketingqualifiedlead", "salesqualifiedlead", "opportunity", "customer", "evangelist",
+)  # fmt: skip
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-9), 1 - 1e-9)
+    return math.log(p / (1 - p))
+
+
+def hidden_propensity(
+    industry: str, title: str, employees: int | str, country: str, lead_source: str, free_mail: bool, intent: float
+) -> float:
+    """P(won | a decision was reached) under the hidden model: the truth tests compare against."""
+    x = HIDDEN_BASE + HIDDEN_INTENT * (intent - HIDDEN_INTENT_CENTRE)
+    x += HIDDEN_INDUSTRY.get(industry, 0.0)
+    low = title.lower()
+    for word, w in HIDDEN_TITLE_WORDS:
+        if word in low:
+            x += w
+            break
+    if isinstance(employees, int):  # mid-size makers buy; the very large and the very small less
+        x += 0.6 if 50 <= employees < 1000 else (-0.9 if employees < 10 else -0.1)
+    x += HIDDEN_SOURCE.get(lead_source, 0.0)
+    x += HIDDEN_REGION[region_of(country)]
+    if free_mail:
+        x += HIDDEN_FREE_MAIL
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+def _recorded_stage(stage: str, lead_status: str, outcome: str | None, dated: bool) -> tuple[str, str]:
+    """The lifecycle stage and lead status the CRM shows, consistent with the outcome."""
+    if outcome == "won":
+        return "customer", "CONNECTED"
+    if outcome == "lost":
+        if dated:  # a closed-lost deal: the contact had reached the opportunity stage
+            return "opportunity", "OPEN_DEAL" if lead_status == "OPEN_DEAL" else "CONNECTED"
+        capped = stage if stage in ("subscriber", "lead", "marketingqualifiedlead", "salesqualifiedlead") else "lead"
+        return capped, "UNQUALIFIED"
+    # still open: nobody is a customer yet, and nobody is marked unqualified
+    return ("opportunity" if stage == "customer" else stage), ("OPEN" if lead_status == "UNQUALIFIED" else lead_status)
+
+
+def lifecycle_dates(p: Person) -> dict[str, int]:
+    """stage -> epoch ms the person entered it (HubSpot's hs_lifecyclestage_<stage>_date), for every stage
+    from the first one up to the current. A won person became a customer exactly at its outcome; the
+    stages before are spread between creation and then. "other" has only its own date."""
+    stage = p.lifecycle_stage
+    if stage not in STAGE_ORDER:
+        return {stage: p.created_ms}
+    last = STAGE_ORDER.index(stage)
+    first = 0 if stage == "subscriber" else 1
+    reached = STAGE_ORDER[first : last + 1]
+    if p.outcome == "won" and p.outcome_ms is not None:
+        end = p.outcome_ms
+    elif p.outcome_ms is not None:
+        end = p.outcome_ms - DAY_MS
+    else:
+        end = max(p.created_ms, min(p.modified_ms, p.created_ms + 200 * DAY_MS))
+    span = max(0, end - p.created_ms)
+    k = len(reached)
+    out = {}
+    for j, name in enumerate(reached):
+        out[name] = p.created_ms + (span * j) // max(1, k - 1) if k > 1 else end
+    if p.outcome == "won" and p.outcome_ms is not None:
+        out["customer"] = p.outcome_ms
+    return out
+
+
+PRE_OUTCOME_DAYS: Final = 90  # the activities before an outcome spread over at most this many days
+_ONBOARDING_VIEWS: Final = (
+    {"url": "/support/downloads", "title": "Downloads"},
+    {"url": "/support", "title": "Support"},
+)
+
+
+def _outcome_activities(
+    p: Person, r: _Random, anchor_ms: int
+) -> tuple[list[tuple[str, Mapping[str, str]]], list[tuple[int, str, Mapping[str, str]]]]:
+    """(activities added before the outcome, stamped activities after it) for a person with an outcome.
+
+    Before: a sales process for everyone who reached a decision (meetings and calls, so they do not
+    tell won from lost), and for buyers signals the shipped model ignores or barely counts (the
+    automotive case study page, registering for the e-mobility webinar). After: a customer is
+    onboarded (meetings, calls, replies, support pages); a lost lead opens an e-mail now and then."""
+    rnd = r.random
+    before: list[tuple[str, Mapping[str, str]]] = []
+    won = p.outcome == "won"
+    if rnd() < 0.7:  # sales worked everyone who reached a decision, won or lost alike
+        before.append(("meeting", _MEETING_ATTRS[int(rnd() * 5)]))
+    if rnd() < 0.8:
+        before.append(("call", _CALL_ATTRS[0]))
+    if won:  # what buyers did that the shipped model ignores or barely counts
+        for _ in range(int(rnd() * 3)):
+            before.append(("page_view", _HOT_VIEWS[4]))  # the automotive durability case study
+        if rnd() < 0.5:
+            before.append(("webinar_registered", _WEBINAR_ATTRS[1]))  # e-mobility drivetrains
+    assert p.outcome_ms is not None
+    start = p.outcome_ms
+    room = max(1, anchor_ms - 60_000 - start)
+    after: list[tuple[int, str, Mapping[str, str]]] = []
+    count = 6 + int(rnd() * 9) if won else int(rnd() * 3)
+    for _ in range(count):
+        ts = start + 1 + int(rnd() * room)
+        if not won:
+            after.append((ts, "email_open", _SUBJECT_ATTRS[int(rnd() * 7)]))
+            continue
+        x = rnd()
+        if x < 0.3:
+            after.append((ts, "meeting", _MEETING_ATTRS[2 + int(rnd() * 3)]))
+        elif x < 0.55:
+            after.append((ts, "call", _CALL_ATTRS[0]))
+        elif x < 0.75:
+            after.append((ts, "email_reply", _RE_SUBJECT_ATTRS[int(rnd() * 7)]))
+        elif x < 0.9:
+            after.append((ts, "page_view", _ONBOARDING_VIEWS[int(rnd() * 2)]))
+        else:
+            after.append((ts, "note", _NOTE_ATTRS[int(rnd() * 6)]))
+    return before, after
+
+
 # --------------------------------------------------------------------------- population
 #
 # How the draws are made: each person, company and activity list has its own Mersenne
@@ -1198,6 +1360,10 @@ class Population:
             bisect.bisect(_LEAD_SOURCE_CUM, rnd() * _LEAD_SOURCE_TOTAL, 0, len(_LEAD_SOURCE_CUM) - 1)
         ]
         types = self._lead_blocks[i >> _TYPE_BLOCK_BITS] or self._lead_block(i >> _TYPE_BLOCK_BITS)
+        # The hidden truth, from a stream of its own so that every value above stays as it was.
+        propensity = hidden_propensity(company.industry, title, employees, country, lead_source, free_mail, intent)
+        outcome, outcome_ms, outcome_dated = self._outcome(i, propensity, intent, created_ms)
+        stage, lead_status = _recorded_stage(stage, lead_status, outcome, outcome_dated)
         return _make_person_record(
             i,
             first,
@@ -1224,7 +1390,32 @@ class Population:
             owner,
             is_student,
             free_mail,
+            propensity,
+            outcome,
+            outcome_ms,
+            outcome_dated,
         )
+
+    def _outcome(
+        self, i: int, propensity: float, intent: float, created_ms: int
+    ) -> tuple[str | None, int | None, bool]:
+        """(outcome, when, whether a lost outcome is recorded with a date) for person i.
+
+        Whether someone reached a decision at all grows with intent (sales works the engaged ones);
+        won or lost is then a draw from the hidden propensity with noise on its log-odds, so no
+        model can reach an AUC of 1."""
+        r = _Random(self.seed * 5_000_011 + i + 31_337)
+        rnd = r.random
+        decided = rnd() < RESOLVED_BASE + RESOLVED_PER_INTENT * intent
+        # noise: a Box-Muller normal draw (the C generator has no gauss)
+        noise = OUTCOME_NOISE * math.sqrt(-2.0 * math.log(1.0 - rnd())) * math.cos(2.0 * math.pi * rnd())
+        won = rnd() < 1.0 / (1.0 + math.exp(-(_logit(propensity) + noise)))
+        days = OUTCOME_DAYS[0] + rnd() * (OUTCOME_DAYS[1] - OUTCOME_DAYS[0])
+        dated = rnd() < LOST_DATED_SHARE
+        at_ms = self.anchor_ms - int(days * DAY_MS)
+        if not decided or at_ms < created_ms + DAY_MS:
+            return None, None, False
+        return ("won" if won else "lost"), at_ms, (True if won else dated)
 
     # ---- activities
 
@@ -1329,7 +1520,17 @@ class Population:
         latest = self.anchor_ms - 60_000
         span = ACTIVITY_WINDOW_DAYS * DAY_MS - 60_000
         skew = 1.0 + 2.5 * intent  # hot people were active recently
+        after: list[tuple[int, str, Mapping[str, str]]] = []
+        if p.outcome is not None and p.outcome_ms is not None:
+            # The journey led up to the outcome: everything above happened before it, then life went on
+            # (a customer is onboarded, a lost lead fades), so counting the future visibly leaks.
+            extra, after = _outcome_activities(p, _Random(self.seed * 7_000_003 + i + 4_242), self.anchor_ms)
+            raw += extra
+            latest = p.outcome_ms - 60_000
+            earliest = self.anchor_ms - (ACTIVITY_WINDOW_DAYS - 2) * DAY_MS
+            span = max(DAY_MS, min(PRE_OUTCOME_DAYS * DAY_MS, latest - earliest))
         stamped = [(latest - int(rnd() ** skew * span), kind, a) for kind, a in raw]
+        stamped += after
         stamped.sort(key=_by_ts)  # stable: equal times keep their draw order
         first_id = i * ACTIVITY_ID_STRIDE
         make = _make_activity_record

@@ -11,6 +11,17 @@ Records
 - engagements (emails, calls, meetings, notes): one object per email_* / call / meeting /
   note activity, id ENGAGEMENT_ID_BASE + activity id, associated with its contact.
 - tasks: only those created through the API (Store "tasks", id TASK_ID_BASE + key).
+- lifecycle stages with dates: `lifecyclestage` and `hs_lifecyclestage_<stage>_date` (the moment the
+  contact entered each stage it passed through; sandbox.data.lifecycle_dates), and `hs_lead_status`,
+  follow the population's hidden outcome (won: customer since the outcome; lost: a closed-lost deal,
+  or UNQUALIFIED without a date; open: neither).
+- deals (0-3): one per person who reached the opportunity stage, id DEAL_ID_BASE + person index,
+  associated with its contact (HUBSPOT_DEFINED 3 deal->contact, 4 contact->deal): pipeline
+  "default", dealstage closedwon / closedlost with `closedate` the outcome's moment, or an open stage
+  with a closedate ahead. Deal ids, pipeline and stage ids are HubSpot's defaults (the "default"
+  pipeline and its closedwon/closedlost stages, Deals and Pipelines specs under PublicApiSpecs/CRM/);
+  `hs_is_closed_won` / `hs_is_closed` are HubSpot's calculated flags (names from HubSpot's default deal
+  properties, not in the spec files: unverified).
 - owners: the Population's reps; inactive reps are archived owners.
 - events (/events/v3/events): page views (e_visited_page), form submissions
   (e_submitted_form) and webinar/event attendance (custom event types pe<portal>_...),
@@ -62,7 +73,7 @@ from sandbox.common import (
     bearer_token,
     index_router,
 )
-from sandbox.data import ACTIVITY_ID_STRIDE, BaseIndex, Population, SandboxActivity, Store
+from sandbox.data import ACTIVITY_ID_STRIDE, DAY_MS, BaseIndex, Population, SandboxActivity, Store, lifecycle_dates
 from sandbox.hubspot_ids import ENGAGEMENT_ID_BASE, ENGAGEMENT_KINDS
 from sandbox.webhooks import WebhookEmitter, admin_routes
 
@@ -115,7 +126,18 @@ EVENT_CUSTOM: Final = {
     "event_attended": f"pe{PORTAL_ID}_event_attended",
 }
 
-OBJECT_TYPES: Final = ("contacts", "emails", "calls", "meetings", "notes", "tasks")
+OBJECT_TYPES: Final = ("contacts", "emails", "calls", "meetings", "notes", "tasks", "deals")
+DEAL_ID_BASE: Final = 70_000_000_000
+DEAL_PIPELINE: Final = "default"
+OPEN_DEAL_STAGES: Final = ("appointmentscheduled", "qualifiedtobuy", "presentationscheduled", "decisionmakerboughtin",
+                           "contractsent")  # fmt: skip
+DEAL_STAGES: Final = (*OPEN_DEAL_STAGES, "closedwon", "closedlost")
+DEAL_PROPERTIES: Final = (
+    "dealname", "pipeline", "dealstage", "closedate", "amount", "createdate", "hs_lastmodifieddate", "hs_object_id",
+    "hs_is_closed_won", "hs_is_closed",
+)  # fmt: skip
+DEAL_DEFAULTS: Final = ("amount", "closedate", "createdate", "dealname", "dealstage", "hs_lastmodifieddate",
+                        "hs_object_id", "pipeline")  # fmt: skip
 _SINGULAR: Final = {
     "contacts": "contact",
     "emails": "email",
@@ -123,6 +145,7 @@ _SINGULAR: Final = {
     "meetings": "meeting",
     "notes": "note",
     "tasks": "task",
+    "deals": "deal",
 }
 _OBJECT_TYPE_IDS: Final = {
     "0-1": "contacts",
@@ -131,6 +154,8 @@ _OBJECT_TYPE_IDS: Final = {
     "0-47": "meetings",
     "0-46": "notes",
     "0-27": "tasks",
+    "0-3": "deals",
+    "deal": "deals",
     "contact": "contacts",
     "email": "emails",
     "call": "calls",
@@ -150,6 +175,8 @@ ASSOCIATION_TYPES: Final = {
     ("notes", "contacts"): 202,
     ("contacts", "tasks"): 203,
     ("tasks", "contacts"): 204,
+    ("deals", "contacts"): 3,
+    ("contacts", "deals"): 4,
 }
 
 CALL_DISPOSITIONS: Final = {  # HubSpot's default call outcome ids
@@ -167,6 +194,7 @@ READ_SCOPES: Final = {
     "owners": "crm.objects.owners.read",
     "schemas": "crm.schemas.custom.read",
     "events": "crm.objects.contacts.read",
+    "deals": "crm.objects.deals.read",
 }
 WRITE_SCOPES: Final = {"contacts": "crm.objects.contacts.write", "properties": "crm.schemas.contacts.write"}
 
@@ -364,6 +392,12 @@ LIFECYCLE_STAGES: Final = (
     "evangelist",
     "other",
 )
+# The date a contact entered each lifecycle stage (HubSpot's default contact properties).
+LIFECYCLE_DATE_PROPERTIES: Final = {
+    stage: f"hs_lifecyclestage_{stage}_date"
+    for stage in ("subscriber", "lead", "marketingqualifiedlead", "salesqualifiedlead", "opportunity", "customer",
+                  "evangelist", "other")
+}  # fmt: skip
 LEAD_STATUSES: Final = (
     "NEW",
     "OPEN",
@@ -397,6 +431,10 @@ def _contact_properties(owner_options: list[dict[str, Any]]) -> dict[str, Proper
             "lifecyclestage", "Lifecycle Stage", "enumeration", "radio", info, options=_opts(*LIFECYCLE_STAGES)
         ),
         PropertyDef("hs_lead_status", "Lead Status", "enumeration", "radio", sales, options=_opts(*LEAD_STATUSES)),
+        *(
+            PropertyDef(name, f"Became a {stage} date", "datetime", "date", info)
+            for stage, name in LIFECYCLE_DATE_PROPERTIES.items()
+        ),
         PropertyDef("hubspot_owner_id", "Contact owner", "enumeration", "select", sales, options=owner_options),
         PropertyDef("hs_object_id", "Record ID", "number", "number", info, read_only=True),
         PropertyDef("createdate", "Create Date", "datetime", "date", info, read_only=True),
@@ -504,6 +542,8 @@ ROLLUP_PROPERTIES: Final = frozenset(
         "hs_sales_email_last_replied",
     }
 )
+
+_LIFECYCLE_DATE_NAMES: Final = frozenset(LIFECYCLE_DATE_PROPERTIES.values())
 
 TASK_PROPERTIES: Final = {
     "hs_timestamp": ("datetime", None),
@@ -618,6 +658,9 @@ class HubSpotGuard:
             return READ_SCOPES["schemas"]
         if template.startswith("/events/"):
             return READ_SCOPES["events"]
+        if template.startswith(("/crm/v3/objects/deals", "/crm/v3/objects/0-3")):
+            return READ_SCOPES["deals"] if method == "GET" or template.endswith(("/search", "/batch/read")) else (
+                "crm.objects.deals.write")
         if template.startswith(("/crm/v3/objects", "/crm/v4/")):
             reading = method == "GET" or template.endswith(("/search", "/batch/read"))
             return READ_SCOPES["contacts"] if reading else WRITE_SCOPES["contacts"]
@@ -903,6 +946,10 @@ class HubSpotCrm:
         }
         if not ROLLUP_PROPERTIES.isdisjoint(names):
             values.update(self.rollups(key))
+        if not _LIFECYCLE_DATE_NAMES.isdisjoint(names):
+            dates = lifecycle_dates(p)
+            for stage, name in LIFECYCLE_DATE_PROPERTIES.items():
+                values[name] = iso_ms(dates[stage]) if stage in dates else None
         return values
 
     def rollups(self, key: int) -> dict[str, str | None]:
@@ -1078,17 +1125,80 @@ class HubSpotCrm:
         if object_type == "tasks":
             tkey = self.task_key(object_id)
             return None if tkey is None else self.task_json(tkey, names)
+        if object_type == "deals":
+            dkey = self.deal_key(object_id)
+            return None if dkey is None else self.deal_json(dkey, names)
         a = self.engagement(object_type, object_id)
         return None if a is None else self.engagement_json(object_type, a, names)
+
+    # ---- deals
+
+    def has_deal(self, i: int) -> bool:
+        """Whether person i has a deal: everyone who reached the opportunity stage (or beyond)."""
+        p = self.pop.person(i)
+        return p.lifecycle_stage in ("opportunity", "customer", "evangelist")
+
+    def deal_key(self, object_id: str) -> int | None:
+        if not object_id.isdigit():
+            return None
+        key = int(object_id) - DEAL_ID_BASE
+        return key if 0 <= key < self.pop.n and self.has_deal(key) else None
+
+    def deal_values(self, key: int) -> dict[str, str | None]:
+        p = self.pop.person(key)
+        anchor = self.pop.anchor_ms
+        if p.outcome is not None and p.outcome_ms is not None and (p.outcome == "won" or p.outcome_dated):
+            stage = "closedwon" if p.outcome == "won" else "closedlost"
+            close = p.outcome_ms
+            created = max(p.created_ms, close - 45 * DAY_MS)
+        else:  # open: a stage on the way, closing some weeks ahead
+            stage = OPEN_DEAL_STAGES[key % len(OPEN_DEAL_STAGES)]
+            close = anchor + (14 + key % 60) * DAY_MS
+            created = max(p.created_ms, anchor - (10 + key % 80) * DAY_MS)
+        modified = max(created, min(close, anchor - 60_000))
+        employees = p.employees if isinstance(p.employees, int) else 50
+        values: dict[str, str | None] = {
+            "dealname": f"{p.company} - measurement system",
+            "pipeline": DEAL_PIPELINE,
+            "dealstage": stage,
+            "closedate": iso_ms(close),
+            "amount": str(5_000 + (min(employees, 5000) * 37 + key * 131) % 120_000),
+            "createdate": iso_ms(created),
+            "hs_lastmodifieddate": iso_ms(modified),
+            "hs_object_id": str(DEAL_ID_BASE + key),
+            "hs_is_closed_won": "true" if stage == "closedwon" else "false",
+            "hs_is_closed": "true" if stage in ("closedwon", "closedlost") else "false",
+        }
+        for name, value in self.store.values("deals", key).items():
+            values[name] = None if value in ("", None) else str(value)
+        return values
+
+    def deal_json(self, key: int, names: Sequence[str] | None) -> dict[str, Any]:
+        values = self.deal_values(key)
+        wanted = names or DEAL_DEFAULTS
+        return {
+            "id": str(DEAL_ID_BASE + key),
+            "properties": {n: values.get(n) for n in wanted if n in values},
+            "createdAt": values["createdate"],
+            "updatedAt": values["hs_lastmodifieddate"],
+            "archived": False,
+        }
 
     # ---- associations
 
     def associated(self, from_type: str, object_id: str, to_type: str) -> list[str] | None:
         """Ids associated with one object (None when the object does not exist)."""
+        if from_type == "deals":
+            dkey = self.deal_key(object_id)
+            if dkey is None:
+                return None
+            return [self.contact_id(dkey)] if to_type == "contacts" else []
         if from_type == "contacts":
             key = self.contact_key(object_id)
             if key is None:
                 return None
+            if to_type == "deals":
+                return [str(DEAL_ID_BASE + key)] if key < self.pop.n and self.has_deal(key) else []
             if to_type in ENGAGEMENT_KINDS:
                 if key >= self.pop.n:
                     return []
@@ -1114,6 +1224,8 @@ class HubSpotCrm:
             return self.contact_key(object_id) is not None
         if object_type == "tasks":
             return self.task_key(object_id) is not None
+        if object_type == "deals":
+            return self.deal_key(object_id) is not None
         return object_type in ENGAGEMENT_KINDS and self.engagement(object_type, object_id) is not None
 
     # ---- validation of writes
@@ -1458,8 +1570,12 @@ class HubSpotApi:
             results, next_after = self._list_contacts(start, limit, names, archived)
         elif object_type == "tasks":
             results, next_after = self._list_tasks(start, limit, names, archived)
+        elif object_type == "deals":
+            results, next_after = self._list_deals(start, limit, names, archived)
         else:
             results, next_after = self._list_engagements(object_type, start, limit, names, archived)
+        for result in results:
+            self._add_associations(request, object_type, result)
         body: dict[str, Any] = {"results": results}
         if next_after is not None:
             link = f"{request.url.path}?after={next_after}"
@@ -1501,6 +1617,23 @@ class HubSpotApi:
         results = [self.crm.task_json(k, names) for k in page]
         return results, (str(keys[limit]) if len(keys) > limit else None)
 
+    def _list_deals(
+        self, start: int, limit: int, names: list[str] | None, archived: bool
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """Deals in id order; the cursor is the next person index."""
+        if archived:
+            return [], None
+        crm = self.crm
+        results: list[dict[str, Any]] = []
+        key = start
+        while key < crm.pop.n:
+            if crm.has_deal(key):
+                if len(results) == limit:
+                    return results, str(key)
+                results.append(crm.deal_json(key, names))
+            key += 1
+        return results, None
+
     def _list_engagements(
         self, object_type: str, start: int, limit: int, names: list[str] | None, archived: bool
     ) -> tuple[list[dict[str, Any]], str | None]:
@@ -1536,25 +1669,31 @@ class HubSpotApi:
         body = self.crm.object_json(object_type, object_id, names)
         if body is None:
             return self._not_found(object_type, object_id)
-        assoc = request.query_params.get("associations")
-        if assoc:
-            body["associations"] = {}
-            for to_raw in assoc.split(","):
-                to_type = _OBJECT_TYPE_IDS.get(to_raw.strip(), to_raw.strip())
-                ids = self.crm.associated(object_type, object_id, to_type) or []
-                if ids:
-                    type_id = ASSOCIATION_TYPES.get((object_type, to_type), 0)
-                    body["associations"][to_type] = {
-                        "results": [
-                            {
-                                "id": i,
-                                "type": f"{_SINGULAR[object_type]}_to_{_SINGULAR.get(to_type, to_type)}",
-                                "typeId": type_id,
-                            }
-                            for i in ids
-                        ]
-                    }
+        self._add_associations(request, object_type, body)
         return JsonResponse(body)
+
+    def _add_associations(self, request: Request, object_type: str, body: dict[str, Any]) -> None:
+        """`?associations=a,b` on a read or a list: each object's associated ids by type (v3 shape)."""
+        wanted = request.query_params.getlist("associations")
+        if not wanted:
+            return
+        object_id = str(body["id"])
+        body["associations"] = {}
+        for to_raw in (t for w in wanted for t in w.split(",")):
+            to_type = _OBJECT_TYPE_IDS.get(to_raw.strip(), to_raw.strip())
+            ids = self.crm.associated(object_type, object_id, to_type) or []
+            if ids:
+                type_id = ASSOCIATION_TYPES.get((object_type, to_type), 0)
+                body["associations"][to_type] = {
+                    "results": [
+                        {
+                            "id": i,
+                            "type": f"{_SINGULAR[object_type]}_to_{_SINGULAR.get(to_type, to_type)}",
+                            "typeId": type_id,
+                        }
+                        for i in ids
+                    ]
+                }
 
     # ---- writes
 
@@ -1837,6 +1976,8 @@ class HubSpotApi:
         object_type = self._object_type(request)
         body = await self._json(request)
         groups, sort, limit, offset, names, query = parse_search(body)
+        if object_type == "deals":
+            return validation_error("The sandbox does not search deals: read them through their contacts' associations")
         if object_type == "contacts":
             hidden = self.crm.search_index.hidden()
             total, page = self._search_contacts(groups, sort, limit, offset, query, hidden)

@@ -55,6 +55,19 @@ class Page:
     high_water: float | None = None
     problems: list[tuple[str, str]] = field(default_factory=list)
     total: int | None = None
+    # Filled by `read_outcome_page` only: record id -> what became of it (records without an entry are open).
+    outcomes: dict[str, LeadOutcome] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class LeadOutcome:
+    """What became of one record, as the `outcomes:` mapping section reads it (connector/mappings/outcomes.py).
+
+    `outcome` is "won", "lost" or None (open); `at` the epoch seconds it happened, None when the
+    CRM records no date for it."""
+
+    outcome: str | None
+    at: float | None = None
 
 
 @dataclass(slots=True)
@@ -132,6 +145,21 @@ class CrmAdapter(Protocol):
         since=T: records modified at or after T, ascending by modification time
         (inclusive: the caller dedupes by id). cursor=None starts the stream.
         """
+        ...
+
+    # The streams `read_outcome_page` walks: the sync's, plus for Salesforce the converted Leads within "Lead".
+    outcome_streams: tuple[str, ...]
+
+    def read_outcome_page(self, stream: str, cursor: str | None, *, since: float | None) -> Page:
+        """Like `read_page`, for learning: the page's `outcomes` filled from the `outcomes:` mapping section
+        (with the fewest extra calls: outcome properties ride along the page read, related records in
+        batch reads), converted Salesforce Leads included. Never writes. Raises UserError (one sentence)
+        when the mapping has no `outcomes:` section."""
+        ...
+
+    def outcome_profile_fields(self) -> frozenset[str]:
+        """Engine profile fields that say the outcome (e.g. lifecycle_stage when it defines won): left out
+        of what a model learns from."""
         ...
 
     def load_activities(self, leads: Sequence[Lead], now: float) -> None:

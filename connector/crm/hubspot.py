@@ -28,13 +28,14 @@ from urllib.parse import urlparse
 import orjson
 import redis
 
-from connector.crm.base import CallCounter, OpenTask, Page, WriteReport, task_ref_in
+from connector.crm.base import CallCounter, LeadOutcome, OpenTask, Page, WriteReport, task_ref_in
 from connector.crm.hubspot_http import ApiError, HubSpotTransport, Response
 from connector.crm.limits import DEFAULT_POLICY, RetryPolicy
 from connector.crm.times import parse_time
 from connector.domain import WRITE_FIELDS, Activity, CrmName, Lead, Rep
 from connector.errors import RecordError, RetryLater, StopSync, UserError
 from connector.mappings.hubspot import EngagementRule, EventRule, HubSpotMapping
+from connector.mappings.outcomes import HubSpotOutcomes, combine, lifecycle_date_property
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +149,7 @@ def _message(body: Any) -> str:
 class HubSpotAdapter:
     crm: CrmName = "hubspot"
     streams: tuple[str, ...] = ("contact",)
+    outcome_streams: tuple[str, ...] = ("contact",)
 
     def __init__(
         self,
@@ -301,13 +303,16 @@ class HubSpotAdapter:
             return self._list_page(cursor)
         return self._search_page(cursor, since)
 
-    def _list_page(self, cursor: str | None) -> Page:
+    def _list_page(self, cursor: str | None, props: list[str] | None = None, raw: list[Any] | None = None) -> Page:
         after = orjson.loads(cursor)["after"] if cursor else None
         resp = self._call(
-            self.apis.contacts.get_page, limit=LIST_LIMIT, after=after, properties=self._read_props, archived=False
+            self.apis.contacts.get_page, limit=LIST_LIMIT, after=after, properties=props or self._read_props,
+            archived=False,
         )
         problems: list[tuple[str, str]] = []
         leads = self._leads(resp.body.get("results") or [], problems)
+        if raw is not None:
+            raw += resp.body.get("results") or []
         nxt = ((resp.body.get("paging") or {}).get("next") or {}).get("after")
         if nxt is not None and str(nxt) == str(after):
             raise StopSync(f"HubSpot repeated the page token {nxt!r} of the contact list; stopping to avoid a loop.")
@@ -319,7 +324,9 @@ class HubSpotAdapter:
             problems=problems,
         )
 
-    def _search_page(self, cursor: str | None, since: float) -> Page:
+    def _search_page(
+        self, cursor: str | None, since: float, read: list[str] | None = None, raw: list[Any] | None = None
+    ) -> Page:
         # Incremental reads search on the modification time, ascending. The
         # cursor is the window start `s` (epoch ms, inclusive), how many records
         # stamped exactly `s` were already returned (`n`) and, while that tie
@@ -347,7 +354,7 @@ class HubSpotAdapter:
         body: dict[str, Any] = {
             "filterGroups": [{"filters": [{"propertyName": modified, "operator": "GTE", "value": str(start)}]}],
             "sorts": [{"propertyName": modified, "direction": "ASCENDING"}],
-            "properties": self._read_props,
+            "properties": read or self._read_props,
             "limit": SEARCH_LIMIT,
         }
         if offset:
@@ -356,6 +363,8 @@ class HubSpotAdapter:
         results = resp.body.get("results") or []
         fresh = [r for r in results if str(r.get("id")) not in seen]
         leads = self._leads(fresh, problems)
+        if raw is not None:
+            raw += fresh
         has_more = bool(((resp.body.get("paging") or {}).get("next") or {}).get("after"))
         stamps_ms: list[tuple[int, str]] = []
         for obj in results:
@@ -379,6 +388,85 @@ class HubSpotAdapter:
         total = resp.body.get("total")
         return Page(leads=leads, next_cursor=next_cursor, high_water=max(high) if high else None, problems=problems,
                     total=int(total) if cursor is None and isinstance(total, int) else None)
+
+    # -- outcomes (read for learning, never written)
+
+    def _outcomes_config(self) -> HubSpotOutcomes:
+        if self.mapping.outcomes is None:
+            raise UserError(
+                "mappings/hubspot.yaml has no outcomes: section, so nothing says what counts as won or lost; "
+                "add one (the shipped file shows lifecycle stages, a property and deals)."
+            )
+        return self.mapping.outcomes
+
+    def outcome_profile_fields(self) -> frozenset[str]:
+        outcomes = self.mapping.outcomes
+        if outcomes is None:
+            return frozenset()
+        defining = outcomes.defining_properties()
+        return frozenset(engine for engine, prop in self.mapping.contact.fields.items() if prop in defining)
+
+    def read_outcome_page(self, stream: str, cursor: str | None, *, since: float | None) -> Page:
+        """A page of contacts with their outcomes: the outcome properties ride along the page read; deals
+        cost one v4 association batch read and one deal batch read per 100 deals."""
+        self._stream(stream)
+        outcomes = self._outcomes_config()
+        props = list(dict.fromkeys([*self._read_props, *outcomes.contact_properties()]))
+        raw: list[Any] = []
+        page = self._list_page(cursor, props, raw) if since is None else self._search_page(cursor, since, props, raw)
+        found: dict[str, list[tuple[str, float | None]]] = {lead.id: [] for lead in page.leads}
+        for obj in raw:
+            lead_id = str(obj.get("id"))
+            if lead_id in found:
+                found[lead_id] += self._property_outcomes(outcomes, obj.get("properties") or {})
+        if outcomes.deals is not None and found:
+            for lead_id, hits in self._deal_outcomes(outcomes, list(found)).items():
+                found[lead_id] += hits
+        for lead_id, hits in found.items():
+            what, at = combine(hits)
+            if what is not None:
+                page.outcomes[lead_id] = LeadOutcome(what, at)
+        return page
+
+    @staticmethod
+    def _property_outcomes(outcomes: HubSpotOutcomes, props: Mapping[str, Any]) -> list[tuple[str, float | None]]:
+        hits: list[tuple[str, float | None]] = []
+        life = outcomes.lifecycle
+        if life is not None:
+            stage = props.get(life.property)
+            if stage in life.won:
+                hits.append(("won", parse_ts(props.get(lifecycle_date_property(str(stage))))))
+        prop = outcomes.property
+        if prop is not None:
+            value = props.get(prop.name)
+            when = parse_ts(props.get(prop.date)) if prop.date else None
+            if value is not None and str(value) in prop.won:
+                hits.append(("won", when))
+            elif value is not None and str(value) in prop.lost:
+                hits.append(("lost", when))
+        return hits
+
+    def _deal_outcomes(self, outcomes: HubSpotOutcomes, ids: list[str]) -> dict[str, list[tuple[str, float | None]]]:
+        rule = outcomes.deals
+        assert rule is not None
+        deals_of = self._associated(ids, "deals")
+        deal_ids = list(dict.fromkeys(d for lead_id in ids for d in deals_of.get(lead_id, [])))
+        if not deal_ids:
+            return {}
+        deals = self._batch_read("deals", deal_ids, ["dealstage", "pipeline", rule.date])
+        out: dict[str, list[tuple[str, float | None]]] = {}
+        for lead_id in ids:
+            for deal_id in deals_of.get(lead_id, []):
+                props = deals.get(deal_id)
+                if props is None or (rule.pipelines and props.get("pipeline") not in rule.pipelines):
+                    continue
+                stage = props.get("dealstage")
+                when = parse_ts(props.get(rule.date))
+                if stage in rule.won:
+                    out.setdefault(lead_id, []).append(("won", when))
+                elif stage in rule.lost:
+                    out.setdefault(lead_id, []).append(("lost", when))
+        return out
 
     def get_leads(self, stream: str, ids: Sequence[str]) -> list[Lead]:
         self._stream(stream)

@@ -68,7 +68,7 @@ from connector.crm.salesforce_records import (
 )
 from connector.crm.salesforce_setup import SalesforceSetup
 from connector.domain import WRITE_FIELDS, CrmName, Lead, Rep
-from connector.errors import RecordError, RetryLater, StopSync
+from connector.errors import RecordError, RetryLater, StopSync, UserError
 from connector.mappings.salesforce import OBJECTS, SALESFORCE_ID, SalesforceMapping
 from connector.redisutil import text as redis_text
 
@@ -111,6 +111,15 @@ class SalesforceAdapter:
 
     crm: CrmName = "salesforce"
     streams: tuple[str, ...] = OBJECTS
+    outcome_streams: tuple[str, ...] = OBJECTS
+
+    # -- outcomes (read for learning, never written)
+
+    def outcome_profile_fields(self) -> frozenset[str]:
+        return frozenset()
+
+    def read_outcome_page(self, stream: str, cursor: str | None, *, since: float | None) -> Page:
+        raise UserError("reading Salesforce outcomes is not available in this version yet; use --crm hubspot.")
 
     def __init__(
         self,

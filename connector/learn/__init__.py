@@ -1,1 +1,2 @@
-"""Learning from the org's own outcomes: the dataset, backtests and the learned conversion probability."""
+"""Learning from outcomes: the dataset of past leads (dataset.py) that backtests, suggestions and
+the predictive model build on."""

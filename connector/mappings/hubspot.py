@@ -16,6 +16,8 @@ Sections:
   onto an engine activity kind and its attributes.
 - `reps`: time zones for owners (HubSpot owners have none).
 - `tasks`: the type and priority of the tasks created for hot leads.
+- `outcomes`: what counts as won and lost (lifecycle stage, a property, deals); see
+  connector/mappings/outcomes.py.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from pydantic import AfterValidator, Field, ValidationInfo, field_validator, mod
 
 from connector.domain import ACTIVITY_KINDS, PROFILE_FIELDS, WRITE_FIELDS
 from connector.mapfile import Strict, load_model, time_zone_name
+from connector.mappings.outcomes import HubSpotOutcomes
 from connector.mappings.schedule import SyncSchedule
 
 # HubSpot internal property names: lowercase letters, digits, underscores
@@ -276,6 +279,8 @@ class HubSpotMapping(Strict):
     reps: Reps = Field(default_factory=Reps)
     tasks: Tasks = Field(default_factory=Tasks)
     schedule: SyncSchedule = Field(default_factory=SyncSchedule)
+    # What counts as won and lost, for learning from past outcomes (connector/mappings/outcomes.py).
+    outcomes: HubSpotOutcomes | None = None
 
     @field_validator("activities")
     @classmethod

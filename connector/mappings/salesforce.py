@@ -28,6 +28,7 @@ from pydantic import AfterValidator, BeforeValidator, Field, ValidationInfo, fie
 
 from connector.domain import ACTIVITY_KINDS, PROFILE_FIELDS, WRITE_FIELDS
 from connector.mapfile import Strict, load_model, not_yaml_bool
+from connector.mappings.outcomes import SalesforceOutcomes
 from connector.mappings.schedule import SyncSchedule
 
 ActivitySource = Literal["Task", "Event", "CampaignMember"]
@@ -301,6 +302,8 @@ class SalesforceMapping(Strict):
     api_floor_percent: float = Field(default=10.0, ge=0, le=90)
     rate_limit: RateLimit = RateLimit()
     schedule: SyncSchedule = SyncSchedule()
+    # What counts as won and lost, for learning from past outcomes (connector/mappings/outcomes.py).
+    outcomes: SalesforceOutcomes | None = None
 
     @field_validator("objects")
     @classmethod

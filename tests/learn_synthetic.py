@@ -10,45 +10,13 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
 from typing import Any
 
 from connector.domain import Activity, Lead
+from connector.learn.dataset import Dataset, Example, dataset_from_examples
 
 READ_AT = 1_795_000_000.0
 DAY = 86400.0
-
-try:  # the shared interface (connector/learn/dataset.py), once it has landed
-    from connector.learn.dataset import Dataset, Example, dataset_from_examples
-except ImportError:  # until then: the same interface, as TEAM.md states it
-    @dataclass(slots=True)
-    class Example:  # type: ignore[no-redef]
-        lead: Lead
-        outcome: str | None
-        outcome_at: float | None
-
-        def as_of(self, now: float) -> float:
-            return self.outcome_at - 1 if self.outcome_at is not None else now
-
-        def activities_as_of(self, now: float) -> list[Activity]:
-            t = self.as_of(now)
-            return [a for a in self.lead.activities if a.ts < t]
-
-    @dataclass(slots=True)
-    class Dataset:  # type: ignore[no-redef]
-        crm: str
-        read_at: float
-        examples: list[Example]
-
-        def labelled(self) -> list[Example]:
-            return [e for e in self.examples if e.outcome is not None]
-
-        def undated(self) -> int:
-            return sum(1 for e in self.labelled() if e.outcome_at is None)
-
-    def dataset_from_examples(crm: Any, examples: Any, read_at: float) -> Dataset:  # type: ignore[misc]
-        return Dataset(crm, read_at, list(examples))
-
 
 INDUSTRIES = ["Automotive", "Aerospace", "Energy", "Software", "Retail", "Consulting", "Research"]
 TITLES = ["Test Engineer", "CEO", "Head of Testing", "Student", "Buyer", "Engineering Manager", "Technician"]
@@ -101,5 +69,5 @@ def _iso(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
-def make_dataset(n: int, seed: int = 1, **kw: Any) -> Dataset:
-    return dataset_from_examples("hubspot", make_examples(n, seed, **kw), READ_AT)
+def make_dataset(n: int, seed: int = 1, crm: str = "hubspot", **kw: Any) -> Dataset:
+    return dataset_from_examples(crm, make_examples(n, seed, **kw), READ_AT)  # type: ignore[arg-type]

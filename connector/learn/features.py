@@ -12,6 +12,7 @@ and then turns any lead into one row of numbers:
 - per scoring rule: the points the rule gave (fit rules for who the lead is, engagement
   rules for what it did, decayed and capped as the engine does).
 
+Personal identifiers (PERSONAL_FIELDS: names, e-mail, phone, company, city) are never features.
 Each feature belongs to a group (a field, a kind, a rule) that is one factor in words.
 Fields excluded by the leakage guard (connector.learn.train) are never read, nor the
 rules that read them.
@@ -36,6 +37,13 @@ MAX_CATEGORIES = 12          # frequent values one-hot per text field
 MIN_CATEGORY_COUNT = 5       # a value seen fewer times counts as "another value"
 NUMERIC_SHARE = 0.8          # a field is a number when this share of its values read as numbers
 UNIQUE_SHARE = 0.5           # a field with more distinct values than this share of leads is an identifier
+
+# Who the person is, not what they are like: never a feature (a model must not favour a first name or
+# a phone number's digits). The rules still read e-mail and website domains (free-mail, ...), and
+# their points are features.
+PERSONAL_FIELDS: frozenset[str] = frozenset(
+    {"email", "first_name", "last_name", "phone", "website", "company", "city", "name", "mobile_phone"}
+)
 
 # Kinds in words, for the factors ("3 meetings", "no email replies").
 KIND_WORDS: dict[str, tuple[str, str]] = {
@@ -162,7 +170,8 @@ class FeatureSpec:
         seen: dict[str, list[Any]] = {}
         for p in profiles:
             for name, value in p.items():
-                if name in excluded or value is None or (isinstance(value, str) and not value.strip()):
+                if (name in excluded or name in PERSONAL_FIELDS or value is None
+                        or (isinstance(value, str) and not value.strip())):
                     continue
                 seen.setdefault(name, []).append(value)
         plans: list[FieldPlan] = []

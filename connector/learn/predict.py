@@ -21,7 +21,7 @@ import numpy as np
 
 from connector.domain import Activity
 from connector.engine import ScoreResult
-from connector.learn.train import TrainedModel
+from connector.learn.train import THREADS, TrainedModel
 
 TOP_FACTORS = 3
 MIN_POINTS = 0.5      # a factor moving the probability by less than half a point is not worth a rep's time
@@ -68,13 +68,17 @@ class Predictor:
         """(probability in percent, factors text) per lead, in order."""
         if not items:
             return []
+        from threadpoolctl import threadpool_limits
+
         X = self.rows(items, at)
-        f = self._decision(X)
-        p = self._calibrated(f)
-        pct = [int(v) for v in np.floor(p * 100 + 0.5)]
-        if not factors:
-            return [(v, "") for v in pct]
-        return list(zip(pct, self._texts(X, self._points(X, f, p), at), strict=True))
+        with threadpool_limits(THREADS):  # see connector.learn.train.THREADS
+            f = self._decision(X)
+            p = self._calibrated(f)
+            pct = [int(v) for v in np.floor(p * 100 + 0.5)]
+            if not factors:
+                return [(v, "") for v in pct]
+            points = self._points(X, f, p)
+        return list(zip(pct, self._texts(X, points, at), strict=True))
 
     def _points(self, X: np.ndarray, f: np.ndarray, p: np.ndarray) -> np.ndarray:
         """Per lead and group: percentage points the lead's probability loses when that group is set to

@@ -51,8 +51,7 @@ def store_folder(location: str) -> Path:
     """LEADSCORE_MODEL_STORE as a folder; ConfigError for what is not one."""
     parsed = urlparse(location)
     if parsed.scheme in ("", "file") or (len(parsed.scheme) == 1 and location[1:3] in (":\\", ":/")):
-        path = Path(parsed.path if parsed.scheme == "file" else location).expanduser()
-        return path
+        return Path(parsed.path if parsed.scheme == "file" else location).expanduser()
     raise ConfigError(
         f"{STORE_VARIABLE} must be a folder path or a file:// URL (a shared volume every worker mounts); "
         f"{parsed.scheme}:// is not supported."
@@ -149,7 +148,7 @@ class ModelStore:
         if hashlib.sha256(data).hexdigest() != record["sha256"]:
             raise StoreError(f"{crm} model file {path} does not match the digest recorded when it was trained; "
                              "it was changed or replaced, and will not be loaded.")
-        trained = joblib.load(io.BytesIO(data))  # noqa: S301 - digest checked above (module doc: trust)
+        trained = joblib.load(io.BytesIO(data))
         if not isinstance(trained, TrainedModel):
             raise StoreError(f"{path} does not hold a leadscore model.")
         trained.version = version

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -295,11 +294,28 @@ def _score_of(est: Any, X: np.ndarray) -> np.ndarray:
     return np.asarray(est.predict_proba(X)[:, 1])
 
 
+# OpenMP threads (the trees' fitting and prediction) on a busy machine wait on each other instead of
+# working: a fit measured 30 s with two threads on a loaded 2-CPU machine and 2 s with one. Workers
+# run as many processes anyway, so learning and applying use one thread each.
+THREADS = 1
+
+
 def train(
     dataset: DatasetLike, model: ScoringModel, settings: ProbabilitySettings, *, now: float | None = None,
     repeats: int | None = None,
 ) -> TrainedModel:
     """Train and cross-validate; UserError (one sentence) below the floor."""
+    import sklearn.ensemble  # noqa: F401 - load the OpenMP runtime first: threadpoolctl limits loaded ones only
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(THREADS):
+        return _train(dataset, model, settings, now=now, repeats=repeats)
+
+
+def _train(
+    dataset: DatasetLike, model: ScoringModel, settings: ProbabilitySettings, *, now: float | None,
+    repeats: int | None,
+) -> TrainedModel:
     from sklearn.base import clone
     from sklearn.calibration import CalibratedClassifierCV
     from sklearn.metrics import roc_auc_score

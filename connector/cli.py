@@ -411,7 +411,7 @@ def train(crm: CrmName | None, as_json: bool) -> int:
     require_store(rt)
     found = {}
     for name in crms:
-        if not as_json:
+        if not as_json and console.is_tty(sys.stderr):
             print(f"{name}: reading outcomes and training ...", file=sys.stderr, flush=True)
         figures = train_and_store(rt, name)
         found[name] = figures.as_json()

@@ -22,10 +22,13 @@ from __future__ import annotations
 
 import math
 import time
+from array import array
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from connector.domain import ACTIVITY_KINDS, Activity
 from connector.engine import ScoreResult, ScoringModel
@@ -35,6 +38,7 @@ RECENT_DAYS = 30.0
 MAX_DAYS = 365.0
 MAX_CATEGORIES = 12          # frequent values one-hot per text field
 MIN_CATEGORY_COUNT = 5       # a value seen fewer times counts as "another value"
+FIELD_CACHE_LIMIT = 50_000   # distinct values remembered per field; cleared past this
 NUMERIC_SHARE = 0.8          # a field is a number when this share of its values read as numbers
 UNIQUE_SHARE = 0.5           # a field with more distinct values than this share of leads is an identifier
 
@@ -118,6 +122,10 @@ class FeatureSpec:
     _rule_index: dict[tuple[str, str], int] = field(default_factory=dict)
     _cat_index: list[dict[str, int]] = field(default_factory=list)
     _kind_pos: dict[str, int] = field(default_factory=dict)
+    _template: list[float] = field(default_factory=list)
+    _field_reads: list[tuple[str, dict[Any, tuple[tuple[int, float], ...]]]] = field(default_factory=list)
+    _field_cache: list[dict[Any, tuple[tuple[int, float], ...]]] = field(default_factory=list)
+    _plans: dict[str, FieldPlan] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._layout()
@@ -153,6 +161,22 @@ class FeatureSpec:
         self.group_columns = {}
         for i, g in enumerate(groups):
             self.group_columns.setdefault(g, []).append(i)
+        self._template = [0.0] * len(cols)
+        for j in self._kind_pos.values():
+            self._template[j + 2] = MAX_DAYS  # no activity of the kind: as long ago as counts
+        self._field_cache = [{} for _ in self.fields]
+        self._plans = {p.name: p for p in self.fields}
+        self._field_reads = [(p.name, c) for p, c in zip(self.fields, self._field_cache, strict=True)]
+
+    def __getstate__(self) -> dict[str, Any]:  # stored without the caches
+        return {"fields": self.fields, "kinds": self.kinds, "rules": self.rules}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for name in self.__slots__:  # type: ignore[attr-defined]
+            object.__setattr__(self, name, [] if name.startswith("_") else None)
+        self.fields, self.kinds, self.rules = state["fields"], state["kinds"], state["rules"]
+        self.columns, self.groups, self.group_columns = [], [], {}
+        self._layout()
 
     @property
     def width(self) -> int:
@@ -201,60 +225,93 @@ class FeatureSpec:
 
     # ------------------------------------------------------------------ rows
 
+    def _read_field(self, k: int, raw: Any) -> tuple[tuple[int, float], ...]:
+        """The (column, value) pairs one field's raw value sets; cached per distinct value."""
+        plan = self.fields[k]
+        if plan.how == "number":
+            n = number_of(raw)
+            cells = ((plan.start + 1, 1.0),) if n is None else ((plan.start, _signed_log(n)),)
+        elif plan.how == "category":
+            t = text_of(raw)
+            k_cats = len(plan.categories)
+            col = plan.start + k_cats + 1 if t is None else self._cat_index[k].get(t, plan.start + k_cats)
+            cells = ((col, 1.0),)
+        else:
+            cells = ((plan.start, 1.0),) if text_of(raw) is not None else ()
+        cache = self._field_cache[k]
+        if len(cache) > FIELD_CACHE_LIMIT:
+            cache.clear()
+        try:
+            cache[raw] = cells
+        except TypeError:  # an unhashable value: read every time
+            pass
+        return cells
+
     def row(self, profile: Mapping[str, Any], activities: Sequence[Activity], at: float,
             scored: ScoreResult) -> list[float]:
         """One lead as numbers, as of `at` (only activities before `at` count)."""
-        x = [0.0] * len(self.columns)
-        get = profile.get
-        for plan, cats in zip(self.fields, self._cat_index, strict=True):
-            raw = get(plan.name)
-            if plan.how == "number":
-                n = number_of(raw)
-                if n is None:
-                    x[plan.start + 1] = 1.0
-                else:
-                    x[plan.start] = _signed_log(n)
-            elif plan.how == "category":
-                t = text_of(raw)
-                if t is None:
-                    x[plan.start + len(plan.categories) + 1] = 1.0
-                else:
-                    x[cats.get(t, plan.start + len(plan.categories))] = 1.0
-            elif text_of(raw) is not None:
-                x[plan.start] = 1.0
-        # activity kinds: count, count in the last RECENT_DAYS, days since the last
-        start = self._kind_start
+        return self.matrix([(profile, activities, scored)], at).tolist()  # type: ignore[no-any-return]
+
+    def matrix(self, items: Sequence[tuple[Mapping[str, Any], Sequence[Activity], ScoreResult]], at: float
+               ) -> np.ndarray:
+        """Leads as rows of numbers, as of `at`. Written into one flat buffer: building a page of rows
+        as Python lists and converting them costs as much again as filling them."""
+        width = len(self.columns)
+        buf = array("d", self._template) * len(items)
+        read = self._read_field
+        reads = self._field_reads
         index = self._kind_pos
-        recent_from = at - RECENT_DAYS * DAY
-        last: dict[int, float] = {}
-        for a in activities:
-            ts = a.ts
-            if ts >= at:
-                continue
-            j = index.get(a.kind)
-            if j is None:
-                continue
-            x[j] += 1.0
-            if ts >= recent_from:
-                x[j + 1] += 1.0
-            if ts > last.get(j, -math.inf):
-                last[j] = ts
-        for k in range(len(self.kinds)):
-            j = start + 3 * k
-            if j in last:
-                x[j] = math.log1p(x[j])
-                x[j + 1] = math.log1p(x[j + 1])
-                x[j + 2] = min(MAX_DAYS, (at - last[j]) / DAY)
-            else:
-                x[j + 2] = MAX_DAYS
         rules = self._rule_index
-        for c in scored.contributions:
-            j = rules.get((c.group, c.rule))
-            if j is not None:
-                x[j] += c.points
-        return x
+        recent_from = at - RECENT_DAYS * DAY
+        log1p = math.log1p
+        off = 0
+        for profile, activities, scored in items:
+            get = profile.get
+            for k, (name, cache) in enumerate(reads):
+                raw = get(name)
+                try:
+                    cells = cache.get(raw) or read(k, raw)
+                except TypeError:  # an unhashable value
+                    cells = read(k, raw)
+                for col, value in cells:
+                    buf[off + col] = value
+            # activity kinds: how many, how many in the last RECENT_DAYS, days since the last
+            seen: dict[int, list[float]] = {}
+            for a in activities:
+                j = index.get(a.kind)
+                if j is not None:
+                    ts = a.ts
+                    if ts < at:
+                        stamps = seen.get(j)
+                        if stamps is None:
+                            seen[j] = [ts]
+                        else:
+                            stamps.append(ts)
+            for j, stamps in seen.items():
+                buf[off + j] = log1p(len(stamps))
+                buf[off + j + 1] = log1p(sum(1 for t in stamps if t >= recent_from))
+                days = (at - max(stamps)) / DAY
+                buf[off + j + 2] = days if days < MAX_DAYS else MAX_DAYS
+            for c in scored.contributions:
+                j = rules.get((c.group, c.rule))
+                if j is not None:
+                    buf[off + j] += c.points
+            off += width
+        return np.frombuffer(buf, dtype=float).reshape(len(items), width)
 
     # ------------------------------------------------------------------ words
+
+    def word_columns(self, group: str) -> tuple[int, int]:
+        """The span of columns `describe` reads for a group (start, end)."""
+        kind, _, name = group.partition(":")
+        cols = self.group_columns[group]
+        if kind == "kind":
+            return cols[0], cols[0] + 3
+        if kind == "rule":
+            return cols[0], cols[0] + 1
+        plan = self._plans[name]
+        size = {"number": 2, "present": 1}.get(plan.how, len(plan.categories) + 2)
+        return plan.start, plan.start + size
 
     def describe(self, group: str, x: Sequence[float], at: float) -> str:
         """The lead's value of one feature group in words ("3 meetings, the last on 2026-11-20")."""
@@ -270,7 +327,7 @@ class FeatureSpec:
         if kind == "rule":
             points = x[cols[0]]
             return f"'{name}' {points:+.0f} points" if round(points) else f"no '{name}' points"
-        plan = next(p for p in self.fields if p.name == name)
+        plan = self._plans[name]
         label = name.replace("_", " ")
         if plan.how == "number":
             if x[plan.start + 1]:

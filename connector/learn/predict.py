@@ -46,17 +46,26 @@ class Predictor:
         # The calibrated estimator is sigmoid(decision value) of one base estimator (ensemble=False).
         self._base, self._calibrator = _parts(self.estimator)
         self._weights = _linear_weights(self._base)
+        # One OpenMP/BLAS thread for the rest of this process (see connector.learn.train.THREADS): a worker
+        # is one of many processes, and entering a limit for each page would cost 2 ms a page.
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(THREADS)
+        self._a, self._b = float(self._calibrator.a_), float(self._calibrator.b_)
+        # what describe() reads of each group: the key under which its words are cached for a page
+        self._word_cols = [self.spec.word_columns(g) for g in self._names]
 
     def rows(self, items: Sequence[tuple[Mapping[str, Any], Sequence[Activity], ScoreResult]], at: float
              ) -> np.ndarray:
-        row = self.spec.row
-        return np.asarray([row(p, a, at, s) for p, a, s in items], dtype=float).reshape(len(items), self.spec.width)
+        return self.spec.matrix(items, at)
 
     def _decision(self, X: np.ndarray) -> np.ndarray:
         return np.asarray(self._base.decision_function(X), dtype=float)
 
     def _calibrated(self, f: np.ndarray) -> np.ndarray:
-        return np.asarray(self._calibrator.predict(f), dtype=float)
+        # Platt scaling as scikit-learn's _SigmoidCalibration.predict computes it, without its input checks
+        # (a tenth of the page's time): 1 / (1 + exp(a * f + b))
+        return np.asarray(1.0 / (1.0 + np.exp(self._a * f + self._b)), dtype=float)
 
     def probabilities(self, X: np.ndarray) -> np.ndarray:
         return self._calibrated(self._decision(X)) if len(X) else np.zeros(0)
@@ -68,17 +77,13 @@ class Predictor:
         """(probability in percent, factors text) per lead, in order."""
         if not items:
             return []
-        from threadpoolctl import threadpool_limits
-
         X = self.rows(items, at)
-        with threadpool_limits(THREADS):  # see connector.learn.train.THREADS
-            f = self._decision(X)
-            p = self._calibrated(f)
-            pct = [int(v) for v in np.floor(p * 100 + 0.5)]
-            if not factors:
-                return [(v, "") for v in pct]
-            points = self._points(X, f, p)
-        return list(zip(pct, self._texts(X, points, at), strict=True))
+        f = self._decision(X)
+        p = self._calibrated(f)
+        pct = [int(v) for v in np.floor(p * 100 + 0.5)]
+        if not factors:
+            return [(v, "") for v in pct]
+        return list(zip(pct, self._texts(X, self._points(X, f, p), at), strict=True))
 
     def _points(self, X: np.ndarray, f: np.ndarray, p: np.ndarray) -> np.ndarray:
         """Per lead and group: percentage points the lead's probability loses when that group is set to
@@ -104,21 +109,44 @@ class Predictor:
         return self._texts(X, self._points(X, self._decision(X), p), at)
 
     def _texts(self, X: np.ndarray, pts: np.ndarray, at: float) -> list[str]:
-        texts = []
-        describe = self.spec.describe
+        n, g = pts.shape
+        if g == 0:
+            return [NO_FACTORS] * n
+        top = min(TOP_FACTORS, g)
+        order = np.argsort(pts, axis=1)
+        lows, highs = order[:, :top], order[:, ::-1][:, :top]
+        low_pts = np.take_along_axis(pts, lows, axis=1).tolist()
+        high_pts = np.take_along_axis(pts, highs, axis=1).tolist()
+        lows_l, highs_l = lows.tolist(), highs.tolist()
+        rows = X.tolist()
         names = self._names
-        for i in range(len(X)):
-            row_pts = pts[i]
-            order = np.argsort(row_pts)
-            pros = [(row_pts[k], names[k]) for k in order[::-1][:TOP_FACTORS] if row_pts[k] >= MIN_POINTS]
-            cons = [(row_pts[k], names[k]) for k in order[:TOP_FACTORS] if row_pts[k] <= -MIN_POINTS]
-            row = X[i]
-            parts = []
-            if pros:
-                parts.append("For: " + "; ".join(f"{describe(g, row, at)} ({d:+.0f} pts)" for d, g in pros))
-            if cons:
-                parts.append("Against: " + "; ".join(f"{describe(g, row, at)} ({d:+.0f} pts)" for d, g in cons))
-            text = ". ".join(parts) + "." if parts else NO_FACTORS
+        spans = self._word_cols
+        describe = self.spec.describe
+        words: dict[tuple[int, tuple[float, ...]], str] = {}  # the same value in the same words, once a page
+
+        def said(k: int, row: list[float]) -> str:
+            a, b = spans[k]
+            key = (k, tuple(row[a:b]))
+            text = words.get(key)
+            if text is None:
+                text = words[key] = describe(names[k], row, at)
+            return text
+
+        texts = []
+        for i in range(n):
+            row = rows[i]
+            pros = [f"{said(k, row)} ({d:+.0f} pts)" for k, d in zip(highs_l[i], high_pts[i], strict=True)
+                    if d >= MIN_POINTS]
+            cons = [f"{said(k, row)} ({d:+.0f} pts)" for k, d in zip(lows_l[i], low_pts[i], strict=True)
+                    if d <= -MIN_POINTS]
+            if pros and cons:
+                text = f"For: {'; '.join(pros)}. Against: {'; '.join(cons)}."
+            elif pros:
+                text = f"For: {'; '.join(pros)}."
+            elif cons:
+                text = f"Against: {'; '.join(cons)}."
+            else:
+                text = NO_FACTORS
             texts.append(text[:FACTORS_LIMIT])
         return texts
 

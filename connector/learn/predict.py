@@ -9,7 +9,9 @@ Factors: for each feature group (a profile field, an activity kind, a rule) the 
 recomputed with that group set as the average lead of the training data has it; the difference
 is that factor's weight in percentage points. The three largest each way are written, for and
 against. With the logistic model the decision value is linear, so each group's share is exact
-and costs a matrix product; with trees the page is re-predicted once per group, in one call.
+and costs a matrix product. With trees, the shares come from a linear model fitted to the trees'
+own decision values at training (connector.learn.train.surrogate; its R² is recorded), applied to
+the trees' probability: re-predicting a page once per group cost six times the rules' own time.
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ class Predictor:
         # The calibrated estimator is sigmoid(decision value) of one base estimator (ensemble=False).
         self._base, self._calibrator = _parts(self.estimator)
         self._weights = _linear_weights(self._base)
+        if self._weights is None and "surrogate_weights" in trained.extra:
+            self._weights = np.asarray(trained.extra["surrogate_weights"], dtype=float)
         # One OpenMP/BLAS thread for the rest of this process (see connector.learn.train.THREADS): a worker
         # is one of many processes, and entering a limit for each page would cost 2 ms a page.
         from threadpoolctl import threadpool_limits

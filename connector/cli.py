@@ -84,13 +84,14 @@ def _crm_value(allowed: Sequence[str]) -> Callable[[click.Context, click.Paramet
 
 
 def crm_option(
-    *, required: bool = False, both: bool = True, default: str | None = None
+    *, required: bool = False, both: bool = True, default: str | None = None, help_text: str | None = None
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     allowed = ("hubspot", "salesforce", "both") if both else ("hubspot", "salesforce")
     extra: dict[str, Any] = {} if default is None else {"default": default, "show_default": True}
     return click.option(
         "--crm", required=required, callback=_crm_value(allowed), metavar="|".join(allowed),
-        help="which CRM" + ("" if required or default else " (default: every configured CRM)"), **extra,
+        help=help_text or ("which CRM" + ("" if required or default else " (default: every configured CRM)")),
+        **extra,
     )
 
 
@@ -445,6 +446,48 @@ def status(as_json: bool) -> int:
     else:
         show_status(report, plain=not console.is_tty())
     return 0
+
+
+# --------------------------------------------------------------------------- learning from outcomes
+
+ONE_CRM = "which CRM (default: the one configured; needed when both are)"
+
+
+@cli.command(help="How well a model separates won from lost on past outcomes (AUC, bands, deciles, rules).")
+@crm_option(both=False, help_text=ONE_CRM)
+@click.option("--model", "model_file", metavar="FILE", help="a scoring file to test (default: mappings/scoring.yaml)")
+@click.option("--since", metavar="DATE", help="leave out outcomes dated before this day (YYYY-MM-DD, UTC)")
+@click.option("--html", "html_file", metavar="FILE", help="also write the report as one self-contained HTML file")
+@JSON_OPTION
+def backtest(crm: str | None, model_file: str | None, since: str | None, html_file: str | None,
+             as_json: bool) -> int:
+    from connector.learn.eval_commands import backtest_command
+
+    return backtest_command(_runtime(), crm, model_file, since, html_file, as_json, plain=not console.is_tty())
+
+
+@cli.command(help="Points and thresholds fitted to past outcomes, written as a scoring.yaml; prints current vs "
+                  "suggested, cross-validated.")
+@crm_option(both=False, help_text=ONE_CRM)
+@click.option("--out", required=True, metavar="FILE", help="where to write the suggested scoring.yaml")
+@click.option("--target", metavar="TARGET", help="what hot means: top:N% of the leads (default top:10%) or "
+                                                   "precision:P (the share of hot leads that convert)")
+@JSON_OPTION
+def suggest(crm: str | None, out: str, target: str | None, as_json: bool) -> int:
+    from connector.learn.eval_commands import suggest_command
+
+    return suggest_command(_runtime(), crm, out, target, as_json, plain=not console.is_tty())
+
+
+@cli.command(help="What a model change would do to the current leads (band moves, new hot leads per region and "
+                  "rep), without writing anything.")
+@click.argument("file", metavar="FILE")
+@crm_option(both=False, help_text=ONE_CRM)
+@JSON_OPTION
+def preview(file: str, crm: str | None, as_json: bool) -> int:
+    from connector.learn.eval_commands import preview_command
+
+    return preview_command(_runtime(), file, crm, as_json, plain=not console.is_tty())
 
 
 # --------------------------------------------------------------------------- reps

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from connector.errors import UserError
+from connector.learn.history import BacktestHistory
 from connector.redisutil import text as _s
 from connector.runs import RunView
 
@@ -206,6 +207,7 @@ def collect_status(rt: Runtime, now: float, *, recent: int = 5, rep_names: bool 
                 for region, reps in day["assigned"].items()
             },
             "webhooks_last_hour": hooks.get(crm, {"accepted": 0, "rejected": 0}),
+            "backtest": BacktestHistory(client, rt.namespace).latest(crm),
         }
     return {
         "generated_at": _iso(now),
@@ -275,3 +277,17 @@ def show_status(report: Mapping[str, Any], *, plain: bool) -> None:
           + (" (" + ", ".join(f"{w['name']} {w['seen_seconds_ago']:.0f} s ago" for w in workers) + ")"
              if workers else ""))
     print(f"webhooks in the last hour: {hooks or 'none'}")
+    for crm, c in crms.items():
+        print(f"weekly backtest, {crm}: {_backtest_line(c.get('backtest'))}")
+
+
+def _backtest_line(b: Mapping[str, Any] | None) -> str:
+    if not b:
+        return "not run yet (beat runs it on Mondays; or leadscore backtest)"
+    when = _iso(b["at"])
+    if "error" in b:
+        return f"could not run at {when}: {b['error']}"
+    hot = b["bands"].get("hot", {})
+    rate = "-" if hot.get("rate") is None else f"{100 * hot['rate']:.0f}%"
+    return (f"AUC {b['auc']:.3f} on {b['leads']:,} outcomes (base rate {100 * b['base_rate']:.0f}%, hot converted "
+            f"{rate}), model {b['model']}, at {when}")

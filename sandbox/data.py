@@ -28,6 +28,16 @@ so one seed gives the same data all day); every timestamp is at or before it.
   pages, fill in whitepaper and sales forms, attend webinars, reply to emails
   and have meetings. Some people visit /careers, some emails bounce, students
   and interns appear. Activities carry no CRM-specific ids beyond their own.
+- Outcomes (the hidden truth): `Person.propensity` is P(won | a decision was reached) under a
+  hidden model that is deliberately not mappings/scoring.yaml (`hidden_propensity`, the HIDDEN_*
+  weights); `Person.outcome` ("won", "lost" or None for open) and `Person.outcome_ms` (when) are
+  drawn from it with noise, from a stream of their own; `Person.outcome_dated` says whether a lost
+  outcome is recorded with a date (a closed-lost deal or opportunity) or only by a status
+  (UNQUALIFIED / "Closed - Not Converted"). `lifecycle_stage` and `lead_status` follow the outcome,
+  and `lifecycle_dates(person)` gives the moment each lifecycle stage was entered. A person with an
+  outcome did everything in `activities(i)` before it, except what came after: a customer is
+  onboarded (meetings, calls, replies, support pages), a lost lead opens an e-mail now and then.
+  Tests read the truth from here: HubSpot contact id i + 1 and Salesforce `00Q`/`003` + i are person i.
 - `reps() -> list[SandboxRep]`: a fixed sales team in regional teams named
   exactly "DACH", "Nordics", "UK&I", "Benelux", "Rest of World"; a few are
   inactive (one in DACH at least). `Person.owner` is an index into that list

@@ -398,6 +398,11 @@ LIFECYCLE_DATE_PROPERTIES: Final = {
     for stage in ("subscriber", "lead", "marketingqualifiedlead", "salesqualifiedlead", "opportunity", "customer",
                   "evangelist", "other")
 }  # fmt: skip
+_STAGE_LABELS: Final = {
+    "subscriber": "Subscriber", "lead": "Lead", "marketingqualifiedlead": "Marketing Qualified Lead",
+    "salesqualifiedlead": "Sales Qualified Lead", "opportunity": "Opportunity", "customer": "Customer",
+    "evangelist": "Evangelist", "other": "Other",
+}  # fmt: skip
 LEAD_STATUSES: Final = (
     "NEW",
     "OPEN",
@@ -432,7 +437,7 @@ def _contact_properties(owner_options: list[dict[str, Any]]) -> dict[str, Proper
         ),
         PropertyDef("hs_lead_status", "Lead Status", "enumeration", "radio", sales, options=_opts(*LEAD_STATUSES)),
         *(
-            PropertyDef(name, f"Became a {stage} date", "datetime", "date", info)
+            PropertyDef(name, f"Became a {_STAGE_LABELS[stage]} Date", "datetime", "date", info)
             for stage, name in LIFECYCLE_DATE_PROPERTIES.items()
         ),
         PropertyDef("hubspot_owner_id", "Contact owner", "enumeration", "select", sales, options=owner_options),

@@ -15,6 +15,19 @@ Activities become native objects:
   webinar, event or form (Type Webinar / Trade Show / Conference / Other).
 - page views have no native object (that is Pardot) and are left out.
 
+Outcomes (the population's hidden truth, sandbox/data.py): a Lead person who won, or lost with a
+dated outcome, is a converted Lead (IsConverted, ConvertedDate the outcome's day, ConvertedAccountId,
+ConvertedContactId `003` + i, ConvertedOpportunityId `006` + i) whose Opportunity is Closed Won or
+Closed Lost; a Lead lost without a date has Status "Closed - Not Converted". A Contact person who
+reached a decision has an Opportunity (`006` + i) closed won or lost at the outcome's day, an open
+Contact at the opportunity stage an open one; OpportunityContactRole `00K` + i links each Opportunity
+to its Contact (the converted Contact for a converted Lead), IsPrimary. Field names and shapes:
+Salesforce Object Reference (Lead, Opportunity, OpportunityContactRole). Updating a converted Lead
+answers 400 CANNOT_UPDATE_CONVERTED_LEAD "cannot reference converted lead" (the error Salesforce
+returns; Help article 000384333). The Contact a Lead was converted into is a Contact like any other
+(`Org.in_scan`), so `--contacts N` stays N people who are unconverted Leads or Contacts; its
+activities stay on the converted Lead (the sandbox does not move them).
+
 Records nobody owns belong to the integration user ("Sandbox Integration", `UNASSIGNED`);
 about two thirds of the unowned Leads sit in a queue instead (`QUEUES`: Groups of Type Queue,
 ids `00G`), which Lead.OwnerId can reference as well as a User.
@@ -116,6 +129,8 @@ QUEUES: tuple[tuple[int, str, str], ...] = ((1, "Inbound Leads", "Inbound_Leads"
 # Lead it evaluates to the first queue. It runs on Lead creates and updates over REST unless the request
 # says `Sforce-Auto-Assign: FALSE`, and in Bulk API 2.0 jobs only when the job names it (assignmentRuleId).
 ASSIGNMENT_RULE_NUMBER = 1
+OPPORTUNITY_STAGES = ("Prospecting", "Qualification", "Needs Analysis", "Proposal/Price Quote", "Negotiation/Review",
+                      "Closed Won", "Closed Lost")  # Salesforce's default sales process  # fmt: skip
 ROLLED_BACK = "Record rolled back because not all records were valid and the request was using AllOrNone header"
 
 SCORE_FIELDS: tuple[tuple[str, str, dict[str, Any]], ...] = (
@@ -210,6 +225,10 @@ def build_catalog() -> dict[str, SObjectType]:
         _f("ConvertedContactId", T.REFERENCE, "Converted Contact ID", length=18, reference_to=("Contact",),
            relationship_name="ConvertedContact"),
         _f("ConvertedDate", T.DATE, "Converted Date"),
+        _f("ConvertedAccountId", T.REFERENCE, "Converted Account ID", length=18, reference_to=("Account",),
+           relationship_name="ConvertedAccount"),
+        _f("ConvertedOpportunityId", T.REFERENCE, "Converted Opportunity ID", length=18,
+           reference_to=("Opportunity",), relationship_name="ConvertedOpportunity"),
     ])  # fmt: skip
     obj("Contact", sf_ids.CONTACT, "Contact", [
         *person_common,
@@ -227,6 +246,27 @@ def build_catalog() -> dict[str, SObjectType]:
         _s("BillingCountry", 80, "Billing Country"), _s("BillingState", 80, "Billing State/Province"),
         _s("BillingCity", 40, "Billing City"), _s("Website", 255, ftype=T.URL),
         _owner(),
+    ])  # fmt: skip
+    obj("Opportunity", sf_ids.OPPORTUNITY, "Opportunity", [
+        _s("Name", 120, "Name"),
+        _f("AccountId", T.REFERENCE, "Account ID", updateable=True, length=18, reference_to=("Account",),
+           relationship_name="Account"),
+        _f("StageName", T.PICKLIST, "Stage", updateable=True, nillable=False, length=255, picklist=OPPORTUNITY_STAGES),
+        _f("IsClosed", T.BOOLEAN, "Closed", nillable=False),
+        _f("IsWon", T.BOOLEAN, "Won", nillable=False),
+        _f("CloseDate", T.DATE, "Close Date", updateable=True, nillable=False),
+        _f("Amount", T.CURRENCY, "Amount", updateable=True, precision=18, scale=2),
+        _owner(),
+    ])  # fmt: skip
+    obj("OpportunityContactRole", sf_ids.OPPORTUNITY_CONTACT_ROLE, "Opportunity Contact Role", [
+        _f("OpportunityId", T.REFERENCE, "Opportunity ID", length=18, reference_to=("Opportunity",),
+           relationship_name="Opportunity"),
+        _f("ContactId", T.REFERENCE, "Contact ID", updateable=True, length=18, reference_to=("Contact",),
+           relationship_name="Contact"),
+        _f("Role", T.PICKLIST, "Role", updateable=True, length=255,
+           picklist=("Business User", "Decision Maker", "Economic Buyer", "Technical Buyer", "Evaluator",
+                     "Influencer", "Other")),
+        _f("IsPrimary", T.BOOLEAN, "Primary", updateable=True, nillable=False),
     ])  # fmt: skip
     activity_common = [
         _f("WhoId", T.REFERENCE, "Name ID", updateable=True, length=18, reference_to=("Contact", "Lead")),
@@ -347,7 +387,7 @@ _STATUS = {
     "": "Open - Not Contacted", "NEW": "Open - Not Contacted", "OPEN": "Open - Not Contacted",
     "IN_PROGRESS": "Working - Contacted", "ATTEMPTED_TO_CONTACT": "Working - Contacted",
     "CONNECTED": "Working - Contacted", "OPEN_DEAL": "Working - Contacted",
-    "UNQUALIFIED": "Closed - Not Converted", "BAD_TIMING": "Closed - Not Converted",
+    "UNQUALIFIED": "Closed - Not Converted", "BAD_TIMING": "Working - Contacted",
 }  # fmt: skip
 _RATING = {"marketingqualifiedlead": "Warm", "salesqualifiedlead": "Hot", "opportunity": "Hot"}
 _TASK_KINDS = frozenset({"email_open", "email_click", "email_reply", "email_bounce", "call", "note"})
@@ -623,11 +663,69 @@ class Org:
                 rec["LastModifiedDate"] = rec["SystemModstamp"] = ms / 1000
         return rec
 
-    def person_record(self, i: int) -> Record:
+    # ---- outcomes
+    def in_scan(self, obj: str, i: int) -> bool:
+        """Whether person i has a record of `obj`: every Lead person a Lead (converted or not); a Contact
+        for every Contact person and every converted Lead (the Contact it was converted into)."""
+        if self.types.is_lead(i):
+            return obj == "Lead" or (obj == "Contact" and self.converted(i))
+        return obj == "Contact"
+
+    def converted(self, i: int) -> bool:
+        """Whether person i is a converted Lead (won, or lost with a dated outcome)."""
+        if not self.types.is_lead(i):
+            return False
+        p = self.pop.person(i)
+        return p.outcome == "won" or (p.outcome == "lost" and p.outcome_dated)
+
+    def has_opportunity(self, i: int) -> bool:
+        if self.types.is_lead(i):
+            return self.converted(i)
+        p = self.pop.person(i)
+        return p.outcome is not None or p.lifecycle_stage == "opportunity"
+
+    def opportunity_record(self, i: int) -> Record:
+        p = self.pop.person(i)
+        anchor = self.pop.anchor
+        if p.outcome is not None and p.outcome_ms is not None:
+            stage = "Closed Won" if p.outcome == "won" else "Closed Lost"
+            close = p.outcome_ms / 1000
+        else:
+            stage = OPPORTUNITY_STAGES[i % 5]
+            close = anchor + (14 + i % 60) * 86400
+        created = max(p.created_ms / 1000, min(close, anchor) - 45 * 86400)
+        modified = max(created, min(close, anchor - 60))
+        employees = p.employees if isinstance(p.employees, int) else 50
+        rec: Record = {
+            "Id": sf_ids.make_id(sf_ids.OPPORTUNITY, i), "IsDeleted": False,
+            "Name": f"{p.company} - measurement system",
+            "AccountId": sf_ids.make_id(sf_ids.ACCOUNT, p.company_index), "StageName": stage,
+            "IsClosed": stage.startswith("Closed"), "IsWon": stage == "Closed Won", "CloseDate": _date(close),
+            "Amount": float(5_000 + (min(employees, 5000) * 37 + i * 131) % 120_000), "OwnerId": self.owner_id(p),
+            "CreatedDate": created, "LastModifiedDate": modified, "SystemModstamp": modified,
+        }  # fmt: skip
+        return self._overlay("Opportunity", i, rec)
+
+    def contact_role_record(self, i: int) -> Record:
+        p = self.pop.person(i)
+        opp = self.opportunity_record(i)
+        rec: Record = {
+            "Id": sf_ids.make_id(sf_ids.OPPORTUNITY_CONTACT_ROLE, i), "IsDeleted": False,
+            "OpportunityId": opp["Id"], "ContactId": sf_ids.make_id(sf_ids.CONTACT, i),
+            "Role": "Technical Buyer" if "engineer" in p.job_title.lower() else "Decision Maker", "IsPrimary": True,
+            "CreatedDate": opp["CreatedDate"], "LastModifiedDate": opp["CreatedDate"],
+            "SystemModstamp": opp["CreatedDate"],
+        }  # fmt: skip
+        return self._overlay("OpportunityContactRole", i, rec)
+
+    def person_record(self, i: int, as_obj: str | None = None) -> Record:
         p = self.pop.person(i)
         obj = self.types.type_of(i)
         if p.sf_type != obj:
             raise RuntimeError(f"person {i}: the type index says {obj}, the population says {p.sf_type}")
+        converted = obj == "Lead" and self.converted(i)
+        if as_obj == "Contact" and converted:
+            obj = "Contact"  # the Contact this Lead was converted into
         created, modified = p.created_ms / 1000, p.modified_ms / 1000
         rec: Record = {
             "Id": sf_ids.make_id(sf_ids.LEAD if obj == "Lead" else sf_ids.CONTACT, i), "IsDeleted": False,
@@ -644,8 +742,17 @@ class Org:
                 AnnualRevenue=float(p.annual_revenue) if p.annual_revenue is not None else None,
                 Country=p.country, State=p.state, City=p.city, Website=p.website,
                 Status=_STATUS.get(p.lead_status, "Open - Not Contacted"), Rating=_RATING.get(p.lifecycle_stage),
-                IsConverted=False, ConvertedContactId=None, ConvertedDate=None,
+                IsConverted=False, ConvertedContactId=None, ConvertedDate=None, ConvertedAccountId=None,
+                ConvertedOpportunityId=None,
             )  # fmt: skip
+            if converted:
+                assert p.outcome_ms is not None
+                rec.update(
+                    IsConverted=True, ConvertedDate=_date(p.outcome_ms / 1000), Status="Closed - Converted",
+                    ConvertedContactId=sf_ids.make_id(sf_ids.CONTACT, i),
+                    ConvertedAccountId=sf_ids.make_id(sf_ids.ACCOUNT, p.company_index),
+                    ConvertedOpportunityId=sf_ids.make_id(sf_ids.OPPORTUNITY, i),
+                )  # fmt: skip
         else:
             rec.update(
                 AccountId=sf_ids.make_id(sf_ids.ACCOUNT, p.company_index), Department=_department(p.job_title),
@@ -764,7 +871,12 @@ class Org:
             obj = "Lead" if prefix == sf_ids.LEAD else "Contact"
             if number < self.pop.n and self.types.type_of(number) == obj:
                 return obj, number
+            if obj == "Contact" and number < self.pop.n and self.converted(number):
+                return obj, number  # the Contact a Lead was converted into
             return None
+        if prefix in (sf_ids.OPPORTUNITY, sf_ids.OPPORTUNITY_CONTACT_ROLE):
+            obj = "Opportunity" if prefix == sf_ids.OPPORTUNITY else "OpportunityContactRole"
+            return (obj, number) if number < self.pop.n and self.has_opportunity(number) else None
         if prefix == sf_ids.ACCOUNT:
             return ("Account", number) if number < self.pop.n_companies else None
         if prefix == sf_ids.USER:
@@ -792,7 +904,11 @@ class Org:
 
     def record(self, obj: str, key: int) -> Record | None:
         if obj in PERSON_OBJECTS:
-            return self.person_record(key)
+            return self.person_record(key, obj)
+        if obj == "Opportunity":
+            return self.opportunity_record(key)
+        if obj == "OpportunityContactRole":
+            return self.contact_role_record(key)
         if obj == "Account":
             return self.account_record(key)
         if obj == "User":
@@ -857,7 +973,7 @@ def _refs_of(expr: soql.Expr | None) -> list[soql.FieldRef]:
 _MODSTAMP = ("SystemModstamp", "LastModifiedDate")
 # Fields with one value for every record the sandbox has (never writable): folded out of WHERE.
 _CONSTANTS: dict[str, dict[str, Any]] = {
-    "Lead": {"IsConverted": False, "ConvertedContactId": None, "ConvertedDate": None, "IsDeleted": False},
+    "Lead": {"IsDeleted": False},  # IsConverted and the Converted* fields vary: converted Leads exist
     "Contact": {"IsDeleted": False},
     "Account": {"IsDeleted": False},
 }
@@ -947,6 +1063,8 @@ class Planner:
                             if pred(rec):
                                 recs.append(rec)
                     return self._materialized(recs, q), pred
+        if obj in ("Opportunity", "OpportunityContactRole"):
+            return self._opportunities(obj, conds, build, pred, q), pred
         if obj in ("User", "Campaign", "Group", *sf_setup.PREFIXES):
             if obj in sf_setup.PREFIXES:
                 keys = org.setup.keys(obj)
@@ -974,6 +1092,27 @@ class Planner:
         return self._ordered(plan, q, natural_index), pred
 
     # -- plan kinds
+    def _opportunities(
+        self, obj: str, conds: list[soql.Expr], build: Callable[[str, int], Record | None],
+        pred: Callable[[Record], bool], q: soql.Query,
+    ) -> Plan:  # fmt: skip
+        """Opportunities and their contact roles: key i is person i's; by ContactId / OpportunityId when
+        the query names them, else a scan of the people who have one."""
+        org = self.org
+        link = ("ContactId", "OpportunityId") if obj == "OpportunityContactRole" else ("AccountId",)
+        for c in conds:
+            name = _single_ref(c, link)
+            if name in ("ContactId", "OpportunityId") and (ids := _id_values(c)) is not None:
+                keys = []
+                for rid in dict.fromkeys(ids):
+                    parsed = sf_ids.parse(sf_ids.normalize(rid) or "")
+                    if parsed is not None and parsed[1] < org.pop.n and org.has_opportunity(parsed[1]):
+                        keys.append(parsed[1])
+                recs = [r for k in keys if (r := build(obj, k)) is not None and pred(r)]
+                return self._materialized(recs, q)
+        recs = [r for k in range(org.pop.n) if org.has_opportunity(k) and (r := build(obj, k)) is not None and pred(r)]
+        return self._materialized(recs, q)
+
     def _materialized(self, recs: list[Record], q: soql.Query) -> Plan:
         if q.order_by:
             recs.sort(key=soql.sort_key(q.order_by))
@@ -1002,7 +1141,7 @@ class Planner:
             for ms, key in org.store.iter_modified(obj, since, hi, base=org.base):
                 if start is not None and (ms, key) < start:
                     continue
-                if key >= org.pop.n or types.type_of(key) != obj:
+                if key >= org.pop.n or not org.in_scan(obj, key):
                     continue
                 rec = build(obj, key)
                 if rec is not None and pred(rec):
@@ -1012,12 +1151,15 @@ class Planner:
             lo_i = 0 if lo is None else org.pop.first_modified_at_or_after(lo)
             hi_i = org.pop.n if hi is None else org.pop.first_modified_after(hi)
             base = types.count(obj, lo_i, hi_i)
+            if obj == "Contact":  # Contacts made by converting a Lead: an upper bound, counted when asked
+                base += types.count("Lead", lo_i, hi_i)
             written = org.store.written_keys(obj)
             shadowed = bisect.bisect_left(written, hi_i) - bisect.bisect_left(written, lo_i)
             overlay = org.store.count_modified(obj, lo, hi)
             return base - shadowed + overlay
 
         estimate = candidates()
+        exact = exact and obj == "Lead"
 
         def count() -> int:
             if exact:
@@ -1029,18 +1171,20 @@ class Planner:
     def _person_scan(
         self, obj: str, build: Callable[[str, int], Record | None], pred: Callable[[Record], bool], *, exact: bool
     ) -> Plan:
-        types = self.org.types
-        n = self.org.pop.n
+        org = self.org
+        types = org.types
+        n = org.pop.n
 
         def iterate(start: int) -> Iterator[tuple[Any, Record]]:
             for i in range(start, n):
-                if types.type_of(i) != obj:
+                if not org.in_scan(obj, i):
                     continue
                 rec = build(obj, i)
                 if rec is not None and pred(rec):
                     yield i, rec
 
-        estimate = types.count(obj)
+        estimate = types.count(obj) + (types.count("Lead") if obj == "Contact" else 0)
+        exact = exact and obj == "Lead"
         return Plan(iterate, 0, lambda: estimate if exact else sum(1 for _ in iterate(0)), estimate, exact)
 
     def _index_scan(
@@ -1215,6 +1359,10 @@ class Writer:
         obj, key, current = self.target(obj_hint, record_id)
         if obj in ("User", "Campaign", "Group"):
             raise ApiError(400, "INSUFFICIENT_ACCESS_OR_READONLY", "insufficient access rights on object id", [])
+        if obj == "Lead" and current.get("IsConverted"):
+            # Salesforce refuses to update a converted Lead (the org permission "View and Edit Converted
+            # Leads" aside, which the sandbox's integration user does not have).
+            raise ApiError(400, "CANNOT_UPDATE_CONVERTED_LEAD", "cannot reference converted lead", [])
         changes = self.validate(obj, values)
         if auto_assign and obj == "Lead":
             # Salesforce runs the org's active lead assignment rule on every Lead create and update

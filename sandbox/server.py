@@ -39,6 +39,7 @@ from starlette.types import ASGIApp
 
 from sandbox import hubspot, salesforce
 from sandbox.common import FaultSpecError, index_router, parse_fault_spec
+from sandbox.csv_import import CsvImportError, import_csv
 from sandbox.data import Population, Store
 from sandbox.webhooks import WebhookEmitter
 
@@ -68,6 +69,7 @@ class SandboxOptions:
     search_lag_s: float = hubspot.DEFAULT_SEARCH_LAG_S[1]  # a contact write shows up in search within this
     association_page_size: int = hubspot.ASSOC_PAGE_SIZE  # associations per input of a v4 batch read
     hubspot_tier: str = "enterprise"  # the portal's subscription tier: the events API needs enterprise
+    import_file: str | None = None  # a CSV export: its rows are the HubSpot contacts instead of generated people
 
     def validate(self) -> None:
         if not 0 <= self.contacts <= MAX_CONTACTS:
@@ -222,7 +224,8 @@ class _Servers:
     def __init__(self, opts: SandboxOptions) -> None:
         opts.validate()
         self.opts = opts
-        self.population = Population(opts.contacts, opts.seed, opts.anchor)
+        # with --import, the CSV's rows are the only people (HubSpot contacts; Salesforce is empty)
+        self.population = Population(0 if opts.import_file else opts.contacts, opts.seed, opts.anchor)
         self.hubspot_store = Store()
         self.salesforce_store = Store()
         self.hubspot_token, self.salesforce_token = _tokens(opts.seed)
@@ -241,6 +244,13 @@ class _Servers:
             search_lag_s=(0.0, opts.search_lag_s),
             association_page_size=opts.association_page_size,
         )
+        self.import_summary: str | None = None
+        if opts.import_file:
+            try:
+                summary = import_csv(self.hubspot_app.state.crm, opts.import_file)
+            except CsvImportError as exc:
+                raise SandboxError(str(exc).rstrip(".")) from None
+            self.import_summary = summary.line()
         self.salesforce_app = _salesforce_app(
             self.population, self.salesforce_store, self.salesforce_token, opts, self.webhooks
         )
@@ -365,6 +375,12 @@ class Sandbox:
         assert self._servers is not None, "only an in-thread sandbox exposes its stores"
         return self._servers.salesforce_store
 
+    @property
+    def import_summary(self) -> str | None:
+        """The one-line summary of `--import` (None without it)."""
+        assert self._servers is not None, "only an in-thread sandbox exposes its import summary"
+        return self._servers.import_summary
+
     @classmethod
     def start(
         cls,
@@ -383,8 +399,10 @@ class Sandbox:
         search_lag_s: float = hubspot.DEFAULT_SEARCH_LAG_S[1],
         association_page_size: int = hubspot.ASSOC_PAGE_SIZE,
         hubspot_tier: str = "enterprise",
+        import_file: str | Path | None = None,
     ) -> Sandbox:
         opts = SandboxOptions(
+            import_file=str(import_file) if import_file is not None else None,
             hubspot_tier=hubspot_tier,
             association_page_size=association_page_size,
             hubspot_timezone=hubspot_timezone,
@@ -456,6 +474,8 @@ class Sandbox:
         ]
         if opts.anchor is not None:
             argv += ["--anchor", repr(opts.anchor)]
+        if opts.import_file:
+            argv += ["--import", opts.import_file]
         if opts.faults:
             argv += ["--faults", orjson.dumps(dict(opts.faults)).decode()]
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # noqa: S603
@@ -530,6 +550,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="the portal's subscription tier (the events API answers only on enterprise)")  # fmt: skip
     p.add_argument("--search-lag", type=float, default=hubspot.DEFAULT_SEARCH_LAG_S[1],
                    help="seconds within which a contact write shows up in search (each write: 0 to this)")  # fmt: skip
+    p.add_argument("--import", dest="import_file", metavar="FILE.csv", default=None,
+                   help="the HubSpot contacts of a CSV export (one row a contact, one column a property) "
+                        "instead of generated people")  # fmt: skip
     p.add_argument("--anchor", type=float, default=None, help=argparse.SUPPRESS)
     p.add_argument("--association-page-size", type=int, default=hubspot.ASSOC_PAGE_SIZE, help=argparse.SUPPRESS)
     return p
@@ -559,13 +582,15 @@ def options_from_argv(argv: list[str]) -> SandboxOptions:
         search_lag_s=ns.search_lag,
         association_page_size=ns.association_page_size,
         hubspot_tier=ns.hubspot_tier,
+        import_file=ns.import_file,
     )
     opts.validate()
     return opts
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`leadscore sandbox [--port P] [--contacts N] [--seed S] [--hubspot-rate N] [--faults SPEC]`."""
+    """`leadscore sandbox [--port P] [--contacts N] [--seed S] [--hubspot-rate N] [--faults SPEC]
+    [--import FILE.csv]`."""
     try:
         opts = options_from_argv(sys.argv[1:] if argv is None else argv)
         servers = _Servers(opts)
@@ -585,6 +610,9 @@ def main(argv: list[str] | None = None) -> int:
             return
         sys.stdout.write(orjson.dumps(servers.info()).decode() + "\n")
         sys.stdout.flush()
+        if servers.import_summary:
+            sys.stderr.write(f"leadscore sandbox: {servers.import_summary}\n")
+            sys.stderr.flush()
 
     async def run() -> None:
         announcer = asyncio.create_task(announce())

@@ -27,6 +27,8 @@ CAMPAIGN = "701"
 USER = "005"
 GROUP = "00G"  # a Group; Queues are Groups of Type Queue
 ASSIGNMENT_RULE = "01Q"
+OPPORTUNITY = "006"
+OPPORTUNITY_CONTACT_ROLE = "00K"
 ORG = "00D"
 BULK_JOB = "750"
 

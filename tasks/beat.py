@@ -1,7 +1,8 @@
 """The beat schedule, from configuration: per configured CRM an incremental sync every few
 minutes and a full sync once a day; the routing SLA sweep every minute; failed rep notifications
-retried every 30 s (each with its own backoff); with a model store, the learned probability
-retrained on scoring.yaml's `probability.retrain` schedule."""
+retried every 30 s (each with its own backoff); per CRM a backtest of the model in use once a week
+(Mondays at BACKTEST_AT UTC), its figures kept in Redis for `leadscore status`; with a model store,
+the learned probability retrained on scoring.yaml's `probability.retrain` schedule."""
 
 from __future__ import annotations
 
@@ -13,6 +14,10 @@ from celery.schedules import crontab
 from connector.bootstrap import Runtime
 from connector.domain import CrmName
 from connector.mappings.schedule import SyncSchedule
+
+# The weekly backtest: Monday early morning UTC, after the night's full syncs.
+BACKTEST_DAY = "mon"
+BACKTEST_AT = (4, 15)
 
 
 def schedules(rt: Runtime) -> list[tuple[CrmName, SyncSchedule]]:
@@ -42,6 +47,11 @@ def beat_schedule(rt: Runtime) -> dict[str, dict[str, Any]]:
             entries[f"{crm}-retrain"] = {
                 "task": "leadscore.learn.retrain", "schedule": crontab(hour=hour, minute=minute), "args": (crm,),
             }
+        entries[f"{crm}-backtest"] = {
+            "task": "leadscore.learn.backtest",
+            "schedule": crontab(day_of_week=BACKTEST_DAY, hour=BACKTEST_AT[0], minute=BACKTEST_AT[1]),
+            "args": (crm,),
+        }
     return entries
 
 

@@ -1022,10 +1022,20 @@ class HubSpotAdapter:
                     f"mappings/hubspot.yaml reads contact propert{'ies' if len(unknown) > 1 else 'y'} that HubSpot "
                     f"does not have: {', '.join(unknown)}; fix the names or create them."
                 )
+            outcomes = self.mapping.outcomes
+            if outcomes is not None:
+                absent = [p for p in outcomes.contact_properties() if p not in existing]
+                if absent:
+                    problems.append(
+                        f"The outcomes: section of mappings/hubspot.yaml reads contact "
+                        f"propert{'ies' if len(absent) > 1 else 'y'} HubSpot does not have: {', '.join(absent)}; "
+                        "fix the names (a lifecycle stage's internal value gives hs_lifecyclestage_<stage>_date)."
+                    )
             probes: list[tuple[Any, tuple[Any, ...], dict[str, Any]]] = [
                 (self.apis.contacts.get_page, (), {"limit": 1, "properties": ["email"]}),
                 (self.apis.owners.get_page, (), {"limit": 1}),
             ]
+
             for op, args, kwargs in probes:
                 try:
                     self._call(op, *args, **kwargs)
@@ -1034,6 +1044,19 @@ class HubSpotAdapter:
                         problems.append(str(exc))
                 except (RetryLater, ApiError):
                     continue
+            if outcomes is not None and outcomes.deals is not None:  # outcomes from deals need their read scope
+                try:
+                    self._call(self.apis.objects.get_page, "deals", limit=1, properties=["dealstage"])
+                except StopSync as exc:
+                    problems.append(
+                        "The outcomes: section of mappings/hubspot.yaml reads deals, but the private app lacks the "
+                        "scope crm.objects.deals.read: add it in the app's settings (Scopes) and use the new token, "
+                        "or remove outcomes.deals."
+                        if "crm.objects.deals.read" in str(exc)
+                        else f"The outcomes: section of mappings/hubspot.yaml reads deals, but HubSpot refused: {exc}"
+                    )
+                except (RetryLater, ApiError):
+                    pass
             if self.mapping.activities.web == "events":
                 refused = self._probe_events()
                 if refused:

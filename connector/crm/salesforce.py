@@ -37,7 +37,7 @@ import requests
 from simple_salesforce.api import Salesforce
 from simple_salesforce.bulk2 import SFBulk2Handler
 
-from connector.crm.base import CallCounter, OpenTask, Page, WriteReport, task_ref_in
+from connector.crm.base import CallCounter, LeadOutcome, OpenTask, Page, WriteReport, task_ref_in
 from connector.crm.limits import DEFAULT_POLICY, RetryPolicy, SlidingWindowLimiter, call_with_retry
 from connector.crm.salesforce_http import (
     SESSION_EXPIRED,
@@ -69,6 +69,7 @@ from connector.crm.salesforce_records import (
 from connector.crm.salesforce_setup import SalesforceSetup
 from connector.domain import WRITE_FIELDS, CrmName, Lead, Rep
 from connector.errors import RecordError, RetryLater, StopSync, UserError
+from connector.mappings.outcomes import SalesforceOutcomes, combine
 from connector.mappings.salesforce import OBJECTS, SALESFORCE_ID, SalesforceMapping
 from connector.redisutil import text as redis_text
 
@@ -111,15 +112,8 @@ class SalesforceAdapter:
 
     crm: CrmName = "salesforce"
     streams: tuple[str, ...] = OBJECTS
-    outcome_streams: tuple[str, ...] = OBJECTS
+    outcome_streams: tuple[str, ...] = OBJECTS  # Lead read with its converted Leads, which the sync skips
 
-    # -- outcomes (read for learning, never written)
-
-    def outcome_profile_fields(self) -> frozenset[str]:
-        return frozenset()
-
-    def read_outcome_page(self, stream: str, cursor: str | None, *, since: float | None) -> Page:
-        raise UserError("reading Salesforce outcomes is not available in this version yet; use --crm hubspot.")
 
     def __init__(
         self,
@@ -139,6 +133,7 @@ class SalesforceAdapter:
             raise ValueError(f"instance_url must be an https:// URL, not {instance_url!r}")
         self.instance_url = instance_url.rstrip("/")
         self.mapping = mapping
+        self._converted_contacts: set[str] = set()  # 15-char ids of Contacts made from Leads read for outcomes
         self.account = account
         self._configured_token = token
         self._oauth = oauth
@@ -361,6 +356,159 @@ class SalesforceAdapter:
         total = result.get("totalSize") if cursor is None else None
         return Page(leads=leads, next_cursor=next_cursor, high_water=max(stamps) if stamps else None, problems=problems,
                     total=int(total) if isinstance(total, int) else None)
+
+    # ------------------------------------------------------------------ outcomes (read for learning, never written)
+
+    def _outcomes_config(self) -> SalesforceOutcomes:
+        if self.mapping.outcomes is None:
+            raise UserError(
+                "mappings/salesforce.yaml has no outcomes: section, so nothing says what counts as won or lost; "
+                "add one (the shipped file shows lead conversion, contact roles and a field)."
+            )
+        return self.mapping.outcomes
+
+    def _outcome_defining_fields(self, obj: str) -> set[str]:
+        outcomes = self.mapping.outcomes
+        if outcomes is None:
+            return set()
+        out: set[str] = set()
+        if outcomes.lead_conversion is not None and obj == "Lead":
+            out.add("status")  # "Closed - Converted" says the Lead converted
+        if outcomes.field is not None and obj in outcomes.field.objects:
+            out.add(outcomes.field.name.lower())
+        return out
+
+    def outcome_profile_fields(self) -> frozenset[str]:
+        fields: set[str] = set()
+        for obj in OBJECTS:
+            defining = self._outcome_defining_fields(obj)
+            mapped = self.mapping.objects[obj].fields.items()  # type: ignore[index]
+            fields |= {engine for engine, api in mapped if api.lower() in defining}
+        return frozenset(fields)
+
+    def _outcome_select(self, obj: str, outcomes: SalesforceOutcomes) -> list[str]:
+        fields = self._select_list(obj)
+        if obj == "Lead":
+            fields += ["IsConverted", "ConvertedContactId"]
+        conversion = outcomes.lead_conversion
+        if obj == "Lead" and conversion is not None:
+            fields += ["IsConverted", "ConvertedDate"]
+            if conversion.won == "opportunity_won":
+                fields += ["ConvertedOpportunity.IsWon", "ConvertedOpportunity.IsClosed"]
+        rule = outcomes.field
+        if rule is not None and obj in rule.objects:
+            fields += [rule.name, *([rule.date] if rule.date else [])]
+        return list(dict.fromkeys(fields))
+
+    def read_outcome_page(self, stream: str, cursor: str | None, *, since: float | None) -> Page:
+        """A page of Leads (converted ones included) or Contacts with their outcomes: conversion and field
+        values ride along the page's query; Contacts' opportunities cost one OpportunityContactRole query
+        per page (ids in IN lists).
+
+        A converted Lead and the Contact it became are one person: read as the Lead (which has the
+        history before the conversion), so Contacts named as a ConvertedContactId on Lead pages read
+        earlier through this adapter are left out of Contact pages."""
+        obj = self._object(stream)
+        outcomes = self._outcomes_config()
+        if cursor is None:
+            where: list[str] = []
+            order = None
+            if since is not None:
+                where.append(f"SystemModstamp >= {soql_datetime(since)}")
+                order = "SystemModstamp ASC"
+            result = self._query_page(build_soql(self._outcome_select(obj, outcomes), obj, where, order_by=order))
+        else:
+            self._check_cursor(obj, cursor)
+            result = self._query_more(cursor)
+        leads: list[Lead] = []
+        problems: list[tuple[str, str]] = []
+        found: dict[str, list[tuple[str, float | None]]] = {}
+        for record in result["records"]:
+            if obj == "Lead" and record.get("IsConverted") and record.get("ConvertedContactId"):
+                self._converted_contacts.add(str(record["ConvertedContactId"])[:15])
+            if obj == "Contact" and str(record.get("Id", ""))[:15] in self._converted_contacts:
+                continue
+            try:
+                lead = self._lead(obj, record)
+            except (KeyError, TypeError, ValueError) as exc:
+                problems.append((str(record.get("Id", "?")), f"cannot be read: {exc}"))
+                continue
+            leads.append(lead)
+            found[lead.id] = self._record_outcomes(obj, outcomes, record)
+        if obj == "Contact" and outcomes.contact_roles is not None and leads:
+            for contact_id, hits in self._role_outcomes(outcomes, [lead.id for lead in leads]).items():
+                found.setdefault(contact_id, []).extend(hits)
+        stamps = [lead.modified_at for lead in leads if lead.modified_at is not None]
+        page = Page(
+            leads=leads, next_cursor=None if result.get("done", True) else result.get("nextRecordsUrl"),
+            high_water=max(stamps) if stamps else None, problems=problems,
+        )  # fmt: skip
+        for lead_id, hits in found.items():
+            what, at = combine(hits)
+            if what is not None:
+                page.outcomes[lead_id] = LeadOutcome(what, at)
+        return page
+
+    @staticmethod
+    def _record_outcomes(
+        obj: str, outcomes: SalesforceOutcomes, record: Mapping[str, Any]
+    ) -> list[tuple[str, float | None]]:
+        hits: list[tuple[str, float | None]] = []
+        conversion = outcomes.lead_conversion
+        if obj == "Lead" and conversion is not None and record.get("IsConverted"):
+            at = parse_time(record.get("ConvertedDate"))
+            if conversion.won == "converted":
+                hits.append(("won", at))
+            else:
+                opp = record.get("ConvertedOpportunity") or {}
+                if opp.get("IsWon"):
+                    hits.append(("won", at))
+                elif opp.get("IsClosed"):
+                    hits.append(("lost", at))
+        rule = outcomes.field
+        if rule is not None and obj in rule.objects:
+            value = get_path(record, rule.name)
+            at = parse_time(get_path(record, rule.date)) if rule.date else None
+            if value is not None and str(value) in rule.won:
+                hits.append(("won", at))
+            elif value is not None and str(value) in rule.lost:
+                hits.append(("lost", at))
+        return hits
+
+    def _role_outcomes(
+        self, outcomes: SalesforceOutcomes, ids: Sequence[str]
+    ) -> dict[str, list[tuple[str, float | None]]]:
+        """Contact id -> outcome from its Opportunities (OpportunityContactRole): won when one IsWon (the
+        earliest such CloseDate), lost when all are closed (the latest CloseDate)."""
+        roles = outcomes.contact_roles
+        assert roles is not None
+        where = ["ContactId IN ({ids})"]
+        if roles.roles:
+            where.append("Role IN (" + ", ".join(soql_string(r) for r in roles.roles) + ")")
+        template = build_soql(
+            ["ContactId", "Opportunity.IsWon", "Opportunity.IsClosed", "Opportunity.CloseDate"],
+            "OpportunityContactRole", where,
+        )  # fmt: skip
+        opps: dict[str, list[tuple[bool, bool, float | None]]] = {}
+        by_prefix = {i[:15]: i for i in ids}
+        for soql in in_list_queries(template, ids):
+            for record in self._query_all(soql):
+                contact = by_prefix.get(str(record.get("ContactId") or "")[:15])
+                opp = record.get("Opportunity") or {}
+                if contact is not None:
+                    opps.setdefault(contact, []).append(
+                        (bool(opp.get("IsWon")), bool(opp.get("IsClosed")), parse_time(opp.get("CloseDate")))
+                    )
+        out: dict[str, list[tuple[str, float | None]]] = {}
+        for contact, rows in opps.items():
+            won = [at for is_won, _, at in rows if is_won]
+            if won:
+                dated = [at for at in won if at is not None]
+                out[contact] = [("won", min(dated) if dated else None)]
+            elif all(closed for _, closed, _ in rows):
+                dated = [at for _, _, at in rows if at is not None]
+                out[contact] = [("lost", max(dated) if dated else None)]
+        return out
 
     def _check_cursor(self, stream: str, cursor: str) -> None:
         # The cursor is a nextRecordsUrl from this API: a path under /services/data/.
@@ -727,6 +875,37 @@ class SalesforceAdapter:
         result = self._run(lambda sf: sf.restful(f"sobjects/{obj}/describe"), policy=policy)
         return {f["name"].lower(): f for f in (result or {}).get("fields", [])}
 
+    def _outcome_lines(self) -> list[str]:
+        """What the `outcomes:` section needs and the integration user cannot read, one sentence each."""
+        outcomes = self.mapping.outcomes
+        if outcomes is None:
+            return []
+        lines: list[str] = []
+        needed: list[str] = []
+        if outcomes.lead_conversion is not None and outcomes.lead_conversion.won == "opportunity_won":
+            needed.append("Opportunity")
+        if outcomes.contact_roles is not None:
+            needed += ["Opportunity", "OpportunityContactRole"]
+        for obj in dict.fromkeys(needed):
+            try:
+                self._describe(obj, _CHECK_POLICY)
+            except RecordError:
+                lines.append(
+                    f"The outcomes: section of mappings/salesforce.yaml reads {obj}, which the integration user "
+                    f"cannot see; give it Read access to {obj} (profile or permission set)"
+                )
+        rule = outcomes.field
+        if rule is not None:
+            for obj in rule.objects:
+                fields = self._describe(obj, _CHECK_POLICY)
+                for name in (rule.name, rule.date):
+                    if name is not None and name.lower() not in fields:
+                        lines.append(
+                            f"{obj}: the outcomes: section of mappings/salesforce.yaml reads the field {name}, "
+                            f"which {obj} does not have; fix outcomes.field"
+                        )
+        return lines
+
     def _field_lines(self, obj: str, fields: Mapping[str, Mapping[str, Any]], *, all_lines: bool) -> list[str]:
         lines: list[str] = []
         for engine, api in self.mapping.write_fields.as_dict().items():
@@ -776,6 +955,7 @@ class SalesforceAdapter:
         try:
             for obj in OBJECTS:
                 problems += self._field_lines(obj, self._describe(obj, _CHECK_POLICY), all_lines=False)
+            problems += self._outcome_lines()
         except (StopSync, RetryLater) as exc:
             return [*problems, _sentence(str(exc))]
         finally:

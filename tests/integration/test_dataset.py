@@ -6,21 +6,28 @@ stage and lead status, deals and their contacts), and checked against the sandbo
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+import redis
+import requests
 import urllib3
 import yaml
 from hubspot import HubSpot
+from simple_salesforce.api import Salesforce
+from simple_salesforce.exceptions import SalesforceMalformedRequest
 
 from connector.bootstrap import Runtime, build_runtime
 from connector.config import Settings
 from connector.errors import UserError
 from connector.learn.dataset import Dataset, read_dataset
 from connector.mappings.hubspot import Account
+from connector.sync import run_page, start_run
+from sandbox import sf_ids
 from sandbox.server import Sandbox
 from tests.conftest import ROOT
 
@@ -142,4 +149,121 @@ def test_a_mapping_without_outcomes_is_one_clear_error(sandbox: Sandbox, redis_u
     rt = runtime(sandbox, redis_url, tmp_path)
     with pytest.raises(UserError, match="no outcomes: section"):
         read_dataset(rt, "hubspot")
+    rt.close()
+
+
+# ----------------------------------------------------------------------------- Salesforce
+
+
+def sf_runtime(sb: Sandbox, redis_url: str, tmp_path: Path) -> Runtime:
+    mdir = tmp_path / "mappings"
+    shutil.copytree(ROOT / "mappings", mdir, dirs_exist_ok=True)
+    settings = Settings(redis_url=redis_url, redis_url_given=True, mappings_dir=mdir,
+                        salesforce_instance_url=sb.salesforce_url, salesforce_access_token=sb.salesforce_token,
+                        salesforce_ca_bundle=Path(sb.ca_cert))  # fmt: skip
+    return build_runtime(settings, redis_client=redis.Redis.from_url(redis_url), namespace=f"ds{tmp_path.name}")
+
+
+def sf_client(sb: Sandbox) -> Salesforce:
+    session = requests.Session()
+    session.trust_env = False
+    session.verify = sb.ca_cert
+    return Salesforce(instance_url=sb.salesforce_url, session_id=sb.salesforce_token, session=session, version="59.0")
+
+
+@pytest.fixture
+def salesforce_dataset(sandbox: Sandbox, redis_url: str, tmp_path: Path) -> Iterator[Dataset]:
+    rt = sf_runtime(sandbox, redis_url, tmp_path)
+    rt.adapter("salesforce").setup()  # `leadscore setup`: the score fields the sync reads too
+    yield read_dataset(rt, "salesforce")
+    rt.close()
+
+
+def _sf_api_outcomes(sf: Salesforce) -> dict[str, str]:
+    """record id -> won/lost, from SOQL: converted Leads and their Opportunities, Lead Status, contact roles."""
+    out: dict[str, str] = {}
+    for r in sf.query_all("SELECT Id, ConvertedOpportunity.IsWon, ConvertedOpportunity.IsClosed FROM Lead "
+                          "WHERE IsConverted = true")["records"]:  # fmt: skip
+        opp = r["ConvertedOpportunity"]
+        if opp["IsWon"] or opp["IsClosed"]:
+            out[r["Id"]] = "won" if opp["IsWon"] else "lost"
+    for r in sf.query_all("SELECT Id FROM Lead WHERE IsConverted = false AND Status = 'Closed - Not Converted'")[
+        "records"
+    ]:
+        out[r["Id"]] = "lost"
+    converted = {r["ConvertedContactId"] for r in sf.query_all("SELECT ConvertedContactId FROM Lead "
+                                                               "WHERE IsConverted = true")["records"]}  # fmt: skip
+    contacts = {r["Id"] for r in sf.query_all("SELECT Id FROM Contact")["records"]} - converted  # read as their Leads
+    roles = sf.query_all("SELECT ContactId, Opportunity.IsWon, Opportunity.IsClosed FROM OpportunityContactRole")
+    for r in roles["records"]:
+        if r["ContactId"] in contacts and r["Opportunity"]["IsClosed"]:
+            out[r["ContactId"]] = "won" if r["Opportunity"]["IsWon"] else "lost"
+    return out
+
+
+def test_salesforce_outcomes_match_soql_and_the_hidden_truth(sandbox: Sandbox, salesforce_dataset: Dataset) -> None:
+    ds = salesforce_dataset
+    got = {e.lead.id: e.outcome for e in ds.examples if e.outcome is not None}
+    sf = sf_client(sandbox)
+    assert got == _sf_api_outcomes(sf)
+    pop = sandbox.population
+    truth = {sf_ids.make_id(sf_ids.LEAD if p.sf_type == "Lead" else sf_ids.CONTACT, i): p.outcome
+             for i in range(N) if (p := pop.person(i)).outcome}  # fmt: skip
+    assert got == truth
+    # every person once: converted Leads are in the dataset as Leads, their Contacts are not read again
+    assert len(ds.examples) == N
+    converted = sf.query("SELECT COUNT() FROM Lead WHERE IsConverted = true")["totalSize"]
+    assert converted > 0
+    assert sum(1 for e in ds.examples if e.lead.object_type == "Lead" and e.lead.id in got) > converted
+
+
+def test_salesforce_examples_are_not_scored_with_activities_after_their_conversion(salesforce_dataset: Dataset) -> None:
+    ds = salesforce_dataset
+    dated = [e for e in ds.examples if e.outcome_at is not None]
+    assert dated
+    for e in dated:
+        assert all(a.ts < e.outcome_at for a in e.activities_as_of(ds.read_at))
+        assert "lead_status" not in e.lead.profile
+    assert any(a.ts >= e.outcome_at for e in dated for a in e.lead.activities)
+
+
+def test_a_sync_never_writes_to_a_converted_lead(sandbox: Sandbox, redis_url: str, tmp_path: Path) -> None:
+    """Salesforce refuses updates to converted Leads (CANNOT_UPDATE_CONVERTED_LEAD): the sync must not try."""
+    sf = sf_client(sandbox)
+    converted = sf.query_all("SELECT Id FROM Lead WHERE IsConverted = true")["records"]
+    assert converted
+    with pytest.raises(SalesforceMalformedRequest, match="CANNOT_UPDATE_CONVERTED_LEAD"):
+        sf.Lead.update(converted[0]["Id"], {"Rating": "Hot"})  # what a write would meet
+    rt = sf_runtime(sandbox, redis_url, tmp_path)
+    rt.adapter("salesforce").setup()
+    started, firsts = start_run(rt, "salesforce", full=True)
+    queue = [(stream, None, since) for stream, since in firsts]
+    while queue:
+        stream, cursor, since = queue.pop()
+        run_page(rt, started.run_id, "salesforce", stream, cursor, since,
+                 lambda nxt, s=stream, t=since: queue.append((s, nxt, t)))  # fmt: skip
+    run = rt.runs.get(started.run_id)
+    rt.close()
+    assert run is not None
+    assert run.count("read") == N  # the unconverted Leads and the Contacts (converted ones too): every person once
+    assert run.count("failed") == 0  # a write to a converted Lead would have been refused and counted here
+    scored = sf.query_all("SELECT Id, IsConverted, Lead_Score__c FROM Lead")["records"]
+    assert any(r["Lead_Score__c"] is not None for r in scored if not r["IsConverted"])
+    assert all(r["Lead_Score__c"] is None for r in scored if r["IsConverted"])
+
+
+def test_check_says_when_a_salesforce_outcome_field_is_missing(
+    sandbox: Sandbox, redis_url: str, tmp_path: Path
+) -> None:
+    rt = sf_runtime(sandbox, redis_url, tmp_path)
+    adapter = rt.adapter("salesforce")
+    adapter.setup()
+    assert adapter.check() == []
+    rt.close()
+    rt = sf_runtime(sandbox, redis_url, tmp_path)  # the mapping is read when the adapter is first built
+    (tmp_path / "mappings" / "salesforce.yaml").write_text(
+        (ROOT / "mappings" / "salesforce.yaml").read_text().replace("name: Status\n", "name: Stage__c\n"))
+    assert rt.adapter("salesforce").check() == [
+        "Lead: the outcomes: section of mappings/salesforce.yaml reads the field Stage__c, which Lead does not "
+        "have; fix outcomes.field"]
     rt.close()

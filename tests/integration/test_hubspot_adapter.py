@@ -474,13 +474,30 @@ def test_check_says_what_to_fix_in_one_sentence_each(shipped: HubSpotMapping, r:
         scoped = adapter(sb, mapping, r, token="pat-no-owners")
         assert scoped.check() == [
             "The HubSpot private app lacks the scope crm.objects.owners.read: add it in the app's settings "
-            "(Scopes) and use the new token."]
+            "(Scopes) and use the new token.",
+            "The outcomes: section of mappings/hubspot.yaml reads deals, but the private app lacks the scope "
+            "crm.objects.deals.read: add it in the app's settings (Scopes) and use the new token, or remove "
+            "outcomes.deals."]
         for x in (bad, a, scoped):
             x.close()
     gone = HubSpotAdapter(base_url=sb.hubspot_url, token="t", mapping=mapping, redis=r, timeout=1.0)
     assert gone.check() == [
         f"Cannot reach HubSpot at {sb.hubspot_url}: check HUBSPOT_BASE_URL and the network."]
     gone.close()
+
+
+def test_check_names_outcome_properties_hubspot_lacks(shipped: HubSpotMapping, r: redis.Redis) -> None:
+    outcomes = shipped.outcomes
+    assert outcomes is not None
+    assert outcomes.property is not None
+    typo = outcomes.model_copy(update={"property": outcomes.property.model_copy(update={"name": "hs_lead_stat"})})
+    with Sandbox.start(contacts=10, seed=2, hubspot_rate=100_000) as sb:
+        a = adapter(sb, mapping_with(shipped, account=FAST, outcomes=typo), r)
+        a.setup()
+        assert a.check() == [
+            "The outcomes: section of mappings/hubspot.yaml reads contact property HubSpot does not have: "
+            "hs_lead_stat; fix the names (a lifecycle stage's internal value gives hs_lifecyclestage_<stage>_date)."]
+        a.close()
 
 
 # ----------------------------------------------------------------------------- limits

@@ -25,7 +25,7 @@ from connector.mappings.probability import ProbabilitySettings
 from sandbox.server import Sandbox
 from tests.conftest import ROOT
 from tests.integration.test_cli import hubspot_env, one_sentence, run
-from tests.learn_synthetic import READ_AT, make_dataset
+from tests.predict_synthetic import READ_AT, make_dataset
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,7 @@ from connector.learn.store import ActiveModels, ModelStore, StoreError, store_fo
 from connector.learn.train import TrainedModel, train
 from connector.mappings.probability import ProbabilitySettings
 from tests.conftest import ROOT
-from tests.learn_synthetic import READ_AT, make_dataset
+from tests.predict_synthetic import READ_AT, make_dataset
 
 
 @cache

@@ -672,7 +672,7 @@ def test_a_page_cursor_older_than_two_days_stops_the_stream_with_a_sentence(
 ) -> None:
     # Query locators live two days after the initial query (API 56.0+): a sync page handed on
     # later than that meets INVALID_QUERY_LOCATOR and says so, instead of retrying forever.
-    with Sandbox.start(contacts=700, seed=3) as sandbox:
+    with Sandbox.start(contacts=1000, seed=3) as sandbox:  # more than 400 unconverted Leads
         org = Org(sandbox)
         org.create_score_fields()
         adapter = org.adapter(redis_client, mapping.model_copy(update={"page_size": 200}))

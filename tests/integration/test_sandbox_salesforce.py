@@ -75,8 +75,23 @@ def _people(sb: Sandbox, sf_type: str) -> list[int]:
     return [i for i in range(PEOPLE) if sb.population.person(i).sf_type == sf_type]
 
 
+def _converted(sb: Sandbox, i: int) -> bool:
+    """Whether person i is a converted Lead: won, or lost with a dated (closed) opportunity."""
+    p = sb.population.person(i)
+    return p.sf_type == "Lead" and (p.outcome == "won" or (p.outcome == "lost" and p.outcome_dated))
+
+
+def _unconverted_leads(sb: Sandbox) -> list[int]:
+    return [i for i in _people(sb, "Lead") if not _converted(sb, i)]
+
+
+def _contacts(sb: Sandbox) -> list[int]:
+    """People with a Contact record: Contact people and the Contacts converted Leads became."""
+    return [i for i in range(PEOPLE) if sb.population.person(i).sf_type == "Contact" or _converted(sb, i)]
+
+
 def _lead_id(sb: Sandbox, nth: int) -> str:
-    return sf_ids.make_id(sf_ids.LEAD, _people(sb, "Lead")[nth])
+    return sf_ids.make_id(sf_ids.LEAD, _unconverted_leads(sb)[nth])
 
 
 def _soql_now(offset_s: float = 0) -> str:
@@ -87,7 +102,7 @@ def _soql_now(offset_s: float = 0) -> str:
 def test_query_all_iter_pages_every_lead_2000_at_a_time(sandbox: Sandbox, sf: Salesforce) -> None:
     _admin(sandbox, "stats/reset")
     ids = [r["Id"] for r in sf.query_all_iter("SELECT Id, Name FROM Lead WHERE IsConverted = false")]
-    leads = _people(sandbox, "Lead")
+    leads = _unconverted_leads(sandbox)
     assert ids == [sf_ids.make_id(sf_ids.LEAD, i) for i in leads]
     calls = _stats(sandbox)["calls"]
     assert calls["GET /services/data/{version}/query"] == 1
@@ -142,9 +157,9 @@ def test_modstamp_range_over_the_base_population_counts_exactly(sandbox: Sandbox
     cut_i = PEOPLE // 2
     cut = dt.datetime.fromtimestamp(pop.base_modified_ms(cut_i) / 1000, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
     page = sf.query(f"SELECT COUNT() FROM Contact WHERE SystemModstamp >= {cut}Z")
-    written = {i for i in _people(sandbox, "Contact") if sandbox.salesforce_store.modified_ms("Contact", i) is not None}
+    written = {i for i in _contacts(sandbox) if sandbox.salesforce_store.modified_ms("Contact", i) is not None}
     expected = sum(
-        1 for i in _people(sandbox, "Contact") if pop.base_modified_ms(i) >= pop.base_modified_ms(cut_i) or i in written
+        1 for i in _contacts(sandbox) if pop.base_modified_ms(i) >= pop.base_modified_ms(cut_i) or i in written
     )
     assert page["totalSize"] == expected
 

@@ -25,7 +25,7 @@ from connector.learn.train import (
 )
 from connector.mappings.probability import ProbabilitySettings
 from tests.conftest import ROOT
-from tests.learn_synthetic import DAY, READ_AT, make_dataset, make_examples
+from tests.predict_synthetic import DAY, READ_AT, make_dataset, make_examples
 
 
 @cache

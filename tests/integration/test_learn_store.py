@@ -96,3 +96,25 @@ def test_the_store_is_a_folder_or_a_file_url() -> None:
     assert store_folder("/srv/models") == Path("/srv/models")
     with pytest.raises(Exception, match="must be a folder path or a file:// URL"):
         store_folder("s3://bucket/models")
+
+
+def test_the_backtest_report_shows_the_active_models_reliability_through_the_configured_store(
+    tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from connector.learn import report
+    from connector.learn.dataset import dataset_from_examples
+    from connector.learn.evaluate import backtest
+    from tests.predict_synthetic import make_examples
+
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    monkeypatch.setenv("LEADSCORE_MODEL_STORE", str(tmp_path / "models"))
+    ds = dataset_from_examples("hubspot", make_examples(300, seed=3), READ_AT)
+    bt = backtest(ds, load_scoring(ROOT / "mappings" / "scoring.yaml"))
+    assert report.extra_sections(ds, bt) == []  # no active model yet: no section
+
+    store = ModelStore(str(tmp_path / "models"), redis.Redis.from_url(redis_url), "leadscore")
+    store.activate("hubspot", store.save(trained()))
+    [section] = report.extra_sections(ds, bt)
+
+    assert section.title == "Learned probability: reliability"
+    assert store.active_version("hubspot") in section.html

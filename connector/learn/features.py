@@ -20,6 +20,7 @@ rules that read them.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from array import array
@@ -228,6 +229,7 @@ class FeatureSpec:
     def _read_field(self, k: int, raw: Any) -> tuple[tuple[int, float], ...]:
         """The (column, value) pairs one field's raw value sets; cached per distinct value."""
         plan = self.fields[k]
+        cells: tuple[tuple[int, float], ...]
         if plan.how == "number":
             n = number_of(raw)
             cells = ((plan.start + 1, 1.0),) if n is None else ((plan.start, _signed_log(n)),)
@@ -241,10 +243,8 @@ class FeatureSpec:
         cache = self._field_cache[k]
         if len(cache) > FIELD_CACHE_LIMIT:
             cache.clear()
-        try:
+        with contextlib.suppress(TypeError):  # an unhashable value: read every time
             cache[raw] = cells
-        except TypeError:  # an unhashable value: read every time
-            pass
         return cells
 
     def row(self, profile: Mapping[str, Any], activities: Sequence[Activity], at: float,

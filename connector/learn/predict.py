@@ -97,12 +97,12 @@ class Predictor:
             # linear decision value: moving a group to the baseline moves f by its share, exactly
             shares = ((X - self.baseline) * self._weights) @ self._member
             q = self._calibrated((f[:, None] - shares).ravel()).reshape(n, g)
-            return (p[:, None] - q) * 100
+            return np.asarray((p[:, None] - q) * 100)
         blocks = np.repeat(X[None, :, :], g, axis=0)
         for k, (_, cols) in enumerate(self._groups):
             blocks[k][:, cols] = self.baseline[cols]
         q = self.probabilities(blocks.reshape(g * n, -1)).reshape(g, n).T
-        return (p[:, None] - q) * 100
+        return np.asarray((p[:, None] - q) * 100)
 
     def weights(self, X: np.ndarray, p: np.ndarray) -> list[list[tuple[float, str]]]:
         """Per lead, (percentage points, group) for every group (for tests and explain)."""

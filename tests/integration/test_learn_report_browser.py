@@ -112,7 +112,9 @@ def test_the_learned_probabilitys_reliability_curve_renders_in_the_report(browse
     assert titles[-1] == "Learned probability: reliability"
     section = page.locator("section", has=page.locator("h2", has_text="Learned probability: reliability"))
     box = section.locator("img").bounding_box()
-    assert box is not None and box["width"] > 300 and box["height"] > 250
+    assert box is not None
+    assert box["width"] > 300
+    assert box["height"] > 250
     assert section.locator("img").evaluate("e => e.complete && e.naturalWidth > 0")
     text = section.inner_text()
     assert "hubspot-20261118T110640Z-0123abcd" in text

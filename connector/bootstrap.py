@@ -22,6 +22,7 @@ from connector.domain import CrmName
 from connector.errors import ConfigError, UserError
 from connector.mappings.schedule import SyncSchedule
 from connector.metrics import Metrics
+from connector.retry import RetrySet
 from connector.runs import RunStore
 
 if TYPE_CHECKING:
@@ -75,6 +76,10 @@ class Runtime:
     @cached_property
     def runs(self) -> RunStore:
         return RunStore(self.redis, self.namespace)
+
+    @cached_property
+    def retries(self) -> RetrySet:
+        return RetrySet(self.redis, self.namespace)
 
     @cached_property
     def metrics(self) -> Metrics:

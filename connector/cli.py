@@ -311,6 +311,7 @@ def check() -> int:
         problems += [f"{crm}: {p}" for p in found]
         if not found:
             ok_lines.append(f"{crm}: reachable, fields and scopes in place")
+    warnings += _streams_behind(rt)
     try:
         ok_lines += [f"schedule: {rt.schedule(crm).describe(crm)}" for crm in rt.configured_crms]
     except UserError as exc:
@@ -326,6 +327,31 @@ def check() -> int:
         return 1
     print("all checks passed.")
     return 0
+
+
+def _streams_behind(rt: Any) -> list[str]:
+    """One warning per stream with records not written yet (connector/retry.py), oldest first."""
+    from connector.retry import RETRY_EVERY_SECONDS
+    from connector.status import _ago
+
+    now = time.time()
+    lines: list[str] = []
+    for crm in rt.configured_crms:
+        try:
+            streams = rt.adapter(crm).streams
+            found = [rt.retries.behind(crm, stream) for stream in streams]
+        except Exception:  # noqa: BLE001, S112 - Redis or the mapping is already reported above
+            continue
+        for b in found:
+            if not b.waiting or b.since is None:
+                continue
+            since = dt.datetime.fromtimestamp(b.since, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+            lines.append(
+                f"{crm} {b.stream}: behind by {_ago(b.seconds(now))}: {b.waiting} record(s) not written yet, "
+                f"waiting to be retried since {since} (last reason: {b.why or 'unknown'}); they are retried "
+                f"every {RETRY_EVERY_SECONDS:.0f} s and by the next sync, and clear once the CRM accepts them."
+            )
+    return lines
 
 
 @cli.command(help="Create the score fields in each configured CRM (idempotent) and say what was done.")

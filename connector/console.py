@@ -243,6 +243,11 @@ def wait_for_runs(
     return views
 
 
+def _failure_kind(entry: str) -> str:
+    """'to retry' for records kept in the retry set (connector/retry.py), 'failed' for the rest."""
+    return "to retry" if ": will be retried: " in entry or "retried on their own" in entry else "failed"
+
+
 def run_summary_text(v: RunView) -> str:
     """A finished run in plain lines: the first says its status, the second its figures."""
     lines = [
@@ -250,10 +255,11 @@ def run_summary_text(v: RunView) -> str:
         + (f" ({v.fields['message']})" if v.fields.get("message") else ""),
         f"  read {v.count('read')}, scored {v.count('scored')}, written {v.count('written')}, "
         f"unchanged {v.count('unchanged')}, hot {v.count('hot')}, assigned {v.count('assigned')}, "
-        f"failed {v.count('failed')}, API calls {v.count('api_calls')}",
+        f"failed {v.count('failed')}, API calls {v.count('api_calls')}"
+        + (f", to retry {v.count('retrying')}" if v.count("retrying") else ""),
     ]
     for f in v.failures[:20]:
-        lines.append(f"  failed: {f}")
+        lines.append(f"  {_failure_kind(f)}: {f}")
     if len(v.failures) > 20:
         lines.append(f"  ... and {len(v.failures) - 20} more failures")
     return "\n".join(lines)
@@ -266,9 +272,11 @@ def print_run_summary(v: RunView) -> None:
         return
     first, *_ = run_summary_text(v).splitlines()
     out().print(first, markup=False)
-    names = ("read", "scored", "written", "unchanged", "hot", "assigned", "failed", "api_calls")
+    names: tuple[str, ...] = ("read", "scored", "written", "unchanged", "hot", "assigned", "failed", "api_calls")
+    if v.count("retrying"):
+        names += ("retrying",)
     table("", [n.replace("_", " ") for n in names], [[v.count(n) for n in names]], plain=False)
     for f in v.failures[:20]:
-        out().print(f"  failed: {f}", markup=False)
+        out().print(f"  {_failure_kind(f)}: {f}", markup=False)
     if len(v.failures) > 20:
         out().print(f"  ... and {len(v.failures) - 20} more failures", markup=False)

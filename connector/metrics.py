@@ -38,7 +38,10 @@ BUCKETS: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 6
 # name -> (type, help). Counters are exported as leadscore_<name>_total.
 KNOWN: dict[str, tuple[str, str]] = {
     "syncs": ("counter", "Sync runs finished, by CRM and status (done, failed, skipped)."),
-    "pages": ("counter", "Sync pages processed, by CRM, stream and outcome (ok, failed)."),
+    "pages": (
+        "counter",
+        "Sync pages processed, by CRM, stream and outcome (ok, failed, deferred: its records went to the retry set).",
+    ),
     "records_scored": ("counter", "Records scored, by CRM and path (sync, realtime)."),
     "records_written": ("counter", "Records whose scores were written back, by CRM and path (sync, realtime)."),
     "api_calls": ("counter", "HTTP calls made to a CRM API (retries included), by CRM."),

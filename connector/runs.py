@@ -10,8 +10,12 @@ page task may run more than once (a killed worker's task is delivered again):
 - the next page is enqueued once per page (a marker set with NX);
 - the run finishes when its count of unfinished pages reaches zero, and only
   the call that brought it to zero saves the cursors and releases the lock;
-- the incremental cursor of a stream is saved only when every page of the run
-  succeeded, so records after a failed page are read again next time.
+- the incremental cursor of a stream moves only past records that were written,
+  settled (unchanged, refused for good) or kept in the retry set (connector/retry.py):
+  a page whose processing keeps failing hands its records (held here, by id, while
+  its task retries) to the retry set and counts as deferred, not failed; a page
+  that cannot be read leaves the pages after it unread, so only a stream read in
+  order of modification moves its cursor then; a run stopped by StopSync moves none.
 
 Only ids and counts are kept: no names or e-mail addresses.
 """
@@ -39,6 +43,8 @@ COUNTERS: tuple[str, ...] = (
     "hot",
     "assigned",
     "api_calls",
+    "retrying",  # records not written this time, kept in the retry set
+    "retried",  # records of the retry set this run took up again
 )
 
 # KEYS: done marker, run hash, failures list, high-water zset
@@ -151,6 +157,7 @@ class RunStore:
                 "pages_total": 0,
                 "pages_done": 0,
                 "pages_failed": 0,
+                "pages_deferred": 0,
                 **dict.fromkeys(COUNTERS, 0),
             },
         )
@@ -209,6 +216,24 @@ class RunStore:
             )
         )
         return None if left < 0 else left
+
+    def hold(self, run_id: str, stream: str, cursor: str | None, ids: list[str]) -> None:
+        """Remember a page's record ids while its processing fails and its task retries."""
+        if ids:
+            key = f"{self._run(run_id)}:held:{page_key(stream, cursor)}"
+            pipe = self.r.pipeline(transaction=True)
+            pipe.sadd(key, *ids)
+            pipe.expire(key, RUN_TTL)
+            pipe.execute()
+
+    def take_held(self, run_id: str, stream: str, cursor: str | None) -> list[str]:
+        """The ids `hold` kept for a page (empty when the page was never read), removed."""
+        key = f"{self._run(run_id)}:held:{page_key(stream, cursor)}"
+        pipe = self.r.pipeline(transaction=True)
+        pipe.smembers(key)
+        pipe.delete(key)
+        members, _ = pipe.execute()
+        return sorted(_s(m) for m in members)
 
     def high_waters(self, run_id: str) -> dict[str, float]:
         raw: list[tuple[Any, float]] = self.r.zrange(  # type: ignore[assignment]

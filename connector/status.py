@@ -188,10 +188,16 @@ def collect_status(rt: Runtime, now: float, *, recent: int = 5, rep_names: bool 
         for stream in adapter.streams:
             cursor = rt.runs.cursor(crm, stream)
             read_through = through if through is not None else cursor
+            behind = None if read_through is None else round(max(0.0, now - read_through), 1)
+            waiting = rt.retries.behind(crm, stream)  # records read but not written yet (connector/retry.py)
+            if waiting.since is not None:
+                behind = max(behind or 0.0, round(waiting.seconds(now), 1))
             streams[stream] = {
                 "cursor": _iso(cursor),
                 "read_through": _iso(read_through),
-                "behind_seconds": None if read_through is None else round(max(0.0, now - read_through), 1),
+                "behind_seconds": behind,
+                "retry_waiting": waiting.waiting,
+                "retry_since": _iso(waiting.since),
             }
         used, limit, window = adapter.api_budget()
         day = today.get(crm, {"hot": {}, "assigned": {}})
@@ -247,8 +253,10 @@ def show_status(report: Mapping[str, Any], *, plain: bool) -> None:
                                       "failed", "hot", "assigned"], runs, plain=plain)
     else:
         print("runs: none yet")
-    table("streams", ["CRM", "stream", "changes read through", "behind", "cursor (last change seen)"],
-          [[crm, s, v["read_through"] or "-", _ago(v["behind_seconds"]), v["cursor"] or "-"]
+    table("streams", ["CRM", "stream", "changes read through", "behind", "cursor (last change seen)",
+                      "waiting to be retried"],
+          [[crm, s, v["read_through"] or "-", _ago(v["behind_seconds"]), v["cursor"] or "-",
+            f"{v['retry_waiting']} since {v['retry_since']}" if v.get("retry_waiting") else "-"]
            for crm, c in crms.items() for s, v in c["streams"].items()], plain=plain)
     budget_rows = []
     for crm, c in crms.items():

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from connector.bootstrap import Runtime
 from connector.domain import CHANGE_FIELDS, CrmName, Lead
 from connector.engine import ScoreResult
-from connector.errors import RecordError
+from connector.errors import RecordError, RetryLater, StopSync
 from connector.runs import PageResult
 from connector.status import Recorder
 
@@ -25,6 +25,9 @@ log = logging.getLogger("leadscore.sync")
 # moved closer than this to the time its run started, so a record changed just
 # before the run but not yet searchable is read by the next run.
 SEARCH_LAG_SECONDS = 60.0
+# The first page of each stream of a run writes again up to this many claims of the retry set
+# (connector/retry.py CLAIM_MAX ids each) before its own records; the periodic retry does the rest.
+RUN_RETRY_BATCHES = 5
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,9 @@ def start_run(
         since = None if full else runs.cursor(crm, stream)
         runs.add_page(run_id, stream, None)
         firsts.append((stream, since))
+    # Whether each stream is read in order of modification (since set) or not (a full read): see finish_run.
+    if firsts:
+        runs.set(run_id, **{f"since:{stream}": "" if since is None else repr(since) for stream, since in firsts})
     log.info("run started", extra={"event": "run_started", "run": run_id, "crm": crm, "full": full})
     return Started(run_id, None), firsts
 
@@ -133,12 +139,24 @@ def score_leads(rt: Runtime, crm: CrmName, stream: str, leads: Sequence[Lead], n
     for key in cooled:
         rt.router.lead_cooled(key)
         result.add("cooled")
+    settled = [lead.id for lead in leads if lead.id not in updates]  # unchanged, or could not be scored
     if updates:
         report = adapter.write_scores(stream, updates)
         result.add("written", len(report.written))
+        settled += report.written
         for record_id, message in report.failed:
             result.add("failed")
             result.failures.append(f"{crm}:{stream}:{record_id}: {message}")
+            settled.append(record_id)
+        if report.retry:
+            # Not written for a reason that passes: kept for the next run and the periodic retry,
+            # so the cursor may move on without losing them.
+            rt.retries.add(crm, stream, report.retry, time.time())
+            result.add("retrying", len(report.retry))
+            for record_id, message in report.retry[:50]:
+                result.failures.append(f"{crm}:{stream}:{record_id}: will be retried: {message}")
+    # Whatever is settled now needs no retry any more (a no-op for ids the set does not hold).
+    rt.retries.done(crm, stream, settled)
 
 
 def _probabilities(
@@ -187,7 +205,8 @@ def run_page(
         if left == 0:
             finish_run(rt, run_id)
         return left
-    now = time.time() if now is None else now
+    page_began = time.time()
+    now = page_began if now is None else now
     started = time.perf_counter()
     adapter = rt.adapter(crm)
     calls_before = adapter.calls.this_thread
@@ -203,8 +222,20 @@ def run_page(
         result.add("failed")
         result.failures.append(f"{crm}:{stream}:{record_id}: {why}")
     if page.leads:
-        adapter.load_activities(page.leads, now)
-        score_leads(rt, crm, stream, page.leads, now, result)
+        try:
+            adapter.load_activities(page.leads, now)
+            score_leads(rt, crm, stream, page.leads, now, result)
+        except StopSync:
+            raise
+        except Exception:
+            # If this keeps failing, the page's records go to the retry set (fail_page), so
+            # the rest of the run can finish and move the cursor without losing them.
+            runs.hold(run_id, stream, cursor, [lead.id for lead in page.leads])
+            raise
+    if cursor is None:
+        # A run takes up first what earlier runs could not write (connector/retry.py).
+        # Only what was due when this page began: not what the page itself just put there.
+        retry_due(rt, crm, stream, now, result, batches=RUN_RETRY_BATCHES, due_by=page_began)
     result.add("api_calls", adapter.calls.this_thread - calls_before)
     runs.refresh_lock(crm, run_id)
     left = runs.finish_page(run_id, stream, cursor, result)
@@ -226,26 +257,47 @@ def run_page(
     return left
 
 
-def _page_metrics(rt: Runtime, crm: CrmName, stream: str, result: PageResult, ok: bool) -> None:
+def _page_metrics(
+    rt: Runtime, crm: CrmName, stream: str, result: PageResult, ok: bool, outcome: str | None = None
+) -> None:
     m = rt.metrics
     m.incr("api_rate_limited", rt.adapter(crm).calls.take_limited(), crm=crm)
-    m.incr("pages", crm=crm, stream=stream, outcome="ok" if ok else "failed")
+    # outcome "deferred": a page that kept failing and handed its records to the retry set
+    m.incr("pages", crm=crm, stream=stream, outcome=outcome or ("ok" if ok else "failed"))
     m.incr("records_scored", result.counts.get("scored", 0), crm=crm, path="sync")
     m.incr("records_written", result.counts.get("written", 0), crm=crm, path="sync")
     m.incr("api_calls", result.counts.get("api_calls", 0), crm=crm)
 
 
 def fail_page(rt: Runtime, run_id: str, crm: CrmName, stream: str, cursor: str | None, why: str, stop: bool) -> None:
-    """A page failed for good: count it, and stop the run when the failure says nothing more will work."""
+    """A page failed for good: count it, and stop the run when the failure says nothing more will work.
+
+    A page that was read but whose processing kept failing is not a failure of the run: its
+    records go to the retry set, to be retried on their own, and the run may finish and move
+    the cursor. A page that could not even be read fails the run; the cursor still moves up to
+    the pages read before it (the pages of a stream are read one after another, so none after
+    it was read), so the window the next run reads does not keep growing.
+    """
     runs = rt.runs
     result = PageResult()
-    result.failures.append(f"{crm}:{stream}: page failed: {why}")
+    held = [] if stop else runs.take_held(run_id, stream, cursor)
+    if held:
+        rt.retries.add(crm, stream, [(i, f"its page kept failing: {why}") for i in held], time.time())
+        result.add("retrying", len(held))
+        result.failures.append(f"{crm}:{stream}: {len(held)} record(s) of a page that kept failing will be "
+                               f"retried on their own: {why}")
+    else:
+        result.failures.append(f"{crm}:{stream}: page failed: {why}")
+        result.add(f"unread:{stream}")  # the pages after it were never read (see finish_run)
     if stop:
         runs.set(run_id, status="failed", message=why)
-    left = runs.finish_page(run_id, stream, cursor, result, ok=False)
+    if held:
+        result.add("pages_deferred")
+    left = runs.finish_page(run_id, stream, cursor, result, ok=bool(held))
     if left is not None:
-        _page_metrics(rt, crm, stream, result, ok=False)
-    log.warning("page failed", extra={"event": "page_failed", "run": run_id, "crm": crm, "stream": stream, "why": why})
+        _page_metrics(rt, crm, stream, result, ok=False, outcome="deferred" if held else "failed")
+    log.warning("page failed", extra={"event": "page_failed", "run": run_id, "crm": crm, "stream": stream, "why": why,
+                                      "retrying": len(held)})
     if left == 0:
         finish_run(rt, run_id)
 
@@ -257,19 +309,65 @@ def finish_run(rt: Runtime, run_id: str) -> None:
         return
     crm = view.fields["crm"]
     ok = view.count("pages_failed") == 0 and view.status != "failed"
-    if ok:
+    if view.status != "failed":
+        # Every record of every page read is written, settled, or in the retry set: the cursor
+        # may move past them all. When a page could not be read, none after it was; that is
+        # safe for a read in order of modification (every unread record is newer than the
+        # cursor), not for a full read (the list comes in id order): such a stream keeps its cursor.
+        # A stopped run (StopSync) moves nothing: a page read before the stop may have been
+        # dropped unprocessed while a later one finished.
         started = float(view.fields.get("started") or view.fields.get("created") or time.time())
         for stream, high in runs.high_waters(run_id).items():
+            if view.count(f"unread:{stream}") and not view.fields.get(f"since:{stream}"):
+                continue
             runs.save_cursor(crm, stream, min(high, started - SEARCH_LAG_SECONDS))
-    runs.set(
-        run_id,
-        status="done" if ok else "failed",
-        finished=f"{time.time():.3f}",
-        **({} if ok or view.fields.get("message") else {"message": f"{view.count('pages_failed')} page(s) failed"}),
-    )
+    message: dict[str, str] = {}
+    if not ok and not view.fields.get("message"):
+        message = {"message": f"{view.count('pages_failed')} page(s) failed"}
+    elif ok and view.count("retrying"):
+        message = {"message": f"{view.count('retrying')} record(s) not written yet are kept for the retry"}
+    runs.set(run_id, status="done" if ok else "failed", finished=f"{time.time():.3f}", **message)
     runs.release_lock(crm, run_id)
     rt.metrics.incr("syncs", crm=crm, status="done" if ok else "failed")
     log.info("run finished", extra={"event": "run_finished", "run": run_id, "crm": crm, "ok": ok})
+
+
+def retry_due(
+    rt: Runtime, crm: CrmName, stream: str, now: float | None = None, result: PageResult | None = None,
+    *, batches: int = 1, due_by: float | None = None,
+) -> PageResult:
+    """Write again the records of the retry set that are due: re-read, scored now, through score_leads.
+
+    Up to `batches` claims of CLAIM_MAX ids due by `due_by` (default: now). Records written,
+    unchanged or gone leave the set; those that fail again stay, with a longer wait; a batch
+    whose re-read fails goes back as a whole.
+    """
+    result = PageResult() if result is None else result
+    now = time.time() if now is None else now
+    adapter = rt.adapter(crm)
+    for _ in range(batches):
+        ids = rt.retries.claim(crm, stream, time.time() if due_by is None else due_by)
+        if not ids:
+            break
+        result.add("retried", len(ids))
+        try:
+            leads = adapter.get_leads(stream, ids)
+            result.add("read", len(leads))
+            found = {lead.id for lead in leads}
+            rt.retries.done(crm, stream, [i for i in ids if i not in found])  # deleted meanwhile: nothing to write
+            if leads:
+                adapter.load_activities(leads, now)
+                score_leads(rt, crm, stream, leads, now, result)
+        except StopSync:
+            rt.retries.add(crm, stream, [(i, "the sync was stopped") for i in ids], time.time())
+            raise
+        except Exception as exc:  # noqa: BLE001 - they stay in the set, with the reason, for the next try
+            why = str(exc) if isinstance(exc, RetryLater) else f"internal error: {type(exc).__name__}"
+            rt.retries.add(crm, stream, [(i, why) for i in ids], time.time())
+            result.failures.append(f"{crm}:{stream}: {len(ids)} record(s) to retry could not be re-read: {why}")
+            log.warning("retry failed", extra={"event": "retry_failed", "crm": crm, "stream": stream, "why": why})
+            break
+    return result
 
 
 def rescore(rt: Runtime, crm: CrmName, stream: str, ids: Sequence[str], now: float | None = None) -> PageResult:
@@ -287,4 +385,4 @@ def rescore(rt: Runtime, crm: CrmName, stream: str, ids: Sequence[str], now: flo
     return result
 
 
-__all__ = ["SEARCH_LAG_SECONDS", "fail_page", "finish_run", "rescore", "run_page", "start_run"]
+__all__ = ["SEARCH_LAG_SECONDS", "fail_page", "finish_run", "rescore", "retry_due", "run_page", "start_run"]

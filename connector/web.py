@@ -62,6 +62,7 @@ from connector.bootstrap import Runtime
 from connector.domain import CrmName
 from connector.errors import LeadscoreError
 from connector.metrics import Metrics, RedisCollector
+from connector.retry import RetrySet
 from connector.status import Recorder
 from connector.webhooks import Intake, PendingQueue, Rejected
 
@@ -107,7 +108,8 @@ class _State:
                     rt = self._factory()
                     self._queue = PendingQueue(rt.redis, rt.namespace)
                     self._metrics = Metrics(rt.redis, rt.namespace)
-                    self._collector = _Collectors(RedisCollector(self._metrics), _PendingCollector(self._queue))
+                    self._collector = _Collectors(RedisCollector(self._metrics), _PendingCollector(self._queue),
+                                                  _RetryCollector(RetrySet(rt.redis, rt.namespace)))
                     self.registry.register(self._collector)
                     self._rt = rt
         return self._rt
@@ -162,6 +164,33 @@ class _PendingCollector(Collector):
             for stream in streams:
                 family.add_metric([crm, stream], self.queue.pending(crm, stream))
         yield family
+
+
+class _RetryCollector(Collector):
+    """Per stream, records not written yet (connector/retry.py) and how long the oldest has waited."""
+
+    def __init__(self, retries: RetrySet) -> None:
+        self.retries = retries
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        waiting = GaugeMetricFamily(
+            "leadscore_retry_waiting", "Records not written yet, kept to be written again, by stream.",
+            labels=["crm", "stream"],
+        )
+        behind = GaugeMetricFamily(
+            "leadscore_retry_behind_seconds",
+            "How long the oldest record waiting to be written again has waited (0 when none waits), by stream.",
+            labels=["crm", "stream"],
+        )
+        now = time.time()
+        holding = set(self.retries.streams())  # one read while nothing waits; two more per stream that does
+        for crm, streams in STREAMS.items():
+            for stream in streams:
+                b = self.retries.behind(crm, stream) if (crm, stream) in holding else None
+                waiting.add_metric([crm, stream], b.waiting if b else 0)
+                behind.add_metric([crm, stream], round(b.seconds(now), 1) if b else 0.0)
+        yield waiting
+        yield behind
 
 
 def build_app(runtime_factory: Callable[[], Runtime], *, dispatcher: Dispatcher | None = None) -> Starlette:

@@ -50,6 +50,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 SANDBOX_PREFIX = "/__sandbox__/"
 FAULT_KINDS = ("429", "500", "timeout", "drop")
+ROUTE_KEY = "sandbox.route"  # the scope entry holding "METHOD /route/template" for the app
+RECORD_FAULT = "record"  # a share of the records in a batch write, failing alone with a temporary error
 
 
 class JsonResponse(Response):
@@ -299,6 +301,11 @@ def parse_fault_spec(spec: str | Mapping[str, Any]) -> dict[str, Any]:
     `only` limits faults to the requests of these routes (a path such as "POST
     /crm/v3/objects/tasks" or a route template as `/__sandbox__/stats` counts it, or a list
     of them; in the text form separated by `|`), and `max` stops injecting after that many.
+
+    Per-record faults, inside an answer that otherwise succeeds: `record` is the share of
+    records in a batch write that fail with the CRM's own temporary per-record error, and
+    `records` names record ids that fail so every time (a list; in the text form separated by
+    `|`). Each CRM shapes them as its API does (see `Faults.draw_record`'s callers).
     """
     raw: Mapping[str, Any]
     if isinstance(spec, str):
@@ -319,12 +326,20 @@ def parse_fault_spec(spec: str | Mapping[str, Any]) -> dict[str, Any]:
                 name, sep, value = part.partition("=")
                 if not sep or not name.strip():
                     raise FaultSpecError(f"fault '{part.strip()}' should look like 429=0.2")
-                pairs[name.strip()] = value.strip().split("|") if name.strip() == "only" else value.strip()
+                pairs[name.strip()] = value.strip().split("|") if name.strip() in ("only", "records") else value.strip()
             raw = pairs
     else:
         raw = spec
     out: dict[str, Any] = {}
     for name, value in raw.items():
+        if name == "records":
+            ids = [value] if isinstance(value, str | int) else value
+            if not isinstance(ids, list | tuple) or not ids or not all(
+                isinstance(i, str | int) and str(i).strip() for i in ids
+            ):
+                raise FaultSpecError("'records' must name record ids such as [\"101\", \"00Q000000000001AAA\"]")
+            out[name] = [str(i).strip() for i in ids]
+            continue
         if name == "only":
             routes = [value] if isinstance(value, str) else value
             if not isinstance(routes, list | tuple) or not routes or not all(
@@ -333,15 +348,15 @@ def parse_fault_spec(spec: str | Mapping[str, Any]) -> dict[str, Any]:
                 raise FaultSpecError("'only' must name routes such as \"POST /crm/v3/objects/tasks\"")
             out[name] = [" ".join(r.split()) for r in routes]
             continue
-        if name not in (*FAULT_KINDS, "seed", "timeout_s", "max"):
+        if name not in (*FAULT_KINDS, RECORD_FAULT, "seed", "timeout_s", "max"):
             raise FaultSpecError(
-                f"unknown fault '{name}': use 429, 500, timeout, drop, seed, timeout_s, only or max"
+                f"unknown fault '{name}': use 429, 500, timeout, drop, record, records, seed, timeout_s, only or max"
             )
         try:
             number = float(value)
         except (TypeError, ValueError):
             raise FaultSpecError(f"fault '{name}' needs a number, not {value!r}") from None
-        if name in FAULT_KINDS and not 0.0 <= number <= 1.0:
+        if name in (*FAULT_KINDS, RECORD_FAULT) and not 0.0 <= number <= 1.0:
             raise FaultSpecError(f"fault '{name}' must be a share between 0 and 1, not {value}")
         if name == "timeout_s" and number < 0:
             raise FaultSpecError("timeout_s must not be negative")
@@ -373,11 +388,17 @@ class Faults:
             only = spec.get("only")
             self.only: frozenset[str] | None = frozenset(only) if only else None
             self.max: int | None = int(spec["max"]) if spec.get("max") is not None else None
+            self.record_share = float(spec.get(RECORD_FAULT) or 0.0)
+            self.records: frozenset[str] = frozenset(str(i) for i in spec.get("records") or ())
             self.injected = 0
 
     def as_dict(self) -> dict[str, Any]:
         with self._lock:
             out: dict[str, Any] = dict(self.shares)
+            if self.record_share:
+                out[RECORD_FAULT] = self.record_share
+            if self.records:
+                out["records"] = sorted(self.records)
             if self.only is not None:
                 out["only"] = sorted(self.only)
             if self.max is not None:
@@ -395,13 +416,44 @@ class Faults:
             if self.max is not None and self.injected >= self.max:
                 return None
             x = self._rng.random()
-            edge = 0.0
+            edge = 0.0  # request-level kinds only: per-record faults are drawn by draw_record
             for kind, share in self.shares.items():
                 edge += share
                 if x < edge:
                     self.injected += 1
                     return kind
             return None
+
+
+    @property
+    def per_record(self) -> bool:
+        """Whether any per-record fault is configured (a batch handler asks before drawing per record)."""
+        return bool(self.record_share or self.records)
+
+    def draw_record(self, record_id: str, key: str | None = None, concrete: str | None = None) -> bool:
+        """Whether this record of a batch write fails with a temporary error of its own.
+
+        `key` / `concrete` are the write's route as for `draw`, so `only` and `max` apply too.
+        """
+        with self._lock:
+            if not (self.record_share or self.records):
+                return False
+            if self.only is not None and key not in self.only and concrete not in self.only:
+                return False
+            if self.max is not None and self.injected >= self.max:
+                return False
+            if str(record_id) in self.records or (self.record_share and self._rng.random() < self.record_share):
+                self.injected += 1
+                return True
+            return False
+
+
+def record_fault(faults: Faults | None, request: Request, record_id: str) -> bool:
+    """Whether a record of the batch write `request` fails with a temporary error (see Faults.draw_record)."""
+    if faults is None or not faults.per_record:
+        return False
+    key = request.scope.get(ROUTE_KEY)
+    return faults.draw_record(record_id, key, f"{request.method} {request.url.path}")
 
 
 # --------------------------------------------------------------------------- the gate
@@ -593,6 +645,7 @@ class SandboxMiddleware:
             if len(self._keys) < 10_000:  # unmatched paths are their own template: keep it bounded
                 self._keys[method, template] = key
         self.stats.count(key)
+        scope[ROUTE_KEY] = key  # for the app's per-record faults (`record_fault`)
         fault = self.faults.draw(key, f"{method} {path}") if self.faults.shares else None
         if fault == "drop":
             # The CRM does the work; the client never hears of it.

@@ -72,6 +72,7 @@ from sandbox.common import (
     Stats,
     bearer_token,
     index_router,
+    record_fault,
 )
 from sandbox.data import ACTIVITY_ID_STRIDE, DAY_MS, BaseIndex, Population, SandboxActivity, Store, lifecycle_dates
 from sandbox.hubspot_ids import ENGAGEMENT_ID_BASE, ENGAGEMENT_KINDS
@@ -307,6 +308,24 @@ def _not_found(object_type: str, missing: list[str]) -> dict[str, Any]:
         "objects, they may be deleted or not exist. Check that ids are valid.",
         {"ids": missing},
     )
+
+# A record of a valid batch that HubSpot could not write this time (an injected per-record fault).
+# Shaped as the spec's StandardError (BatchResponseSimplePublicObjectWithErrors.errors[]), whose
+# `status` is "the HTTP status code associated with the error"; the category and message HubSpot
+# sends for a per-record server error are unverified.
+RECORD_UNAVAILABLE_STATUS: Final = "503"
+RECORD_UNAVAILABLE_CATEGORY: Final = "SERVICE_UNAVAILABLE"  # unverified
+
+
+def _record_unavailable(object_id: str) -> dict[str, Any]:
+    out = batch_error(
+        RECORD_UNAVAILABLE_CATEGORY,
+        f"The update of {object_id} could not be completed right now; try again later.",
+        {"ids": [object_id]},
+    )
+    out["status"] = RECORD_UNAVAILABLE_STATUS
+    return out
+
 
 class ApiError(Exception):
     def __init__(self, response: Response) -> None:
@@ -1935,7 +1954,12 @@ class HubSpotApi:
         if problems:
             return validation_error(_validation_message(problems))
         results: list[dict[str, Any]] = []
-        for _object_id, key, clean, names in valid:
+        faults = getattr(request.app.state, "faults", None)
+        unavailable: list[str] = []  # injected per-record faults: not written, a 5xx item in the 207
+        for object_id, key, clean, names in valid:
+            if record_fault(faults, request, object_id):
+                unavailable.append(object_id)
+                continue
             if object_type == "contacts":
                 self._write_contact(key, clean)
                 results.append(self.crm.contact_json(key, names + list(DEFAULT_CONTACT_PROPERTIES)))
@@ -1943,6 +1967,7 @@ class HubSpotApi:
                 self.crm.store.write("tasks", key, clean)
                 results.append(self.crm.task_json(key, names))
         errors = refused + ([_not_found(object_type, missing)] if missing else [])
+        errors += [_record_unavailable(i) for i in unavailable]
         return self._batch_answer(results, errors, started)
 
     async def batch_create(self, request: Request) -> Response:

@@ -90,7 +90,16 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sandbox import sf_ids, sf_setup, soql
-from sandbox.common import Admission, Clock, Faults, JsonResponse, RollingBudget, SandboxMiddleware, Stats
+from sandbox.common import (
+    Admission,
+    Clock,
+    Faults,
+    JsonResponse,
+    RollingBudget,
+    SandboxMiddleware,
+    Stats,
+    record_fault,
+)
 from sandbox.common import bearer_token as _bearer
 from sandbox.data import ACTIVITY_ID_STRIDE, BaseIndex, Person, Population, SandboxActivity, Store
 from sandbox.soql import Field, FieldType, SObjectType, SoqlError
@@ -131,6 +140,15 @@ QUEUES: tuple[tuple[int, str, str], ...] = ((1, "Inbound Leads", "Inbound_Leads"
 ASSIGNMENT_RULE_NUMBER = 1
 OPPORTUNITY_STAGES = ("Prospecting", "Qualification", "Needs Analysis", "Proposal/Price Quote", "Negotiation/Review",
                       "Closed Won", "Closed Lost")  # Salesforce's default sales process  # fmt: skip
+# Injected per-record faults (common.Faults `record` / `records`). In a composite write the record
+# fails alone with Salesforce's row-lock error, as when another transaction holds the row (StatusCode
+# UNABLE_TO_LOCK_ROW, "unable to obtain exclusive access to this record or N records: <ids>").
+# In a Bulk API 2.0 job the faulted row stops the job: "If the batch still can't be processed after
+# 20 retries, the entire ingest job is moved to the Failed state and remaining job data isn't
+# processed" (Bulk API 2.0 Developer Guide, "Understanding Bulk API 2.0 Ingest"); the rows from it
+# on are listed by unprocessedrecords. The job's errorMessage text is unverified.
+ROW_LOCK = "UNABLE_TO_LOCK_ROW"
+BULK_FAILED_MESSAGE = "InternalServerError : Failed to process the batch after the maximum number of retries"
 ROLLED_BACK = "Record rolled back because not all records were valid and the request was using AllOrNone header"
 
 SCORE_FIELDS: tuple[tuple[str, str, dict[str, Any]], ...] = (
@@ -1421,6 +1439,7 @@ class BulkJob:
     failed: int = 0
     successes: list[list[str]] = field(default_factory=list)
     failures: list[list[str]] = field(default_factory=list)
+    unprocessed: list[list[str]] = field(default_factory=list)  # rows a failed job never reached
     header: list[str] = field(default_factory=list)
     error: str | None = None
     modified: float = 0.0
@@ -1447,8 +1466,11 @@ class BulkJob:
 _DELIMITERS = {"COMMA": ",", "TAB": "\t", "PIPE": "|", "SEMICOLON": ";", "CARET": "^", "BACKQUOTE": "`"}
 
 
-def run_bulk_job(org: Org, writer: Writer, job: BulkJob) -> None:
-    """Process an uploaded update job at once (the sandbox does not queue)."""
+def run_bulk_job(org: Org, writer: Writer, job: BulkJob, stop_at: Callable[[str], bool] | None = None) -> None:
+    """Process an uploaded update job at once (the sandbox does not queue).
+
+    `stop_at(record id)` true for a row (an injected fault) fails the job there: that row and the
+    rest are left unprocessed, as a job Salesforce gave up on (see BULK_FAILED_MESSAGE)."""
     text = b"".join(job.data).decode("utf-8-sig")
     rows = list(csv.reader(io.StringIO(text, newline=""), delimiter=_DELIMITERS.get(job.delimiter, ",")))
     if not rows:
@@ -1465,11 +1487,14 @@ def run_bulk_job(org: Org, writer: Writer, job: BulkJob) -> None:
         job.state, job.error = "Failed", "InvalidBatch : Field name not provided: Id"
         return
     job.header = header
-    for row in rows[1:]:
-        if not row or row == [""]:
-            continue
+    body = [row for row in rows[1:] if row and row != [""]]
+    for n, row in enumerate(body):
         values = dict(zip(lowered, row, strict=False))
         rid = next((v for k, v in values.items() if k.lower() == "id"), "")
+        if stop_at is not None and stop_at(sf_ids.normalize(rid) or rid):
+            job.unprocessed = body[n:]
+            job.state, job.error = "Failed", BULK_FAILED_MESSAGE
+            return
         changes = {k: (None if v == "#N/A" else v) for k, v in values.items() if k.lower() != "id" and v != ""}
         job.processed += 1
         try:
@@ -1866,6 +1891,7 @@ async def composite_sobjects(request: Request) -> Response:
         )
     all_or_none = bool(body.get("allOrNone", False))
     auto = _auto_assign(request)
+    faults: Faults | None = getattr(request.app.state, "faults", None)
     results: list[dict[str, Any]] = []
     prepared: list[tuple[str, int, dict[str, Any], str] | None] = []
     for raw in records:
@@ -1883,6 +1909,12 @@ async def composite_sobjects(request: Request) -> Response:
             prepared.append(None)
             results.append({"success": False, "errors": [
                 {"statusCode": err.code, "message": err.message, "fields": err.fields or []}]})  # fmt: skip
+            continue
+        if record_fault(faults, request, item[3]):
+            prepared.append(None)
+            results.append({"success": False, "errors": [{
+                "statusCode": ROW_LOCK, "message": f"unable to obtain exclusive access to this record or 1 records: "
+                f"{item[3]}", "fields": []}]})  # fmt: skip
             continue
         prepared.append(item)
         results.append({"id": item[3], "success": True, "errors": []})
@@ -1964,7 +1996,8 @@ async def bulk_job(request: Request) -> Response:
     if state == "UploadComplete" and job.state == "Open":
         job.state = "UploadComplete"
         answer = job.info(version)
-        run_bulk_job(st.org, st.writer, job)
+        faults: Faults | None = getattr(request.app.state, "faults", None)
+        run_bulk_job(st.org, st.writer, job, stop_at=lambda rid: record_fault(faults, request, rid))
         job.modified = time.time()
         return JsonResponse(answer)
     if state == "Aborted" and job.state in ("Open", "UploadComplete"):
@@ -1983,8 +2016,8 @@ async def bulk_results(request: Request) -> Response:
         rows = [["sf__Id", "sf__Created", *job.header], *job.successes]
     elif kind == "failedResults":
         rows = [["sf__Id", "sf__Error", *job.header], *job.failures]
-    elif kind == "unprocessedRecords":
-        rows = [job.header]
+    elif kind.lower() == "unprocessedrecords":  # the guide spells it unprocessedrecords, simple-salesforce camel case
+        rows = [job.header, *job.unprocessed]
     else:
         raise ApiError(404, "NOT_FOUND", "The requested resource does not exist")
     return Response(_csv(rows), media_type="text/csv")

@@ -1,6 +1,7 @@
 """The beat schedule, from configuration: per configured CRM an incremental sync every few
 minutes and a full sync once a day; the routing SLA sweep every minute; failed rep notifications
-retried every 30 s (each with its own backoff); per CRM a backtest of the model in use once a week
+retried every 30 s (each with its own backoff); score writes that failed for a passing reason
+retried every minute (connector/retry.py); per CRM a backtest of the model in use once a week
 (Mondays at BACKTEST_AT UTC), its figures kept in Redis for `leadscore status`; with a model store,
 the learned probability retrained on scoring.yaml's `probability.retrain` schedule."""
 
@@ -14,6 +15,7 @@ from celery.schedules import crontab
 from connector.bootstrap import Runtime
 from connector.domain import CrmName
 from connector.mappings.schedule import SyncSchedule
+from connector.retry import RETRY_EVERY_SECONDS
 
 # The weekly backtest: Monday early morning UTC, after the night's full syncs.
 BACKTEST_DAY = "mon"
@@ -29,6 +31,7 @@ def beat_schedule(rt: Runtime) -> dict[str, dict[str, Any]]:
     entries: dict[str, dict[str, Any]] = {
         "routing-sla": {"task": "leadscore.routing.check_sla", "schedule": 60.0},
         "routing-notifications": {"task": "leadscore.routing.send_notifications", "schedule": 30.0},
+        "sync-retry": {"task": "leadscore.sync.retry", "schedule": RETRY_EVERY_SECONDS},
     }
     for crm, s in schedules(rt):
         hour, minute = (int(x) for x in s.full_daily_at.split(":"))

@@ -51,3 +51,25 @@ def sync_page(self: Any, run_id: str, crm: CrmName, stream: str, cursor: str | N
     except Exception as exc:
         log.exception("page crashed", extra={"event": "page_crashed", "run": run_id, "crm": crm})
         sync.fail_page(rt, run_id, crm, stream, cursor, f"internal error: {type(exc).__name__}", stop=False)
+
+
+@house_task(name="leadscore.sync.retry")
+def retry_records(self: Any, crm: CrmName | None = None) -> int:
+    """The periodic retry (beat): write again the due records of each stream's retry set.
+
+    Skipped for an account whose sync runs: its first pages take the retry set up first.
+    """
+    rt = get_runtime()
+    taken = 0
+    for name in [crm] if crm else rt.configured_crms:
+        if rt.runs.lock_holder(name) is not None:
+            continue
+        for stream in rt.adapter(name).streams:
+            try:
+                result = sync.retry_due(rt, name, stream, batches=sync.RUN_RETRY_BATCHES)
+            except StopSync as exc:
+                log.warning("retry stopped", extra={"event": "retry_stopped", "crm": name, "why": str(exc)})
+                break
+            taken += result.counts.get("retried", 0)
+            rt.metrics.incr("records_written", result.counts.get("written", 0), crm=name, path="retry")
+    return taken

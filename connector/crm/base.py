@@ -8,11 +8,13 @@ Salesforce adapters translate it into vendor calls. Records cross this line as
 from __future__ import annotations
 
 import hashlib
+import random
 import re
 import threading
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from connector.domain import CrmName, Lead, Rep
 
@@ -72,8 +74,48 @@ class LeadOutcome:
 
 @dataclass(slots=True)
 class WriteReport:
+    """What a score write did, per record.
+
+    `failed`: refused for good (a validation error): reported and skipped. `retry`: not written
+    this time for a reason that passes (a row lock, a server error inside a 207, a timeout,
+    rows a bulk job left unprocessed): the sync keeps them in its retry set (connector/retry.py).
+    """
+
     written: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)  # (record id, the CRM's message)
+    retry: list[tuple[str, str]] = field(default_factory=list)  # (record id, why it was not written this time)
+
+    def merge(self, other: WriteReport) -> None:
+        self.written += other.written
+        self.failed += other.failed
+        self.retry += other.retry
+
+
+# Records that failed for a reason that passes are written again at once, this many more times,
+# after these waits (seconds, with jitter); what still fails goes back to the caller in `retry`.
+RECORD_RETRY_WAITS: tuple[float, ...] = (0.5, 2.0)
+
+
+def write_with_record_retries(
+    write_once: Callable[[Mapping[str, Mapping[str, Any]]], WriteReport],
+    updates: Mapping[str, Mapping[str, Any]],
+    *,
+    waits: Sequence[float] = RECORD_RETRY_WAITS,
+    sleep: Callable[[float], None] = time.sleep,
+) -> WriteReport:
+    """`write_once(updates)`, then the records it reports in `retry` again, a few times with backoff.
+
+    Only the records that failed are sent again: nothing written is written twice.
+    """
+    report = write_once(updates)
+    for wait in waits:
+        if not report.retry:
+            break
+        again = {rid: updates[rid] for rid, _ in report.retry if rid in updates}
+        report.retry = [(rid, why) for rid, why in report.retry if rid not in updates]
+        sleep(wait * random.uniform(0.5, 1.0))
+        report.merge(write_once(again))
+    return report
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,8 +215,9 @@ class CrmAdapter(Protocol):
     def write_scores(self, stream: str, updates: Mapping[str, Mapping[str, str]]) -> WriteReport:
         """Write engine-named values (a subset of WRITE_FIELDS) per record id, batched.
 
-        A record the CRM refuses is reported in `failed` with the CRM's message;
-        the others are written. Nothing that succeeded is sent again.
+        A record the CRM refuses is reported in `failed` with the CRM's message; one
+        that failed for a reason that passes (and still failed after a few quick
+        retries) in `retry`; the others are written. Nothing that succeeded is sent again.
         """
         ...
 

@@ -28,7 +28,15 @@ from urllib.parse import urlparse
 import orjson
 import redis
 
-from connector.crm.base import CallCounter, LeadOutcome, OpenTask, Page, WriteReport, task_ref_in
+from connector.crm.base import (
+    CallCounter,
+    LeadOutcome,
+    OpenTask,
+    Page,
+    WriteReport,
+    task_ref_in,
+    write_with_record_retries,
+)
 from connector.crm.hubspot_http import ApiError, HubSpotTransport, Response
 from connector.crm.limits import DEFAULT_POLICY, RetryPolicy
 from connector.crm.times import parse_time
@@ -713,7 +721,7 @@ class HubSpotAdapter:
     def write_scores(self, stream: str, updates: Mapping[str, Mapping[str, str]]) -> WriteReport:
         self._stream(stream)
         report = WriteReport()
-        inputs: list[dict[str, Any]] = []
+        valid: dict[str, Mapping[str, str]] = {}
         for lead_id, values in updates.items():
             unknown = [k for k in values if k not in WRITE_FIELDS]
             if unknown:
@@ -721,19 +729,31 @@ class HubSpotAdapter:
                 continue
             if not values:
                 continue
-            inputs.append({
-                "id": lead_id,
-                "properties": {self.mapping.write[k]: canonical(k, v) for k, v in values.items()},
-            })
+            valid[lead_id] = values
+        report.merge(write_with_record_retries(self._write_once, valid))
+        return report
+
+    def _write_once(self, updates: Mapping[str, Mapping[str, str]]) -> WriteReport:
+        report = WriteReport()
+        inputs = [
+            {"id": lead_id, "properties": {self.mapping.write[k]: canonical(k, v) for k, v in values.items()}}
+            for lead_id, values in updates.items()
+        ]
         for chunk in _chunks(inputs, BATCH):
-            self._update_batch(list(chunk), report)
+            try:
+                self._update_batch(list(chunk), report)
+            except RetryLater as exc:
+                # The transport's retries are used up and nothing is known of this batch: its
+                # records are written again later; the other batches go on.
+                report.retry.extend((c["id"], f"not written: {exc}") for c in chunk)
         return report
 
     def _update_batch(self, chunk: list[dict[str, Any]], report: WriteReport, budget: list[int] | None = None) -> None:
         # A batch whose outcome is known is never sent again: 200 and 207 are
-        # final (207 names the records HubSpot could not find, the rest are
-        # written). A 400 refuses the whole batch and writes nothing. When it is
-        # about a property (missing, read-only, an option it lacks) every batch
+        # final (207 names the records HubSpot could not find or could not write
+        # this time, the rest are written; those of the second kind go to
+        # report.retry and only they are sent again). A 400 refuses the whole
+        # batch and writes nothing. When it is about a property (missing, read-only, an option it lacks) every batch
         # would meet it: the sync stops and says what to run. Otherwise a value
         # of some record was refused and the message does not say whose: the
         # halves are tried to find it, within ISOLATION_CALLS for the batch.
@@ -764,23 +784,26 @@ class HubSpotAdapter:
         sent = [c["id"] for c in chunk]
         ok = {str(r.get("id")) for r in resp.body.get("results") or []}
         errors = resp.body.get("errors") or []
-        attributed: dict[str, str] = {}
+        attributed: dict[str, tuple[str, bool]] = {}
         loose: list[str] = []
         sent_set = set(sent)
         for err in errors:
             msg = _message(err)
             ids = {i for i in _ids_in(err) if i in sent_set}
             for i in ids:
-                attributed.setdefault(i, msg)
+                attributed.setdefault(i, (msg, transient_batch_error(err)))
             if not ids:
                 loose.append(msg)
         for lead_id in sent:
             if lead_id in attributed and lead_id not in ok:
-                report.failed.append((lead_id, attributed[lead_id]))
+                msg, passes = attributed[lead_id]
+                (report.retry if passes else report.failed).append((lead_id, msg))
             elif lead_id in ok or (resp.status == 200 and not errors):
                 report.written.append(lead_id)
             else:
-                report.failed.append((lead_id, "; ".join(loose) or "HubSpot did not confirm the update"))
+                # Neither written nor refused by name: whether it was written is not known, and
+                # writing the same values again is harmless.
+                report.retry.append((lead_id, "; ".join(loose) or "HubSpot did not confirm the update"))
 
     # -- reps and owners
 
@@ -1181,6 +1204,21 @@ def property_refusal(body: Mapping[str, Any]) -> str | None:
                     f"({problem.get('message') or 'not one of the allowed options'}): run `leadscore setup` to see "
                     "which options to add to it.")  # fmt: skip
     return None
+
+
+# An entry of a 207's `errors` is the spec's StandardError, whose `status` is "the HTTP status code
+# associated with the error" (contacts v3 spec, BatchResponseSimplePublicObjectWithErrors): a 5xx or
+# 429 there is a record HubSpot could not write this time. The categories HubSpot gives such
+# entries are unverified; these are the ones its error bodies use for passing trouble.
+TRANSIENT_CATEGORIES = frozenset({"RATE_LIMITS", "INTERNAL_ERROR", "SERVICE_UNAVAILABLE", "TIMEOUT"})
+
+
+def transient_batch_error(err: Mapping[str, Any]) -> bool:
+    """Whether one entry of a batch answer's `errors` is worth writing again later."""
+    status = str(err.get("status") or "")
+    if status.isdigit() and (int(status) >= 500 or int(status) == 429):
+        return True
+    return str(err.get("category") or "") in TRANSIENT_CATEGORIES
 
 
 def _ids_in(err: Mapping[str, Any]) -> list[str]:

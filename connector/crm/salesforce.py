@@ -35,9 +35,17 @@ from urllib.parse import urlparse
 import redis
 import requests
 from simple_salesforce.api import Salesforce
-from simple_salesforce.bulk2 import SFBulk2Handler
+from simple_salesforce.bulk2 import Operation, SFBulk2Handler
 
-from connector.crm.base import CallCounter, LeadOutcome, OpenTask, Page, WriteReport, task_ref_in
+from connector.crm.base import (
+    CallCounter,
+    LeadOutcome,
+    OpenTask,
+    Page,
+    WriteReport,
+    task_ref_in,
+    write_with_record_retries,
+)
 from connector.crm.limits import DEFAULT_POLICY, RetryPolicy, SlidingWindowLimiter, call_with_retry
 from connector.crm.salesforce_http import (
     SESSION_EXPIRED,
@@ -75,6 +83,11 @@ from connector.redisutil import text as redis_text
 
 API_VERSION = "59.0"
 COMPOSITE_MAX = 200
+# Per-record status codes of a write that pass by themselves: another transaction held the row
+# (StatusCode UNABLE_TO_LOCK_ROW, SOAP/REST API "Core Data Types: StatusCode"). Written again later;
+# every other per-record code (validation, field too long, ...) is reported and skipped.
+TRANSIENT_RECORD_CODES = frozenset({"UNABLE_TO_LOCK_ROW"})
+BULK_WAIT_SECONDS = 600.0  # a closed job not finished by then is left to a later write
 # How many of a rep's tasks on one record `find_task` reads (newest first) looking for a reference.
 FIND_TASK_LIMIT = 50
 
@@ -609,12 +622,26 @@ class SalesforceAdapter:
                 continue
             if fields:
                 rows.append((record_id, fields))
-        use_bulk = bulk if bulk is not None else len(rows) > self.mapping.bulk_threshold
-        if use_bulk and rows:
-            self._write_bulk(obj, rows, report)
-        else:
-            for chunk in chunked(rows, COMPOSITE_MAX):
-                self._write_composite(obj, chunk, report)
+        def write_once(batch: Mapping[str, Mapping[str, Any]]) -> WriteReport:
+            once = WriteReport()
+            todo = [(rid, dict(fields)) for rid, fields in batch.items()]
+            use_bulk = bulk if bulk is not None else len(todo) > self.mapping.bulk_threshold
+            try:
+                if use_bulk and todo:
+                    self._write_bulk(obj, todo, once)
+                    return once
+            except RetryLater as exc:
+                once.retry.extend((rid, f"not written: {exc}") for rid, _ in todo)
+                return once
+            for chunk in chunked(todo, COMPOSITE_MAX):
+                try:
+                    self._write_composite(obj, chunk, once)
+                except RetryLater as exc:
+                    # Retries used up, nothing known of this call: its records are written again later.
+                    once.retry.extend((rid, f"not written: {exc}") for rid, _ in chunk)
+            return once
+
+        report.merge(write_with_record_retries(write_once, dict(rows)))
         return report
 
     def _write_composite(self, obj: str, rows: Sequence[tuple[str, dict[str, Any]]], report: WriteReport) -> None:
@@ -637,37 +664,75 @@ class SalesforceAdapter:
             else:
                 errors = result.get("errors") or []
                 message = "; ".join(f"{e.get('statusCode', 'ERROR')}: {e.get('message', '')}".strip() for e in errors)
-                report.failed.append((rid, message or "Salesforce did not save the record"))
+                passes = bool(errors) and all(e.get("statusCode") in TRANSIENT_RECORD_CODES for e in errors)
+                said = message or "Salesforce did not save the record"
+                (report.retry if passes else report.failed).append((rid, said))
         answered = len(results or [])
-        report.failed.extend((rid, "Salesforce gave no result for this record") for rid, _ in rows[answered:])
+        # no result at all: whether it was saved is not known, and saving the same values again is harmless
+        report.retry.extend((rid, "Salesforce gave no result for this record") for rid, _ in rows[answered:])
 
     def _write_bulk(self, obj: str, rows: Sequence[tuple[str, dict[str, Any]]], report: WriteReport) -> None:
-        """One Bulk API 2.0 update job (CSV); failed rows come back per record in failedResults."""
+        """One Bulk API 2.0 update job (CSV).
+
+        A row is written when successfulResults lists it. Rows the job refused come back in
+        failedResults (a row lock among them passes, the rest do not). Rows a Failed or Aborted
+        job never reached are in neither, "not the same as failed rows" (Bulk API 2.0 Developer
+        Guide, "Get Job Unprocessed Record Results"): not written, they go to report.retry.
+        """
         columns = list(dict.fromkeys(name for _, fields in rows for name in fields))
         # In a Bulk API CSV an empty cell leaves the field as it is, which is what a
         # record that does not update that field wants.
-        records = [{"Id": rid, **{c: self._csv_value(fields.get(c)) for c in columns}} for rid, fields in rows]
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(["Id", *columns])
+        writer.writerows([rid, *(self._csv_value(fields.get(c)) for c in columns)] for rid, fields in rows)
+        data = buf.getvalue()
 
-        def job(sf: Salesforce) -> tuple[list[dict[str, Any]], list[tuple[str, str]], int]:
+        def job(sf: Salesforce) -> tuple[set[str], list[tuple[str, str]], str]:
             handler = SFBulk2Handler(sf.session_id, sf.bulk2_url, session=self._session)
-            bulk_type = getattr(handler, obj)
-            results: list[dict[str, Any]] = bulk_type.update(records=records, wait=1)
+            # The job's steps one by one: SFBulk2Type.update raises on a Failed job without its id,
+            # and the id is what tells which rows were written.
+            client = getattr(handler, obj)._client
+            job_id = client.create_job(Operation.update)["id"]
+            client.upload_job_data(job_id, data)
+            client.close_job(job_id)
+            info = self._wait_for_job(client, job_id)
+            text = client.get_ingest_results(job_id, "successfulResults")
+            written = {(row.get("sf__Id") or "")[:15] for row in csv.DictReader(io.StringIO(text))}
             failed: list[tuple[str, str]] = []
-            unprocessed = 0
-            for res in results:
-                if int(res.get("numberRecordsFailed", 0)):
-                    text = bulk_type.get_failed_records(res["job_id"])
-                    for row in csv.DictReader(io.StringIO(text)):
-                        failed.append((row.get("sf__Id") or row.get("Id") or "?", row.get("sf__Error") or ""))
-                unprocessed += int(res.get("numberRecordsTotal", 0)) - int(res.get("numberRecordsProcessed", 0))
-            return results, failed, unprocessed
+            if int(info.get("numberRecordsFailed") or 0):
+                text = client.get_ingest_results(job_id, "failedResults")
+                for row in csv.DictReader(io.StringIO(text)):
+                    failed.append((row.get("sf__Id") or row.get("Id") or "?", row.get("sf__Error") or ""))
+            return written, failed, str(info.get("errorMessage") or info.get("state") or "")
 
-        _, failed, _ = self._run(job)
-        failed_ids = {rid[:15] for rid, _ in failed}
+        written, failed, why = self._run(job)
         by_prefix = {rid[:15]: rid for rid, _ in rows}
+        refused: set[str] = set()
         for rid, message in failed:
-            report.failed.append((by_prefix.get(rid[:15], rid), _bulk_message(message)))
-        report.written.extend(rid for rid, _ in rows if rid[:15] not in failed_ids)
+            full = by_prefix.get(rid[:15], rid)
+            refused.add(full[:15])
+            code = message.partition(":")[0]
+            (report.retry if code in TRANSIENT_RECORD_CODES else report.failed).append((full, _bulk_message(message)))
+        for rid, _ in rows:
+            if rid[:15] in written:
+                report.written.append(rid)
+            elif rid[:15] not in refused:
+                # Neither written nor refused: a row the job never processed (listed by unprocessedrecords).
+                report.retry.append((rid, f"not processed: the bulk job stopped ({why})"))
+
+    def _wait_for_job(self, client: Any, job_id: str) -> dict[str, Any]:
+        """Poll a closed ingest job until it ends (JobComplete, Failed or Aborted)."""
+        deadline = time.monotonic() + BULK_WAIT_SECONDS
+        pause = 0.2
+        while True:
+            info: dict[str, Any] = client.get_job(job_id, False)
+            if info.get("state") in ("JobComplete", "Failed", "Aborted"):
+                return info
+            if time.monotonic() > deadline:
+                raise RetryLater(f"the Salesforce bulk job {job_id} did not finish within {BULK_WAIT_SECONDS} s")
+            time.sleep(pause)
+            pause = min(5.0, pause * 2)
 
     @staticmethod
     def _csv_value(value: Any) -> str:

@@ -415,6 +415,53 @@ def test_a_refused_value_is_found_in_a_bounded_number_of_calls_and_the_rest_writ
     a.close()
 
 
+def test_a_record_hubspot_could_not_write_in_a_207_is_retried_and_a_lasting_one_is_reported_to_retry(
+    sandbox: Sandbox, fast_mapping: HubSpotMapping, r: redis.Redis
+) -> None:
+    a = adapter(sandbox, fast_mapping, r)
+    a.setup()
+    ids = [str(i) for i in range(41, 61)]
+    # A 5xx for contact 45 inside the batch's 207, once: written again at once, and only it.
+    set_faults(sandbox, {"records": ["45"], "max": 1})
+    reset_stats(sandbox)
+    report = a.write_scores("contact", {i: {"score": "71"} for i in ids})
+    assert sorted(report.written) == sorted(ids)
+    assert report.retry == []
+    assert report.failed == []
+    assert calls_to(stats(sandbox), "POST /crm/v3/objects/*/batch/update") == 2
+
+    # Contact 47 cannot be written however often it is tried; 9999 does not exist (that stays a failure).
+    set_faults(sandbox, {"records": ["47"]})
+    report = a.write_scores("contact", {i: {"score": "72"} for i in [*ids, "9999"]})
+    set_faults(sandbox, {})
+    assert [i for i, _ in report.retry] == ["47"]
+    assert [i for i, _ in report.failed] == ["9999"]
+    assert "47" not in report.written
+    assert len(report.written) == len(ids) - 1
+    back = {lead.id: lead.written.get("score") for lead in a.get_leads("contact", ids)}
+    assert back["47"] == "71"
+    assert back["45"] == "72"
+    a.close()
+
+
+def test_a_batch_update_that_keeps_timing_out_leaves_its_records_to_retry_and_raises_nothing(
+    sandbox: Sandbox, fast_mapping: HubSpotMapping, r: redis.Redis
+) -> None:
+    brief = RetryPolicy(attempts=3, total_seconds=10, base=0.01, cap=0.05)
+    a = adapter(sandbox, fast_mapping, r, timeout=0.3, retry_policy=brief)
+    a.setup()
+    set_faults(sandbox, {"timeout": 1.0, "timeout_s": 0.6, "only": "POST /crm/v3/objects/contacts/batch/update"})
+    try:
+        report = a.write_scores("contact", {i: {"score": "19"} for i in ("61", "62", "63")})
+    finally:
+        set_faults(sandbox, {})
+    assert sorted(i for i, _ in report.retry) == ["61", "62", "63"]
+    assert report.written == []
+    assert report.failed == []
+    assert all(why.startswith("not written: ") for _, why in report.retry)
+    a.close()
+
+
 def test_faults_do_not_change_the_written_state(shipped: HubSpotMapping, r: redis.Redis) -> None:
     with Sandbox.start(contacts=300, seed=5, hubspot_rate=100_000) as sb:
         patient = RetryPolicy(attempts=12, total_seconds=60, base=0.05, cap=0.5)

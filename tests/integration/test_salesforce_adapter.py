@@ -379,6 +379,78 @@ def test_transient_failures_and_timeouts_are_retried_to_the_same_end_state(
     assert {r["Lead_Score__c"] for r in held} == {33}
 
 
+BULK_JOBS = "POST /services/data/{version}/jobs/ingest"
+
+
+def _scores(org: Org, ids: list[str]) -> dict[str, Any]:
+    held = org.records(build_soql(["Id", "Lead_Score__c"], "Lead", [f"Id IN ({in_list(ids)})"]))
+    return {r["Id"]: r["Lead_Score__c"] for r in held}
+
+
+def test_a_row_lock_on_one_record_is_retried_and_a_lasting_one_is_reported_to_retry_not_as_failed(
+    adapter: SalesforceAdapter, org: Org, some_leads: list[str]
+) -> None:
+    ids = some_leads[1500:1540]
+    locked, stuck, bad = ids[3], ids[9], ids[20]
+    updates = {i: {"score": "44", "model": "m" * 100 if i == bad else "v3"} for i in ids}
+
+    # Another transaction holds `locked` for one attempt, `stuck` for every attempt.
+    org.faults({"records": [locked], "max": 1})
+    report = adapter.write_scores("Lead", updates)
+    assert report.retry == []
+    assert locked in report.written
+
+    org.faults({"records": [stuck]})
+    report = adapter.write_scores("Lead", {i: {"score": "45", "model": "m" * 100 if i == bad else "v3"} for i in ids})
+    org.faults({})
+
+    assert [rid for rid, _ in report.retry] == [stuck]
+    assert report.retry[0][1].startswith("UNABLE_TO_LOCK_ROW")
+    assert [rid for rid, _ in report.failed] == [bad]  # a validation error stays reported and skipped
+    assert "STRING_TOO_LONG" in report.failed[0][1]
+    assert stuck not in report.written
+    assert len(report.written) == len(ids) - 2
+    # only the locked record was sent again (1 + 2 retries), not the others
+    assert org.stats().get(COMPOSITE) == 2 + 3
+    scores = _scores(org, ids)
+    assert scores[stuck] == 44
+    assert scores[ids[0]] == 45
+    assert scores[bad] is None
+
+
+def test_rows_a_failed_bulk_job_left_unprocessed_are_written_again_and_never_reported_as_written(
+    org: Org, redis_client: redis.Redis, mapping: SalesforceMapping, some_leads: list[str]
+) -> None:
+    org.reset_stats()
+    adapter = org.adapter(redis_client, mapping.model_copy(update={"bulk_threshold": 300}))
+    ids = some_leads[1600:2000]
+
+    # The job gives up at row 150 once: rows 150.. are unprocessed, written again (and only they).
+    org.faults({"records": [ids[150]], "max": 1})
+    report = adapter.write_scores("Lead", {i: {"score": "61"} for i in ids})
+    assert sorted(report.written) == sorted(ids)
+    assert report.retry == []
+    assert report.failed == []
+    calls = org.stats()
+    assert calls.get(BULK_JOBS) == 1  # the 150 rows it did write were not sent again in a second job
+    assert calls.get(COMPOSITE) == 2  # the 250 unprocessed ones, 200 a call
+    assert set(_scores(org, ids[140:160]).values()) == {61}
+
+    # A job that fails at the same row every time: that row is reported to retry, never as written.
+    org.reset_stats()
+    org.faults({"records": [ids[150]]})
+    report = adapter.write_scores("Lead", {i: {"score": "62"} for i in ids})
+    org.faults({})
+    assert [rid for rid, _ in report.retry] == [ids[150]]
+    assert ids[150] not in report.written
+    assert len(report.written) == len(ids) - 1
+    assert report.failed == []
+    scores = _scores(org, ids[140:160])
+    assert scores[ids[150]] == 61
+    assert scores[ids[151]] == 62
+    adapter.close()
+
+
 def test_set_owner_assigns_an_unowned_lead_without_the_orgs_assignment_rules(
     adapter: SalesforceAdapter, org: Org, some_leads: list[str]
 ) -> None:

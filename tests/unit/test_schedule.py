@@ -40,6 +40,7 @@ def test_the_configured_intervals_become_beat_entries(tmp_path: Path) -> None:
     assert "salesforce-incremental" not in entries  # not configured
     assert entries["routing-sla"]["task"] == "leadscore.routing.check_sla"
     assert entries["routing-notifications"] == {"task": "leadscore.routing.send_notifications", "schedule": 30.0}
+    assert entries["sync-retry"] == {"task": "leadscore.sync.retry", "schedule": 60.0}  # records not written yet
 
 
 def test_an_unquoted_or_impossible_time_names_the_file_line_and_key(tmp_path: Path) -> None:

@@ -940,8 +940,9 @@ class SalesforceAdapter:
         result = self._run(lambda sf: sf.restful(f"sobjects/{obj}/describe"), policy=policy)
         return {f["name"].lower(): f for f in (result or {}).get("fields", [])}
 
-    def _outcome_lines(self) -> list[str]:
-        """What the `outcomes:` section needs and the integration user cannot read, one sentence each."""
+    def _outcome_lines(self, described: Mapping[str, Mapping[str, Any]]) -> list[str]:
+        """What the `outcomes:` section needs and the integration user cannot read, one sentence each
+        (`described`: the describes of Lead and Contact already read)."""
         outcomes = self.mapping.outcomes
         if outcomes is None:
             return []
@@ -962,7 +963,7 @@ class SalesforceAdapter:
         rule = outcomes.field
         if rule is not None:
             for obj in rule.objects:
-                fields = self._describe(obj, _CHECK_POLICY)
+                fields = described[obj] if obj in described else self._describe(obj, _CHECK_POLICY)
                 for name in (rule.name, rule.date):
                     if name is not None and name.lower() not in fields:
                         lines.append(
@@ -1018,9 +1019,12 @@ class SalesforceAdapter:
         problems: list[str] = []
         self._local.floor_exempt = True
         try:
+            described: dict[str, dict[str, dict[str, Any]]] = {
+                obj: self._describe(obj, _CHECK_POLICY) for obj in OBJECTS
+            }
             for obj in OBJECTS:
-                problems += self._field_lines(obj, self._describe(obj, _CHECK_POLICY), all_lines=False)
-            problems += self._outcome_lines()
+                problems += self._field_lines(obj, described[obj], all_lines=False)
+            problems += self._outcome_lines(described)
         except (StopSync, RetryLater) as exc:
             return [*problems, _sentence(str(exc))]
         finally:

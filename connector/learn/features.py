@@ -301,17 +301,17 @@ class FeatureSpec:
 
     # ------------------------------------------------------------------ words
 
-    def word_columns(self, group: str) -> tuple[int, int]:
-        """The span of columns `describe` reads for a group (start, end)."""
+    def word_columns(self, group: str) -> tuple[int, int, tuple[int, ...]]:
+        """The columns `describe` reads for a group: a span (start, end) and the rule columns it names."""
         kind, _, name = group.partition(":")
         cols = self.group_columns[group]
         if kind == "kind":
-            return cols[0], cols[0] + 3
+            return cols[0], cols[0] + 3, ()
         if kind == "rule":
-            return cols[0], cols[0] + 1
+            return cols[0], cols[0] + 1, ()
         plan = self._plans[name]
         size = {"number": 2, "present": 1}.get(plan.how, len(plan.categories) + 2)
-        return plan.start, plan.start + size
+        return plan.start, plan.start + size, tuple(c for c in cols if self.columns[c].startswith("rule:"))
 
     def describe(self, group: str, x: Sequence[float], at: float) -> str:
         """The lead's value of one feature group in words ("3 meetings, the last on 2026-11-20")."""
@@ -327,8 +327,13 @@ class FeatureSpec:
         if kind == "rule":
             points = x[cols[0]]
             return f"'{name}' {points:+.0f} points" if round(points) else f"no '{name}' points"
-        plan = self._plans[name]
-        label = name.replace("_", " ")
+        fired = [self.columns[c][5:] for c in cols if self.columns[c].startswith("rule:") and round(x[c])]
+        if fired:  # the rule says it in the admin's own words: "job title: Student or intern"
+            return f"{name.replace('_', ' ')}: {', '.join(fired)}"
+        return self._field_words(self._plans[name], x)
+
+    def _field_words(self, plan: FieldPlan, x: Sequence[float]) -> str:
+        label = plan.name.replace("_", " ")
         if plan.how == "number":
             if x[plan.start + 1]:
                 return f"no {label} given"

@@ -129,8 +129,8 @@ class Predictor:
         words: dict[tuple[int, tuple[float, ...]], str] = {}  # the same value in the same words, once a page
 
         def said(k: int, row: list[float]) -> str:
-            a, b = spans[k]
-            key = (k, tuple(row[a:b]))
+            a, b, more = spans[k]
+            key = (k, (*row[a:b], *[row[c] for c in more]))
             text = words.get(key)
             if text is None:
                 text = words[key] = describe(names[k], row, at)

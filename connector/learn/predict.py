@@ -23,6 +23,7 @@ import numpy as np
 
 from connector.domain import Activity
 from connector.engine import ScoreResult
+from connector.learn.features import DAY
 from connector.learn.train import THREADS, TrainedModel
 
 TOP_FACTORS = 3
@@ -58,6 +59,7 @@ class Predictor:
         self._a, self._b = float(self._calibrator.a_), float(self._calibrator.b_)
         # what describe() reads of each group: the key under which its words are cached for a page
         self._word_cols = [self.spec.word_columns(g) for g in self._names]
+        self._is_kind = [g.startswith("kind:") for g in self._names]
 
     def rows(self, items: Sequence[tuple[Mapping[str, Any], Sequence[Activity], ScoreResult]], at: float
              ) -> np.ndarray:
@@ -125,12 +127,18 @@ class Predictor:
         rows = X.tolist()
         names = self._names
         spans = self._word_cols
+        kinds = self._is_kind
         describe = self.spec.describe
         words: dict[tuple[int, tuple[float, ...]], str] = {}  # the same value in the same words, once a page
 
+        day = at / DAY
+
         def said(k: int, row: list[float]) -> str:
             a, b, more = spans[k]
-            key = (k, (*row[a:b], *[row[c] for c in more]))
+            if kinds[k]:  # "3 meetings, the last on <date>": the count and the day say it all
+                key: tuple[int, tuple[float, ...]] = (k, (row[a], float(int(day - row[a + 2]))))
+            else:
+                key = (k, (*row[a:b], *[row[c] for c in more]))
             text = words.get(key)
             if text is None:
                 text = words[key] = describe(names[k], row, at)

@@ -158,3 +158,39 @@ def test_the_probability_is_written_to_salesforce_leads_in_the_scoring_pass(redi
     assert len(records) == len(ids)
     assert all(0 <= r["Lead_Conversion_Probability__c"] <= 100 for r in records)
     assert all(r["Lead_Probability_Factors__c"] for r in records)
+
+
+def test_with_band_from_probability_the_written_band_follows_the_probability(redis_url: str, tmp_path: Path) -> None:
+    mdir = tmp_path / "mappings"
+    mdir.mkdir()
+    for f in (ROOT / "mappings").glob("*.yaml"):
+        (mdir / f.name).write_text(f.read_text())
+    scoring = (mdir / "scoring.yaml").read_text()
+    scoring = scoring.replace("  band_from: points ", "  band_from: probability ").replace(
+        "  bands: {warm: 20, hot: 50} ", "  bands: {warm: 0, hot: 100} ")
+    (mdir / "scoring.yaml").write_text(scoring)
+    with Sandbox.start(contacts=60, seed=3) as sb:
+        env = {"REDIS_URL": redis_url, "SALESFORCE_INSTANCE_URL": sb.salesforce_url,
+               "SALESFORCE_ACCESS_TOKEN": sb.salesforce_token, "SALESFORCE_CA_BUNDLE": sb.ca_cert,
+               "LEADSCORE_MODEL_STORE": str(tmp_path / "models"), "LEADSCORE_MAPPINGS": str(mdir)}
+        runtime = build_runtime(load_settings(env))
+        try:
+            assert runtime.model.spec.probability.band_from == "probability"
+            runtime.adapter("salesforce").setup()
+            rules = load_scoring(ROOT / "mappings" / "scoring.yaml")
+            assert runtime.model.version != rules.version, "the band's source is part of the model version"
+            model = train(make_dataset(400, seed=2, crm="salesforce"), rules, ProbabilitySettings(), now=READ_AT,
+                          repeats=1)
+            store = ModelStore(str(tmp_path / "models"), runtime.redis, runtime.namespace)
+            store.activate("salesforce", store.save(model))
+            leads = runtime.adapter("salesforce").read_page("Lead", None, since=None).leads[:10]
+            points_bands = {rules.score(lead.profile, lead.activities, time.time()).band for lead in leads}
+
+            sync.rescore(runtime, "salesforce", "Lead", [lead.id for lead in leads], time.time())
+            written = runtime.adapter("salesforce").get_leads("Lead", [lead.id for lead in leads])
+        finally:
+            runtime.close()
+
+    assert points_bands != {"warm"}, "by the points, these leads are not all warm"
+    assert {lead.written["band"] for lead in written} == {"warm"}  # warm from 0 %, hot only at 100 %
+    assert all(0 <= int(lead.written["probability"]) < 100 for lead in written)

@@ -14,9 +14,16 @@ child, sampled with psutil).
 
 `--rate N`: the sandbox's HubSpot allowance per 10 s (default 10,000, the most
 mappings/hubspot.yaml accepts); the connector's limiter is set just under it.
-`--kill-worker`: a third of the way through, kill -9 one worker's process group,
-start a new worker, and let the broker hand the lost page to it after the
-visibility timeout (LEADSCORE_VISIBILITY_TIMEOUT, `--visibility-timeout`).
+`--kill-worker`: two runs, each on a fresh sandbox and Redis: one undisturbed,
+then one where a worker's process group is killed with -9 while it holds a page
+and, if it takes one within 10 s, a lead's routing lock (`--kill-at SECONDS`
+after the sync is enqueued, else a third of the way through), and a new worker
+is started at once. The lost page is sent again when its claim
+runs out (connector/runs.py, "Lost pages"), with the production visibility
+timeout left as it is (`--visibility-timeout` to try another). Prints both run
+times, tasks per hot lead and unscored leads, read back through the CRM's API:
+
+    python bench/sync.py --kill-worker --kill-at 12 --contacts 20000 --rate 600
 `--compare-tap` (HubSpot): afterwards, singer-io's tap-hubspot 4.5.0 reads the
 same contacts from the sandbox (installed into its own virtualenv under
 ~/.cache/leadscore-bench, never into this environment); prints its records/s,
@@ -31,6 +38,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -45,6 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psutil
 import redis
 import yaml
@@ -55,6 +64,7 @@ sys.path.insert(0, str(ROOT))
 from connector.bootstrap import build_runtime  # noqa: E402
 from connector.config import Settings  # noqa: E402
 from connector.localredis import private_redis_server  # noqa: E402
+from connector.redisutil import text  # noqa: E402
 from connector.runs import RunStore, RunView  # noqa: E402
 from sandbox.server import Sandbox, admin_call  # noqa: E402
 
@@ -255,7 +265,7 @@ def run_pipeline(args: argparse.Namespace, tmp: Path, url: str, sb: Sandbox, qui
         SALESFORCE_CA_BUNDLE=sb.ca_cert, LEADSCORE_MAPPINGS=str(mdir), PYTHONWARNINGS="ignore",
         PYTHONUNBUFFERED="1",
     )  # fmt: skip
-    if args.kill_worker:
+    if args.kill_worker and args.visibility_timeout is not None:
         env["LEADSCORE_VISIBILITY_TIMEOUT"] = str(args.visibility_timeout)
 
     # `leadscore setup`: the HubSpot properties or the Salesforce fields (Tooling API)
@@ -297,7 +307,11 @@ def run_pipeline(args: argparse.Namespace, tmp: Path, url: str, sb: Sandbox, qui
                     view is not None
                     and args.kill_worker
                     and not killed
-                    and view.count("pages_done") >= max(1, expected_pages // 3)
+                    and (
+                        now - t0 >= args.kill_at
+                        if args.kill_at is not None
+                        else view.count("pages_done") >= max(1, expected_pages // 3)
+                    )
                 ):
                     killed = kill_and_replace(workers, env, tmp, view, now - t0, quiet)
                 if now - last_print > 10 and view is not None:
@@ -316,6 +330,7 @@ def run_pipeline(args: argparse.Namespace, tmp: Path, url: str, sb: Sandbox, qui
                 if k.startswith("POST ") and k.endswith(("/objects/tasks", "/sobjects/{sobject}"))
             )
             killed["recovered_after_s"] = round(seconds - killed["at_s"], 1)
+            killed["pages_resent"] = view.count("pages_resent")
     finally:
         stop_workers(workers)
         client.close()
@@ -323,19 +338,205 @@ def run_pipeline(args: argparse.Namespace, tmp: Path, url: str, sb: Sandbox, qui
     return Result(args.crm, args.contacts, args.workers, seconds, view, stats, rss, killed)
 
 
+def held_page(log: str) -> bool:
+    """Whether a worker has a page task received and not finished, from its log."""
+    received = re.findall(r"Task leadscore\.sync\.page\[([0-9a-f-]+)\] received", log)
+    finished = set(re.findall(r"Task leadscore\.sync\.page\[([0-9a-f-]+)\] (?:succeeded|failed|retry)", log))
+    return any(t not in finished for t in received)
+
+
 def kill_and_replace(
     workers: list[Worker], env: dict[str, str], tmp: Path, view: RunView, at: float, quiet: bool
 ) -> dict[str, Any]:
     victim = workers[0]
+    # The hard case: dead with a page and a lead's routing lock in hand. Look for up to 10 s (frozen
+    # while we look, so what we see is what it holds when it dies), then kill it whatever it holds.
+    deadline = time.monotonic() + 10
+    while True:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(victim.proc.pid, signal.SIGSTOP)
+        holding = held_page(victim.log_path.read_text(errors="replace"))
+        locks = routing_locks_of(victim, env["REDIS_URL"])
+        if (holding and locks) or time.monotonic() > deadline:
+            break
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(victim.proc.pid, signal.SIGCONT)
+        time.sleep(0.05)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(victim.proc.pid, signal.SIGKILL)
     victim.proc.wait(10)
-    say(f"  {at:6.1f} s  kill -9 {victim.name} (pages done {view.count('pages_done')}); starting a new worker; "
-        f"its page comes back after the visibility timeout", quiet)  # fmt: skip
+    say(f"  {at:6.1f} s  kill -9 {victim.name} ({'holding a page' if holding else 'between pages'}, "
+        f"{locks} routing lock(s), pages done {view.count('pages_done')}); starting a new worker", quiet)  # fmt: skip
     fresh = start_worker(f"bench{len(workers)}", env, tmp)
     workers.append(fresh)
     wait_ready([fresh])
-    return {"victim": victim.name, "at_s": round(at, 1), "pages_done_at_kill": view.count("pages_done")}
+    return {"victim": victim.name, "at_s": round(at, 1), "pages_done_at_kill": view.count("pages_done"),
+            "held_page": holding, "held_routing_locks": locks}  # fmt: skip
+
+
+def routing_locks_of(worker: Worker, url: str) -> int:
+    """Routing locks a worker's processes hold (a lock's token names its host and process: connector/leases.py)."""
+    try:
+        pids = {worker.proc.pid, *(c.pid for c in psutil.Process(worker.proc.pid).children(recursive=True))}
+    except psutil.Error:
+        return 0
+    client = redis.Redis.from_url(url)
+    try:
+        tokens = [text(client.get(k) or "") for k in client.scan_iter("leadscore:routing:lock:*", count=1000)]
+    finally:
+        client.close()
+    held = [t for t in tokens if t.count(":") >= 2 and t.split(":")[1].isdigit() and int(t.split(":")[1]) in pids]
+    return len(held)
+
+
+# --------------------------------------------------------------------------- what the CRM holds afterwards
+
+
+def read_outcome(crm: str, sb: Sandbox, mdir: Path, url: str) -> dict[str, Any]:
+    """Hot leads, tasks per hot lead and unscored leads, read back through the CRM's API."""
+    settings = Settings(redis_url=url, redis_url_given=True, mappings_dir=mdir, hubspot_base_url=sb.hubspot_url,
+                        hubspot_access_token=sb.hubspot_token, salesforce_instance_url=sb.salesforce_url,
+                        salesforce_access_token=sb.salesforce_token, salesforce_ca_bundle=Path(sb.ca_cert))  # fmt: skip
+    rt = build_runtime(settings, namespace="bench-probe")
+    bands: dict[str, str | None] = {}
+    try:
+        adapter = rt.adapter(crm)  # type: ignore[arg-type]
+        for stream in adapter.streams:
+            cursor: str | None = None
+            while True:
+                page = adapter.read_page(stream, cursor, since=None)
+                bands.update({lead.key: lead.written.get("band") or None for lead in page.leads})
+                if page.next_cursor is None:
+                    break
+                cursor = page.next_cursor
+    finally:
+        rt.close()
+    tasks = _hubspot_tasks(sb) if crm == "hubspot" else _salesforce_tasks(sb)
+    hot = [k for k, band in bands.items() if band == "hot"]
+    per_hot = [tasks.get(k, 0) for k in hot]
+    return {
+        "leads": len(bands),
+        "unscored": sum(1 for band in bands.values() if band is None),
+        "hot_leads": len(hot),
+        "tasks": sum(tasks.values()),
+        "tasks_per_hot_lead": {"0": per_hot.count(0), "1": per_hot.count(1), "2+": sum(n > 1 for n in per_hot)},
+        "tasks_on_leads_not_hot": sum(n for k, n in tasks.items() if bands.get(k) != "hot"),
+    }
+
+
+def _api_call(client: httpx.Client, path: str, **kwargs: Any) -> Any:
+    """GET (POST with `json`), waiting out the sandbox's 429s: the bench reads at the portal's rate too."""
+    while True:
+        resp = client.request("POST" if "json" in kwargs else "GET", path, **kwargs)
+        if resp.status_code == 429:
+            time.sleep(float(resp.headers.get("Retry-After") or 1))
+            continue
+        resp.raise_for_status()
+        return resp.json()
+
+
+def _hubspot_tasks(sb: Sandbox) -> dict[str, int]:
+    """Tasks per contact ("hubspot:contact:ID"), through the tasks and associations APIs."""
+    out: dict[str, int] = {}
+    headers = {"Authorization": f"Bearer {sb.hubspot_token}"}
+    with httpx.Client(base_url=sb.hubspot_url, headers=headers, timeout=60) as api:
+        ids: list[str] = []
+        after: str | None = None
+        while True:
+            params: dict[str, Any] = {"limit": 100, **({"after": after} if after else {})}
+            body = _api_call(api, "/crm/v3/objects/tasks", params=params)
+            ids += [t["id"] for t in body["results"]]
+            after = ((body.get("paging") or {}).get("next") or {}).get("after")
+            if not after:
+                break
+        for i in range(0, len(ids), 1000):
+            body = _api_call(api, "/crm/v4/associations/tasks/contacts/batch/read",
+                            json={"inputs": [{"id": t} for t in ids[i : i + 1000]]})  # fmt: skip
+            for row in body["results"]:
+                for to in row["to"]:
+                    key = f"hubspot:contact:{to['toObjectId']}"
+                    out[key] = out.get(key, 0) + 1
+    return out
+
+
+def _salesforce_tasks(sb: Sandbox) -> dict[str, int]:
+    """Tasks routing created (not started), per Lead or Contact ("salesforce:Type:ID")."""
+    out: dict[str, int] = {}
+    prefixes = {"00Q": "Lead", "003": "Contact"}
+    headers = {"Authorization": f"Bearer {sb.salesforce_token}"}
+    with httpx.Client(base_url=sb.salesforce_url, headers=headers, verify=sb.ca_cert, timeout=60) as api:
+        body = _api_call(api, "/services/data/v59.0/query",
+                        params={"q": "SELECT Id, WhoId FROM Task WHERE Status = 'Not Started'"})  # fmt: skip
+        while True:
+            for rec in body["records"]:
+                who = rec.get("WhoId") or ""
+                key = f"salesforce:{prefixes.get(who[:3], '?')}:{who}"
+                out[key] = out.get(key, 0) + 1
+            if body.get("done", True):
+                break
+            body = _api_call(api, body["nextRecordsUrl"])
+    return out
+
+
+def kill_worker_comparison(args: argparse.Namespace, quiet: bool) -> int:
+    """`--kill-worker`: an undisturbed run, then a run with a worker killed, each on a fresh sandbox and Redis."""
+    passes: dict[str, tuple[Result, dict[str, Any]]] = {}
+    for name, kill in (("undisturbed", False), ("killed", True)):
+        if not kill and args.undisturbed_s is not None:
+            continue
+        say(f"--- {name} run", quiet)
+        pass_args = argparse.Namespace(**{**vars(args), "kill_worker": kill})
+        with tempfile.TemporaryDirectory(prefix="leadscore-bench-") as tmp_s:
+            tmp = Path(tmp_s)
+            with redis_server(tmp) as url, Sandbox.start(contacts=args.contacts, seed=args.seed,
+                                                         hubspot_rate=args.rate, hubspot_daily=50_000_000,
+                                                         in_thread=False) as sb:  # fmt: skip
+                result = run_pipeline(pass_args, tmp, url, sb, quiet)
+                say(f"    reading the {args.crm} records and tasks back ...", quiet)
+                passes[name] = (result, read_outcome(args.crm, sb, tmp / "mappings", url))
+    killed, outcome = passes["killed"]
+    base_s = passes["undisturbed"][0].seconds if "undisturbed" in passes else float(args.undisturbed_s)
+    k = killed.killed
+    figures = {
+        "crm": args.crm,
+        "contacts": args.contacts,
+        "rate_per_10s": args.rate,
+        "workers": args.workers,
+        "undisturbed_s": round(base_s, 1),
+        "undisturbed_measured": "undisturbed" in passes,
+        "killed_s": round(killed.seconds, 1),
+        "delay_s": round(killed.seconds - base_s, 1),
+        "within_2_min": killed.seconds - base_s <= 120,
+        "killed_status": killed.view.status,
+        "kill_at_s": k.get("at_s"),
+        "victim_held_page": k.get("held_page"),
+        "victim_held_routing_locks": k.get("held_routing_locks"),
+        "pages_resent": k.get("pages_resent"),
+        "hot_leads": outcome["hot_leads"],
+        "tasks_per_hot_lead": outcome["tasks_per_hot_lead"],
+        "tasks_on_leads_not_hot": outcome["tasks_on_leads_not_hot"],
+        "unscored": outcome["unscored"],
+        "leads": outcome["leads"],
+        "exactly_one_task_per_hot_lead": outcome["tasks_per_hot_lead"]["1"] == outcome["hot_leads"]
+        and outcome["tasks_on_leads_not_hot"] == 0,
+    }
+    if "undisturbed" in passes:
+        figures["undisturbed_outcome"] = passes["undisturbed"][1]
+    if not quiet:
+        f = figures
+        print(f"{args.crm}: {args.contacts:,} people at {args.rate} requests per 10 s, {args.workers} worker(s)")
+        print(f"  undisturbed run: {f['undisturbed_s']} s{'' if f['undisturbed_measured'] else ' (given)'}")
+        print(f"  killed run:      {f['killed_s']} s ({f['killed_status']}), kill -9 at {f['kill_at_s']} s "
+              f"({'holding a page' if f['victim_held_page'] else 'between pages'}, "
+              f"{f['victim_held_routing_locks']} routing lock(s)); "
+              f"{f['delay_s']:+} s against undisturbed; pages sent again {f['pages_resent']}")  # fmt: skip
+        t = f["tasks_per_hot_lead"]
+        print(f"  hot leads {f['hot_leads']}: with one task {t['1']}, none {t['0']}, more than one {t['2+']}; "
+              f"tasks on leads not hot {f['tasks_on_leads_not_hot']}")  # fmt: skip
+        print(f"  unscored leads: {f['unscored']} of {f['leads']}")
+    print(json.dumps(figures, sort_keys=True))
+    ok = killed.view.status == "done" and figures["within_2_min"] and figures["exactly_one_task_per_hot_lead"]
+    return 0 if ok and figures["unscored"] == 0 else 1
 
 
 # --------------------------------------------------------------------------- tap-hubspot
@@ -491,10 +692,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=2, help="celery worker processes (concurrency 1 each)")
     p.add_argument("--rate", type=int, default=10_000, help="the sandbox's HubSpot requests per 10 s")
     p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--kill-worker", action="store_true", help="kill -9 one worker a third of the way through")
-    p.add_argument("--visibility-timeout", type=int, default=150,
-                   help="with --kill-worker: the broker's visibility timeout in seconds (above the 120 s "
-                        "routing lock a dead worker may leave behind)")  # fmt: skip
+    p.add_argument("--kill-worker", action="store_true",
+                   help="an undisturbed run, then one with a worker killed with -9 mid-page (compared)")
+    p.add_argument("--kill-at", type=float, default=None, metavar="SECONDS",
+                   help="with --kill-worker: kill this many seconds after the sync is enqueued "
+                        "(default: a third of the way through)")
+    p.add_argument("--undisturbed-s", type=float, default=None, metavar="SECONDS",
+                   help="with --kill-worker: skip the undisturbed run and compare with this time")
+    p.add_argument("--visibility-timeout", type=int, default=None,
+                   help="with --kill-worker: the broker's visibility timeout in seconds (default: production's)")
     p.add_argument("--compare-tap", action="store_true", help="HubSpot: also run tap-hubspot on the same contacts")
     p.add_argument("--timeout", type=float, default=3600, help="give up after this many seconds")
     p.add_argument("--json", action="store_true", help="print only the JSON line on stdout")
@@ -503,9 +709,15 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--compare-tap reads HubSpot: use it with --crm hubspot")
     if not 1 <= args.rate <= 10_000:
         p.error("--rate must be between 1 and 10,000 (the most mappings/hubspot.yaml accepts)")
+    if (args.kill_at is not None or args.undisturbed_s is not None) and not args.kill_worker:
+        p.error("--kill-at and --undisturbed-s go with --kill-worker")
+    if args.kill_worker and args.compare_tap:
+        p.error("--kill-worker and --compare-tap are separate benchmarks: run them one at a time")
     quiet = args.json
     # stopped from outside: leave through the `finally` blocks, which stop the workers, the sandbox and Redis
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    if args.kill_worker:
+        return kill_worker_comparison(args, quiet)
 
     with tempfile.TemporaryDirectory(prefix="leadscore-bench-") as tmp_s:
         tmp = Path(tmp_s)

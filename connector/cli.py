@@ -215,7 +215,8 @@ def _load_mappings(mdir: Path) -> list[str]:
         try:
             loader(mdir / name)
         except UserError as exc:
-            problems.append(str(exc))
+            if str(exc) not in problems:  # scoring.yaml reads the custom fields of the CRM files too
+                problems.append(str(exc))
     return problems
 
 

@@ -31,7 +31,7 @@ from rich.table import Table
 from rich.text import Text
 
 from connector.errors import UserError
-from connector.runs import RunStore, RunView
+from connector.runs import RunStore, RunView, Stall
 
 
 def is_tty(stream: IO[str] | None = None) -> bool:
@@ -98,9 +98,10 @@ class RunLine:
     pages_done: int
     pages_total: int
     counts: str
+    waiting: str = ""  # a stream waiting for a page its worker stopped answering for (see `waiting_text`)
 
     @classmethod
-    def of(cls, v: RunView) -> RunLine:
+    def of(cls, v: RunView, stalls: Sequence[Stall] = ()) -> RunLine:
         return cls(
             crm=v.fields.get("crm", "?"),
             read=v.count("read"),
@@ -108,13 +109,29 @@ class RunLine:
             pages_done=v.count("pages_done"),
             pages_total=v.count("pages_total"),
             counts=f"scored {v.count('scored')} written {v.count('written')} assigned {v.count('assigned')}",
+            waiting=waiting_text(stalls),
         )
 
     def plain(self) -> str:
         width = 20
         filled = int(width * self.pages_done / self.pages_total) if self.pages_total else 0
         return (f"{self.crm} [{'#' * filled}{'.' * (width - filled)}] pages {self.pages_done}/{self.pages_total} "
-                f"read {self.read} {self.counts}")
+                f"read {self.read} {self.counts}" + (f"; {self.waiting}" if self.waiting else ""))
+
+
+def waiting_text(stalls: Sequence[Stall]) -> str:
+    """What a run waits for, in words: the longest wait per stream (connector/runs.py, "Lost pages")."""
+    seen: set[str] = set()
+    parts = []
+    for st in stalls:  # longest first
+        if st.stream in seen:
+            continue
+        seen.add(st.stream)
+        if st.state == "resent":
+            parts.append(f"{st.stream}: waiting {st.seconds:.0f} s for a page lost with its worker, sent to another")
+        else:
+            parts.append(f"{st.stream}: waiting {st.seconds:.0f} s for a page whose worker stopped answering")
+    return "; ".join(parts)
 
 
 def expected_records(v: RunView) -> int | None:
@@ -137,6 +154,7 @@ class _Display:
         self._progress: Progress | None = None
         self._tasks: dict[str, Any] = {}
         self._last_line = 0.0
+        self._last_waiting: tuple[str, ...] = ()
 
     @contextmanager
     def running(self) -> Iterator[_Display]:
@@ -169,15 +187,19 @@ class _Display:
         total = line.expected if line.expected is not None else self.expected.get(line.crm)
         if run_id not in self._tasks:
             self._tasks[run_id] = self._progress.add_task(line.crm, total=total, counts=line.counts)
-        self._progress.update(self._tasks[run_id], completed=line.read, total=total, counts=line.counts)
+        counts = line.counts + (f" | {line.waiting}" if line.waiting else "")
+        self._progress.update(self._tasks[run_id], completed=line.read, total=total, counts=counts)
 
     def lines(self, lines: Sequence[RunLine]) -> None:
         if self.mode != "lines":
             return
         now = time.monotonic()
-        if now - self._last_line >= self.PLAIN_EVERY_S:
+        # a stream that starts or stops waiting for a lost page is said at once, not at the next line
+        waiting = tuple("".join(c for c in x.waiting if not c.isdigit()) for x in lines)
+        if now - self._last_line >= self.PLAIN_EVERY_S or waiting != self._last_waiting:
             print("  ".join(x.plain() for x in lines), file=sys.stderr)
             self._last_line = now
+            self._last_waiting = waiting
 
     def finish(self, run_id: str, line: RunLine) -> None:
         if self.mode == "bars" and self._progress is not None and run_id in self._tasks:
@@ -228,7 +250,7 @@ def wait_for_runs(
                     "nothing is written twice."
                 )
             views = [v for v in got if v is not None]
-            lines = [RunLine.of(v) for v in views]
+            lines = [RunLine.of(v, () if v.finished else _stalls(runs, v.id)) for v in views]
             for v, line in zip(views, lines, strict=True):
                 (display.finish if v.finished else display.update)(v.id, line)
             display.lines(lines)
@@ -241,6 +263,13 @@ def wait_for_runs(
         for v in views:
             (summary or print_run_summary)(v)
     return views
+
+
+def _stalls(runs: RunStore, run_id: str) -> list[Stall]:
+    try:
+        return runs.stalled(run_id)
+    except redis.RedisError:
+        return []  # the progress line goes on without it; the next look asks again
 
 
 def _failure_kind(entry: str) -> str:
@@ -258,11 +287,23 @@ def run_summary_text(v: RunView) -> str:
         f"failed {v.count('failed')}, API calls {v.count('api_calls')}"
         + (f", to retry {v.count('retrying')}" if v.count("retrying") else ""),
     ]
+    if lost := lost_pages_text(v):
+        lines.append(f"  {lost}")
     for f in v.failures[:20]:
         lines.append(f"  {_failure_kind(f)}: {f}")
     if len(v.failures) > 20:
         lines.append(f"  ... and {len(v.failures) - 20} more failures")
     return "\n".join(lines)
+
+
+def lost_pages_text(v: RunView) -> str:
+    """Pages lost with their worker and sent again (connector/runs.py, "Lost pages"), and the wait they cost."""
+    resent = v.count("pages_resent")
+    if not resent:
+        return ""
+    waited = float(v.fields.get("lost_wait_s") or 0)
+    return (f"{resent} page(s) lost with their worker were sent to another worker; "
+            f"waited {waited:.0f} s for them in all")
 
 
 def print_run_summary(v: RunView) -> None:
@@ -276,6 +317,8 @@ def print_run_summary(v: RunView) -> None:
     if v.count("retrying"):
         names += ("retrying",)
     table("", [n.replace("_", " ") for n in names], [[v.count(n) for n in names]], plain=False)
+    if lost := lost_pages_text(v):
+        out().print(f"  {lost}", markup=False)
     for f in v.failures[:20]:
         out().print(f"  {_failure_kind(f)}: {f}", markup=False)
     if len(v.failures) > 20:

@@ -7,6 +7,7 @@ these types; adapters build them from HubSpot and Salesforce records and turn
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -32,12 +33,30 @@ ACTIVITY_KINDS: frozenset[str] = frozenset(
         "webinar_registered",
         "webinar_attended",
         "event_attended",
+        # messages and sessions
+        "sms",
+        "chat",
+        "visit",  # a web session; attrs: duration (seconds), pages, url (the landing page)
+        # the person asked not to be contacted (a flag set in the CRM, dated when it was set);
+        # attrs: channel (email, phone, sms, all)
+        "do_not_contact",
     }
 )
 
+# Any other activity the CRM carries (a custom behavioural event, a custom object) is
+# mapped onto `custom:<name>` and matched by that name in scoring rules.
+CUSTOM_KIND = re.compile(r"^custom:[a-z][a-z0-9_]{0,59}$")
+
+
+def is_activity_kind(kind: str) -> bool:
+    """A kind the engine understands: one of ACTIVITY_KINDS, or custom:<name>."""
+    return kind in ACTIVITY_KINDS or CUSTOM_KIND.match(kind) is not None
+
+
 # Profile fields the engine's fit rules may read. Values are whatever the CRM
 # gave (usually strings); the engine parses numbers itself and reports what it
-# could not read.
+# could not read. Besides these, the CRM mapping files may declare custom fields
+# (any CRM property, with a type: CUSTOM_FIELD_TYPES), read by rules by their name.
 PROFILE_FIELDS: frozenset[str] = frozenset(
     {
         "email",
@@ -63,6 +82,13 @@ PROFILE_FIELDS: frozenset[str] = frozenset(
         "website",
     }
 )
+
+
+# The types a custom profile field is declared with in hubspot.yaml / salesforce.yaml.
+# Adapters hand the engine: text and enumeration as text, number as a float (or the
+# text when it is no number, for the engine to report), date as 'YYYY-MM-DD',
+# boolean as 'true' / 'false'.
+CUSTOM_FIELD_TYPES: tuple[str, ...] = ("text", "number", "date", "boolean", "enumeration")
 
 
 @dataclass(frozen=True, slots=True)

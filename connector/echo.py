@@ -75,7 +75,7 @@ class EchoFilter:
         """From the Salesforce mapping's `objects` (each with `fields`: engine name -> API name)."""
         out: dict[str, dict[str, str]] = {}
         for obj, spec in objects.items():
-            out[obj] = {api: engine for engine, api in spec.fields.items() if "." not in api}
+            out[obj] = {api: engine for engine, api in spec.read_fields().items() if "." not in api}
         return cls(client, namespace, out)
 
     def _key(self, obj: str) -> str:

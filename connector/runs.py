@@ -15,7 +15,29 @@ page task may run more than once (a killed worker's task is delivered again):
   a page whose processing keeps failing hands its records (held here, by id, while
   its task retries) to the retry set and counts as deferred, not failed; a page
   that cannot be read leaves the pages after it unread, so only a stream read in
-  order of modification moves its cursor then; a run stopped by StopSync moves none.
+  order of modification moves its cursor then; a run stopped by StopSync moves none;
+- a page lost with its worker is sent again within seconds, not after the
+  broker's visibility timeout: every pending page has a claim in Redis, a lease
+  (connector/leases.py) that whoever is responsible for the page keeps alive
+  (see "Lost pages" below).
+
+Lost pages. Each contacts page's successor is only known once the page is read,
+so a page held by a dead worker stalls its whole stream until the broker hands
+it out again (tasks/app.py: the visibility timeout, 600 s). Instead, a pending
+page's claim says who answers for it, and runs out when nobody does:
+
+    queued    set when the page is counted pending (before its message is sent); lives
+              QUEUED_LEASE_S: a message waits in the queue a few seconds at most
+    held      set by the worker that starts the page, renewed every RENEW_S while it works,
+              runs out LEASE_S after the worker dies (kill -9, OOM, a lost machine)
+    waiting   set when the page's task retries: lives its countdown + RETRY_GRACE_S
+    resent    set when a lost page is sent again; lives QUEUED_LEASE_S like a queued one
+
+`resend_lost` (each worker's watch thread, every few seconds) finds the pending
+pages whose claim ran out and, in the same Lua call, claims them as "resent", so
+with any number of workers each lost page is sent again once per lease. This is
+safe because a page is idempotent (the markers above): a duplicate that finds the
+page done, or held by a live worker, does nothing.
 
 Only ids and counts are kept: no names or e-mail addresses.
 """
@@ -23,6 +45,7 @@ Only ids and counts are kept: no names or e-mail addresses.
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 import uuid
 from collections.abc import Mapping
@@ -31,6 +54,7 @@ from typing import Any
 
 import redis
 
+from connector import leases
 from connector.redisutil import UNLOCK
 from connector.redisutil import text as _s
 
@@ -75,19 +99,70 @@ end
 return redis.call('HINCRBY', KEYS[2], 'pending', -1)
 """
 
-# KEYS: next marker, run hash. Counts a page as pending once.
+# KEYS: next marker, run hash, pending pages hash, the page's claim.
+# ARGV: ttl, page key, payload (what a task needs to run the page), queued lease in ms.
+# Counts a page as pending once, and registers it with a "queued" claim (see "Lost pages").
 _ADD_PAGE = """
 if redis.call('SET', KEYS[1], '1', 'NX', 'EX', tonumber(ARGV[1])) == false then
   return 0
 end
 redis.call('HINCRBY', KEYS[2], 'pending', 1)
 redis.call('HINCRBY', KEYS[2], 'pages_total', 1)
+redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])
+redis.call('EXPIRE', KEYS[3], tonumber(ARGV[1]))
+redis.call('SET', KEYS[4], 'queued', 'PX', tonumber(ARGV[4]))
 return 1
+"""
+
+# KEYS: the page's claim, its done marker. ARGV: token, lease in ms.
+# A worker takes a page unless it is done or another worker's lease on it is running.
+_CLAIM_PAGE = """
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  return -1
+end
+local v = redis.call('GET', KEYS[1])
+if v and string.sub(v, 1, 2) == 'h:' then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', tonumber(ARGV[2]))
+return 1
+"""
+
+# KEYS: pending pages hash, lost hash, run hash. ARGV: run key, now, resent lease in ms, lost since.
+# Every pending page whose claim ran out is claimed "resent" and returned, once per lease, whoever asks.
+_RESEND_LOST = """
+local out = {}
+local pages = redis.call('HGETALL', KEYS[1])
+for i = 1, #pages, 2 do
+  local pk = pages[i]
+  local claim = ARGV[1] .. ':claim:' .. pk
+  if redis.call('EXISTS', ARGV[1] .. ':done:' .. pk) == 1 then
+    redis.call('HDEL', KEYS[1], pk)
+    redis.call('HDEL', KEYS[2], pk)
+    redis.call('DEL', claim)
+  elseif redis.call('EXISTS', claim) == 0 then
+    redis.call('SET', claim, 'resent:' .. ARGV[2], 'PX', tonumber(ARGV[3]))
+    redis.call('HSETNX', KEYS[2], pk, ARGV[4])
+    redis.call('EXPIRE', KEYS[2], 86400)
+    redis.call('HINCRBY', KEYS[3], 'pages_resent', 1)
+    table.insert(out, pages[i + 1])
+  end
+end
+return out
 """
 
 
 RUN_TTL = 7 * 86400
 LOCK_TTL = 900  # refreshed by every page; a run whose workers all died frees its account after this
+# A page whose message waits in the queue longer than this, unstarted, is sent again. Pages wait
+# seconds: each page enqueues one successor. A queue held up for longer by other work costs a
+# duplicate message, which finds the page done or held and does nothing.
+QUEUED_LEASE_S = 60.0
+# A retrying page's claim lives its countdown plus this: the worker holding the retry may be busy
+# with another page when the countdown ends.
+RETRY_GRACE_S = 30.0
+# `sync --wait` says a page's worker is silent once its claim has not been renewed for this long.
+SILENT_AFTER_S = 2 * leases.RENEW_S + 1
 
 
 def page_key(stream: str, cursor: str | None) -> str:
@@ -104,6 +179,26 @@ class PageResult:
 
     def add(self, name: str, n: int = 1) -> None:
         self.counts[name] = self.counts.get(name, 0) + n
+
+
+@dataclass(frozen=True)
+class LostPage:
+    """A pending page whose claim ran out: what a task needs to run it again."""
+
+    stream: str
+    cursor: str | None
+    since: float | None
+
+
+@dataclass(frozen=True)
+class Stall:
+    """A stream waiting for one of its pages: `state` "silent" (its worker stopped renewing its claim,
+    not yet given up) or "resent" (given up on and sent to another worker); `seconds` since the worker
+    was last heard of, about."""
+
+    stream: str
+    state: str
+    seconds: float
 
 
 @dataclass(frozen=True)
@@ -130,6 +225,8 @@ class RunStore:
         self.ns = namespace
         self._finish = client.register_script(_FINISH_PAGE)
         self._add = client.register_script(_ADD_PAGE)
+        self._claim = client.register_script(_CLAIM_PAGE)
+        self._resend = client.register_script(_RESEND_LOST)
         self._release = client.register_script(UNLOCK)  # release the lock only if we hold it
 
     # keys
@@ -185,10 +282,87 @@ class RunStore:
     def recent(self, crm: str, n: int = 10) -> list[str]:
         return [_s(x) for x in self.r.lrange(f"{self.ns}:runs:{crm}", 0, n - 1)]  # type: ignore[union-attr]
 
-    def add_page(self, run_id: str, stream: str, cursor: str | None) -> bool:
-        """Count a page as pending, once. False when it was already counted (a redelivered task)."""
-        marker = f"{self._run(run_id)}:next:{page_key(stream, cursor)}"
-        return bool(self._add(keys=[marker, self._run(run_id)], args=[RUN_TTL]))
+    def add_page(self, run_id: str, stream: str, cursor: str | None, since: float | None = None) -> bool:
+        """Count a page as pending, once. False when it was already counted (a redelivered task).
+
+        The page is registered with a "queued" claim, so that it is sent again if its message is lost.
+        """
+        base, pk = self._run(run_id), page_key(stream, cursor)
+        payload = json.dumps({"stream": stream, "cursor": cursor, "since": since})
+        return bool(
+            self._add(
+                keys=[f"{base}:next:{pk}", base, f"{base}:pages", f"{base}:claim:{pk}"],
+                args=[RUN_TTL, pk, payload, int(QUEUED_LEASE_S * 1000)],
+            )
+        )
+
+    # page claims (see "Lost pages" in the module's docstring)
+    def claim_page(self, run_id: str, stream: str, cursor: str | None, holder: str) -> leases.Lease | None:
+        """Take a page for this worker, renewed until released. None: the page is done, or another
+        worker's claim on it is alive (a duplicate message), and there is nothing to do."""
+        base, pk = self._run(run_id), page_key(stream, cursor)
+        token = f"h:{holder}:{leases.token()}"
+        key = f"{base}:claim:{pk}"
+        if self._claim(keys=[key, f"{base}:done:{pk}"], args=[token, int(leases.LEASE_S * 1000)]) != 1:
+            return None
+        return leases.keep(self.r, key, token)
+
+    def release_page(self, lease: leases.Lease) -> None:
+        """Stop renewing a page's claim; what becomes of the claim is up to finish_page or wait_page."""
+        leases.release(lease, delete=False)
+
+    def wait_page(self, run_id: str, stream: str, cursor: str | None, seconds: float) -> None:
+        """The page's task retries in `seconds`: its claim lives that long plus RETRY_GRACE_S."""
+        key = f"{self._run(run_id)}:claim:{page_key(stream, cursor)}"
+        self.r.set(key, f"waiting:{time.time():.0f}", px=int((seconds + RETRY_GRACE_S) * 1000))
+
+    def resend_lost(self, run_id: str, now: float | None = None) -> list[LostPage]:
+        """The run's pending pages whose claim ran out, each claimed "resent" for the caller to send again.
+
+        Atomic: of many workers asking at once, one gets each lost page.
+        """
+        now = time.time() if now is None else now
+        base = self._run(run_id)
+        raw = self._resend(
+            keys=[f"{base}:pages", f"{base}:lost", base],
+            args=[base, f"{now:.3f}", int(QUEUED_LEASE_S * 1000), f"{now - leases.LEASE_S:.3f}"],
+        )
+        out = []
+        for item in raw:
+            page = json.loads(_s(item))
+            out.append(LostPage(page["stream"], page["cursor"], page["since"]))
+        return out
+
+    def stalled(self, run_id: str, now: float | None = None) -> list[Stall]:
+        """The run's streams that wait for a page its worker stopped answering for, and for how long."""
+        now = time.time() if now is None else now
+        base = self._run(run_id)
+        raw: dict[Any, Any] = self.r.hgetall(f"{base}:pages")  # type: ignore[assignment]
+        pages = {_s(k): _s(v) for k, v in raw.items()}
+        if not pages:
+            return []
+        lost: dict[Any, Any] = self.r.hgetall(f"{base}:lost")  # type: ignore[assignment]
+        lost_at = {_s(k): float(_s(v)) for k, v in lost.items()}
+        keys = list(pages)
+        pipe = self.r.pipeline(transaction=False)
+        for pk in keys:
+            pipe.get(f"{base}:claim:{pk}")
+            pipe.pttl(f"{base}:claim:{pk}")
+            pipe.exists(f"{base}:done:{pk}")
+        replies = pipe.execute()
+        out: list[Stall] = []
+        for i, pk in enumerate(keys):
+            claim, pttl, done = replies[3 * i : 3 * i + 3]
+            if done:
+                continue
+            stream = str(json.loads(pages[pk])["stream"])
+            if pk in lost_at:
+                out.append(Stall(stream, "resent", max(0.0, now - lost_at[pk])))
+            elif claim is not None and _s(claim).startswith("h:") and pttl > 0:
+                silent = leases.LEASE_S - pttl / 1000
+                if silent >= SILENT_AFTER_S:
+                    out.append(Stall(stream, "silent", silent))
+        return sorted(out, key=lambda s: -s.seconds)
 
     def page_done(self, run_id: str, stream: str, cursor: str | None) -> bool:
         return bool(self.r.exists(f"{self._run(run_id)}:done:{page_key(stream, cursor)}"))
@@ -215,6 +389,16 @@ class RunStore:
                 args=args,
             )
         )
+        # no longer pending: nothing to watch (were this lost, resend_lost finds the done marker and cleans up)
+        pk = page_key(stream, cursor)
+        lost_at = self.r.hget(f"{base}:lost", pk)
+        if lost_at is not None and left >= 0:  # counted by this call: what the lost page cost the run, once
+            self.r.hincrbyfloat(base, "lost_wait_s", round(max(0.0, time.time() - float(_s(lost_at))), 1))
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hdel(f"{base}:pages", pk)
+        pipe.hdel(f"{base}:lost", pk)
+        pipe.delete(f"{base}:claim:{pk}")
+        pipe.execute()
         return None if left < 0 else left
 
     def hold(self, run_id: str, stream: str, cursor: str | None, ids: list[str]) -> None:

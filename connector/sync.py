@@ -13,8 +13,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from connector.bootstrap import Runtime
-from connector.domain import CHANGE_FIELDS, CrmName, Lead
-from connector.engine import ScoreResult
+from connector.domain import CrmName, Lead
+from connector.engine import ScoreResult, must_write
 from connector.errors import RecordError, RetryLater, StopSync
 from connector.runs import PageResult
 from connector.status import Recorder
@@ -58,7 +58,7 @@ def start_run(
     firsts: list[tuple[str, float | None]] = []
     for stream in adapter.streams:
         since = None if full else runs.cursor(crm, stream)
-        runs.add_page(run_id, stream, None)
+        runs.add_page(run_id, stream, None, since)
         firsts.append((stream, since))
     # Whether each stream is read in order of modification (since set) or not (a full read): see finish_run.
     if firsts:
@@ -98,7 +98,7 @@ def score_leads(rt: Runtime, crm: CrmName, stream: str, leads: Sequence[Lead], n
         result.add(f"band:{scored.band}")
         values = scored.write_values(now)
         values.update(extra)
-        if any(values[f] != lead.written.get(f) for f in CHANGE_FIELDS if f in values):
+        if must_write(values, lead.written):  # reasons: by their evidence, not a decayed rule's points
             updates[lead.id] = values
         else:
             result.add("unchanged")
@@ -211,7 +211,7 @@ def run_page(
     adapter = rt.adapter(crm)
     calls_before = adapter.calls.this_thread
     page = adapter.read_page(stream, cursor, since=since)
-    if page.next_cursor is not None and runs.add_page(run_id, stream, page.next_cursor):
+    if page.next_cursor is not None and runs.add_page(run_id, stream, page.next_cursor, since):
         # enqueue the next page before working on this one, so other workers read ahead
         enqueue_next(page.next_cursor)
     if cursor is None and page.total is not None:

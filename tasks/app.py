@@ -3,7 +3,9 @@
 Tasks are idempotent (see connector/runs.py), so they are acknowledged late
 and a task whose worker died is delivered again. Retry countdowns stay well
 under the broker's visibility timeout, or a waiting task would be delivered
-twice.
+twice. A sync page whose worker died does not wait for that redelivery: each
+worker watches for pages whose claim ran out and sends them again at once
+(`resend_lost_pages`, every PAGE_WATCH_S).
 """
 
 from __future__ import annotations
@@ -21,7 +23,14 @@ from connector.logs import configure as configure_logs
 
 _settings = load_settings()
 # A page task takes seconds and a retry waits at most MAX_COUNTDOWN, both well under this.
+# A worker that dies does not make a sync wait this long: its page's claim (connector/runs.py,
+# "Lost pages") runs out within seconds and another worker's watch sends the page again. The
+# broker's own redelivery, later, finds the page done. The timeout stays long because a shorter one
+# would hand out live work too: an ETA task (a retry waiting out its countdown) and a page slowed
+# by the rate limiter stay unacknowledged, and kombu redelivers anything older than the timeout.
 VISIBILITY_TIMEOUT = _settings.visibility_timeout
+# How often each worker looks for pages whose claim ran out (well under connector.leases.LEASE_S).
+PAGE_WATCH_S = 3.0
 # a task waiting out its countdown is unacknowledged: it must never outlast the visibility timeout
 MAX_COUNTDOWN = min(120, VISIBILITY_TIMEOUT // 2)
 
@@ -93,8 +102,22 @@ def _start_heartbeat(sender: Any = None, **_: Any) -> None:
             if _heartbeat_stop.wait(WORKER_HEARTBEAT_S):
                 return
 
+    def watch() -> None:
+        from tasks.sync import resend_lost_pages
+
+        failing = False
+        while not _heartbeat_stop.wait(PAGE_WATCH_S):
+            try:
+                resend_lost_pages()
+                failing = False
+            except Exception:  # the watch never stops a worker; the next round tries again
+                if not failing:  # said once, not every few seconds while Redis is away
+                    logging.getLogger("leadscore.tasks").warning("lost-page watch failed", exc_info=True)
+                failing = True
+
     _heartbeat_stop.clear()
     threading.Thread(target=beat, name="leadscore-heartbeat", daemon=True).start()
+    threading.Thread(target=watch, name="leadscore-page-watch", daemon=True).start()
 
 
 @worker_shutdown.connect

@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from connector import sync
-from connector.domain import CrmName
+from connector.domain import CRMS, CrmName
 from connector.errors import RetryLater, StopSync
 from tasks.app import countdown, house_task
 from tasks.runtime import get_runtime
@@ -38,6 +38,11 @@ def sync_page(self: Any, run_id: str, crm: CrmName, stream: str, cursor: str | N
     def enqueue_next(next_cursor: str) -> None:
         sync_page.delay(run_id, crm, stream, next_cursor, since)
 
+    # The page's claim, renewed while this worker lives: if it dies, another worker's watch
+    # (resend_lost_pages) sends the page again within seconds (connector/runs.py, "Lost pages").
+    lease = rt.runs.claim_page(run_id, stream, cursor, holder=str(self.request.hostname or "worker"))
+    if lease is None:
+        return  # done already, or a live worker is on it: this is a duplicate of a page sent again
     try:
         sync.run_page(rt, run_id, crm, stream, cursor, since, enqueue_next)
     except RetryLater as exc:
@@ -45,12 +50,36 @@ def sync_page(self: Any, run_id: str, crm: CrmName, stream: str, cursor: str | N
             sync.fail_page(rt, run_id, crm, stream, cursor, f"gave up after {self.request.retries} retries: {exc}",
                            stop=False)
             return
-        raise self.retry(countdown=countdown(self, exc.wait), exc=exc) from None
+        wait = countdown(self, exc.wait)
+        rt.runs.wait_page(run_id, stream, cursor, wait)  # whoever holds the retry answers for the page
+        raise self.retry(countdown=wait, exc=exc) from None
     except StopSync as exc:
         sync.fail_page(rt, run_id, crm, stream, cursor, str(exc), stop=True)
     except Exception as exc:
         log.exception("page crashed", extra={"event": "page_crashed", "run": run_id, "crm": crm})
         sync.fail_page(rt, run_id, crm, stream, cursor, f"internal error: {type(exc).__name__}", stop=False)
+    finally:
+        rt.runs.release_page(lease)
+
+
+def resend_lost_pages(now: float | None = None) -> int:
+    """Send again each page of a running sync whose claim ran out (its worker died); returns how many.
+
+    Every worker calls this every few seconds (tasks/app.py); RunStore.resend_lost hands each lost
+    page to one caller only.
+    """
+    rt = get_runtime()
+    sent = 0
+    for crm in CRMS:
+        run_id = rt.runs.lock_holder(crm)
+        if run_id is None:
+            continue
+        for page in rt.runs.resend_lost(run_id, now):
+            sync_page.delay(run_id, crm, page.stream, page.cursor, page.since)
+            log.warning("lost page sent again", extra={"event": "page_resent", "run": run_id, "crm": crm,
+                                                       "stream": page.stream})  # fmt: skip
+            sent += 1
+    return sent
 
 
 @house_task(name="leadscore.sync.retry")

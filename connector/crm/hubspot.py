@@ -42,6 +42,7 @@ from connector.crm.limits import DEFAULT_POLICY, RetryPolicy
 from connector.crm.times import parse_time
 from connector.domain import WRITE_FIELDS, Activity, CrmName, Lead, Rep
 from connector.errors import RecordError, RetryLater, StopSync, UserError
+from connector.mappings.custom import HUBSPOT_TYPES, normalise
 from connector.mappings.hubspot import EngagementRule, EventRule, HubSpotMapping
 from connector.mappings.outcomes import HubSpotOutcomes, combine, lifecycle_date_property
 
@@ -205,7 +206,7 @@ class HubSpotAdapter:
         if web == "events":
             extra += acts.event_gates
         contact = self.mapping.contact
-        read = [*contact.fields.values(), contact.owner, *self.mapping.write.values(), contact.modified, *extra]
+        read = [*contact.read_fields().values(), contact.owner, *self.mapping.write.values(), contact.modified, *extra]
         return list(dict.fromkeys(extra)), list(dict.fromkeys(read))
 
     # -- where web activity comes from
@@ -277,6 +278,10 @@ class HubSpotAdapter:
         profile = {
             engine: props[prop] for engine, prop in contact.fields.items() if props.get(prop) not in (None, "")
         }
+        for name, custom in contact.custom.items():
+            value = normalise(props.get(custom.property), custom.type)
+            if value is not None:
+                profile[name] = value
         written = {
             engine: canonical(engine, props[prop])
             for engine, prop in self.mapping.write.items()
@@ -1038,7 +1043,7 @@ class HubSpotAdapter:
                     f"The contact propert{'ies' if len(missing) > 1 else 'y'} {', '.join(missing)} "
                     f"{'are' if len(missing) > 1 else 'is'} missing: run `leadscore setup` to create them."
                 )
-            unknown = [p for p in dict.fromkeys([*self.mapping.contact.fields.values(), *self._extra_props])
+            unknown = [p for p in dict.fromkeys([*self.mapping.contact.read_fields().values(), *self._extra_props])
                        if p not in existing]
             if unknown:
                 problems.append(
@@ -1053,6 +1058,14 @@ class HubSpotAdapter:
                         f"The outcomes: section of mappings/hubspot.yaml reads contact "
                         f"propert{'ies' if len(absent) > 1 else 'y'} HubSpot does not have: {', '.join(absent)}; "
                         "fix the names (a lifecycle stage's internal value gives hs_lifecyclestage_<stage>_date)."
+                    )
+            for name, custom in self.mapping.contact.custom.items():
+                have = existing.get(custom.property)
+                kind = str((have or {}).get("type") or "")
+                if have is not None and kind not in HUBSPOT_TYPES[custom.type]:
+                    problems.append(
+                        f"mappings/hubspot.yaml declares contact.custom.{name} as {custom.type}, but the HubSpot "
+                        f"property {custom.property} is of type {kind}; fix the type or name another property."
                     )
             probes: list[tuple[Any, tuple[Any, ...], dict[str, Any]]] = [
                 (self.apis.contacts.get_page, (), {"limit": 1, "properties": ["email"]}),

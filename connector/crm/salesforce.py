@@ -77,6 +77,7 @@ from connector.crm.salesforce_records import (
 from connector.crm.salesforce_setup import SalesforceSetup
 from connector.domain import WRITE_FIELDS, CrmName, Lead, Rep
 from connector.errors import RecordError, RetryLater, StopSync, UserError
+from connector.mappings.custom import SALESFORCE_TYPES, normalise
 from connector.mappings.outcomes import SalesforceOutcomes, combine
 from connector.mappings.salesforce import OBJECTS, SALESFORCE_ID, SalesforceMapping
 from connector.redisutil import text as redis_text
@@ -314,7 +315,7 @@ class SalesforceAdapter:
 
     def _select_list(self, stream: str) -> list[str]:
         fields = ["Id", "OwnerId", "SystemModstamp"]
-        fields += self.mapping.objects[stream].fields.values()  # type: ignore[index]
+        fields += self.mapping.objects[stream].read_fields().values()  # type: ignore[index]
         fields += self.mapping.write_fields.as_dict().values()
         return list(dict.fromkeys(fields))
 
@@ -530,10 +531,15 @@ class SalesforceAdapter:
 
     def _lead(self, stream: str, record: Mapping[str, Any]) -> Lead:
         profile: dict[str, Any] = {}
-        for engine, api in self.mapping.objects[stream].fields.items():  # type: ignore[index]
+        spec = self.mapping.objects[stream]  # type: ignore[index]
+        for engine, api in spec.fields.items():
             value = get_path(record, api)
             if value is not None and value != "":
                 profile[engine] = value
+        for name, custom in spec.custom.items():
+            value = normalise(get_path(record, custom.field), custom.type)
+            if value is not None:
+                profile[name] = value
         owner = record.get("OwnerId") or None
         written: dict[str, str] = {}
         for engine, api in self.mapping.write_fields.as_dict().items():
@@ -1004,6 +1010,8 @@ class SalesforceAdapter:
                     f"{obj}: mappings/salesforce.yaml reads {engine} from {api}, but {obj} has no field "
                     f"{name}; fix objects.{obj}.fields.{engine}"
                 )
+        for name, custom in self.mapping.objects[obj].custom.items():  # type: ignore[index]
+            lines += _custom_field_lines(obj, name, custom.field, custom.type, fields)
         return lines
 
     def setup(self) -> list[str]:
@@ -1064,6 +1072,27 @@ class SalesforceAdapter:
 
     def close(self) -> None:
         self._session.close()
+
+
+def _custom_field_lines(
+    obj: str, name: str, api: str, declared: str, fields: Mapping[str, Mapping[str, Any]]
+) -> list[str]:
+    """What is wrong with a custom profile field the mapping reads, from the object's describe."""
+    base = api.split(".")[0]
+    if "." in api:
+        if any(str(f.get("relationshipName") or "").lower() == base.lower() for f in fields.values()):
+            return []  # a parent's field: its type is not in this describe
+        return [f"{obj}: mappings/salesforce.yaml reads {name} from {api}, but {obj} has no relationship {base}; "
+                f"fix objects.{obj}.custom.{name}"]
+    found = fields.get(api.lower())
+    if found is None:
+        return [f"{obj}: mappings/salesforce.yaml reads {name} from {api}, but {obj} has no field {api} "
+                f"(or the integration user cannot read it); fix objects.{obj}.custom.{name} or create the field"]
+    kind = str(found.get("type") or "")
+    if kind not in SALESFORCE_TYPES[declared]:
+        return [f"{obj}: {name} is declared as {declared} in mappings/salesforce.yaml, but {api} is a {kind} field; "
+                f"fix objects.{obj}.custom.{name}.type"]
+    return []
 
 
 def _same_id(a: str | None, b: str | None) -> bool:

@@ -9,6 +9,6 @@ No I/O beyond reading the file at load time; the clock is always passed in.
 
 from connector.engine.compiled import ScoringModel
 from connector.engine.load import load_scoring, model_version
-from connector.engine.result import Contribution, ScoreResult
+from connector.engine.result import Contribution, ScoreResult, must_write
 
-__all__ = ["Contribution", "ScoreResult", "ScoringModel", "load_scoring", "model_version"]
+__all__ = ["Contribution", "ScoreResult", "ScoringModel", "load_scoring", "model_version", "must_write"]

@@ -7,13 +7,16 @@ on what a CRM gave it: an unreadable field or activity is skipped and named in
 How a score is made:
 
 1. Fit: each profile field a rule reads is read once (cached per distinct
-   text); every rule on it that passes contributes its points. Of rules
-   sharing an `exclusive` name, only the first that passes (in file order)
-   counts.
+   text; values the file calls "not answered" read as empty); every rule on
+   it that passes contributes its points. A rule testing several fields
+   (`all` / `any` / `not` across fields) passes from the tests each field
+   passed. Of rules sharing an `exclusive` name, only the first that passes
+   (in file order) counts.
 2. Engagement: each activity is dispatched by kind to the few rules that can
    match it; which of them match is cached per distinct attribute values.
-   Per rule, occurrences within the window count (the newest `max_count` of
-   them, when set), each worth `points * 0.5 ** (age / half_life)`; the sum is
+   Per rule, occurrences within the window count (none at all when there are
+   fewer than `min_count`; the newest `max_count` of them, when set), each
+   worth `points * 0.5 ** (age / half_life)`; the sum is
    capped at `max_points` (in magnitude, for negative rules too). Activities
    dated in the future count as age 0.
 3. Each group is held within its caps (min, max); the total is
@@ -31,7 +34,7 @@ from typing import Any
 
 from connector.domain import Activity
 from connector.engine.decay import DAY, decay_rate
-from connector.engine.result import Contribution, ScoreResult, reasons_text
+from connector.engine.result import Contribution, ScoreResult, phrase, reasons_text
 from connector.engine.rules import (
     CACHE_LIMIT,
     FieldResult,
@@ -40,16 +43,17 @@ from connector.engine.rules import (
     checks_of,
     fit_plans,
     kind_plans,
+    needs_number,
 )
-from connector.engine.values import as_text, fmt_age, fmt_number, show
-from connector.mappings.scoring import BANT_KEYS, EngagementRule, FitRule, ScoringFile
+from connector.engine.values import as_text, fmt_day, fmt_number, show
+from connector.mappings.scoring import BANT_KEYS, EngagementRule, FitRule, ScoringFile, Test
 
 INF = math.inf
 MAX_PROBLEMS = 10
 
 # Per engagement rule, unpacked in the hot path: (name, points, decay rate per
-# second or 0.0, window in seconds, max_count or 0, cap, bant, order in the file)
-_EngSpec = tuple[str, float, float, float, int, float, str | None, int]
+# second or 0.0, window in seconds, max_count or 0, cap, bant, order in the file, min_count or 0)
+_EngSpec = tuple[str, float, float, float, int, float, str | None, int, int]
 # A contribution on its way into a result: (sort key, file order, contribution, phrase or None)
 _Found = tuple[float, int, Contribution, str | None]
 
@@ -62,7 +66,7 @@ _SIGNED = {r: f"{r:+d} " for r in range(-1000, 1001) if r}
 
 
 # What an empty field gives when no rule on it tests for emptiness: skipped at once.
-_NOTHING: FieldResult = ((), ())
+_NOTHING: FieldResult = ((), (), ())
 
 
 class _Unreadable(Exception):
@@ -102,9 +106,10 @@ class ScoringModel:
         self._any_exclusive = any(e is not None for e in self._exclusive)
         # (field, cache to look in first, reader, result when the field is empty)
         self._fields: tuple[tuple[str, dict[str, FieldResult], Callable[[Any], FieldResult], FieldResult], ...]
+        plans, self._combos = fit_plans(spec.fit, aliases, spec.fields)
         self._fields = tuple(
             (p.field, {} if p.by_domain else p.cache, p.read, _NOTHING if p.none_result == _NOTHING else p.none_result)
-            for p in fit_plans(spec.fit, aliases)
+            for p in plans
         )
 
         # Engagement rules: slot = index in spec.engagement; grouped by kind.
@@ -121,7 +126,16 @@ class ScoringModel:
             )
             for kind in rule.kinds():
                 triples.append((slot, kind, conditions))
-        self._plans, self._classes = kind_plans(triples)
+        numeric = frozenset(
+            attr for rule in spec.engagement for attr, cond in rule.where.items() if needs_number(cond)
+        )
+        substrings: dict[int, tuple[str, ...] | None] = {}
+        for slot, rule in enumerate(spec.engagement):
+            plain = all(cond.operators() == ["contains"] for cond in rule.where.values())
+            substrings[slot] = (
+                tuple(n.casefold() for cond in rule.where.values() for n in cond.contains or ()) if plain else None
+            )
+        self._plans, self._classes = kind_plans(triples, numeric, substrings)
         # kind -> (the attribute whose value decides, or None; value -> class id). A kind whose
         # rules look at several attributes gets an empty dict here, and is classified in _miss.
         self._kinds: dict[str, tuple[str | None, dict[Any, int]]] = {
@@ -129,7 +143,7 @@ class ScoringModel:
             for kind, p in self._plans.items()
         }
         self._details: dict[int, str] = {}
-        self.profile_fields_used: frozenset[str] = frozenset(r.field for r in spec.fit)
+        self.profile_fields_used: frozenset[str] = frozenset(f for r in spec.fit for f in r.fields_read())
         self.activity_kinds_used: frozenset[str] = frozenset(self._kinds)
 
     @staticmethod
@@ -145,6 +159,7 @@ class ScoringModel:
             INF if rule.max_points is None else float(rule.max_points),
             rule.bant,
             order,
+            rule.min_count or 0,
         )
 
     def __repr__(self) -> str:
@@ -181,6 +196,7 @@ class ScoringModel:
             problems.append(f"profile: {show(profile)} is not a record of fields")
             profile = {}
         matched: list[Passed] = []
+        leaves: list[tuple[int, str]] = []
         get = profile.get
         for name, cache, read, empty in self._fields:
             raw = get(name)
@@ -192,11 +208,25 @@ class ScoringModel:
                 result = cache.get(raw) or read(raw)
             else:
                 result = read(raw)
-            passed, unread = result
+            passed, unread, leaf = result
             if passed:
                 matched += passed
             if unread:
                 problems += unread
+            if leaf:
+                leaves += leaf
+        if self._combos:
+            hits = dict(leaves)
+            for combo in self._combos:
+                detail = combo.test(hits)
+                if detail is not None:
+                    rule = combo.rule
+                    points = float(rule.points)
+                    matched.append((
+                        combo.slot,
+                        Contribution(rule.name, "fit", points, detail, rule.bant),
+                        phrase(points, rule.name, detail),
+                    ))
         if not matched:
             return 0.0
         if self._any_exclusive and len(matched) > 1:
@@ -253,6 +283,10 @@ class ScoringModel:
         else:
             key = attrs.get(plan.key_attrs)  # type: ignore[arg-type]
             cache = plan.cache
+            path = plan.shortcut(key)
+            if path is not None:
+                key = path
+                attrs = {plan.key_attrs: path}  # type: ignore[dict-item]
         cid = cache.get(key)
         if cid is None:
             cid = plan.classify(attrs)
@@ -280,15 +314,17 @@ class ScoringModel:
                 before = per_rule.get(slot)
                 per_rule[slot] = stamps if before is None else before + stamps
         total = 0.0
-        exp = math.exp
+        day_s = DAY
         new = tuple.__new__
         signed = _SIGNED
         details = self._details
         eng = self._eng
         append = found.append
         for slot, stamps in per_rule.items():
-            name, points, rate, window, max_count, cap, tag, order = eng[slot]
+            name, points, rate, window, max_count, cap, tag, order, min_count = eng[slot]
             n = len(stamps)
+            if n < min_count:
+                continue  # fewer than min_count in all: fewer in the window too
             if n == 1:
                 # One occurrence (the common case): the general path below, unrolled.
                 newest = stamps[0]
@@ -299,7 +335,7 @@ class ScoringModel:
                 if age < 0.0:
                     value = points * 1.0
                 elif rate:
-                    value = points * exp(rate * (newest - now))
+                    value = points * math.exp(rate * (newest - now))
                 else:
                     value = points * 1.0
             else:
@@ -310,6 +346,8 @@ class ScoringModel:
                     if first == n:
                         continue
                 seen = n - first
+                if seen < min_count:
+                    continue
                 if max_count and seen > max_count:
                     first = n - max_count
                 newest = stamps[-1]
@@ -323,12 +361,11 @@ class ScoringModel:
                 if not rate:
                     weight += end - first
                 elif end - first == 1:
-                    weight += exp(rate * (stamps[first] - now))
+                    weight += math.exp(rate * (stamps[first] - now))
                 else:
                     for t in stamps[first:end] if first or end != n else stamps:
-                        weight += exp(rate * (t - now))
+                        weight += math.exp(rate * (t - now))
                 value = points * weight
-                age = now - newest
             if value > cap:
                 value = cap
             elif value < -cap:
@@ -336,20 +373,22 @@ class ScoringModel:
             total += value
             if tag is not None:
                 bant[tag] += value
-            days = int(age // DAY) if age > 0.0 else 0
-            detail = details.get(seen * 100_000 + days) or self._detail(seen, days)
+            # the UTC day of the newest occurrence (its own, even when dated after `now` by a skewed
+            # clock): a date, not an age, so the reason stays the same from day to day while the evidence does
+            day = int(newest // day_s)
+            detail = details.get((seen << 32) + day) or self._detail(seen, day)
             r = math.floor(value + 0.5)
             text = None if r == 0 else f"{signed.get(r) or f'{r:+d} '}{name} ({detail})"
             # tuple.__new__ directly: a NamedTuple's own __new__ is a Python-level call
             append((-abs(value), order, new(Contribution, (name, "engagement", value, detail, tag)), text))
         return total
 
-    def _detail(self, seen: int, days: int) -> str:
-        """'3x, last 2d ago' (cached: a population repeats these a lot)."""
-        when = fmt_age(days * DAY)
+    def _detail(self, seen: int, day: int) -> str:
+        """'3x, last 2026-11-14' (cached: a population repeats these a lot)."""
+        when = fmt_day(day)
         if len(self._details) > CACHE_LIMIT:
             self._details.clear()
-        detail = self._details[seen * 100_000 + days] = f"{seen}x, last {when}" if seen > 1 else when
+        detail = self._details[(seen << 32) + day] = f"{seen}x, last {when}" if seen > 1 else when
         return detail
 
     def _sanitize(self, activities: Any, problems: list[str]) -> list[Activity]:
@@ -488,12 +527,36 @@ _OP_WORDS = {
 }
 
 
+def _test_words(node: Test, inherited: str | None = None) -> str:
+    """A test in a few words: 'country is one of the values and employees is in the range 200..'."""
+    f = node.field or inherited
+    op = node.test_name()
+    if op == "not":
+        assert node.not_ is not None
+        return f"not ({_test_words(node.not_, f)})"
+    if op in ("all", "any"):
+        kids = node.all_ if op == "all" else node.any_
+        joined = (" and " if op == "all" else " or ").join(_test_words(k, f) for k in kids or [])
+        return f"({joined})" if inherited is not None else joined
+    if op == "range":
+        lo, hi = node.bounds()
+        span = f"{'' if lo is None else fmt_number(lo)}..{'' if hi is None else fmt_number(hi)}"
+        return f"{f} is in the range {span}"
+    return f"{f} {_OP_WORDS[op]}"
+
+
 def _how(rule: FitRule | EngagementRule) -> str:
     """The rule's settings in a few words, for the explanation."""
     if isinstance(rule, FitRule):
-        (op,) = rule.operators()
-        return f"{fmt_number(rule.points)} when {rule.field} {_OP_WORDS[op]}"
+        return f"{fmt_number(rule.points)} when {_test_words(rule)}"
     parts = [f"{fmt_number(rule.points)} each"]
+    if rule.where:
+        parts.append("where " + " and ".join(
+            _test_words(Test.model_validate({"field": attr, **cond.model_dump(by_alias=True, exclude_none=True)}))
+            for attr, cond in rule.where.items()
+        ))
+    if rule.min_count is not None:
+        parts.append(f"from {rule.min_count} in the window")
     if rule.max_count is not None:
         parts.append(f"newest {rule.max_count}")
     if rule.max_points is not None:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+import re
 import time
+from collections.abc import Mapping
 from typing import Literal, NamedTuple
 
-from connector.domain import WRITE_FIELDS
+from connector.domain import CHANGE_FIELDS, WRITE_FIELDS
 
 Group = Literal["fit", "engagement"]
 
@@ -89,3 +91,34 @@ class ScoreResult(NamedTuple):
 def reasons_of(contributions: tuple[Contribution, ...]) -> str:
     """Reasons text from contributions ordered strongest first."""
     return reasons_text([p for c in contributions if (p := c.phrase()) is not None])
+
+
+# "+25 " / "-9 " at the start of a phrase: the rule's points, which decay day by day.
+_POINTS = re.compile(r"^[+-]\d+ ")
+
+
+def reasons_evidence(text: str | None) -> frozenset[str]:
+    """What a reasons text says, without each rule's points: which rules, and their details
+    (values, counts, dates). Decay moves the points a little every day; this moves only when
+    the evidence does."""
+    if not text:
+        return frozenset()
+    return frozenset(_POINTS.sub("", phrase) for phrase in text.split("; "))
+
+
+def must_write(values: Mapping[str, str], written: Mapping[str, str]) -> bool:
+    """Whether a lead's new values (ScoreResult.write_values) differ from what the CRM holds in a way
+    worth a write: any of the score fields, the model, or the reasons' evidence. Reasons whose only
+    change is a decayed rule's points are not rewritten on their own; they are rewritten with the
+    next change of the score (so the CRM's reasons may show a point or two of a decaying signal
+    more than it is worth now, never a wrong signal, count or date)."""
+    for f in CHANGE_FIELDS:
+        if f not in values:  # the learned probability and factors, without an active model
+            continue
+        new, old = values[f], written.get(f)
+        if new == old:
+            continue
+        if f == "reasons" and old is not None and reasons_evidence(new) == reasons_evidence(old):
+            continue
+        return True
+    return False

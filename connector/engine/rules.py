@@ -6,7 +6,10 @@ test might need it) that returns the detail a rep sees when it passes
 
 Fit rules are grouped by profile field: a `FieldPlan` reads the field once and
 runs all its tests; the result for a given text is cached, since a population
-repeats the same job titles, industries and countries over and over.
+repeats the same job titles, industries and countries over and over. A test
+made of tests (`not`, `all`, `any`) on one field compiles into one check on
+that field; one that spans several fields becomes a `Combo` over "leaves",
+each leaf a single-field check run (and cached) by its field's plan.
 
 Engagement rules are grouped by activity kind: a `KindPlan` turns an
 activity's relevant attributes into the tuple of rules it matches, cached per
@@ -24,8 +27,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from connector.engine.result import Contribution, phrase
-from connector.engine.values import as_number, as_text, clip, domain_of, fmt_number, show
-from connector.mappings.scoring import FitRule, Operators
+from connector.engine.values import PLACEHOLDERS, as_number, as_text, clip, domain_of, fmt_number, show
+from connector.mappings.scoring import COMBINATORS, Condition, FieldSettings, FitRule, Operators, Test
 
 # Caches are cleared when they grow past this many distinct values, so a
 # long-running worker fed unbounded garbage keeps bounded memory.
@@ -38,6 +41,7 @@ class Reading:
     norm: str | None  # casefolded text, mapped to its canonical alias when the field has aliases
     number: float | None = None
     domain: str | None = None
+    folded: str | None = None  # casefolded text (before any alias), when the reader made it already
 
 
 Check = Callable[[Reading], str | None]
@@ -66,8 +70,8 @@ def compile_check(op: str, arg: Any, label: str, canon: Callable[[str], str]) ->
         numbers = frozenset(float(v) for v in arg)
         return lambda r: f"{label} {fmt_number(r.number)}" if r.number in numbers else None
     if op == "range":
-        lo = float("-inf") if arg.min is None else float(arg.min)
-        hi = float("inf") if arg.max is None else float(arg.max)
+        lo = float("-inf") if arg[0] is None else float(arg[0])
+        hi = float("inf") if arg[1] is None else float(arg[1])
 
         def in_range(r: Reading) -> str | None:
             n = r.number
@@ -79,10 +83,13 @@ def compile_check(op: str, arg: Any, label: str, canon: Callable[[str], str]) ->
         anywhere = re.compile("|".join(re.escape(p) for p in parts))
 
         def contains(r: Reading) -> str | None:
-            t = r.text
-            if t is None:
-                return None
-            m = anywhere.search(t.casefold())
+            f = r.folded
+            if f is None:
+                t = r.text
+                if t is None:
+                    return None
+                f = t.casefold()
+            m = anywhere.search(f)
             return None if m is None else m.group(0)
 
         return contains
@@ -117,10 +124,74 @@ def compile_check(op: str, arg: Any, label: str, canon: Callable[[str], str]) ->
 
 
 def checks_of(rule: Operators, label: str, canon: Callable[[str], str]) -> Check:
-    """The single test a validated rule or condition carries."""
-    (op,) = rule.operators()
-    arg = getattr(rule, "in_" if op == "in" else op)
-    return compile_check(op, arg, label, canon)
+    """The test a validated rule, test or condition carries, `not` / `all` / `any` included, as one check
+    on one field or attribute."""
+    op = rule.test_name()
+    if op in COMBINATORS:
+        kids = _children(rule)
+        if op == "not":
+            inner = checks_of(kids[0], label, canon)
+
+            def negated(r: Reading) -> str | None:
+                if inner(r) is not None:
+                    return None
+                return clip(r.text) if r.text is not None else f"no {label}"
+
+            return negated
+        checks = tuple(checks_of(k, label, canon) for k in kids)
+        if op == "any":
+
+            def any_of(r: Reading) -> str | None:
+                for check in checks:
+                    detail = check(r)
+                    if detail is not None:
+                        return detail
+                return None
+
+            return any_of
+
+        def all_of(r: Reading) -> str | None:
+            details: list[str] = []
+            for check in checks:
+                detail = check(r)
+                if detail is None:
+                    return None
+                if detail and detail not in details:
+                    details.append(detail)
+            return ", ".join(details)
+
+        return all_of
+    if op == "range":
+        return compile_check(op, rule.bounds(), label, canon)
+    return compile_check(op, getattr(rule, "in_" if op == "in" else op), label, canon)
+
+
+def _children(node: Operators) -> list[Any]:
+    if isinstance(node, Test | Condition):
+        if node.not_ is not None:
+            return [node.not_]
+        return list(node.all_ or node.any_ or [])
+    return []
+
+
+def _ops(node: Operators) -> list[str]:
+    """Every operator in a test and the tests inside it."""
+    return [node.test_name(), *(op for k in _children(node) for op in _ops(k))]
+
+
+def needs_number(node: Operators) -> bool:
+    """Whether a test (or one inside it) reads its value as a number."""
+    if node.test_name() == "range":
+        return True
+    if node.equals is not None and not isinstance(node.equals, str):
+        return True
+    if node.in_ is not None and not isinstance(node.in_[0], str):
+        return True
+    return any(needs_number(k) for k in _children(node))
+
+
+def needs_domain(node: Operators) -> bool:
+    return "domain_in" in _ops(node)
 
 
 def _same(text: str) -> str:
@@ -131,8 +202,10 @@ def _same(text: str) -> str:
 
 # A passed fit test: (rule slot, its contribution, its phrase for the reasons text or None).
 Passed = tuple[int, Contribution, str | None]
-# What one field gives: the tests it passed, and what could not be read.
-FieldResult = tuple[tuple[Passed, ...], tuple[str, ...]]
+# A passed leaf of a test across several fields: (leaf id, detail).
+Leaf = tuple[int, str]
+# What one field gives: the tests it passed, what could not be read, the leaves it passed.
+FieldResult = tuple[tuple[Passed, ...], tuple[str, ...], tuple[Leaf, ...]]
 
 
 @dataclass(slots=True)
@@ -149,24 +222,32 @@ class FieldPlan:
     needs_domain: bool
     aliases: Mapping[str, str] | None  # any spelling, casefolded -> canonical, casefolded
     cache: dict[str, FieldResult] = dataclasses.field(default_factory=dict)
-    none_result: FieldResult = ((), ())
+    none_result: FieldResult = ((), (), ())
     # Only domain tests: the result depends on the domain alone, so cache by it (emails are unique).
     by_domain: bool = False
+    # Leaves of tests across several fields that read this field: (leaf id, check).
+    leaves: tuple[tuple[int, Check], ...] = ()
+    # Values that mean "not answered" here (casefolded, spaces collapsed): read as empty.
+    blank: frozenset[str] = frozenset()
+    # With aliases: report a value the table does not know as a problem.
+    closed: bool = False
 
     def __post_init__(self) -> None:
         self.none_result = self.evaluate(None)
-        self.by_domain = all(rule.domain_in is not None for _, _, rule in self.tests)
+        self.by_domain = not self.leaves and all(rule.domain_in is not None for _, _, rule in self.tests)
 
     def evaluate(self, raw: Any) -> FieldResult:
         name = self.field
         problems: list[str] = []
         text, problem = as_text(raw)
         if problem is not None:
-            return (), (f"{name}: {problem}",)
+            return (), (f"{name}: {problem}",), ()
         norm = None if text is None else text.casefold()
+        if norm is not None and norm in self.blank:
+            raw = text = norm = None
         if norm is not None and self.aliases is not None:
             canonical = self.aliases.get(norm)
-            if canonical is None:
+            if canonical is None and self.closed:
                 problems.append(f"{name}: {show(raw)} is not a known {name.replace('_', ' ')}")
             norm = canonical
         reading = Reading(text, norm)
@@ -188,7 +269,12 @@ class FieldPlan:
                     Contribution(rule.name, "fit", points, detail, rule.bant),
                     phrase(points, rule.name, detail),
                 ))
-        return tuple(matched), tuple(problems)
+        leaves = []
+        for leaf, check in self.leaves:
+            detail = check(reading)
+            if detail is not None:
+                leaves.append((leaf, detail))
+        return tuple(matched), tuple(problems), tuple(leaves)
 
     def read(self, raw: Any) -> FieldResult:
         """The result for a value; the scorer looks in `cache` itself first for text values."""
@@ -232,29 +318,109 @@ def alias_table(spellings: Mapping[str, list[str]]) -> dict[str, str]:
     return table
 
 
-def fit_plans(rules: list[FitRule], aliases: Mapping[str, Mapping[str, str]]) -> tuple[FieldPlan, ...]:
+@dataclass(slots=True)
+class Combo:
+    """A fit rule whose tests read several fields: `test(leaves passed)` gives its detail or None."""
+
+    slot: int
+    rule: FitRule
+    test: Callable[[Mapping[int, str]], str | None]
+
+
+def _field_of(node: Test, inherited: str | None) -> set[str | None]:
+    f = node.field or inherited
+    kids = _children(node)
+    if not kids:
+        return {f}
+    return {x for k in kids for x in _field_of(k, f)}
+
+
+def fit_plans(
+    rules: list[FitRule],
+    aliases: Mapping[str, Mapping[str, str]],
+    settings: Mapping[str, FieldSettings] | None = None,
+) -> tuple[tuple[FieldPlan, ...], tuple[Combo, ...]]:
+    """One plan per profile field read, and the rules that span several fields."""
+    settings = settings or {}
     by_field: dict[str, list[tuple[int, FitRule]]] = {}
-    for slot, rule in enumerate(rules):
-        by_field.setdefault(rule.field, []).append((slot, rule))
-    plans = []
-    for name, entries in by_field.items():
+    leaves: dict[str, list[tuple[int, Test]]] = {}
+    combos: list[Combo] = []
+
+    def canon_for(name: str) -> Callable[[str], str]:
         table = aliases.get(name)
 
-        def canon(text: str, table: Mapping[str, str] | None = table) -> str:
+        def canon(text: str) -> str:
             t = _same(text)
             return table.get(t, t) if table is not None else t
 
+        return canon
+
+    def combo(node: Test, inherited: str | None) -> Callable[[Mapping[int, str]], str | None]:
+        fields = _field_of(node, inherited)
+        if len(fields) == 1:
+            (f,) = fields
+            assert f is not None
+            leaf = sum(len(v) for v in leaves.values())
+            leaves.setdefault(f, []).append((leaf, node.model_copy(update={"field": f})))
+            return lambda hits: hits.get(leaf)
+        f = node.field or inherited
+        op = node.test_name()
+        subs = tuple(combo(k, f) for k in _children(node))
+        if op == "not":
+            (sub,) = subs
+            return lambda hits: "" if sub(hits) is None else None
+        if op == "any":
+
+            def any_of(hits: Mapping[int, str]) -> str | None:
+                for sub in subs:
+                    d = sub(hits)
+                    if d is not None:
+                        return d
+                return None
+
+            return any_of
+
+        def all_of(hits: Mapping[int, str]) -> str | None:
+            details: list[str] = []
+            for sub in subs:
+                d = sub(hits)
+                if d is None:
+                    return None
+                if d and d not in details:
+                    details.append(d)
+            return clip(", ".join(details), 60)
+
+        return all_of
+
+    for slot, rule in enumerate(rules):
+        fields = _field_of(rule, None)
+        if len(fields) == 1:
+            (f,) = fields
+            assert f is not None
+            by_field.setdefault(f, []).append((slot, rule))
+        else:
+            combos.append(Combo(slot, rule, combo(rule, None)))
+    plans = []
+    for name in dict.fromkeys([*by_field, *leaves]):
+        entries = by_field.get(name, [])
+        table = aliases.get(name)
+        canon = canon_for(name)
         label = name.replace("_", " ")
+        field_leaves = leaves.get(name, [])
         tests = tuple((slot, checks_of(rule, label, canon), rule) for slot, rule in entries)
-        needs_number = any(
-            rule.range is not None
-            or (rule.equals is not None and not isinstance(rule.equals, str))
-            or (rule.in_ is not None and not isinstance(rule.in_[0], str))
-            for _, rule in entries
-        )
-        needs_domain = any(rule.domain_in is not None for _, rule in entries)
-        plans.append(FieldPlan(name, tests, needs_number, needs_domain, table))
-    return tuple(plans)
+        nodes: list[Operators] = [rule for _, rule in entries] + [node for _, node in field_leaves]
+        setting = settings.get(name) or FieldSettings()
+        plans.append(FieldPlan(
+            name,
+            tests,
+            any(needs_number(n) for n in nodes),
+            any(needs_domain(n) for n in nodes),
+            table,
+            leaves=tuple((leaf, checks_of(node, label, canon)) for leaf, node in field_leaves),
+            blank=frozenset(_same(v) for v in setting.not_answered),
+            closed=setting.closed,
+        ))
+    return tuple(plans), tuple(combos)
 
 
 # ---------------------------------------------------------- engagement: per kind
@@ -280,6 +446,9 @@ class ClassTable:
     def intern(self, slots: tuple[int, ...]) -> int:
         if not slots:
             return -1
+        cid = self._ids.get(slots)  # the common case, without the lock: a slots tuple once in is never taken out
+        if cid is not None:
+            return cid
         with self._lock:
             cid = self._ids.get(slots)
             if cid is None:
@@ -297,17 +466,47 @@ class KindPlan:
     classes: ClassTable
     cache: dict[Any, int] = dataclasses.field(default_factory=dict)  # by the one deciding value
     multi_cache: dict[tuple[Any, ...], int] = dataclasses.field(default_factory=dict)  # by several
+    # Attributes some condition reads as a number (parsed only for these: urls are not numbers).
+    numeric: frozenset[str] = frozenset()
+    # When every condition of this kind is a plain `contains` on the one key attribute: all their
+    # needles, casefolded, as one pattern. A value whose query string ('?' onwards) holds none of
+    # them is classified (and cached) by the part before the '?': urls tagged for campaigns
+    # (?utm_source=...&utm_content=17) are mostly new, their paths are not.
+    query_needles: re.Pattern[str] | None = None
+
+    def shortcut(self, raw: Any) -> str | None:
+        """The part of `raw` before its query string, when that part decides its class alone."""
+        if type(raw) is not str:
+            return None
+        path, mark, query = raw.partition("?")
+        if not mark or not path or self.query_needles is None:
+            return None
+        if not raw.isprintable() or " " in raw or path.casefold() in PLACEHOLDERS:
+            return None  # whitespace to collapse, or a path that reads as empty: the long way
+        if self.query_needles.search(query.casefold()) is not None:
+            return None
+        return path
 
     def classify(self, attrs: Mapping[str, Any]) -> int:
-        """The class id of the rules these attributes match; -1 for none."""
+        """The class id of the rules these attributes match; -1 for none. Each attribute is read once
+        (text, casefolded, a number where a condition needs one) however many conditions test it."""
         readings: dict[str, Reading] = {}
         matched = []
         for rule in self.rules:
             for attr, check in rule.conditions:
                 reading = readings.get(attr)
                 if reading is None:
-                    text, _ = as_text(attrs.get(attr))
-                    reading = readings[attr] = Reading(text, None if text is None else text.casefold())
+                    raw = attrs.get(attr)
+                    if type(raw) is str and raw.isprintable() and " " not in raw and raw:
+                        text: str | None = raw  # nothing to collapse (urls, form ids): as_text would give it back
+                        if raw.casefold() in PLACEHOLDERS:
+                            text = None
+                    else:
+                        text, _ = as_text(raw)
+                    folded = None if text is None else text.casefold()
+                    reading = readings[attr] = Reading(text, folded, folded=folded)
+                    if text is not None and attr in self.numeric:
+                        reading.number = as_number(raw)[0]
                 if check(reading) is None:
                     break
             else:
@@ -317,8 +516,12 @@ class KindPlan:
 
 def kind_plans(
     rules: list[tuple[int, str, tuple[tuple[str, Check], ...]]],
+    numeric: frozenset[str] = frozenset(),
+    substrings: Mapping[int, tuple[str, ...] | None] | None = None,
 ) -> tuple[dict[str, KindPlan], ClassTable]:
-    """(slot, kind, conditions) triples into one plan per kind."""
+    """(slot, kind, conditions) triples into one plan per kind; `numeric`: the attributes some
+    condition reads as a number; `substrings`: per rule slot, the casefolded needles when its
+    conditions are only plain `contains` tests (none: no conditions), else None."""
     classes = ClassTable()
     by_kind: dict[str, list[ActivityRule]] = {}
     for slot, kind, conditions in rules:
@@ -327,5 +530,12 @@ def kind_plans(
     for kind, entries in by_kind.items():
         attrs = sorted({a for r in entries for a, _ in r.conditions})
         key: KeyAttrs = None if not attrs else attrs[0] if len(attrs) == 1 else tuple(attrs)
-        plans[kind] = KindPlan(key, tuple(entries), classes)
+        needles: re.Pattern[str] | None = None
+        if substrings is not None and isinstance(key, str) and key not in numeric:
+            found = [substrings.get(r.slot) for r in entries]
+            if all(f is not None for f in found):
+                words = sorted({n for f in found for n in f or ()}, key=len, reverse=True)
+                if words and not any("?" in w for w in words):
+                    needles = re.compile("|".join(re.escape(w) for w in words))
+        plans[kind] = KindPlan(key, tuple(entries), classes, numeric=numeric, query_needles=needles)
     return plans, classes

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from typing import Any
 
 # What people type when they have nothing to type. Read as "no value".
@@ -125,8 +126,19 @@ def fmt_number(value: float, grouped: bool = True) -> str:
     return f"{value:g}"
 
 
+def fmt_day(day: int) -> str:
+    """The date of a UTC day number (days since 1970-01-01) as 2026-11-14.
+
+    Reasons name dates, not ages ("2d ago"): an age changes every day, so every engaged lead's
+    reasons would change daily and the lead be rewritten in the CRM with nothing new to say."""
+    try:
+        return time.strftime("%Y-%m-%d", time.gmtime(day * 86400))
+    except (OverflowError, OSError, ValueError):
+        return "an unreadable date"
+
+
 def fmt_age(age_s: float) -> str:
-    """How long ago, in words a rep reads at a glance."""
+    """How long ago, in words a rep reads at a glance (not used in reasons: see fmt_day)."""
     days = int(age_s // 86400)
     if days <= 0:
         return "today"

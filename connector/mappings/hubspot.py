@@ -7,7 +7,8 @@ file, line and key) and returns a frozen `HubSpotMapping`.
 Sections:
 - `account`: the portal's API limits (tier or explicit requests per 10 s, daily
   budget, search requests per second) and, optionally, its portal id.
-- `contact`: engine profile field -> contact property; the owner and
+- `contact`: engine profile field -> contact property; custom profile fields
+  (name -> property and type, see connector/mappings/custom.py); the owner and
   last-modified properties.
 - `write`: engine WRITE_FIELDS -> contact property written back (defaults as in
   docs/product.md; only renames need to be listed).
@@ -28,8 +29,9 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
 
-from connector.domain import ACTIVITY_KINDS, PROFILE_FIELDS, WRITE_FIELDS
+from connector.domain import ACTIVITY_KINDS, PROFILE_FIELDS, WRITE_FIELDS, is_activity_kind
 from connector.mapfile import Strict, load_model, time_zone_name
+from connector.mappings.custom import FieldType, check_custom_name
 from connector.mappings.outcomes import HubSpotOutcomes
 from connector.mappings.schedule import SyncSchedule
 
@@ -96,6 +98,7 @@ ProfileField = Annotated[str, AfterValidator(_check_profile_field)]
 WriteField = Annotated[str, AfterValidator(_check_write_field)]
 AttrName = Annotated[str, AfterValidator(_check_attr)]
 TimeZone = Annotated[str, AfterValidator(time_zone_name)]
+CustomName = Annotated[str, AfterValidator(check_custom_name)]
 
 
 class Account(Strict):
@@ -122,8 +125,21 @@ class Account(Strict):
         return value
 
 
+class CustomField(Strict):
+    """A contact property read as a profile field of its own (connector/mappings/custom.py)."""
+
+    property: PropertyName
+    type: FieldType
+
+
 class ContactMap(Strict):
     fields: dict[ProfileField, PropertyName] = Field(default_factory=dict)  # engine field -> contact property
+    # custom profile field (the name scoring rules read) -> contact property and type
+    custom: dict[CustomName, CustomField] = Field(default_factory=dict)
+
+    def read_fields(self) -> dict[str, str]:
+        """Every profile field read from the contact, engine or custom name -> property."""
+        return {**self.fields, **{name: c.property for name, c in self.custom.items()}}
     owner: PropertyName = "hubspot_owner_id"
     modified: PropertyName = "lastmodifieddate"
 
@@ -175,8 +191,11 @@ class Condition(Strict):
 
 
 def _check_kind(kind: str) -> str:
-    if kind not in ACTIVITY_KINDS:
-        raise ValueError(f"'{kind}' is not an engine activity kind (one of {', '.join(sorted(ACTIVITY_KINDS))})")
+    if not is_activity_kind(kind):
+        raise ValueError(
+            f"'{kind}' is not an engine activity kind (one of {', '.join(sorted(ACTIVITY_KINDS))}, "
+            "or custom:NAME)"
+        )
     return kind
 
 

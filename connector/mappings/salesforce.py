@@ -2,7 +2,8 @@
 
 Layout of the file (see mappings/salesforce.yaml for a commented example):
 
-    objects:        Lead and Contact: engine profile field -> Salesforce API field
+    objects:        Lead and Contact: engine profile field -> Salesforce API field, and
+                    custom profile fields (name -> field and type)
     write_fields:   the score fields written back (engine name -> API name)
     activities:     which Task / Event / CampaignMember fields to read, and rules
                     that turn those records into engine activity kinds
@@ -26,8 +27,9 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BeforeValidator, Field, ValidationInfo, field_validator, model_validator
 
-from connector.domain import ACTIVITY_KINDS, PROFILE_FIELDS, WRITE_FIELDS
+from connector.domain import ACTIVITY_KINDS, PROFILE_FIELDS, WRITE_FIELDS, is_activity_kind
 from connector.mapfile import Strict, load_model, not_yaml_bool
+from connector.mappings.custom import FieldType, check_custom_name
 from connector.mappings.outcomes import SalesforceOutcomes
 from connector.mappings.schedule import SyncSchedule
 
@@ -88,10 +90,26 @@ ProfileField = Annotated[str, AfterValidator(_profile_field)]
 ReadableField = Annotated[str, BeforeValidator(not_yaml_bool), AfterValidator(_readable_field)]
 
 
+CustomName = Annotated[str, AfterValidator(check_custom_name)]
+
+
+class CustomField(Strict):
+    """A Salesforce field read as a profile field of its own (connector/mappings/custom.py)."""
+
+    field: ReadableField
+    type: FieldType
+
+
 class ObjectMapping(Strict):
     """One object (Lead or Contact): engine profile field -> Salesforce API field."""
 
     fields: dict[ProfileField, ReadableField]
+    # custom profile field (the name scoring rules read) -> API field and type
+    custom: dict[CustomName, CustomField] = Field(default_factory=dict)
+
+    def read_fields(self) -> dict[str, str]:
+        """Every profile field read from the object, engine or custom name -> API field."""
+        return {**self.fields, **{name: c.field for name, c in self.custom.items()}}
 
     @field_validator("fields")
     @classmethod
@@ -197,8 +215,11 @@ class Rule(Strict):
     @field_validator("kind")
     @classmethod
     def _known_kind(cls, value: str) -> str:
-        if value not in ACTIVITY_KINDS:
-            raise ValueError(f"'{value}' is not an activity kind the engine knows{_suggest(value, ACTIVITY_KINDS)}")
+        if not is_activity_kind(value):
+            raise ValueError(
+                f"'{value}' is not an activity kind the engine knows{_suggest(value, ACTIVITY_KINDS)} "
+                "(or custom:NAME)"
+            )
         return value
 
 

@@ -12,9 +12,14 @@ Layout of the file (see mappings/scoring.yaml for a commented example):
     fit:         rules over profile fields (explicit score)
     engagement:  rules over activities (implicit score)
 
-A fit rule tests one profile field with exactly one operator; an engagement
-rule matches activities of one or more kinds, optionally `where` their
-attributes pass operator tests.
+A fit rule holds exactly one test: an operator on one profile field, or
+`not:` around a test, or `all:` / `any:` of tests (each on its own field, or
+on the rule's). An engagement rule matches activities of one or more kinds,
+optionally `where` their attributes pass the same tests (number tests read the
+attribute as a number), and counts them (`min_count`, `max_count`).
+
+Field names are checked across the file in `connector.engine.load.cross_check`,
+since custom fields are declared in the CRM mapping files, not here.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, ValidationInfo, field_validator, model_validator
 
-from connector.domain import ACTIVITY_KINDS, PROFILE_FIELDS
+from connector.domain import ACTIVITY_KINDS, is_activity_kind
 from connector.mapfile import Strict, not_yaml_bool
 from connector.mappings.probability import ProbabilitySettings
 
@@ -34,7 +39,14 @@ BANT_KEYS: tuple[str, ...] = ("budget", "authority", "need", "timeline")
 
 # The operators, in the order they are documented and tried.
 TEXT_OPERATORS: tuple[str, ...] = ("equals", "in", "contains", "matches", "words", "present", "missing")
-FIT_OPERATORS: tuple[str, ...] = (*TEXT_OPERATORS[:2], "range", *TEXT_OPERATORS[2:], "domain_in")
+# Number tests: `range: {min, max}`, or `min:` / `max:` on their own (together they are one test).
+NUMBER_OPERATORS: tuple[str, ...] = ("range", "min", "max")
+# Tests made of tests.
+COMBINATORS: tuple[str, ...] = ("not", "all", "any")
+OPERATORS: tuple[str, ...] = (*TEXT_OPERATORS[:2], *NUMBER_OPERATORS, *TEXT_OPERATORS[2:])
+FIT_OPERATORS: tuple[str, ...] = (*OPERATORS, "domain_in")
+FIT_TESTS: tuple[str, ...] = (*FIT_OPERATORS, *COMBINATORS)
+CONDITION_TESTS: tuple[str, ...] = (*OPERATORS, *COMBINATORS)
 # Profile fields whose value is an address a domain can be read from.
 DOMAIN_FIELDS: frozenset[str] = frozenset({"email", "website"})
 
@@ -77,7 +89,7 @@ def _nonempty_texts(values: list[str]) -> list[str]:
 
 
 def _attr(op: str) -> str:
-    return "in_" if op == "in" else op
+    return f"{op}_" if op in ("in", "not", "all", "any") else op
 
 
 def _check_regex(pattern: str) -> str:
@@ -104,10 +116,16 @@ class Range(Strict):
 
 
 class Operators(Strict):
-    """Operators shared by fit rules and activity conditions; exactly one is set."""
+    """Operators shared by fit tests and activity conditions; exactly one test is set.
+
+    `min` and `max` together are one test (a range); `range` is the same written as one key.
+    """
 
     equals: Scalar | None = None
     in_: list[Scalar] | None = Field(default=None, alias="in")
+    range: Range | None = None
+    min: Number | None = None
+    max: Number | None = None
     contains: Texts | None = None
     matches: Text | None = None
     words: list[Text] | None = None
@@ -140,34 +158,105 @@ class Operators(Strict):
     def _regex(cls, v: str | None) -> str | None:
         return None if v is None else _check_regex(v)
 
+    @field_validator("max")
+    @classmethod
+    def _min_below_max(cls, v: Number | None, info: ValidationInfo) -> Number | None:
+        lo = info.data.get("min")
+        if v is not None and lo is not None and lo > v:
+            raise ValueError(f"min ({lo:g}) is above max ({v:g})")
+        return v
+
     def operators(self) -> list[str]:
-        """Names (as written in the file) of the operators that are set."""
-        return [op for op in FIT_OPERATORS if getattr(self, _attr(op), None) is not None]
+        """Names (as written in the file) of the tests that are set."""
+        return [op for op in FIT_TESTS if getattr(self, _attr(op), None) is not None]
+
+    def test_name(self) -> str:
+        """The one test this node holds ('min' and 'max' together read as 'range')."""
+        ops = self.operators()
+        return "range" if ops and ops[0] in NUMBER_OPERATORS else ops[0]
+
+    def bounds(self) -> tuple[float | None, float | None]:
+        """(min, max) of a number test, from `range` or from `min` / `max`."""
+        if self.range is not None:
+            return self.range.min, self.range.max
+        return self.min, self.max
 
     def _one_operator(self, allowed: tuple[str, ...]) -> None:
         ops = self.operators()
         if not ops:
             raise ValueError(f"needs one test: {', '.join(allowed)}")
-        if len(ops) > 1:
-            raise ValueError(f"has {len(ops)} tests ({', '.join(ops)}); write one rule per test")
+        tests = len(ops) - (1 if "min" in ops and "max" in ops else 0)
+        if tests > 1:
+            raise ValueError(
+                f"has {tests} tests ({', '.join(ops)}); write one rule per test, "
+                "or combine them with all: or any:"
+            )
 
 
 class Condition(Operators):
-    """A test on one attribute of an activity (url, form, title, campaign, subject, ...)."""
+    """A test on one attribute of an activity (url, form, title, campaign, subject, duration, ...)."""
+
+    not_: Condition | None = Field(default=None, alias="not")
+    all_: list[Condition] | None = Field(default=None, alias="all")
+    any_: list[Condition] | None = Field(default=None, alias="any")
+
+    @field_validator("all_", "any_")
+    @classmethod
+    def _some(cls, v: list[Condition] | None) -> list[Condition] | None:
+        if v is not None and not v:
+            raise ValueError("the list is empty")
+        return v
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Condition:
-        self._one_operator(TEXT_OPERATORS)
+        self._one_operator(CONDITION_TESTS)
         return self
 
 
-class FitRule(Operators):
-    """Points for a profile field passing one test."""
+class Test(Operators):
+    """A test on a profile field: one operator, or `not` / `all` / `any` of tests.
+
+    `field` may be left out where an enclosing test or the rule gives it.
+    """
+
+    field: Text | None = None
+    domain_in: list[Text] | None = None
+    not_: Test | None = Field(default=None, alias="not")
+    all_: list[Test] | None = Field(default=None, alias="all")
+    any_: list[Test] | None = Field(default=None, alias="any")
+
+    @field_validator("all_", "any_")
+    @classmethod
+    def _some(cls, v: list[Test] | None) -> list[Test] | None:
+        if v is not None and not v:
+            raise ValueError("the list is empty")
+        return v
+
+    @field_validator("domain_in")
+    @classmethod
+    def _domains(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return v
+        for d in _nonempty_texts(v):
+            if "@" in d or "/" in d or " " in d.strip():
+                raise ValueError(f"'{d}' is not a domain (write it like gmail.com)")
+        return v
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Test:
+        self._one_operator(FIT_TESTS)
+        return self
+
+    def children(self) -> list[Test]:
+        if self.not_ is not None:
+            return [self.not_]
+        return list(self.all_ or self.any_ or [])
+
+
+class FitRule(Test):
+    """Points for a lead whose profile passes the rule's test."""
 
     name: Text
-    field: Text
-    range: Range | None = None
-    domain_in: list[Text] | None = None
     points: Number
     bant: Bant | None = None
     # Rules sharing an `exclusive` name: only the first that matches, in file order, counts.
@@ -178,33 +267,20 @@ class FitRule(Operators):
     def _name(cls, v: str) -> str:
         return _check_name(v)
 
-    @field_validator("field")
-    @classmethod
-    def _known_field(cls, v: str) -> str:
-        if v not in PROFILE_FIELDS:
-            raise ValueError(
-                f"unknown profile field '{v}'{_suggest(v, PROFILE_FIELDS)}; "
-                f"known: {', '.join(sorted(PROFILE_FIELDS))}"
-            )
-        return v
+    def fields_read(self) -> list[str]:
+        """Every profile field the rule's tests read, in order of appearance."""
+        out: list[str] = []
 
-    @field_validator("domain_in")
-    @classmethod
-    def _domains(cls, v: list[str] | None, info: ValidationInfo) -> list[str] | None:
-        if v is None:
-            return v
-        if info.data.get("field") not in DOMAIN_FIELDS:
-            fields = " or ".join(sorted(DOMAIN_FIELDS))
-            raise ValueError(f"domain_in reads a domain, so it applies to {fields}")
-        for d in _nonempty_texts(v):
-            if "@" in d or "/" in d or " " in d.strip():
-                raise ValueError(f"'{d}' is not a domain (write it like gmail.com)")
-        return v
+        def walk(t: Test, inherited: str | None) -> None:
+            f = t.field or inherited
+            kids = t.children()
+            if not kids and f is not None:
+                out.append(f)
+            for k in kids:
+                walk(k, f)
 
-    @model_validator(mode="after")
-    def _exactly_one(self) -> FitRule:
-        self._one_operator(FIT_OPERATORS)
-        return self
+        walk(self, None)
+        return list(dict.fromkeys(out))
 
 
 class EngagementRule(Strict):
@@ -216,6 +292,8 @@ class EngagementRule(Strict):
     points: Number
     max_points: Number | None = None
     max_count: int | None = None
+    # At least this many occurrences in the window, or the rule gives nothing ("5 or more visits").
+    min_count: int | None = None
     window_days: Number | None = None
     decay: bool = True
     half_life_days: Number | None = None
@@ -232,10 +310,10 @@ class EngagementRule(Strict):
         if not v:
             raise ValueError("the list is empty")
         for k in v:
-            if k not in ACTIVITY_KINDS:
+            if not is_activity_kind(k):
                 raise ValueError(
                     f"unknown activity kind '{k}'{_suggest(k, ACTIVITY_KINDS)}; "
-                    f"known: {', '.join(sorted(ACTIVITY_KINDS))}"
+                    f"known: {', '.join(sorted(ACTIVITY_KINDS))}, or custom:NAME for a kind the CRM mapping names"
                 )
         return v
 
@@ -254,11 +332,19 @@ class EngagementRule(Strict):
             raise ValueError("must be above 0")
         return v
 
-    @field_validator("max_count")
+    @field_validator("max_count", "min_count")
     @classmethod
     def _count(cls, v: int | None) -> int | None:
         if v is not None and v < 1:
             raise ValueError("must be 1 or more")
+        return v
+
+    @field_validator("min_count")
+    @classmethod
+    def _counts_ordered(cls, v: int | None, info: ValidationInfo) -> int | None:
+        most = info.data.get("max_count")
+        if v is not None and most is not None and v > most:
+            raise ValueError(f"min_count ({v}) is above max_count ({most}); no lead could pass it")
         return v
 
     @field_validator("half_life_days")
@@ -361,22 +447,31 @@ class ModelSettings(Strict):
 
 
 
+class FieldSettings(Strict):
+    """How one profile field is read, whatever rule reads it."""
+
+    # Values that mean "not answered" on this field (form placeholders such as Select, --, n/a):
+    # read as empty, so `present: true` fails and `missing: true` passes on them. Case and spaces ignored.
+    not_answered: list[Text] = Field(default_factory=list)
+    # With aliases: a value the alias table does not know is reported as a problem on the lead.
+    # Default (false): it simply matches no rule.
+    closed: bool = False
+
+    @field_validator("not_answered")
+    @classmethod
+    def _values(cls, v: list[str]) -> list[str]:
+        return v if not v else _nonempty_texts(v)
+
+
 class ScoringFile(Strict):
     """The whole of mappings/scoring.yaml."""
 
     model: ModelSettings
+    fields: dict[Text, FieldSettings] = Field(default_factory=dict)
     aliases: dict[Text, dict[Text, list[Text]]] = Field(default_factory=dict)
     fit: list[FitRule] = Field(default_factory=list)
     engagement: list[EngagementRule] = Field(default_factory=list)
     probability: ProbabilitySettings = ProbabilitySettings()  # the learned probability (connector.mappings.probability)
-
-    @field_validator("aliases")
-    @classmethod
-    def _alias_fields(cls, v: dict[str, dict[str, list[str]]]) -> dict[str, dict[str, list[str]]]:
-        for name in v:
-            if name not in PROFILE_FIELDS:
-                raise ValueError(f"unknown profile field '{name}'{_suggest(name, PROFILE_FIELDS)}")
-        return v
 
 
 # What each kind of rule accepts, for the hint on an unknown key.

@@ -44,12 +44,12 @@ from typing import Any, Protocol
 
 import redis
 
+from connector import leases
 from connector.crm.base import CrmAdapter, task_ref, with_task_ref
 from connector.domain import CRMS, CrmName, Lead, Rep
 from connector.errors import ConfigError, RetryLater
 from connector.mappings.routing import RoutingConfig
 from connector.notify import ChannelResult, Notification, NotificationKind, NotifierLike
-from connector.redisutil import UNLOCK
 from connector.redisutil import text as _s
 from connector.routing import away
 from connector.routing.away import away_marks, cap_key
@@ -154,7 +154,7 @@ class Router:
         prefix: str | None = None,
         namespace: str | None = None,
         reps_ttl_s: float = 300.0,
-        lock_ttl_s: float = 120.0,
+        lock_ttl_s: float = leases.LEASE_S,
         away_file: Path | None = None,
     ) -> None:
         self.config = config
@@ -168,9 +168,9 @@ class Router:
         self.pool = RedisPool(redis, self.prefix)
         self.outbox = Outbox(redis, self.prefix, notifier) if notifier is not None else None
         self.reps_ttl_s = reps_ttl_s
-        self.lock_ttl_s = lock_ttl_s
+        self.lock_ttl_s = lock_ttl_s  # renewed every leases.RENEW_S while the holder lives: keep it above that
+        self._held: dict[str, leases.Lease] = {}  # this process's routing locks, by lead key
         self._reps: dict[str, tuple[float, list[Rep]]] = {}
-        self._unlock = redis.register_script(UNLOCK)
         self._claim = redis.register_script(_CLAIM)
         self._cool = redis.register_script(_COOL)
 
@@ -226,6 +226,7 @@ class Router:
                     "r0:decision": decision.to_json(),
                     "r0:at": repr(now),
                 }
+                self._still_held(lead.key, decision)
                 self._save(pkey, fields)
                 state.update(fields)
             n = int(state["round"])
@@ -343,6 +344,7 @@ class Router:
         member = f"{lead_key}|{ep}"
 
         if d.outcome in ("assigned", "fallback_owner") and target and not state.get(f"r{n}:owner"):
+            self._still_held(lead_key)
             ok = target == d.expected_owner or adapter.set_owner(stream, lead_id, target, expected=d.expected_owner)
             if not ok:
                 if d.turn is not None:
@@ -389,6 +391,7 @@ class Router:
             if earlier is not None:
                 task_id = earlier
             else:
+                self._still_held(lead_key)
                 self._save(pkey, {f"r{n}:task": CREATING})
                 # On failure "creating" stays: the CRM may have stored the task before the answer
                 # was lost, and the rerun asks for the reference instead of creating a second one.
@@ -554,6 +557,7 @@ class Router:
                 f"r{n + 1}:at": repr(now),
                 f"r{n}:sla": "missed",
             }
+            self._still_held(lead_key, nd)
             self._save(pkey, fields)
             state.update(fields)
             # Round n+1 is not done yet: it runs now, and a crash would resume it on the next check.
@@ -753,17 +757,35 @@ class Router:
 
     @contextmanager
     def _lock(self, lead_key: str) -> Iterator[None]:
+        """The lead's routing lock: a lease (connector/leases.py) renewed while this process lives.
+
+        A worker that dies with it (kill -9, OOM, a lost machine) leaves a lock that runs out within
+        lock_ttl_s, and the next attempt takes over where the stored state says it stopped: the
+        decision is reused, set_owner is conditional, and a task marked "creating" is looked up
+        by its reference before one is created. A holder that was frozen past its lease checks
+        `_still_held` before each side effect and steps back (RetryLater) instead of racing the taker.
+        """
         key = f"{self.prefix}lock:{lead_key}"
-        token = uuid.uuid4().hex
-        if not self.redis.set(key, token, nx=True, px=int(self.lock_ttl_s * 1000)):
-            # Usually another worker is routing it and is done in a moment; if that worker died,
-            # its lock runs out after lock_ttl_s. No fixed wait: the task's exponential backoff
-            # retries soon at first and outlasts a dead worker's lock before it gives up.
+        lease = leases.acquire(self.redis, key, leases.token(), self.lock_ttl_s)
+        if lease is None:
+            # Usually another worker is routing it and is done in a moment. No fixed wait: the
+            # task's exponential backoff retries soon at first and outlasts a dead worker's lease.
             raise RetryLater(f"lead {lead_key} is being routed by another worker")
+        self._held[lead_key] = lease
         try:
             yield
         finally:
-            self._unlock(keys=[key], args=[token])
+            self._held.pop(lead_key, None)
+            leases.release(lease)
+
+    def _still_held(self, lead_key: str, decision: Decision | None = None) -> None:
+        """Before storing a decision or a side effect: raise RetryLater if this worker's lock on the lead
+        was taken over meanwhile (it was frozen past its lease), giving back the pool turn `decision` took."""
+        lease = self._held.get(lead_key)
+        if lease is not None and not lease.held():
+            if decision is not None and decision.turn is not None:
+                self.pool.release(decision.turn)
+            raise RetryLater(f"lead {lead_key}: another worker took its routing over")
 
 
 # --------------------------------------------------------------------------- for the command line

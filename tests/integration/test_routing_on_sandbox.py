@@ -7,7 +7,9 @@ inactive CRM users. The CRM is read back through its API: owners and tasks.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -22,7 +24,7 @@ import pytest
 import redis
 import yaml
 
-from connector import sync
+from connector import leases, sync
 from connector.bootstrap import Runtime, build_runtime
 from connector.config import Settings
 from connector.domain import Lead
@@ -224,13 +226,12 @@ class Hot:
 rt = build_runtime(Settings(mappings_dir=Path(mappings), hubspot_base_url=hubspot_url, hubspot_access_token=token),
                    redis_client=redis.Redis.from_url(redis_url), namespace="rt")
 rt.overrides["hubspot"] = lambda m: {"account": m.account.model_copy(update={"requests_per_10s": 4900})}
-rt.router.lock_ttl_s = 1.0  # the lock of a worker that dies is free again after a second
 lead = rt.adapter("hubspot").get_leads("contact", [lead_id])[0]
 rt.router.assign_hot_lead(lead, "contact", Hot(), float(now), became_hot=True)
 """
 
 
-def test_a_worker_killed_while_creating_the_task_leaves_the_rep_with_exactly_one_task(
+def test_a_worker_killed_while_creating_the_task_leaves_its_lock_for_seconds_and_the_rep_exactly_one_task(
     rt: Runtime, sandbox: Sandbox, redis_url: str
 ) -> None:
     lead = unowned_dach_leads(rt, 1)[0]
@@ -246,22 +247,71 @@ def test_a_worker_killed_while_creating_the_task_leaves_the_rep_with_exactly_one
             time.sleep(0.05)
         proc.kill()
         proc.wait(10)
+        killed_at = time.monotonic()
     finally:
         set_faults(sandbox, {})
     assert tasks_of(sandbox, [lead.id])[lead.id] == 0
 
-    deadline = time.monotonic() + 30
-    while True:  # Celery redelivers the task; it retries while the dead worker's lock runs out
+    while True:  # the page comes back; it retries while the dead worker's lock (a lease) runs out
         try:
             decision = rt.router.assign_hot_lead(lead, "contact", Hot(), NOW, became_hot=True)
             break
         except RetryLater:
-            assert time.monotonic() < deadline, "the dead worker's lock never ran out"
+            assert time.monotonic() - killed_at < leases.LEASE_S + 2, "the dead worker's lock outlived its lease"
             time.sleep(0.1)
 
     owner = rt.adapter("hubspot").get_leads("contact", [lead.id])[0].owner_id
     assert owner == decision.chosen is not None
     assert task_owners(sandbox, lead.id) == [owner], "the rep got the task the killed worker never created"
+
+
+_FROZEN_WORKER = _KILLED_WORKER.replace(
+    'rt.router.assign_hot_lead(lead, "contact", Hot(), float(now), became_hot=True)',
+    """from connector.errors import RetryLater
+try:
+    print("routed", rt.router.assign_hot_lead(lead, "contact", Hot(), float(now), became_hot=True).chosen)
+except RetryLater as exc:
+    print("stepped back:", exc)""",
+)
+
+
+def test_a_worker_frozen_past_its_routing_lock_steps_back_and_the_lead_gets_one_owner_and_one_task(
+    rt: Runtime, sandbox: Sandbox, redis_url: str
+) -> None:
+    lead = unowned_dach_leads(rt, 1)[0]
+    # The worker takes the lead's lock and waits for the owners list; it is frozen (SIGSTOP) there,
+    # longer than its lock's lease, and another worker routes the lead meanwhile.
+    set_faults(sandbox, {"timeout": 1.0, "only": ["GET /crm/v3/owners/", "GET /crm/v3/owners"], "max": 1,
+                         "timeout_s": 2})  # fmt: skip
+    args = [str(rt.settings.mappings_dir), sandbox.hubspot_url, sandbox.hubspot_token, redis_url, lead.id, repr(NOW)]
+    proc = subprocess.Popen([sys.executable, "-c", _FROZEN_WORKER, *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while set_faults_state(sandbox).get("injected", 0) < 1:
+            assert proc.poll() is None, "the worker ended before it listed the owners"
+            assert time.monotonic() < deadline, "the worker never listed the owners"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGSTOP)
+        set_faults(sandbox, {})
+        deadline = time.monotonic() + leases.LEASE_S + 5
+        while True:
+            try:
+                decision = rt.router.assign_hot_lead(lead, "contact", Hot(), NOW, became_hot=True)
+                break
+            except RetryLater:
+                assert time.monotonic() < deadline, "the frozen worker's lock never ran out"
+                time.sleep(0.2)
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+        set_faults(sandbox, {})
+    out, _ = proc.communicate(timeout=60)
+
+    assert f"stepped back: lead {lead.key}: another worker took its routing over" in out
+    owner = rt.adapter("hubspot").get_leads("contact", [lead.id])[0].owner_id
+    assert owner == decision.chosen is not None
+    assert task_owners(sandbox, lead.id) == [owner], "one task, for the rep who has the lead"
+    assert rt.router.routing_record(lead.key)[0]["chosen"] == owner, "routing's record names that rep"
 
 
 def set_faults_state(sandbox: Sandbox) -> dict[str, Any]:

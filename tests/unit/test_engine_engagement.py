@@ -161,25 +161,37 @@ def test_max_count_one_makes_a_penalty_apply_once() -> None:
     assert points(m, *[view("/careers") for _ in range(4)]) == -10
 
 
-def test_the_detail_says_how_often_and_how_recently() -> None:
+def test_the_detail_says_how_often_and_the_date_of_the_newest() -> None:
     m = model(PRICING)
     result = scored(m, view("/pricing", 2.5), view("/pricing", 9), view("/pricing", 30))
-    assert result.contributions[0].detail == "3x, last 2d ago"
+    assert result.contributions[0].detail == "3x, last 2027-01-12"
 
 
-def test_the_detail_of_a_single_occurrence_is_its_age() -> None:
+def test_the_detail_of_a_single_occurrence_is_its_date() -> None:
     m = model(PRICING)
-    assert scored(m, view("/pricing", 5)).contributions[0].detail == "5d ago"
+    assert scored(m, view("/pricing", 5)).contributions[0].detail == "2027-01-10"
 
 
-def test_the_detail_of_an_activity_from_today_says_today() -> None:
+def test_the_detail_of_an_activity_from_today_is_todays_date() -> None:
     m = model(PRICING)
-    assert scored(m, view("/pricing", 0.2)).contributions[0].detail == "today"
+    assert scored(m, view("/pricing", 0.2)).contributions[0].detail == "2027-01-15"
+
+
+def test_an_activity_dated_in_the_future_is_shown_with_its_own_date() -> None:
+    m = model(PRICING)
+    assert scored(m, view("/pricing", -3)).contributions[0].detail == "2027-01-18"
+
+
+def test_the_detail_does_not_change_from_one_day_to_the_next() -> None:
+    m = model(PRICING.replace("points: 6", "points: 6\n    decay: false").replace("half_life_days: 14\n", ""))
+    acts = [view("/pricing", 2.5), view("/pricing", 9)]
+    days = {m.score({}, acts, NOW + d * DAY).reasons for d in range(20)}
+    assert days == {"+12 Pricing page viewed (2x, last 2027-01-12)"}
 
 
 def test_the_occurrence_count_is_of_those_inside_the_window() -> None:
     m = model(PRICING.replace("points: 6", "points: 6\n    window_days: 30"))
-    assert scored(m, view("/pricing", 1), view("/pricing", 60)).contributions[0].detail == "1d ago"
+    assert scored(m, view("/pricing", 1), view("/pricing", 60)).contributions[0].detail == "2027-01-14"
 
 
 def test_activity_kinds_the_model_does_not_use_are_ignored() -> None:

@@ -16,13 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from connector.domain import Activity
 from connector.engine import Contribution, ScoreResult, ScoringModel, load_scoring
 from connector.engine.decay import DAY, decay_rate
 from connector.engine.result import reasons_text
 from connector.engine.rules import Reading, alias_table, checks_of, fit_plans
-from connector.engine.values import as_text, fmt_age
+from connector.engine.values import as_number, as_text, fmt_day
 from connector.mappings.scoring import BANT_KEYS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,10 +48,18 @@ def reference(m: ScoringModel, profile: Mapping[str, Any], activities: Sequence[
     aliases = {name: alias_table(table) for name, table in spec.aliases.items()}
     problems: list[str] = []
     passed: dict[int, Contribution] = {}
-    for plan in fit_plans(spec.fit, aliases):
-        contributions, unread = plan.evaluate(profile.get(plan.field))
+    plans, combos = fit_plans(spec.fit, aliases, spec.fields)
+    leaves: dict[int, str] = {}
+    for plan in plans:
+        contributions, unread, leaf = plan.evaluate(profile.get(plan.field))
         problems += unread
         passed.update((slot, c) for slot, c, _ in contributions)
+        leaves.update(leaf)
+    for combo in combos:
+        detail = combo.test(leaves)
+        if detail is not None:
+            r = combo.rule
+            passed[combo.slot] = Contribution(r.name, "fit", float(r.points), detail, r.bant)
     taken: set[str] = set()
     for slot in sorted(passed):
         group = spec.fit[slot].exclusive
@@ -65,8 +75,11 @@ def reference(m: ScoringModel, profile: Mapping[str, Any], activities: Sequence[
         for act in activities:
             if act.kind not in rule.kinds():
                 continue
-            readings = [(check, as_text(act.attrs.get(a))[0]) for a, check in conditions]
-            if all(check(Reading(t, None if t is None else t.casefold())) is not None for check, t in readings):
+            readings = [(check, act.attrs.get(a)) for a, check in conditions]
+            if all(check(Reading(
+                as_text(raw)[0], None if as_text(raw)[0] is None else as_text(raw)[0].casefold(),  # type: ignore[union-attr]
+                None if as_text(raw)[0] is None else as_number(raw)[0],
+            )) is not None for check, raw in readings):
                 stamps.append(float(act.ts))
         if not stamps:
             continue
@@ -78,6 +91,8 @@ def reference(m: ScoringModel, profile: Mapping[str, Any], activities: Sequence[
         if first == n:
             continue
         seen = n - first
+        if rule.min_count and seen < rule.min_count:
+            continue
         if rule.max_count and seen > rule.max_count:
             first = n - rule.max_count
         end = max(first, bisect_right(stamps, now)) if stamps[-1] > now else n
@@ -91,8 +106,7 @@ def reference(m: ScoringModel, profile: Mapping[str, Any], activities: Sequence[
         value = float(rule.points) * weight
         cap = math.inf if rule.max_points is None else float(rule.max_points)
         value = max(-cap, min(cap, value))
-        age = now - stamps[-1]
-        when = fmt_age((int(age // DAY) if age > 0.0 else 0) * DAY)
+        when = fmt_day(int(stamps[-1] // DAY))
         detail = f"{seen}x, last {when}" if seen > 1 else when
         found.append((-abs(value), len(spec.fit) + i, Contribution(rule.name, "engagement", value, detail, rule.bant)))
     found.sort(key=lambda f: (f[0], f[1]))
@@ -160,3 +174,23 @@ EDGES = [
 def test_edge_cases_score_exactly_as_the_rules_read(activities: list[Activity]) -> None:
     profile = {"job_title": "Head of Test", "email": "a@gmail.com", "country": "DE"}
     assert _same(MODEL.score(profile, activities, NOW), reference(MODEL, profile, activities, NOW))
+
+
+URL_PIECES = ["https://x.example", "/pricing", "/products", "/careers", "?", "&", "utm_content=", "/PRICING", "n/a",
+              " ", "\t", "ß", "/de/preise", "=", "/demo", "?ref=/pricing", "#", "Straße"]
+
+
+FAST = load_scoring(ROOT / "mappings" / "scoring.yaml")
+SLOW = load_scoring(ROOT / "mappings" / "scoring.yaml")
+for _plan in SLOW._plans.values():
+    _plan.query_needles = None  # every url read whole
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.lists(st.sampled_from(URL_PIECES), min_size=0, max_size=6).map("".join), min_size=1, max_size=8))
+def test_urls_classified_by_their_path_score_as_classified_whole(urls: list[str]) -> None:
+    """The first-sighting shortcut (a query string without any rule's text is not read) changes nothing."""
+    fast, slow = FAST, SLOW
+    acts = [Activity("page_view", 1_795_000_000.0 - i * 86400.0, {"url": u}) for i, u in enumerate(urls)]
+    assert _same(fast.score({}, acts, 1_795_000_000.0), slow.score({}, acts, 1_795_000_000.0))
+    assert _same(fast.score({}, acts, 1_795_000_000.0), slow.score({}, acts, 1_795_000_000.0))  # cached now

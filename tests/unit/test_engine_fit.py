@@ -192,9 +192,17 @@ def test_a_placeholder_in_a_number_field_is_reported() -> None:
     assert score(m, employees="n/a").problems == ("employees: 'n/a' is not a number",)
 
 
-def test_an_unknown_value_of_an_aliased_field_is_reported() -> None:
-    m = one_rule("in: [DE]", "country", extra="aliases:\n  country:\n    DE: [Germany]\n")
+def test_an_unknown_value_of_a_closed_aliased_field_is_reported() -> None:
+    m = one_rule(
+        "in: [DE]", "country", extra="aliases:\n  country:\n    DE: [Germany]\nfields:\n  country: {closed: true}\n"
+    )
     assert score(m, country="Atlantis").problems == ("country: 'Atlantis' is not a known country",)
+
+
+def test_an_unknown_value_of_an_aliased_field_scores_nothing_without_a_problem_by_default() -> None:
+    m = one_rule("in: [DE]", "country", extra="aliases:\n  country:\n    DE: [Germany]\n")
+    result = score(m, country="Atlantis")
+    assert (result.fit, result.problems) == (0, ())
 
 
 def test_an_email_without_an_at_sign_is_reported() -> None:

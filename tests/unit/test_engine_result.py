@@ -153,8 +153,8 @@ def test_the_reasons_list_the_top_contributions_for_a_rep() -> None:
     careers = [Activity("page_view", NOW - 2 * 86400, {"url": "/careers"})]
     result = score(model(), {"job_title": "CEO", "industry": "Automotive"}, [*meetings(2), *careers])
     assert result.reasons == (
-        "+40 Meeting held (2x, last today); +25 Decision-maker title (CEO); "
-        "+15 Target industry (Automotive); -10 Careers page visit (2d ago)"
+        "+40 Meeting held (2x, last 2027-01-15); +25 Decision-maker title (CEO); "
+        "+15 Target industry (Automotive); -10 Careers page visit (2027-01-13)"
     )
 
 
@@ -240,7 +240,7 @@ def test_the_explanation_shows_the_score_and_each_rule_point_by_point() -> None:
     assert [line.strip() for line in text.splitlines() if line.strip().startswith(("+", "-", "Score"))] == [
         "Score 45 (warm; warm from 40, hot from 70)",
         "+25.0  Decision-maker title (CEO) [authority]  -- 25 when job_title has one of the words",
-        "+20.0  Meeting held (today) [need]  -- 20 each, no decay",
+        "+20.0  Meeting held (2027-01-15) [need]  -- 20 each, no decay",
     ]
 
 
@@ -271,3 +271,27 @@ def test_the_default_model_scores_a_student_on_free_mail_cold() -> None:
     activities = [Activity("download", NOW - 86400, {"title": "Whitepaper: DAQ basics"})]
     result = score(m, profile, activities)
     assert (result.band, result.grade) == ("cold", "D")
+
+
+def test_a_lead_is_rewritten_when_a_score_field_changes() -> None:
+    from connector.engine import must_write
+
+    old = {"score": "50", "fit": "30", "engagement": "20", "band": "warm", "grade": "B", "model": "m+1",
+           "reasons": "+20 Meeting held (2026-11-14); +30 CEO (CEO)"}
+    assert must_write({**old, "score": "51", "scored_at": "x"}, old)
+    assert must_write({**old, "model": "m+2", "scored_at": "x"}, old)
+    assert not must_write({**old, "scored_at": "x"}, old)
+
+
+def test_reasons_whose_only_change_is_a_decayed_rules_points_are_not_rewritten_on_their_own() -> None:
+    from connector.engine import must_write
+
+    old = {"score": "50", "fit": "30", "engagement": "20", "band": "warm", "grade": "B", "model": "m+1",
+           "reasons": "+6 Pricing page viewed (2x, last 2026-11-14); +3 Opened an email (2026-11-01)"}
+    decayed = {**old, "reasons": "+3 Opened an email (2026-11-01); +5 Pricing page viewed (2x, last 2026-11-14)"}
+    new_count = {**old, "reasons": "+6 Pricing page viewed (3x, last 2026-11-20); +3 Opened an email (2026-11-01)"}
+    gone = {**old, "reasons": "+6 Pricing page viewed (2x, last 2026-11-14)"}
+    assert not must_write(decayed, old)
+    assert must_write(new_count, old)
+    assert must_write(gone, old)
+    assert must_write(old, {k: v for k, v in old.items() if k != "reasons"})  # nothing written yet

@@ -49,7 +49,7 @@ INVALID = [
     (
         "unknown top-level key",
         MODEL + "fits: []\n",
-        "line 5, key 'fits': unknown key 'fits'; the file has model, aliases, fit, engagement, probability",
+        "line 5, key 'fits': unknown key 'fits'; the file has model, fields, aliases, fit, engagement, probability",
     ),
     (
         "unknown key in model",
@@ -71,31 +71,33 @@ INVALID = [
         "unknown operator in a fit rule",
         MODEL + "fit:\n  - name: CEO\n    field: job_title\n    startswith: CEO\n    points: 25\n",
         "line 8, key 'fit[0].startswith': unknown key 'startswith'; a fit rule takes name, field, points, "
-        "bant, exclusive and one test: equals, in, range, contains, matches, words, present, missing, domain_in",
+        "bant, exclusive and one test: equals, in, range, min, max, contains, matches, words, present, missing, "
+        "domain_in, not, all, any",
     ),
     (
         "unknown operator in a condition",
         MODEL + "engagement:\n  - name: Pricing\n    kind: page_view\n    where:\n"
         "      url: {includes: /pricing}\n    points: 5\n",
         "line 9, key 'engagement[0].where.url.includes': unknown key 'includes'; "
-        "a condition is one test: equals, in, contains, matches, words, present, missing",
+        "a condition is one test: equals, in, range, min, max, contains, matches, words, present, missing, "
+        "not, all, any",
     ),
     (
         "unknown key in an engagement rule",
         MODEL + "engagement:\n  - name: Visit\n    kind: page_view\n    points: 1\n    cap: 5\n",
         "line 9, key 'engagement[0].cap': unknown key 'cap'; an engagement rule takes name, kind, where, "
-        "points, max_points, max_count, window_days, decay, half_life_days, bant",
+        "points, max_points, max_count, min_count, window_days, decay, half_life_days, bant",
     ),
     (
         "two tests in one rule",
         MODEL + "fit:\n  - name: CEO\n    field: job_title\n    words: [ceo]\n    equals: CEO\n    points: 25\n",
-        "line 6, key 'fit[0]': has 2 tests (equals, words); write one rule per test",
+        "line 6, key 'fit[0]': has 2 tests (equals, words); write one rule per test, or combine them with all: or any:",
     ),
     (
         "no test in a rule",
         MODEL + "fit:\n  - name: CEO\n    field: job_title\n    points: 25\n",
-        "line 6, key 'fit[0]': needs one test: equals, in, range, contains, matches, words, present, missing, "
-        "domain_in",
+        "line 6, key 'fit[0]': needs one test: equals, in, range, min, max, contains, matches, words, present, "
+        "missing, domain_in, not, all, any",
     ),
     (
         "unknown profile field",
@@ -103,14 +105,16 @@ INVALID = [
         "line 7, key 'fit[0].field': unknown profile field 'jobtitle' (did you mean 'job_title'?); known: "
         "annual_revenue, authority, budget, city, company, country, email, employees, first_name, industry, "
         "job_title, last_name, lead_source, lead_status, lifecycle_stage, need, phone, seniority, state, "
-        "timeline, website",
+        "timeline, website; declare a custom field under contact.custom in hubspot.yaml or objects.*.custom in "
+        "salesforce.yaml",
     ),
     (
         "unknown activity kind",
         MODEL + "engagement:\n  - name: Visit\n    kind: page_visit\n    points: 1\n",
         "line 7, key 'engagement[0].kind': unknown activity kind 'page_visit' (did you mean 'page_view'?); "
-        "known: call, download, email_bounce, email_click, email_open, email_reply, email_unsubscribe, "
-        "event_attended, form_submission, meeting, note, page_view, webinar_attended, webinar_registered",
+        "known: call, chat, do_not_contact, download, email_bounce, email_click, email_open, email_reply, "
+        "email_unsubscribe, event_attended, form_submission, meeting, note, page_view, sms, visit, "
+        "webinar_attended, webinar_registered, or custom:NAME for a kind the CRM mapping names",
     ),
     (
         "bands out of order",

@@ -120,7 +120,7 @@ class FeatureSpec:
     groups: list[str] = field(default_factory=list)          # group of each column
     group_columns: dict[str, list[int]] = field(default_factory=dict)
     _kind_start: int = 0
-    _rule_index: dict[tuple[str, str], int] = field(default_factory=dict)
+    _rule_index: dict[str, int] = field(default_factory=dict)
     _cat_index: list[dict[str, int]] = field(default_factory=list)
     _kind_pos: dict[str, int] = field(default_factory=dict)
     _template: list[float] = field(default_factory=list)
@@ -154,8 +154,8 @@ class FeatureSpec:
             groups += [f"kind:{kind}"] * 3
         self._rule_index = {}
         known = set(groups)
-        for group, name, joins in self.rules:
-            self._rule_index[(group, name)] = len(cols)
+        for _group, name, joins in self.rules:
+            self._rule_index[name] = len(cols)
             cols.append(f"rule:{name}")
             groups.append(joins if joins in known else f"rule:{name}")
         self.columns, self.groups = cols, groups
@@ -293,7 +293,7 @@ class FeatureSpec:
                 days = (at - max(stamps)) / DAY
                 buf[off + j + 2] = days if days < MAX_DAYS else MAX_DAYS
             for c in scored.contributions:
-                j = rules.get((c.group, c.rule))
+                j = rules.get(c.rule)  # rule names are unique in a scoring file (load.cross_check)
                 if j is not None:
                     buf[off + j] += c.points
             off += width

@@ -36,7 +36,8 @@ so one seed gives the same data all day); every timestamp is at or before it.
   (UNQUALIFIED / "Closed - Not Converted"). `lifecycle_stage` and `lead_status` follow the outcome,
   and `lifecycle_dates(person)` gives the moment each lifecycle stage was entered. A person with an
   outcome did everything in `activities(i)` before it, except what came after: a customer is
-  onboarded (meetings, calls, replies, support pages), a lost lead opens an e-mail now and then.
+  onboarded in the ONBOARDING_DAYS after it (support pages, calls, notes, a reply or a kick-off
+  meeting now and then), a lost lead opens an e-mail now and then.
   Tests read the truth from here: HubSpot contact id i + 1 and Salesforce `00Q`/`003` + i are person i.
 - `reps() -> list[SandboxRep]`: a fixed sales team in regional teams named
   exactly "DACH", "Nordics", "UK&I", "Benelux", "Rest of World"; a few are
@@ -1137,6 +1138,7 @@ def lifecycle_dates(p: Person) -> dict[str, int]:
 
 
 PRE_OUTCOME_DAYS: Final = 90  # the activities before an outcome spread over at most this many days
+ONBOARDING_DAYS: Final = 30  # a customer's onboarding activities fall within this many days after the outcome
 _ONBOARDING_VIEWS: Final = (
     {"url": "/support/downloads", "title": "Downloads"},
     {"url": "/support", "title": "Support"},
@@ -1151,13 +1153,15 @@ def _outcome_activities(
     Before: a sales process for everyone who reached a decision (meetings and calls, so they do not
     tell won from lost), and for buyers signals the shipped model ignores or barely counts (the
     automotive case study page, registering for the e-mobility webinar). After: a customer is
-    onboarded (meetings, calls, replies, support pages); a lost lead opens an e-mail now and then."""
+    onboarded in the following weeks (support pages, calls, notes, now and then a reply or a meeting:
+    busy, not "hot" again, so the demo's routing is not flooded with customers); a lost lead opens
+    an e-mail now and then."""
     rnd = r.random
     before: list[tuple[str, Mapping[str, str]]] = []
     won = p.outcome == "won"
-    if rnd() < 0.7:  # sales worked everyone who reached a decision, won or lost alike
+    if rnd() < 0.4:  # sales worked everyone who reached a decision, won or lost alike
         before.append(("meeting", _MEETING_ATTRS[int(rnd() * 5)]))
-    if rnd() < 0.8:
+    if rnd() < 0.5:
         before.append(("call", _CALL_ATTRS[0]))
     if won:  # what buyers did that the shipped model ignores or barely counts
         for _ in range(int(rnd() * 3)):
@@ -1166,22 +1170,24 @@ def _outcome_activities(
             before.append(("webinar_registered", _WEBINAR_ATTRS[1]))  # e-mobility drivetrains
     assert p.outcome_ms is not None
     start = p.outcome_ms
-    room = max(1, anchor_ms - 60_000 - start)
+    # onboarding happens in the weeks after the purchase (so a customer of months ago is not "hot" now)
+    room = max(1, min(anchor_ms - 60_000 - start, ONBOARDING_DAYS * DAY_MS))
     after: list[tuple[int, str, Mapping[str, str]]] = []
-    count = 6 + int(rnd() * 9) if won else int(rnd() * 3)
+    # mostly support pages, calls and notes: a customer is busy, not "hot" again (a kick-off meeting now and then)
+    count = 4 + int(rnd() * 7) if won else int(rnd() * 3)
     for _ in range(count):
         ts = start + 1 + int(rnd() * room)
         if not won:
             after.append((ts, "email_open", _SUBJECT_ATTRS[int(rnd() * 7)]))
             continue
         x = rnd()
-        if x < 0.3:
+        if x < 0.08:
             after.append((ts, "meeting", _MEETING_ATTRS[2 + int(rnd() * 3)]))
-        elif x < 0.55:
+        elif x < 0.3:
             after.append((ts, "call", _CALL_ATTRS[0]))
-        elif x < 0.75:
+        elif x < 0.4:
             after.append((ts, "email_reply", _RE_SUBJECT_ATTRS[int(rnd() * 7)]))
-        elif x < 0.9:
+        elif x < 0.85:
             after.append((ts, "page_view", _ONBOARDING_VIEWS[int(rnd() * 2)]))
         else:
             after.append((ts, "note", _NOTE_ATTRS[int(rnd() * 6)]))

@@ -417,7 +417,7 @@ class HubSpotAdapter:
         if outcomes is None:
             return frozenset()
         defining = outcomes.defining_properties()
-        return frozenset(engine for engine, prop in self.mapping.contact.fields.items() if prop in defining)
+        return frozenset(engine for engine, prop in self.mapping.contact.read_fields().items() if prop in defining)
 
     def read_outcome_page(self, stream: str, cursor: str | None, *, since: float | None) -> Page:
         """A page of contacts with their outcomes: the outcome properties ride along the page read; deals
@@ -1050,6 +1050,14 @@ class HubSpotAdapter:
                     f"mappings/hubspot.yaml reads contact propert{'ies' if len(unknown) > 1 else 'y'} that HubSpot "
                     f"does not have: {', '.join(unknown)}; fix the names or create them."
                 )
+            for name, custom in self.mapping.contact.custom.items():
+                have = existing.get(custom.property)
+                kind = str((have or {}).get("type") or "")
+                if have is not None and kind not in HUBSPOT_TYPES[custom.type]:
+                    problems.append(
+                        f"mappings/hubspot.yaml declares contact.custom.{name} as {custom.type}, but the HubSpot "
+                        f"property {custom.property} is of type {kind}; fix the type or name another property."
+                    )
             outcomes = self.mapping.outcomes
             if outcomes is not None:
                 absent = [p for p in outcomes.contact_properties() if p not in existing]
@@ -1058,14 +1066,6 @@ class HubSpotAdapter:
                         f"The outcomes: section of mappings/hubspot.yaml reads contact "
                         f"propert{'ies' if len(absent) > 1 else 'y'} HubSpot does not have: {', '.join(absent)}; "
                         "fix the names (a lifecycle stage's internal value gives hs_lifecyclestage_<stage>_date)."
-                    )
-            for name, custom in self.mapping.contact.custom.items():
-                have = existing.get(custom.property)
-                kind = str((have or {}).get("type") or "")
-                if have is not None and kind not in HUBSPOT_TYPES[custom.type]:
-                    problems.append(
-                        f"mappings/hubspot.yaml declares contact.custom.{name} as {custom.type}, but the HubSpot "
-                        f"property {custom.property} is of type {kind}; fix the type or name another property."
                     )
             probes: list[tuple[Any, tuple[Any, ...], dict[str, Any]]] = [
                 (self.apis.contacts.get_page, (), {"limit": 1, "properties": ["email"]}),

@@ -396,7 +396,7 @@ class SalesforceAdapter:
         fields: set[str] = set()
         for obj in OBJECTS:
             defining = self._outcome_defining_fields(obj)
-            mapped = self.mapping.objects[obj].fields.items()  # type: ignore[index]
+            mapped = self.mapping.objects[obj].read_fields().items()  # type: ignore[index]
             fields |= {engine for engine, api in mapped if api.lower() in defining}
         return frozenset(fields)
 

@@ -262,8 +262,10 @@ def test_check_says_when_a_salesforce_outcome_field_is_missing(
     rt.close()
     rt = sf_runtime(sandbox, redis_url, tmp_path)  # the mapping is read when the adapter is first built
     (tmp_path / "mappings" / "salesforce.yaml").write_text(
-        (ROOT / "mappings" / "salesforce.yaml").read_text().replace("name: Status\n", "name: Stage__c\n"))
+        (ROOT / "mappings" / "salesforce.yaml").read_text().replace("name: Status\n", "name: Stage__c\n")
+    )
     assert rt.adapter("salesforce").check() == [
         "Lead: the outcomes: section of mappings/salesforce.yaml reads the field Stage__c, which Lead does not "
-        "have; fix outcomes.field"]
+        "have; fix outcomes.field"
+    ]
     rt.close()

@@ -84,9 +84,7 @@ SALESFORCE_INVALID = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    ("text", "line", "key", "problem"), SALESFORCE_INVALID, ids=[i[2] for i in SALESFORCE_INVALID]
-)
+@pytest.mark.parametrize(("text", "line", "key", "problem"), SALESFORCE_INVALID, ids=[i[2] for i in SALESFORCE_INVALID])
 def test_a_salesforce_outcomes_mistake_names_the_file_the_line_and_the_key(
     tmp_path: Path, text: str, line: int, key: str, problem: str
 ) -> None:

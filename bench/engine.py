@@ -10,6 +10,7 @@ Only scoring is timed; generating the population is not.
     python bench/engine.py                 # 100,000 leads, figures then one JSON line
     python bench/engine.py --leads 20000 --json
     python bench/engine.py --profile       # cProfile of the scoring loop, top functions
+    python bench/engine.py --probability   # the rules alone, then rules + learned probability and factors
 
 The engine is imported from this checkout (pure Python), or, run from a directory without
 connector/, from wherever it is installed (compiled by `LEADSCORE_COMPILE=1 pip install .`);
@@ -222,7 +223,13 @@ def main() -> None:
                          "from a CRM (0: generate all of it first, then score it cold)")
     ap.add_argument("--json", action="store_true", help="print only the JSON line")
     ap.add_argument("--profile", action="store_true", help="cProfile the scoring loop and print the top functions")
+    ap.add_argument("--probability", choices=["auto", "logistic", "trees"], nargs="?", const="auto", default=None,
+                    help="also apply a learned probability with its factors in the same pass (trained first on "
+                         "outcomes drawn for 1,500 generated leads, not timed; logistic or trees forces the learner)")
     args = ap.parse_args()
+    if args.probability:
+        probability_bench(args)
+        return
 
     model = load_scoring(args.model)
     ns_per_get = calibration()
@@ -287,6 +294,75 @@ def main() -> None:
         print(f"calibration  a dict.get loop costs {ns_per_get:.0f} ns here (about 20 on a recent laptop)")
         print(f"results      sha256 {figures['results_sha256']} (same population, model and engine -> same hash;"
               " compare before and after an engine change)")
+    print(json.dumps(figures))
+
+
+def probability_bench(args: argparse.Namespace) -> None:
+    """Rules alone vs rules + the learned probability and its factors, page by page, on the same population."""
+    from connector.learn import train as learn
+    from connector.learn.dataset import Example, dataset_from_examples
+    from connector.learn.predict import Predictor
+    from connector.mappings.probability import ProbabilitySettings
+
+    model = load_scoring(args.model)
+    # Outcomes drawn from a hidden truth that is not the rules' (fit, meetings, pricing pages, noise).
+    rng = random.Random(args.seed + 1)
+    examples = []
+    for page in pages(1500, args.seed + 1, 0):
+        for i, (profile, acts) in enumerate(page):
+            r = model.score(profile, acts, NOW)
+            meetings = sum(a.kind in ("meeting", "call", "email_reply") for a in acts)
+            z = -1.5 + r.fit / 25 + 0.6 * meetings + rng.gauss(0, 1)
+            won = rng.random() < 1 / (1 + math.exp(-z))
+            from connector.domain import Lead as DomainLead
+
+            lead = DomainLead(crm="hubspot", object_type="contact", id=str(i), profile=profile, activities=acts)
+            examples.append(Example(lead, "won" if won else "lost", NOW + 1))
+    dataset = dataset_from_examples("hubspot", examples, NOW)
+    start = time.perf_counter()
+    if args.probability != "auto":
+        chosen = {"logistic": "logistic regression", "trees": "gradient-boosted trees"}[args.probability]
+        every = learn.candidates
+        learn.candidates = lambda: {chosen: every()[chosen]}  # type: ignore[assignment]
+    trained = learn.train(dataset, model, ProbabilitySettings(), now=NOW, repeats=1)
+    train_s = time.perf_counter() - start
+    predictor = Predictor(trained)
+
+    rules_s = both_s = 0.0
+    n = events = 0
+    for page in pages(args.leads, args.seed, args.page):
+        n += len(page)
+        events += sum(len(a) for _, a in page)
+        gc.collect()
+        gc.freeze()
+        start = time.perf_counter()
+        results = [model.score(p, a, NOW) for p, a in page]
+        rules_s += time.perf_counter() - start
+        start = time.perf_counter()
+        results = [model.score(p, a, NOW) for p, a in page]
+        predictor.apply([(p, a, r) for (p, a), r in zip(page, results, strict=True)], NOW)
+        both_s += time.perf_counter() - start
+        gc.unfreeze()
+    figures = {
+        "events_per_s": round(events / both_s),
+        "leads_per_s": round(n / both_s),
+        "rules_leads_per_s": round(n / rules_s),
+        "share_of_rules_speed": round(rules_s / both_s, 3),
+        "us_per_lead": round(both_s / n * 1e6, 2),
+        "rules_us_per_lead": round(rules_s / n * 1e6, 2),
+        "leads": n,
+        "page": args.page,
+        "learner": trained.figures.chosen,
+        "features": trained.spec.width,
+        "train_s": round(train_s, 1),
+    }
+    if not args.json:
+        print(f"learned      {trained.figures.chosen}, {trained.spec.width} features, trained in {train_s:.1f}s "
+              f"on {trained.figures.outcomes} drawn outcomes (not timed)")
+        print(f"rules        {figures['rules_leads_per_s']:,} leads/s ({figures['rules_us_per_lead']} us/lead)")
+        print(f"with model   {figures['leads_per_s']:,} leads/s ({figures['us_per_lead']} us/lead): probability and "
+              f"factors in words, pages of {args.page:,}")
+        print(f"share        {figures['share_of_rules_speed']:.0%} of the rules' own speed (the target: at least 50%)")
     print(json.dumps(figures))
 
 

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from connector.crm.base import CrmAdapter
     from connector.echo import EchoFilter
     from connector.engine import ScoringModel
+    from connector.learn.store import ActiveModels, ModelStore
     from connector.routing.service import Router
 
 
@@ -52,6 +53,25 @@ class Runtime:
         from connector.engine import load_scoring
 
         return load_scoring(self.mappings_dir / "scoring.yaml")
+
+    @cached_property
+    def model_store(self) -> ModelStore | None:
+        """Trained probability models (LEADSCORE_MODEL_STORE); None when not configured."""
+        if not self.settings.model_store:
+            return None
+        from connector.learn.store import ModelStore
+
+        return ModelStore(self.settings.model_store, self.redis, self.namespace)
+
+    @cached_property
+    def predictors(self) -> ActiveModels | None:
+        """The active probability model per CRM, loaded once per process (again when Redis names another)."""
+        store = self.model_store
+        if store is None:
+            return None
+        from connector.learn.store import ActiveModels
+
+        return ActiveModels(store)
 
     @cached_property
     def runs(self) -> RunStore:

@@ -416,10 +416,40 @@ def explain(crm: CrmName, record_id: str) -> int:
     adapter.load_activities(leads, now)
     print(f"{lead.key}")
     print(rt.model.explain(lead.profile, lead.activities, now))
+    from connector.learn.predict import explain_lines
+
+    for line in explain_lines(rt, crm, lead, now):
+        print(line)
     record = rt.router.routing_record(lead.key)
     if record:
         print("routing:")
         print(f"  {record}")
+    return 0
+
+
+@cli.command(help="Learn a conversion probability from past outcomes; print CV AUC, Brier, calibration.")
+@crm_option(both=False)
+@JSON_OPTION
+def train(crm: CrmName | None, as_json: bool) -> int:
+    from connector.learn.retrain import require_store, train_and_store
+    from connector.learn.train import summary_lines
+
+    rt = _runtime()
+    crms = _crms(rt, crm)
+    require_store(rt)
+    found = {}
+    for name in crms:
+        if not as_json and console.is_tty(sys.stderr):
+            print(f"{name}: reading outcomes and training ...", file=sys.stderr, flush=True)
+        figures = train_and_store(rt, name)
+        found[name] = figures.as_json()
+        if not as_json:
+            print(f"{name}: model {figures.model_version}")
+            for line in summary_lines(figures):
+                print(f"  {line}")
+    if as_json:
+        # one CRM: its object; every configured CRM (no --crm, both configured): one object per CRM
+        print(json.dumps(found[crms[0]] if len(crms) == 1 else found, sort_keys=True))
     return 0
 
 

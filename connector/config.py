@@ -145,6 +145,9 @@ class Settings(BaseSettings):
     # date and time with its zone) instead of the real time: for the demo, benchmarks and tests that
     # need a working-day hour. Never set in production.
     routing_at: float | None = Field(default=None, validation_alias="LEADSCORE_ROUTING_AT")
+    # Where trained conversion-probability models are kept (connector/learn/store.py): a folder every
+    # worker reads (a shared volume), as a path or a file:// URL. Unset: no probability is trained or applied.
+    model_store: str | None = Field(default=None, validation_alias="LEADSCORE_MODEL_STORE")
 
     @classmethod
     def settings_customise_sources(
@@ -165,7 +168,7 @@ class Settings(BaseSettings):
     @field_validator(
         "hubspot_access_token", "hubspot_webhook_secret", "salesforce_access_token", "salesforce_client_id",
         "salesforce_client_secret", "salesforce_refresh_token", "salesforce_org_id", "smtp_url",
-        "chat_webhook_url", "salesforce_instance_url", "salesforce_ca_bundle", mode="before",
+        "chat_webhook_url", "salesforce_instance_url", "salesforce_ca_bundle", "model_store", mode="before",
     )
     @classmethod
     def _strip(cls, value: Any) -> Any:

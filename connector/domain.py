@@ -141,11 +141,19 @@ WRITE_FIELDS: tuple[str, ...] = (
     "reasons",
     "scored_at",
     "model",
+    # the learned conversion probability (0-100) and its factors, written while a trained model is active
+    "probability",
+    "factors",
 )
+
+# Written by connector.sync from the learned model (connector.learn), not by the rules' engine.
+LEARNED_FIELDS: tuple[str, ...] = ("probability", "factors")
 
 # `scored_at` changes on every computation; it is written only together with a
 # change in one of these.
-CHANGE_FIELDS: tuple[str, ...] = ("score", "fit", "engagement", "band", "grade", "reasons", "model")
+CHANGE_FIELDS: tuple[str, ...] = (
+    "score", "fit", "engagement", "band", "grade", "reasons", "model", "probability", "factors",
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -76,18 +76,29 @@ def score_leads(rt: Runtime, crm: CrmName, stream: str, leads: Sequence[Lead], n
     hot: list[tuple[Lead, ScoreResult, bool]] = []
     cooled: list[str] = []
     scored_ids: set[str] = set()
+    page: list[tuple[Lead, ScoreResult]] = []
     for lead in leads:
         try:
-            scored = model.score(lead.profile, lead.activities, now)
+            page.append((lead, model.score(lead.profile, lead.activities, now)))
         except Exception as exc:
             result.add("failed")
             result.failures.append(f"{lead.key}: could not be scored ({type(exc).__name__})")
             log.exception("scoring failed", extra={"event": "score_failed", "record": lead.key})
             continue
+    learned = _probabilities(rt, crm, page, now, result)
+    band_from = model.spec.probability
+    for i, (lead, scored) in enumerate(page):
         result.add("scored")
         scored_ids.add(lead.id)
+        extra: dict[str, str] = {}
+        if learned is not None:
+            percent, factors = learned[i]
+            extra = {"probability": str(percent), "factors": factors}
+            if band_from.band_from == "probability":
+                scored = scored._replace(band=band_from.bands.band(percent))
         result.add(f"band:{scored.band}")
         values = scored.write_values(now)
+        values.update(extra)
         if must_write(values, lead.written):  # reasons: by their evidence, not a decayed rule's points
             updates[lead.id] = values
         else:
@@ -155,6 +166,29 @@ def score_leads(rt: Runtime, crm: CrmName, stream: str, leads: Sequence[Lead], n
                 result.failures.append(f"{crm}:{stream}:{record_id}: will be retried: {message}")
     # Whatever is settled now needs no retry any more (a no-op for ids the set does not hold).
     rt.retries.done(crm, stream, settled)
+
+
+def _probabilities(
+    rt: Runtime, crm: CrmName, page: Sequence[tuple[Lead, ScoreResult]], now: float, result: PageResult
+) -> list[tuple[int, str]] | None:
+    """The learned probability and factors of each scored lead, in the same pass; None without an active model.
+
+    A model that fails on this page costs the page its probabilities, not its scores.
+    """
+    if not page or rt.predictors is None:
+        return None
+    predictor = rt.predictors.get(crm)
+    if predictor is None:
+        return None
+    try:
+        out: list[tuple[int, str]] = predictor.apply([(lead.profile, lead.activities, s) for lead, s in page], now)
+    except Exception as exc:
+        result.add("probability_failed", len(page))
+        log.exception("probability failed", extra={"event": "probability_failed", "crm": crm,
+                                                   "model": predictor.version, "why": type(exc).__name__})
+        return None
+    result.add("probability", len(out))
+    return out
 
 
 def run_page(

@@ -160,6 +160,8 @@ SCORE_FIELDS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("Lead_Score_Reasons__c", "textarea", {"length": 32768}),
     ("Lead_Scored_At__c", "datetime", {}),
     ("Lead_Score_Model__c", "string", {"length": 80}),
+    ("Lead_Conversion_Probability__c", "double", {"precision": 3, "scale": 0}),
+    ("Lead_Probability_Factors__c", "textarea", {"length": 32768}),
 )
 
 

@@ -2,7 +2,8 @@
 minutes and a full sync once a day; the routing SLA sweep every minute; failed rep notifications
 retried every 30 s (each with its own backoff); score writes that failed for a passing reason
 retried every minute (connector/retry.py); per CRM a backtest of the model in use once a week
-(Mondays at BACKTEST_AT UTC), its figures kept in Redis for `leadscore status`."""
+(Mondays at BACKTEST_AT UTC), its figures kept in Redis for `leadscore status`; with a model store,
+the learned probability retrained on scoring.yaml's `probability.retrain` schedule."""
 
 from __future__ import annotations
 
@@ -42,6 +43,13 @@ def beat_schedule(rt: Runtime) -> dict[str, dict[str, Any]]:
             "task": "leadscore.sync.start", "schedule": crontab(hour=hour, minute=minute),
             "args": (crm, True),
         }
+        retrain = rt.model.spec.probability.retrain
+        if rt.settings.model_store and retrain.every_days > 0:
+            # daily at the stated time; the task trains only when the last training is every_days old
+            hour, minute = (int(x) for x in retrain.at.split(":"))
+            entries[f"{crm}-retrain"] = {
+                "task": "leadscore.learn.retrain", "schedule": crontab(hour=hour, minute=minute), "args": (crm,),
+            }
         entries[f"{crm}-backtest"] = {
             "task": "leadscore.learn.backtest",
             "schedule": crontab(day_of_week=BACKTEST_DAY, hour=BACKTEST_AT[0], minute=BACKTEST_AT[1]),

@@ -101,10 +101,12 @@ PROPERTY_SPECS: dict[str, tuple[str, str, str, tuple[str, ...]]] = {
     "reasons": ("string", "textarea", "Lead score reasons", ()),
     "scored_at": ("datetime", "date", "Lead scored at", ()),
     "model": ("string", "text", "Lead score model", ()),
+    "probability": ("number", "number", "Lead conversion probability (%)", ()),
+    "factors": ("string", "textarea", "Lead probability factors", ()),
 }
 GROUP = "lead_scoring"
 GROUP_LABEL = "Lead scoring"
-NUMBER_FIELDS = frozenset({"score", "fit", "engagement"})
+NUMBER_FIELDS = frozenset({"score", "fit", "engagement", "probability"})
 
 
 # ----------------------------------------------------------------------------- values

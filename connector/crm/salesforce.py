@@ -112,6 +112,8 @@ FIELD_SPECS: Mapping[str, tuple[frozenset[str], str, str]] = {
     "reasons": (frozenset({"textarea", "string"}), "Long Text Area(32768)", "Lead Score Reasons"),
     "scored_at": (frozenset({"datetime"}), "Date/Time", "Lead Scored At"),
     "model": (frozenset({"string", "picklist", "textarea"}), "Text(80)", "Lead Score Model"),
+    "probability": (frozenset({"double", "int", "percent"}), "Number(3,0)", "Lead Conversion Probability"),
+    "factors": (frozenset({"textarea", "string"}), "Long Text Area(32768)", "Lead Probability Factors"),
 }
 
 # check() reaches the org once, quickly: an unreachable host is reported, not waited out.

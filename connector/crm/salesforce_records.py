@@ -18,7 +18,7 @@ from connector.domain import Activity
 from connector.mappings.salesforce import SALESFORCE_ID, Rule, Source
 
 # Score fields by how they are typed in Salesforce.
-NUMBER_FIELDS = frozenset({"score", "fit", "engagement"})
+NUMBER_FIELDS = frozenset({"score", "fit", "engagement", "probability"})
 DATETIME_FIELDS = frozenset({"scored_at"})
 
 # Each activity object and the fields that link it to a Lead or Contact.

@@ -102,6 +102,8 @@ def model_version(spec: ScoringFile) -> str:
         _drop_unused(rule, ("min_count",))
         for condition in rule.get("where", {}).values():
             _drop_unused(condition, _LATER_CONDITION_KEYS)
+    if spec.probability.band_from == "points":
+        dump.pop("probability", None)  # it changes what is written only when the band comes from it
     canonical = json.dumps(dump, sort_keys=True, separators=(",", ":"))
     return f"{spec.model.label}+{hashlib.sha256(canonical.encode()).hexdigest()[:8]}"
 

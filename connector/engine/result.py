@@ -85,7 +85,7 @@ class ScoreResult(NamedTuple):
             "scored_at": iso_utc(now),
             "model": self.model_version,
         }
-        return {k: values[k] for k in WRITE_FIELDS}
+        return {k: values[k] for k in WRITE_FIELDS if k in values}  # probability and factors: connector.sync
 
 
 def reasons_of(contributions: tuple[Contribution, ...]) -> str:
@@ -113,6 +113,8 @@ def must_write(values: Mapping[str, str], written: Mapping[str, str]) -> bool:
     next change of the score (so the CRM's reasons may show a point or two of a decaying signal
     more than it is worth now, never a wrong signal, count or date)."""
     for f in CHANGE_FIELDS:
+        if f not in values:  # the learned probability and factors, without an active model
+            continue
         new, old = values[f], written.get(f)
         if new == old:
             continue

@@ -41,7 +41,7 @@ class Section:
 SectionProvider = Callable[["Dataset", Backtest], Section | None]
 
 # "module:function" providers run by `leadscore backtest --html` after the built-in sections.
-EXTRA_SECTIONS: list[str] = []
+EXTRA_SECTIONS: list[str] = ["connector.learn.reliability:reliability_section"]  # the learned probability
 
 COLORS = {"won": "#2e7d32", "lost": "#c62828", "hot": "#d84315", "warm": "#f9a825", "cold": "#1565c0",
           "line": "#37474f", "bar": "#5c6bc0"}

@@ -61,6 +61,8 @@ DEFAULT_WRITE: dict[str, str] = {
     "reasons": "lead_score_reasons",
     "scored_at": "lead_scored_at",
     "model": "lead_score_model",
+    "probability": "lead_conversion_probability",
+    "factors": "lead_probability_factors",
 }
 
 ENGAGEMENT_TYPES = ("emails", "calls", "meetings", "notes", "tasks", "communications")

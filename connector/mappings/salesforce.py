@@ -130,6 +130,8 @@ class WriteFields(Strict):
     reasons: ApiName = "Lead_Score_Reasons__c"
     scored_at: ApiName = "Lead_Scored_At__c"
     model: ApiName = "Lead_Score_Model__c"
+    probability: ApiName = "Lead_Conversion_Probability__c"
+    factors: ApiName = "Lead_Probability_Factors__c"
 
     @model_validator(mode="after")
     def _distinct(self) -> WriteFields:

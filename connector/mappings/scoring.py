@@ -32,6 +32,7 @@ from pydantic import BeforeValidator, Field, ValidationInfo, field_validator, mo
 
 from connector.domain import ACTIVITY_KINDS, is_activity_kind
 from connector.mapfile import Strict, not_yaml_bool
+from connector.mappings.probability import ProbabilitySettings
 
 Bant = Literal["budget", "authority", "need", "timeline"]
 BANT_KEYS: tuple[str, ...] = ("budget", "authority", "need", "timeline")
@@ -470,6 +471,7 @@ class ScoringFile(Strict):
     aliases: dict[Text, dict[Text, list[Text]]] = Field(default_factory=dict)
     fit: list[FitRule] = Field(default_factory=list)
     engagement: list[EngagementRule] = Field(default_factory=list)
+    probability: ProbabilitySettings = ProbabilitySettings()  # the learned probability (connector.mappings.probability)
 
 
 # What each kind of rule accepts, for the hint on an unknown key.

@@ -464,7 +464,7 @@ def explain_differences(
                 lead = adapter.get_leads(stream, [lead_id])[0]
                 adapter.load_activities([lead], t)
                 values = probe.model.score(lead.profile, lead.activities, t).write_values(t)
-                out.append({f: values[f] for f in CHANGE_FIELDS})
+                out.append({f: values[f] for f in CHANGE_FIELDS if f in values})  # no learned model here
             return out
 
         for key in differing:

@@ -567,10 +567,10 @@ def test_setup_is_idempotent(shipped: HubSpotMapping, r: redis.Redis) -> None:
         first = a.setup()
         assert any("lead_scoring" in line for line in first)
         assert any("lead_score_model" in line for line in first)
-        assert calls_to(stats(sb), "POST /crm/v3/properties/*") == 8
-        assert a.setup() == ["nothing to do: the group and 8 properties exist"]
+        assert calls_to(stats(sb), "POST /crm/v3/properties/*") == 10  # 8 for the points, 2 for the probability
+        assert a.setup() == ["nothing to do: the group and 10 properties exist"]
         snap = stats(sb)
-        assert calls_to(snap, "POST /crm/v3/properties/*") == 8
+        assert calls_to(snap, "POST /crm/v3/properties/*") == 10
         assert calls_to(snap, "POST /crm/v3/properties/*/groups") == 1
         client = HubSpot(access_token=sb.hubspot_token, host=sb.hubspot_url)
         band = client.crm.properties.core_api.get_by_name("contacts", "lead_band")

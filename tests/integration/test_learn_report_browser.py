@@ -92,3 +92,35 @@ def test_screenshot_of_the_report_is_not_blank(browser: Any, report: Path, tmp_p
     assert len(colors) > 50
     white = max(colors)[0] / (image.width * image.height)
     assert white < 0.97
+
+
+def test_the_learned_probabilitys_reliability_curve_renders_in_the_report(browser: Any, tmp_path: Path) -> None:
+    from connector.learn.reliability import section_of
+    from connector.learn.train import train
+    from connector.mappings.probability import ProbabilitySettings
+    from tests.predict_synthetic import READ_AT, make_dataset
+
+    rules = load_scoring(ROOT / "mappings" / "scoring.yaml")
+    trained = train(make_dataset(400, seed=2), rules, ProbabilitySettings(), now=READ_AT, repeats=1)
+    trained.figures.model_version = "hubspot-20261118T110640Z-0123abcd"
+    ds = synthetic_dataset(600, seed=6)
+    path = tmp_path / "backtest.html"
+    path.write_text(render_html(backtest(ds, rules), extra=[section_of(trained.figures)]), encoding="utf-8")
+
+    page, requests, problems = open_page(browser, path)
+    titles = page.eval_on_selector_all("h2", "els => els.map(e => e.textContent)")
+    assert titles[-1] == "Learned probability: reliability"
+    section = page.locator("section", has=page.locator("h2", has_text="Learned probability: reliability"))
+    box = section.locator("img").bounding_box()
+    assert box is not None
+    assert box["width"] > 300
+    assert box["height"] > 250
+    assert section.locator("img").evaluate("e => e.complete && e.naturalWidth > 0")
+    text = section.inner_text()
+    assert "hubspot-20261118T110640Z-0123abcd" in text
+    assert f"CV AUC {trained.figures.cv_auc:.3f}" in text
+    rows = section.locator("tbody tr").count()
+    assert rows == len(trained.figures.calibration)
+    assert requests == [path.as_uri()]
+    assert problems == []
+    page.close()

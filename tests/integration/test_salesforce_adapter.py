@@ -46,6 +46,8 @@ SCORE_FIELDS = [
     {"name": "Lead_Score_Reasons__c", "type": "textarea"},
     {"name": "Lead_Scored_At__c", "type": "datetime"},
     {"name": "Lead_Score_Model__c", "type": "string", "length": 80},
+    {"name": "Lead_Conversion_Probability__c", "type": "double"},
+    {"name": "Lead_Probability_Factors__c", "type": "textarea"},
 ]
 
 
@@ -659,7 +661,7 @@ def test_check_names_each_missing_score_field_and_setup_creates_them(
         assert sum("Lead_Fit_Score__c" in line for line in problems) == 2  # one line per object
         assert any(line.startswith("Contact: create the field Lead_Scored_At__c (Date/Time)") for line in problems)
         assert any(line.startswith("Lead: the field Lead_Score__c is of type string") for line in problems)
-        assert len(problems) == 16
+        assert len(problems) == 20  # 10 score fields (8 points, 2 learned) on Lead and Contact
         assert all(p.startswith(("Lead: ", "Contact: ")) for p in problems)
 
         lines = adapter.setup()

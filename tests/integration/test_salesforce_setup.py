@@ -13,7 +13,8 @@ from sandbox.server import Sandbox, admin_call
 from tests.integration.test_cli import run
 
 SCORE_FIELDS = ("Lead_Score__c", "Lead_Fit_Score__c", "Lead_Engagement_Score__c", "Lead_Band__c", "Lead_Grade__c",
-                "Lead_Score_Reasons__c", "Lead_Scored_At__c", "Lead_Score_Model__c")
+                "Lead_Score_Reasons__c", "Lead_Scored_At__c", "Lead_Score_Model__c", "Lead_Conversion_Probability__c",
+                "Lead_Probability_Factors__c")
 INTEGRATION_USER = "integration@sandbox-corp.example"
 
 
@@ -68,6 +69,9 @@ def test_setup_creates_the_fields_and_the_integration_users_access_and_a_second_
         assert (fields["Lead_Score_Reasons__c"]["type"], fields["Lead_Score_Reasons__c"]["length"]) == (
             "textarea", 32768)
         assert (fields["Lead_Band__c"]["type"], fields["Lead_Band__c"]["length"]) == ("string", 20)
+        assert fields["Lead_Conversion_Probability__c"]["type"] == "double"
+        assert (fields["Lead_Probability_Factors__c"]["type"], fields["Lead_Probability_Factors__c"]["length"]) == (
+            "textarea", 32768)
     [ps] = query(sandbox, "Id, Label FROM PermissionSet", "Name", "Leadscore_Integration")
     perms = query(sandbox, "Field, PermissionsEdit FROM FieldPermissions", "ParentId", ps["Id"])
     assert sorted(p["Field"] for p in perms) == sorted(f"{o}.{f}" for o in ("Lead", "Contact") for f in SCORE_FIELDS)
@@ -75,7 +79,7 @@ def test_setup_creates_the_fields_and_the_integration_users_access_and_a_second_
     [assignment] = query(sandbox, "AssigneeId FROM PermissionSetAssignment", "PermissionSetId", ps["Id"])
     [user] = query(sandbox, "Email FROM User", "Id", assignment["AssigneeId"])
     assert user["Email"] == INTEGRATION_USER
-    assert ("salesforce: created the permission set Leadscore_Integration; gave it Edit access to 16 field(s); "
+    assert ("salesforce: created the permission set Leadscore_Integration; gave it Edit access to 20 field(s); "
             "assigned it to the integration user") in first.stdout.splitlines()
     before = creations(sandbox)
 
@@ -85,7 +89,7 @@ def test_setup_creates_the_fields_and_the_integration_users_access_and_a_second_
     assert creations(sandbox) == before, "a second setup created something again"
     assert "created" not in second.stdout
     assert second.stdout.count("(Number(18,0)) is in place") == 2 * 3
-    assert ("salesforce: the permission set Leadscore_Integration is in place: Edit access to 16 fields, assigned "
+    assert ("salesforce: the permission set Leadscore_Integration is in place: Edit access to 20 fields, assigned "
             "to the integration user") in second.stdout.splitlines()
     assert run(["check"], env(sandbox, redis_url)).returncode == 0
 

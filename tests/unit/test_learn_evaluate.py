@@ -153,4 +153,4 @@ def test_sections_named_in_extra_sections_are_added_to_the_report() -> None:
     page = report.render_html(bt, extra=extra)
     assert page.index("<h2>Rules: lift and suggested points</h2>") < page.index("<h2>Predicted probability</h2>")
     assert f"<p>300 leads, AUC {bt.auc:.3f}</p>" in page
-    assert report.EXTRA_SECTIONS == []
+    assert report.EXTRA_SECTIONS == ["connector.learn.reliability:reliability_section"]  # the learned probability

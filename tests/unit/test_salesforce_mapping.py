@@ -53,6 +53,8 @@ def test_the_shipped_mapping_loads_with_the_documented_defaults() -> None:
         "reasons": "Lead_Score_Reasons__c",
         "scored_at": "Lead_Scored_At__c",
         "model": "Lead_Score_Model__c",
+        "probability": "Lead_Conversion_Probability__c",
+        "factors": "Lead_Probability_Factors__c",
     }
     assert mapping.reps.region_field == "Division"
     assert mapping.page_size == 2000

@@ -49,7 +49,7 @@ INVALID = [
     (
         "unknown top-level key",
         MODEL + "fits: []\n",
-        "line 5, key 'fits': unknown key 'fits'; the file has model, fields, aliases, fit, engagement",
+        "line 5, key 'fits': unknown key 'fits'; the file has model, fields, aliases, fit, engagement, probability",
     ),
     (
         "unknown key in model",

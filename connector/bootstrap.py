@@ -135,7 +135,7 @@ class Runtime:
             return SalesforceAdapter(
                 instance_url=s.salesforce_instance_url, token=s.salesforce_access_token, mapping=mapping_sf,
                 redis=self.redis, ca_bundle=s.salesforce_ca_bundle, oauth=oauth,
-                account=f"{self.namespace}:salesforce",
+                account=f"{self.namespace}:salesforce", learned=bool(s.model_store),
             )
         raise ConfigError(f"unknown CRM {crm!r}: use hubspot or salesforce.")
 

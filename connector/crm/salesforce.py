@@ -75,7 +75,7 @@ from connector.crm.salesforce_records import (
     to_salesforce,
 )
 from connector.crm.salesforce_setup import SalesforceSetup
-from connector.domain import WRITE_FIELDS, CrmName, Lead, Rep
+from connector.domain import LEARNED_FIELDS, WRITE_FIELDS, CrmName, Lead, Rep
 from connector.errors import RecordError, RetryLater, StopSync, UserError
 from connector.mappings.custom import SALESFORCE_TYPES, normalise
 from connector.mappings.outcomes import SalesforceOutcomes, combine
@@ -141,12 +141,21 @@ class SalesforceAdapter:
         account: str = "default",
         timeout: float = 30.0,
         retry_policy: RetryPolicy = DEFAULT_POLICY,
+        learned: bool = True,
     ) -> None:
         parsed = urlparse(instance_url)
         if parsed.scheme != "https" or not parsed.netloc:
             raise ValueError(f"instance_url must be an https:// URL, not {instance_url!r}")
         self.instance_url = instance_url.rstrip("/")
         self.mapping = mapping
+        # The score fields read and checked. The learned probability's two fields only when a model store
+        # is configured (`learned`): an org that never trains must not need them, or every query naming
+        # them would fail with INVALID_FIELD until `leadscore setup` ran.
+        self._score_fields = {
+            engine: api
+            for engine, api in mapping.write_fields.as_dict().items()
+            if learned or engine not in LEARNED_FIELDS
+        }
         self._converted_contacts: set[str] = set()  # 15-char ids of Contacts made from Leads read for outcomes
         self.account = account
         self._configured_token = token
@@ -316,7 +325,7 @@ class SalesforceAdapter:
     def _select_list(self, stream: str) -> list[str]:
         fields = ["Id", "OwnerId", "SystemModstamp"]
         fields += self.mapping.objects[stream].read_fields().values()  # type: ignore[index]
-        fields += self.mapping.write_fields.as_dict().values()
+        fields += self._score_fields.values()
         return list(dict.fromkeys(fields))
 
     def _base_where(self, stream: str) -> list[str]:
@@ -542,7 +551,7 @@ class SalesforceAdapter:
                 profile[name] = value
         owner = record.get("OwnerId") or None
         written: dict[str, str] = {}
-        for engine, api in self.mapping.write_fields.as_dict().items():
+        for engine, api in self._score_fields.items():
             text = canonical_written(engine, record.get(api))
             if text is not None:
                 written[engine] = text
@@ -980,7 +989,7 @@ class SalesforceAdapter:
 
     def _field_lines(self, obj: str, fields: Mapping[str, Mapping[str, Any]], *, all_lines: bool) -> list[str]:
         lines: list[str] = []
-        for engine, api in self.mapping.write_fields.as_dict().items():
+        for engine, api in self._score_fields.items():
             types, spec, label = FIELD_SPECS[engine]
             found = fields.get(api.lower())
             if found is None:

@@ -111,6 +111,7 @@ class Org:
         ca: bool = True,
         timeout: float = 10.0,
         url: str | None = None,
+        learned: bool = True,
     ) -> SalesforceAdapter:
         made = SalesforceAdapter(
             instance_url=url or self.url,
@@ -121,6 +122,7 @@ class Org:
             oauth=oauth,
             timeout=timeout,
             retry_policy=FAST,
+            learned=learned,
         )
         self.made.append(made)
         return made
@@ -675,6 +677,37 @@ def test_check_names_each_missing_score_field_and_setup_creates_them(
         assert adapter.usage_line() is not None
         assert adapter.usage_line().startswith("Salesforce API usage: ")  # type: ignore[union-attr]
         org.close()
+
+
+def test_an_org_without_the_learned_fields_syncs_while_no_model_store_is_configured(
+    redis_client: redis.Redis, mapping: SalesforceMapping
+) -> None:
+    """An org set up before the learned probability existed has only the 8 score fields: without a model
+    store (LEADSCORE_MODEL_STORE) the sync must neither query the two learned fields (INVALID_FIELD
+    would stop every page) nor ask for them in check; with one, check names them."""
+    with Sandbox.start(contacts=50, seed=5) as sandbox:
+        org = Org(sandbox)
+        points_only = [f for f in SCORE_FIELDS if "Probab" not in f["name"]]
+        for obj in ("Lead", "Contact"):
+            org.admin("POST", "fields", {"object": obj, "fields": points_only})
+        adapter = org.adapter(redis_client, mapping, learned=False)
+        try:
+            assert adapter.check() == []
+            page = adapter.read_page("Lead", None, since=None)
+            assert page.leads
+            lead = page.leads[0]
+            report = adapter.write_scores("Lead", {lead.id: {"score": "42", "band": "warm"}})
+            assert report.written == [lead.id]
+            assert report.failed == []
+            read_back = org.records(build_soql(["Lead_Score__c"], "Lead", [f"Id = {soql_id(lead.id)}"]))
+            assert read_back[0]["Lead_Score__c"] == 42
+
+            with_store = org.adapter(redis_client, mapping, learned=True)
+            problems = with_store.check()
+            assert len(problems) == 4  # the 2 learned fields on Lead and Contact
+            assert all("Probability" in p for p in problems)
+        finally:
+            org.close()
 
 
 def test_check_reports_a_bad_token_an_unreachable_host_and_an_untrusted_certificate(

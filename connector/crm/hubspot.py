@@ -458,14 +458,15 @@ class HubSpotAdapter:
                 {"s": last_ms, "n": count, "x": ids if count <= TIE_OFFSET else []}
             ).decode()
         total = resp.body.get("total")
-        if self._web() == "events" and leads:
+        bulk = self._web() == "events" and self.mapping.activities.events_read == "bulk"
+        if bulk and leads:
             # which contacts this incremental stream already read, so its web events part skips them
             key = self._searched_key(since)
             pipe = self._redis.pipeline(transaction=False)
             pipe.sadd(key, *[lead.id for lead in leads])
             pipe.expire(key, SEARCHED_TTL_S)
             pipe.execute()
-        if next_cursor is None and self._web() == "events":
+        if next_cursor is None and bulk:
             # then the contacts with new web events since `since` (their scores may have changed too)
             next_cursor = orjson.dumps({"w": math.floor(since * 1000)}).decode()
         return Page(leads=leads, next_cursor=next_cursor, high_water=max(high) if high else None, problems=problems,
@@ -737,9 +738,9 @@ class HubSpotAdapter:
         """
         acts = self.mapping.activities
         store = self.web_events
-        covered, fresh = store.covers(now)
+        covered, fresh = store.covers(now) if acts.events_read == "bulk" else (False, False)
         few = len(ids) <= PER_CONTACT_EVENTS_MAX
-        if few and not covered:
+        if acts.events_read == "per_contact" or (few and not covered):
             targets: Sequence[str] = ids
             if acts.event_gates:
                 gates = self._contact_props(ids, acts.event_gates)

@@ -260,6 +260,12 @@ class Activities(Strict):
     # and the adapter falls back to the roll-ups with one warning), rollups = counters
     # on the contact (any tier), none = engagements only.
     web: Literal["events", "rollups", "none"] = "events"
+    # How web events are read (web: events): bulk = every contact's events of the look-back read once
+    # and kept up to date in Redis per contact id (event type, time, and only the properties the
+    # event rules read), so a sync page costs no events call (connector/crm/hubspot_events.py);
+    # per_contact = one events call per contact whose gate property lies in the look-back, and
+    # nothing of the events kept outside HubSpot (many more calls: about 500 per 1,000 contacts).
+    events_read: Literal["bulk", "per_contact"] = "bulk"
     lookback_days: int = Field(default=180, ge=1, le=3650)
     engagements: list[EngagementRule] = Field(default_factory=list)
     events: list[EventRule] = Field(default_factory=list)

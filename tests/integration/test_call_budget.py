@@ -11,6 +11,7 @@ bench/sync.py.
 from __future__ import annotations
 
 import math
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +25,7 @@ from connector.bootstrap import Runtime
 from connector.domain import CrmName
 from connector.runs import RunView
 from sandbox.server import Sandbox
-from tests.integration.test_routing_on_sandbox import make_runtime
+from tests.integration.test_routing_on_sandbox import ROOT, make_runtime
 
 CONTACTS = 2_000
 FULL_SYNC_BUDGET = 150  # calls per 1,000 contacts, activities and routing included (issue 16)
@@ -116,3 +117,40 @@ def test_a_full_sync_and_incremental_syncs_stay_within_the_call_budget(
         assert second <= 2 + 80 * 0.5 + 10, second  # 80 changed contacts: well under one call each
     finally:
         rt.close()
+
+
+def test_events_read_per_contact_keeps_nothing_of_the_events_and_finds_what_the_bulk_read_finds(
+    sandbox: Sandbox, redis_url: str, tmp_path: Path
+) -> None:
+    """`activities.events_read: per_contact` (for portals whose privacy rules forbid keeping web events
+    outside HubSpot): the same web activities per contact as the bulk read, nothing under web:* in Redis."""
+    per_dir = tmp_path / "per_contact"
+    shutil.copytree(ROOT / "mappings", per_dir)
+    hubspot_yaml = per_dir / "hubspot.yaml"
+    hubspot_yaml.write_text(hubspot_yaml.read_text().replace("events_read: bulk", "events_read: per_contact"))
+    now = time.time()
+    per = make_runtime(sandbox, redis_url, per_dir)
+    try:
+        per.redis.flushdb()
+        adapter = per.adapter("hubspot")
+        leads = adapter.read_page("contact", None, since=None).leads[:300]
+        adapter.load_activities(leads, now)
+        web_keys = list(per.redis.scan_iter(match="*:web:*"))
+        assert web_keys == []
+        per_contact = {lead.id: sorted((a.kind, a.ts, tuple(sorted(a.attrs.items()))) for a in lead.activities
+                                       if a.kind in ("page_view", "form_submission")) for lead in leads}
+    finally:
+        per.close()
+    assert sum(len(v) for v in per_contact.values()) > 0, "the sample must hold web activity"
+
+    bulk = make_runtime(sandbox, redis_url, tmp_path / "bulk")
+    try:
+        adapter = bulk.adapter("hubspot")
+        leads = adapter.read_page("contact", None, since=None).leads[:300]
+        adapter.load_activities(leads, now)
+        assert list(bulk.redis.scan_iter(match="*:web:*")), "the bulk read keeps the look-back's events"
+        from_bulk = {lead.id: sorted((a.kind, a.ts, tuple(sorted(a.attrs.items()))) for a in lead.activities
+                                     if a.kind in ("page_view", "form_submission")) for lead in leads}
+    finally:
+        bulk.close()
+    assert from_bulk == per_contact

@@ -69,6 +69,10 @@ _SIGNED = {r: f"{r:+d} " for r in range(-1000, 1001) if r}
 _NOTHING: FieldResult = ((), (), ())
 
 
+# Activity times beyond this (the year 5138, in epoch seconds) are no dates: the careful pass skips them.
+MAX_EPOCH_S = 1e11
+
+
 class _Unreadable(Exception):
     """An activity the fast path cannot read; the careful path takes over."""
 
@@ -411,6 +415,9 @@ class ScoringModel:
                 continue
             if not (type(ts) is int or type(ts) is float) or not math.isfinite(ts):
                 skipped.append(f"activity {i} ({kind}): time {show(ts)} is not a number")
+                continue
+            if abs(ts) > MAX_EPOCH_S:  # finite but absurd: a few of them would sum to infinity
+                skipped.append(f"activity {i} ({kind}): time {show(ts)} is not a date")
                 continue
             readable: dict[str, str] = {}
             if isinstance(attrs, Mapping):

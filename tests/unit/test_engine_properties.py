@@ -105,3 +105,11 @@ def test_scoring_is_deterministic(profile: dict[Any, Any], activities: list[Acti
 @given(profiles, readable_activities)
 def test_explaining_never_raises(profile: dict[Any, Any], activities: list[Activity]) -> None:
     assert MODEL.explain(profile, activities, NOW).startswith(f"Model {MODEL.version}")
+
+
+def test_absurd_but_finite_times_are_skipped_and_named_not_raised() -> None:
+    """Found by the property above: two times near the float maximum sum to infinity in the fast pass."""
+    huge = 8.988465674311579e307
+    result = MODEL.score({}, [Activity("call", huge, {}), Activity("call", huge, None)], NOW)
+    assert result.engagement == 0
+    assert sum("is not a date" in p for p in result.problems) == 2

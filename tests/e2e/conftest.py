@@ -44,7 +44,6 @@ import pytest
 import redis
 import yaml
 
-from connector import sync
 from connector.bootstrap import Runtime, build_runtime
 from connector.config import Settings
 from connector.crm.hubspot import parse_ts
@@ -53,6 +52,7 @@ from connector.runs import RunView
 from sandbox.data import today_midnight_utc
 from sandbox.server import Sandbox
 from tests.conftest import ROOT, RedisServer
+from tests.inprocess import run_in_process
 
 # The sandbox's HubSpot allowance and the connector's, just under it: any 429 is the limiter's fault.
 SANDBOX_RATE = 3000
@@ -414,20 +414,6 @@ def _salesforce_tasks(url: str, token: str, ca: str) -> dict[str, list[str]]:
 
 
 # --------------------------------------------------------------------------- comparing with the reference
-
-
-def run_in_process(rt: Runtime, crm: CrmName) -> RunView:
-    """A full sync in this one process: every page through connector.sync, one after another."""
-    started, firsts = sync.start_run(rt, crm, full=True)
-    assert started.skipped_for is None
-    queue = collections.deque((stream, None, since) for stream, since in firsts)
-    while queue:
-        stream, cursor, since = queue.popleft()
-        sync.run_page(rt, started.run_id, crm, stream, cursor, since,
-                      lambda nxt, s=stream, si=since: queue.append((s, nxt, si)))  # fmt: skip
-    view = rt.runs.get(started.run_id)
-    assert view is not None
-    return view
 
 
 @dataclass

@@ -20,11 +20,11 @@ from typing import Any
 import httpx
 import pytest
 
-from connector import sync
 from connector.bootstrap import Runtime
 from connector.domain import CrmName
 from connector.runs import RunView
 from sandbox.server import Sandbox
+from tests.inprocess import run_in_process
 from tests.integration.test_routing_on_sandbox import ROOT, make_runtime
 
 CONTACTS = 2_000
@@ -57,15 +57,7 @@ def calls(sb: Sandbox, reset: bool = False) -> dict[str, Any]:
 
 def run_sync(rt: Runtime, crm: CrmName, *, full: bool, now: float) -> RunView:
     """A whole run in this process: every page, in the order a single worker would take them."""
-    started, firsts = sync.start_run(rt, crm, full=full, now=now)
-    assert started.skipped_for is None
-    queue: list[tuple[str, str | None, float | None]] = [(stream, None, since) for stream, since in firsts]
-    while queue:
-        stream, cursor, since = queue.pop(0)
-        sync.run_page(rt, started.run_id, crm, stream, cursor, since,
-                      enqueue_next=lambda c, s=stream, t=since: queue.append((s, c, t)), now=now)  # type: ignore[misc]
-    view = rt.runs.get(started.run_id)
-    assert view is not None
+    view = run_in_process(rt, crm, full=full, now=now, started_at=now)
     assert view.status == "done", view.failures
     return view
 

@@ -16,9 +16,9 @@ from hubspot.crm.properties import Option, PropertyCreate
 
 from connector.bootstrap import Runtime, build_runtime
 from connector.config import Settings
-from connector.sync import run_page, start_run
 from sandbox.server import Sandbox
 from tests.conftest import ROOT
+from tests.inprocess import run_in_process
 from tests.integration.test_cli import run
 
 PEOPLE = 40
@@ -85,12 +85,7 @@ def create_property(client: HubSpot) -> None:
 
 def synced(rt: Runtime) -> None:
     rt.adapter("hubspot").setup()
-    started, firsts = start_run(rt, "hubspot", full=True)
-    queue = [(stream, None, since) for stream, since in firsts]
-    while queue:
-        stream, cursor, since = queue.pop()
-        run_page(rt, started.run_id, "hubspot", stream, cursor, since,
-                 lambda nxt, s=stream, t=since: queue.append((s, nxt, t)), now=NOW)
+    run_in_process(rt, "hubspot", now=NOW)
 
 
 def runtime(sandbox: Sandbox, redis_url: str, mdir: Path) -> Runtime:

@@ -26,10 +26,10 @@ from connector.config import Settings
 from connector.errors import UserError
 from connector.learn.dataset import Dataset, read_dataset
 from connector.mappings.hubspot import Account
-from connector.sync import run_page, start_run
 from sandbox import sf_ids
 from sandbox.server import Sandbox
 from tests.conftest import ROOT
+from tests.inprocess import run_in_process
 
 N = 300
 HTTP = urllib3.PoolManager()
@@ -236,15 +236,8 @@ def test_a_sync_never_writes_to_a_converted_lead(sandbox: Sandbox, redis_url: st
         sf.Lead.update(converted[0]["Id"], {"Rating": "Hot"})  # what a write would meet
     rt = sf_runtime(sandbox, redis_url, tmp_path)
     rt.adapter("salesforce").setup()
-    started, firsts = start_run(rt, "salesforce", full=True)
-    queue = [(stream, None, since) for stream, since in firsts]
-    while queue:
-        stream, cursor, since = queue.pop()
-        run_page(rt, started.run_id, "salesforce", stream, cursor, since,
-                 lambda nxt, s=stream, t=since: queue.append((s, nxt, t)))  # fmt: skip
-    run = rt.runs.get(started.run_id)
+    run = run_in_process(rt, "salesforce")
     rt.close()
-    assert run is not None
     assert run.count("read") == N  # the unconverted Leads and the Contacts (converted ones too): every person once
     assert run.count("failed") == 0  # a write to a converted Lead would have been refused and counted here
     scored = sf.query_all("SELECT Id, IsConverted, Lead_Score__c FROM Lead")["records"]

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from connector.engine import load_scoring
-from connector.sync import run_page, start_run
 from sandbox.server import Sandbox
 from tests.conftest import ROOT
+from tests.inprocess import run_in_process
 from tests.integration.test_cli import hubspot_env, run
 from tests.integration.test_dataset import runtime
 
@@ -84,14 +84,7 @@ def test_backtest_and_suggest_run_on_an_imported_export_after_a_sync(
     counts = export[1]
     rt = runtime(sandbox, redis_url, mappings)
     rt.adapter("hubspot").setup()
-    started, firsts = start_run(rt, "hubspot", full=True)
-    queue: list[tuple[str, str | None, float | None]] = [(stream, None, since) for stream, since in firsts]
-    while queue:
-        stream, cursor, since = queue.pop()
-        run_page(rt, started.run_id, "hubspot", stream, cursor, since,
-                 lambda nxt, s=stream, t=since: queue.append((s, nxt, t)))  # fmt: skip
-    view = rt.runs.get(started.run_id)
-    assert view is not None
+    view = run_in_process(rt, "hubspot")
     assert view.count("read") == ROWS
     assert view.count("written") == ROWS  # every contact scored and written back
     rt.close()

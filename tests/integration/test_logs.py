@@ -15,11 +15,10 @@ import structlog
 
 from connector.bootstrap import Runtime, build_runtime
 from connector.config import Settings
-from connector.errors import RetryLater
 from connector.logs import configure
-from connector.sync import run_page, start_run
 from sandbox.server import Sandbox
 from tests.conftest import ROOT
+from tests.inprocess import run_in_process
 
 PEOPLE = 120
 
@@ -60,18 +59,7 @@ def full_sync(rt: Runtime, crm: str) -> None:
     """A whole run, page after page, in this thread (what the workers do, retries of a page included:
     with injected 500s a task creation, which is not retried inside the adapter, asks for one)."""
     rt.adapter(crm).setup()  # `leadscore setup`: Salesforce's fields through the Tooling API  # type: ignore[arg-type]
-    started, firsts = start_run(rt, crm, full=True)  # type: ignore[arg-type]
-    queue = [(stream, None, since) for stream, since in firsts]
-    while queue:
-        stream, cursor, since = queue.pop()
-        for attempt in range(5):
-            try:
-                run_page(rt, started.run_id, crm, stream, cursor, since,  # type: ignore[arg-type]
-                         lambda nxt, s=stream, t=since: queue.append((s, nxt, t)))
-                break
-            except RetryLater:
-                if attempt == 4:
-                    raise
+    run_in_process(rt, crm, page_retries=4)  # type: ignore[arg-type]
 
 
 def test_a_sync_logs_json_lines_with_ids_and_counts_and_no_personal_data_or_tokens(

@@ -19,9 +19,9 @@ import yaml
 
 from connector.bootstrap import Runtime, build_runtime
 from connector.config import Settings
-from connector.sync import run_page, start_run
 from sandbox.server import Sandbox
 from tests.conftest import ROOT
+from tests.inprocess import run_in_process
 
 PEOPLE = 80
 DAYS = 4
@@ -55,14 +55,7 @@ def steady_mappings(tmp_path: Path) -> Path:
 
 def sync_at(rt: Runtime, now: float) -> tuple[int, int]:
     """(read, written) of one full sync scored at `now`."""
-    started, firsts = start_run(rt, "hubspot", full=True)
-    queue = [(stream, None, since) for stream, since in firsts]
-    while queue:
-        stream, cursor, since = queue.pop()
-        run_page(rt, started.run_id, "hubspot", stream, cursor, since,
-                 lambda nxt, s=stream, t=since: queue.append((s, nxt, t)), now=now)
-    view = rt.runs.get(started.run_id)
-    assert view is not None
+    view = run_in_process(rt, "hubspot", now=now)
     assert view.status == "done"
     return view.count("scored"), view.count("written")
 

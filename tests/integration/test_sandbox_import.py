@@ -26,9 +26,9 @@ from connector.bootstrap import Runtime, build_runtime
 from connector.config import Settings
 from connector.learn.dataset import read_dataset
 from connector.mappings.hubspot import Account
-from connector.sync import run_page, start_run
 from sandbox.server import Sandbox
 from tests.conftest import ROOT
+from tests.inprocess import run_in_process
 
 ROWS = 120
 
@@ -123,14 +123,7 @@ def test_a_sync_scores_every_imported_contact_and_the_outcomes_are_read(
 ) -> None:
     rows = export[1]
     rt.adapter("hubspot").setup()
-    started, firsts = start_run(rt, "hubspot", full=True)
-    queue: list[tuple[str, str | None, float | None]] = [(stream, None, since) for stream, since in firsts]
-    while queue:
-        stream, cursor, since = queue.pop()
-        run_page(rt, started.run_id, "hubspot", stream, cursor, since,
-                 lambda nxt, s=stream, t=since: queue.append((s, nxt, t)))  # fmt: skip
-    run = rt.runs.get(started.run_id)
-    assert run is not None
+    run = run_in_process(rt, "hubspot")
     assert run.count("read") == ROWS
     assert run.count("failed") == 0
     scored = client(sandbox).crm.contacts.get_all(properties=["lead_score", "lead_band", "lead_grade"])

@@ -9,7 +9,6 @@ later would fall behind that mark and never be read. The connector keeps the cur
 
 from __future__ import annotations
 
-import collections
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -19,29 +18,20 @@ import orjson
 import pytest
 import urllib3
 
-from connector import sync
 from connector.bootstrap import Runtime, build_runtime
 from connector.config import Settings
 from connector.mappings.hubspot import Account
 from connector.runs import RunView
 from sandbox.server import Sandbox
 from tests.conftest import ROOT
+from tests.inprocess import run_in_process
 
 HTTP = urllib3.PoolManager()
 
 
 def run_incremental(rt: Runtime) -> RunView:
     """One sync of HubSpot in this process, page after page (the first one, without a cursor, reads everyone)."""
-    started, firsts = sync.start_run(rt, "hubspot", full=False)
-    assert started.skipped_for is None
-    queue = collections.deque((stream, None, since) for stream, since in firsts)
-    while queue:
-        stream, cursor, since = queue.popleft()
-        sync.run_page(rt, started.run_id, "hubspot", stream, cursor, since,
-                      lambda nxt, s=stream, si=since: queue.append((s, nxt, si)))  # fmt: skip
-    view = rt.runs.get(started.run_id)
-    assert view is not None
-    return view
+    return run_in_process(rt, "hubspot", full=False)
 
 
 def search_index(sb: Sandbox, body: dict[str, Any]) -> None:

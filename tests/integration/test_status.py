@@ -16,11 +16,11 @@ import redis
 from connector.bootstrap import Runtime, build_runtime
 from connector.config import Settings
 from connector.status import Recorder
-from connector.sync import run_page, start_run
 from connector.web import build_app
 from sandbox.server import Sandbox
 from tasks.realtime import CeleryDispatcher
 from tests.conftest import ROOT
+from tests.inprocess import run_in_process
 from tests.integration.test_cli import run
 from tests.integration.test_webhooks import SECRET, TestClient, _event, _post_hubspot
 
@@ -55,13 +55,7 @@ def rt(sandbox: Sandbox, redis_url: str, mappings: Path) -> Iterator[Runtime]:
 
 def synced(rt: Runtime) -> str:
     rt.adapter("hubspot").setup()
-    started, firsts = start_run(rt, "hubspot", full=True)
-    queue = [(stream, None, since) for stream, since in firsts]
-    while queue:
-        stream, cursor, since = queue.pop()
-        run_page(rt, started.run_id, "hubspot", stream, cursor, since,
-                 lambda nxt, s=stream, t=since: queue.append((s, nxt, t)), now=NOW)
-    return started.run_id
+    return run_in_process(rt, "hubspot", now=NOW).id
 
 
 def env(sandbox: Sandbox, redis_url: str, mappings: Path) -> dict[str, str]:

@@ -121,9 +121,13 @@ def test_a_holder_whose_lease_ran_out_learns_it_and_never_extends_or_frees_the_t
     redis_client: redis.Redis,
 ) -> None:
     key = "t:lease"
-    frozen = leases.acquire(redis_client, key, "frozen", ttl_s=0.3)  # runs out before its first renewal
+    frozen = leases.acquire(redis_client, key, "frozen", ttl_s=0.3)  # runs out between renewals (every RENEW_S)
     assert frozen is not None
-    time.sleep(0.5)
+    # The process's renewer ticks every RENEW_S at a phase of its own: a tick inside the first 0.3 s renews
+    # the lease once more, so wait for the key to run out rather than for a fixed 0.5 s.
+    deadline = time.monotonic() + 2 * leases.RENEW_S
+    while redis_client.exists(key) and time.monotonic() < deadline:
+        time.sleep(0.05)
     taker = leases.acquire(redis_client, key, "taker")
     assert taker is not None
 

@@ -289,8 +289,18 @@ class ScoringModel:
             cache = plan.cache
             path = plan.shortcut(key)
             if path is not None:
-                key = path
-                attrs = {plan.key_attrs: path}  # type: ignore[dict-item]
+                # Classified by its path; the whole url is remembered too, so the next sighting of
+                # the same tagged url (portals repeat their campaign links) is one look-up.
+                cid = cache.get(path)
+                if cid is None:
+                    cid = plan.classify({plan.key_attrs: path})  # type: ignore[dict-item]
+                    if len(cache) >= CACHE_LIMIT:
+                        cache.clear()
+                    cache[path] = cid
+                if len(cache) >= CACHE_LIMIT:
+                    cache.clear()
+                cache[key] = cid
+                return cid
         cid = cache.get(key)
         if cid is None:
             cid = plan.classify(attrs)

@@ -281,6 +281,7 @@ class ScoringModel:
         plan = self._plans[act.kind]
         attrs = act.attrs
         key: Any
+        cache: dict[Any, int]
         if isinstance(plan.key_attrs, tuple):
             key = tuple(attrs.get(a) for a in plan.key_attrs)
             cache = plan.multi_cache
@@ -291,16 +292,16 @@ class ScoringModel:
             if path is not None:
                 # Classified by its path; the whole url is remembered too, so the next sighting of
                 # the same tagged url (portals repeat their campaign links) is one look-up.
-                cid = cache.get(path)
-                if cid is None:
-                    cid = plan.classify({plan.key_attrs: path})  # type: ignore[dict-item]
+                found = cache.get(path)
+                if found is None:
+                    found = plan.classify({plan.key_attrs: path})  # type: ignore[dict-item]
                     if len(cache) >= CACHE_LIMIT:
                         cache.clear()
-                    cache[path] = cid
+                    cache[path] = found
                 if len(cache) >= CACHE_LIMIT:
                     cache.clear()
-                cache[key] = cid
-                return cid
+                cache[key] = found
+                return found
         cid = cache.get(key)
         if cid is None:
             cid = plan.classify(attrs)

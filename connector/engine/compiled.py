@@ -59,9 +59,6 @@ _EngSpec = tuple[str, float, float, float, int, float, str | None, int, int]
 _Found = tuple[float, int, Contribution, str | None]
 
 
-_CONTRIBUTION = itemgetter(2)
-_PHRASE = itemgetter(3)
-
 # "+25 ", "-9 ": formatting a signed int is the slow part of a reason's text.
 _SIGNED = {r: f"{r:+d} " for r in range(-1000, 1001) if r}
 
@@ -104,6 +101,7 @@ class ScoringModel:
         self._total_bounds = _bounds(caps.total.min, caps.total.max)
         self._w_fit = float(settings.weights.fit)
         self._w_eng = float(settings.weights.engagement)
+        self._bant_zero: dict[str, float] = dict.fromkeys(BANT_KEYS, 0.0)
 
         # Fit rules: slot = index in spec.fit; grouped by field.
         aliases = {name: alias_table(table) for name, table in spec.aliases.items()}
@@ -178,7 +176,7 @@ class ScoringModel:
             raise ValueError(f"now must be a finite number of epoch seconds, not {show(now)}")
         problems: list[str] = []
         found: list[_Found] = []
-        bant = dict.fromkeys(BANT_KEYS, 0.0)
+        bant = self._bant_zero.copy()
         fit_raw = self._score_fit(profile, found, bant, problems)
         mark = len(found)
         try:
@@ -186,7 +184,7 @@ class ScoringModel:
         except (_Unreadable, TypeError, AttributeError, ValueError):
             # Garbage somewhere in the activities: redo carefully, naming what was skipped.
             del found[mark:]
-            bant = dict.fromkeys(BANT_KEYS, 0.0)
+            bant = self._bant_zero.copy()
             for _, _, c, _ in found:
                 if c.bant is not None:
                     bant[c.bant] += c.points
@@ -269,7 +267,10 @@ class ScoringModel:
             if plan is None:
                 continue
             attr, cache = plan
-            cid = cache.get(act.attrs.get(attr))  # type: ignore[arg-type]  # attrs.get(None) is None
+            # A dict from every adapter. Compiled, this checks it is one (any other Mapping raises
+            # TypeError, and the careful pass reads it) and looks up without a method call.
+            attrs: dict[str, str] = act.attrs  # type: ignore[assignment]
+            cid = cache.get(attrs.get(attr))  # type: ignore[arg-type]  # attrs.get(None) is None
             if cid is None:
                 cid = self._miss(act)
             if cid >= 0:
@@ -469,14 +470,20 @@ class ScoringModel:
                 grade = letter
                 break
         found.sort()  # (-|points|, file order) decide; they are never equal
+        contributions: list[Contribution] = []
+        phrases: list[str] = []
+        for _, _, c, text in found:
+            contributions.append(c)
+            if text is not None:  # phrases are never empty
+                phrases.append(text)
         return tuple.__new__(ScoreResult, (
             score,
             fit,
             engagement,
             band,
             grade,
-            reasons_text(list(filter(None, map(_PHRASE, found)))),  # phrases are never empty
-            tuple(map(_CONTRIBUTION, found)),
+            reasons_text(phrases),
+            tuple(contributions),
             {k: math.floor(v + 0.5) for k, v in bant.items()},
             self.version,
             tuple(problems),

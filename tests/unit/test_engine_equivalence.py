@@ -194,3 +194,13 @@ def test_urls_classified_by_their_path_score_as_classified_whole(urls: list[str]
     acts = [Activity("page_view", 1_795_000_000.0 - i * 86400.0, {"url": u}) for i, u in enumerate(urls)]
     assert _same(fast.score({}, acts, 1_795_000_000.0), slow.score({}, acts, 1_795_000_000.0))
     assert _same(fast.score({}, acts, 1_795_000_000.0), slow.score({}, acts, 1_795_000_000.0))  # cached now
+
+
+def test_records_given_as_other_mappings_score_as_the_same_dicts() -> None:
+    """Attributes and profiles that are read-only Mappings, not dicts (the compiled engine checks for a
+    dict on its fast path and reads anything else on the careful one), score as the same dicts."""
+    from types import MappingProxyType
+
+    for profile, activities in _population(300):
+        proxied = [Activity(a.kind, a.ts, MappingProxyType(dict(a.attrs))) for a in activities]
+        assert _same(MODEL.score(MappingProxyType(profile), proxied, NOW), MODEL.score(profile, activities, NOW))

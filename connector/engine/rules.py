@@ -208,6 +208,9 @@ Leaf = tuple[int, str]
 FieldResult = tuple[tuple[Passed, ...], tuple[str, ...], tuple[Leaf, ...]]
 
 
+_PASSED_NONE: FieldResult = ((), (), ())
+
+
 @dataclass(slots=True)
 class FieldPlan:
     """Every fit test on one profile field, and how the field must be read for them.
@@ -231,10 +234,21 @@ class FieldPlan:
     blank: frozenset[str] = frozenset()
     # With aliases: report a value the table does not know as a problem.
     closed: bool = False
+    # By domain, with no aliases and no "not answered" values: every domain the tests name, and the
+    # suffixes of their subdomains. A new domain that is none of them passes no test (read() skips
+    # evaluating it: most of a population's domains are such first sightings).
+    domains: frozenset[str] | None = None
+    subdomains: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.none_result = self.evaluate(None)
         self.by_domain = not self.leaves and all(rule.domain_in is not None for _, _, rule in self.tests)
+        if self.by_domain and self.field == "email" and self.aliases is None and not self.blank:
+            # as compile_check reads them
+            self.domains = frozenset(
+                d.strip().casefold().lstrip("@") for _, _, rule in self.tests for d in rule.domain_in or ()
+            )
+            self.subdomains = tuple("." + d for d in self.domains)
 
     def evaluate(self, raw: Any) -> FieldResult:
         name = self.field
@@ -298,6 +312,14 @@ class FieldPlan:
             shared = self.cache.get(key)
             if shared is not None:
                 return shared
+            if self.domains is not None and " ".join(raw.split()) == raw:
+                # no whitespace: what evaluate() would read as the domain, and whether it is one
+                domain = raw[at + 1:].rstrip(".").casefold()
+                if "." in domain and domain not in self.domains and not domain.endswith(self.subdomains):
+                    if len(self.cache) >= CACHE_LIMIT:
+                        self.cache.clear()
+                    self.cache[key] = _PASSED_NONE
+                    return _PASSED_NONE
         hit = self.evaluate(raw)
         if self.by_domain and hit[1]:
             return hit  # the problem names the whole address: do not share it

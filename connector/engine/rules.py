@@ -495,6 +495,9 @@ class KindPlan:
     # them is classified (and cached) by the part before the '?': urls tagged for campaigns
     # (?utm_source=...&utm_content=17) are mostly new, their paths are not.
     query_needles: re.Pattern[str] | None = None
+    # path -> whether it holds nothing to collapse and does not read as empty; '?' + query string ->
+    # whether it holds nothing to collapse and none of the needles
+    plain: dict[str, bool] = dataclasses.field(default_factory=dict)
 
     def shortcut(self, raw: Any) -> str | None:
         """The part of `raw` before its query string, when that part decides its class alone."""
@@ -503,11 +506,24 @@ class KindPlan:
         path, mark, query = raw.partition("?")
         if not mark or not path or self.query_needles is None:
             return None
-        if not raw.isprintable() or " " in raw or path.casefold() in PLACEHOLDERS:
-            return None  # whitespace to collapse, or a path that reads as empty: the long way
-        if self.query_needles.search(query.casefold()) is not None:
+        # A portal's tagged links repeat their paths and their query strings: each verdict is cached.
+        plain = self.plain.get(path)
+        if plain is None:
+            # whitespace to collapse, or a path that reads as empty: the long way
+            plain = path.isprintable() and " " not in path and path.casefold() not in PLACEHOLDERS
+            self._remember(path, plain)
+        if not plain:
             return None
-        return path
+        plain = self.plain.get(mark + query)
+        if plain is None:
+            plain = query.isprintable() and " " not in query and self.query_needles.search(query.casefold()) is None
+            self._remember(mark + query, plain)
+        return path if plain else None
+
+    def _remember(self, part: str, plain: bool) -> None:
+        if len(self.plain) >= CACHE_LIMIT:
+            self.plain.clear()
+        self.plain[part] = plain
 
     def classify(self, attrs: Mapping[str, Any]) -> int:
         """The class id of the rules these attributes match; -1 for none. Each attribute is read once

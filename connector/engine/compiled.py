@@ -141,8 +141,10 @@ class ScoringModel:
         self._plans, self._classes = kind_plans(triples, numeric, substrings)
         # kind -> (the attribute whose value decides, or None; value -> class id). A kind whose
         # rules look at several attributes gets an empty dict here, and is classified in _miss.
-        self._kinds: dict[str, tuple[str | None, dict[Any, int]]] = {
-            kind: (p.key_attrs, p.cache) if not isinstance(p.key_attrs, tuple) else (None, {})
+        # A kind whose rules look at no attribute gets its class id itself: all its activities match alike.
+        self._kinds: dict[str, int | tuple[str | None, dict[Any, int]]] = {
+            kind: p.classify({}) if p.key_attrs is None
+            else (p.key_attrs, p.cache) if not isinstance(p.key_attrs, tuple) else (None, {})
             for kind, p in self._plans.items()
         }
         self._details: dict[int, str] = {}
@@ -266,13 +268,18 @@ class ScoringModel:
             plan = kinds.get(act.kind)
             if plan is None:
                 continue
-            attr, cache = plan
-            # A dict from every adapter. Compiled, this checks it is one (any other Mapping raises
-            # TypeError, and the careful pass reads it) and looks up without a method call.
-            attrs: dict[str, str] = act.attrs  # type: ignore[assignment]
-            cid = cache.get(attrs.get(attr))  # type: ignore[arg-type]  # attrs.get(None) is None
-            if cid is None:
-                cid = self._miss(act)
+            if type(plan) is int:
+                if type(act.attrs) is not dict:
+                    raise _Unreadable  # the careful pass reads any Mapping (and names what is none)
+                cid = plan
+            else:
+                pair: tuple[str | None, dict[Any, int]] = plan  # type: ignore[assignment]  # not an int
+                attr, cache = pair
+                # A dict from every adapter. Compiled, this checks it is one (any other Mapping raises
+                # TypeError, and the careful pass reads it) and looks up without a method call.
+                attrs: dict[str, str] = act.attrs  # type: ignore[assignment]
+                known = cache.get(attrs.get(attr))  # type: ignore[arg-type]  # attrs.get(None) is None
+                cid = self._miss(act) if known is None else known
             if cid >= 0:
                 seen = hits.get(cid)
                 if seen is None:

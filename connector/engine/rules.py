@@ -306,7 +306,7 @@ class FieldPlan:
         key = raw
         if self.by_domain:
             at = raw.rfind("@")
-            if at <= 0:
+            if at <= 0 or raw[:at].isspace():  # no name before the @ (once spaces are collapsed): a problem
                 return self.evaluate(raw)
             key = raw[at:].casefold()
             shared = self.cache.get(key)

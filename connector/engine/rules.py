@@ -313,9 +313,12 @@ class FieldPlan:
             if shared is not None:
                 return shared
             if self.domains is not None and " ".join(raw.split()) == raw:
-                # no whitespace: what evaluate() would read as the domain, and whether it is one
+                # nothing to collapse: what evaluate() would read as the domain, and whether it is one
                 domain = raw[at + 1:].rstrip(".").casefold()
-                if "." in domain and domain not in self.domains and not domain.endswith(self.subdomains):
+                if (
+                    "." in domain and " " not in domain
+                    and domain not in self.domains and not domain.endswith(self.subdomains)
+                ):
                     if len(self.cache) >= CACHE_LIMIT:
                         self.cache.clear()
                     self.cache[key] = _PASSED_NONE

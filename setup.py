@@ -25,6 +25,8 @@ ENGINE = [
     "connector/engine/decay.py",
     "connector/engine/result.py",
 ]
+# Type errors in the modules the engine imports (not compiled) must not stop the build.
+MYPY_OPTIONS = ["--follow-imports=silent"]
 COMPILE = os.environ.get("LEADSCORE_COMPILE", "") == "1"
 # Only the commands that build code compile it (not the metadata and requirement passes).
 BUILDING = any(c in sys.argv for c in ("bdist_wheel", "build_ext", "build", "install", "develop", "editable_wheel"))
@@ -40,8 +42,7 @@ def ext_modules() -> list[Any]:
         print("leadscore: mypyc is not available; the engine stays pure Python", file=sys.stderr)  # noqa: T201
         return []
     try:
-        # Type errors in the modules the engine imports (not compiled) must not stop the build.
-        return list(mypycify(["--follow-imports=silent", *ENGINE], opt_level="3"))
+        return list(mypycify([*MYPY_OPTIONS, *ENGINE], opt_level="3"))
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - any failure to compile (mypyc exits on a type error) falls back to pure Python
         print(f"leadscore: compiling the engine failed ({exc}); it stays pure Python", file=sys.stderr)  # noqa: T201
         return []

@@ -29,7 +29,6 @@ from __future__ import annotations
 import math
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Mapping, Sequence
-from operator import itemgetter
 from typing import Any, cast
 
 from connector.domain import Activity
@@ -238,7 +237,7 @@ class ScoringModel:
         if not matched:
             return 0.0
         if self._any_exclusive and len(matched) > 1:
-            matched.sort(key=itemgetter(0))
+            matched.sort()  # by rule slot: slots are distinct, so nothing after them is compared
             taken: set[str] = set()
             kept = []
             for entry in matched:

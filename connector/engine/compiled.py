@@ -146,7 +146,8 @@ class ScoringModel:
             else (p.key_attrs, p.cache) if not isinstance(p.key_attrs, tuple) else (None, {})
             for kind, p in self._plans.items()
         }
-        self._details: dict[int, str] = {}
+        # (seen << 32) + day -> (detail, {points * rules + rule slot: phrase}): the phrases cached with their detail
+        self._details: dict[int, tuple[str, dict[int, str]]] = {}
         self.profile_fields_used: frozenset[str] = frozenset(f for r in spec.fit for f in r.fields_read())
         self.activity_kinds_used: frozenset[str] = frozenset(self._kinds)
 
@@ -344,6 +345,7 @@ class ScoringModel:
         new = tuple.__new__
         signed = _SIGNED
         details = self._details
+        rules = len(self._eng)
         eng = self._eng
         for slot, stamps in per_rule.items():
             name, points, rate, window, max_count, cap, tag, order, min_count = eng[slot]
@@ -401,20 +403,29 @@ class ScoringModel:
             # the UTC day of the newest occurrence (its own, even when dated after `now` by a skewed
             # clock): a date, not an age, so the reason stays the same from day to day while the evidence does
             day = int(newest // day_s)
-            detail = details.get((seen << 32) + day) or self._detail(seen, day)
+            entry = details.get((seen << 32) + day)
+            if entry is None:
+                entry = self._detail(seen, day)
+            detail, texts = entry
             r = math.floor(value + 0.5)
-            text = None if r == 0 else f"{signed.get(r) or f'{r:+d} '}{name} ({detail})"
+            if r == 0:
+                text = None
+            else:
+                key = r * rules + slot
+                text = texts.get(key)
+                if text is None:
+                    text = texts[key] = f"{signed.get(r) or f'{r:+d} '}{name} ({detail})"
             # tuple.__new__ directly: a NamedTuple's own __new__ is a Python-level call
             found.append((-abs(value), order, new(Contribution, (name, "engagement", value, detail, tag)), text))
         return total
 
-    def _detail(self, seen: int, day: int) -> str:
-        """'3x, last 2026-11-14' (cached: a population repeats these a lot)."""
+    def _detail(self, seen: int, day: int) -> tuple[str, dict[int, str]]:
+        """'3x, last 2026-11-14' (cached: a population repeats these a lot), with room for its phrases."""
         when = fmt_day(day)
         if len(self._details) > CACHE_LIMIT:
             self._details.clear()
-        detail = self._details[(seen << 32) + day] = f"{seen}x, last {when}" if seen > 1 else when
-        return detail
+        entry = self._details[(seen << 32) + day] = (f"{seen}x, last {when}" if seen > 1 else when, {})
+        return entry
 
     def _sanitize(self, activities: Any, problems: list[str]) -> list[Activity]:
         """The readable activities, as plain Activity objects; the rest named in `problems`."""

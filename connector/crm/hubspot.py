@@ -44,7 +44,7 @@ from connector.crm.base import (
 from connector.crm.hubspot_events import FRESH_S, EventsRefused, WebEventStore
 from connector.crm.hubspot_events import iso_ms as events_iso
 from connector.crm.hubspot_http import ApiError, HubSpotTransport, Response
-from connector.crm.limits import DEFAULT_POLICY, RetryPolicy
+from connector.crm.limits import DEFAULT_POLICY, RetryPolicy, keeping_priority
 from connector.crm.times import parse_time
 from connector.domain import WRITE_FIELDS, Activity, CrmName, Lead, Rep
 from connector.errors import RecordError, RetryLater, StopSync, UserError
@@ -786,7 +786,7 @@ class HubSpotAdapter:
                 return None, self.calls.this_thread - before
             return found[contact_id], self.calls.this_thread - before
 
-        answers = list(zip(targets, self._pool.map(one, targets), strict=True))
+        answers = list(zip(targets, self._pool.map(keeping_priority(one), targets), strict=True))
         for _, (_, calls) in answers:
             self.calls.credit(calls)
         if any(activities is None for _, (activities, _) in answers):

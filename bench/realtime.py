@@ -1,7 +1,7 @@
 """Real-time latency: from a change in the sandbox HubSpot to the score written back (and the rep's task).
 
     python bench/realtime.py [--changes 30] [--contacts 2000] [--rate 190] [--seed 7]
-    python bench/realtime.py --with-sync [--churn 20]
+    python bench/realtime.py --with-sync [incremental|full] [--churn 20]
 
 Starts a private redis-server, the sandbox in its own process (sending signed
 webhooks), `leadscore serve` (the web process) and one Celery worker as the
@@ -24,8 +24,10 @@ every 10 s `--churn` other contacts change (half edited by someone, through a
 third app's token; half view a page), which also sends webhooks, and an
 incremental sync is enqueued every SYNC_EVERY_S the way beat does
 (`leadscore.sync.start` with `("hubspot", False)`; one that finds a run going
-is skipped, as with beat). Sync pages and webhook rescores take their calls
-from the same Redis-shared limiter, so they compete for the same budget.
+is skipped, as with beat). `--with-sync full`: full syncs instead (beat's
+daily entry, `("hubspot", True)`), which keep the window full the whole time.
+Sync pages and webhook rescores take their calls from the same Redis-shared
+limiter, so they compete for the same budget.
 
 Prints p50/p95/max and n from change to score written and from change to the
 rep's task (hot leads only), the connector's API calls and 429 answers during
@@ -205,13 +207,14 @@ class Api:
 class Busy:
     """--with-sync: other contacts changing and incremental syncs enqueued as beat does, until stopped."""
 
-    def __init__(self, sandbox: Sandbox, redis_url: str, others: list[str], churn: int) -> None:
+    def __init__(self, sandbox: Sandbox, redis_url: str, others: list[str], churn: int, full: bool) -> None:
         from celery import Celery
 
         self.sandbox = sandbox
         self.api = Api(sandbox.hubspot_url, CHURN_TOKEN, every=0.0)
         self.others = itertools.cycle(others)
         self.churn = churn
+        self.full = full
         self.beat = Celery("leadscore-bench-beat", broker=redis_url)
         self.beat.conf.update(task_serializer="json", accept_content=["json"], task_default_queue=QUEUE)
         self.enqueued = 0
@@ -232,7 +235,7 @@ class Busy:
 
     def _beat(self) -> None:
         while not self._stop.is_set():
-            self.beat.send_task("leadscore.sync.start", args=("hubspot", False), queue=QUEUE)
+            self.beat.send_task("leadscore.sync.start", args=("hubspot", self.full), queue=QUEUE)
             self.enqueued += 1
             self._stop.wait(SYNC_EVERY_S)
 
@@ -304,14 +307,15 @@ def warm_up(redis_url: str) -> None:
     time.sleep(8)
 
 
-def incremental_runs(runs: RunStore, since: float) -> dict[str, int]:
-    """Incremental runs created since `since` (epoch seconds), by status."""
+def sync_runs(runs: RunStore, since: float) -> dict[str, int]:
+    """Runs created since `since` (epoch seconds), by mode and status ("incremental done": 3)."""
     out: dict[str, int] = {}
     for run_id in runs.recent("hubspot", 50):
         view = runs.get(run_id)
-        if view is None or view.fields.get("mode") != "incremental" or float(view.fields.get("created", 0)) < since:
+        if view is None or float(view.fields.get("created", 0)) < since:
             continue
-        out[view.status] = out.get(view.status, 0) + 1
+        key = f"{view.fields.get('mode')} {view.status}"
+        out[key] = out.get(key, 0) + 1
     return out
 
 
@@ -324,8 +328,12 @@ def main(argv: list[str] | None = None) -> int:
                         "up to 10,000, the most mappings/hubspot.yaml accepts)")  # fmt: skip
     p.add_argument(
         "--with-sync",
-        action="store_true",
-        help="other contacts changing and incremental syncs running during the measurement",
+        nargs="?",
+        const="incremental",
+        choices=("incremental", "full"),
+        default=None,
+        help="other contacts changing and syncs running during the measurement: incremental ones (the default), "
+        "or full ones (the daily sync: the window kept full)",
     )
     p.add_argument(
         "--churn",
@@ -422,9 +430,10 @@ def main(argv: list[str] | None = None) -> int:
         warm_up(redis_url)
         watch.call("POST", "/__sandbox__/webhooks",
                    json={"hubspot": {"url": f"{web_url}/webhooks/hubspot", "secret": SECRET}})  # fmt: skip
+        busy_from = time.time()
         if args.with_sync:
             taken = set(chosen)
-            busy = Busy(sandbox, redis_url, [i for i in ids if i not in taken], args.churn)
+            busy = Busy(sandbox, redis_url, [i for i in ids if i not in taken], args.churn, args.with_sync == "full")
             busy.start()
             # let the first incremental sync and the first round of changes get going
             time.sleep(SYNC_EVERY_S / 2)
@@ -464,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
         after_stats = admin_call(sandbox.hubspot_url, "/__sandbox__/stats")
         measured_s = time.time() - measured_from
         own_calls = watch.calls + (busy.api.calls if busy else 0) - own_before
-        syncs = incremental_runs(runs, measured_from - SYNC_EVERY_S)
+        syncs = sync_runs(runs, busy_from)
         if busy is not None:
             busy.stop()
         connector_calls = int(after_stats["total"]) - int(before_stats["total"]) - own_calls
@@ -485,7 +494,7 @@ def main(argv: list[str] | None = None) -> int:
             "connector_api_calls": connector_calls,
             "connector_calls_per_10s": round(connector_calls / measured_s * 10, 1) if measured_s else 0.0,
             "rate_limited": rate_limited,
-            "incremental_runs": syncs,
+            "sync_runs": syncs,
             "workers": f"1 (prefork, concurrency {WORKER_CONCURRENCY})",
             "at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         }
@@ -493,12 +502,12 @@ def main(argv: list[str] | None = None) -> int:
             figures["others_changed"] = busy.changed
             if busy.errors:
                 figures["busy_errors"] = busy.errors[:3]
-        load = (f"with incremental syncs and {args.churn} other contacts changing every 10 s" if args.with_sync
+        load = (f"with {args.with_sync} syncs and {args.churn} other contacts changing every 10 s" if args.with_sync
                 else "no other load")  # fmt: skip
         print(f"changes: {len(either)} (one at a time; {load}); turned hot: {hot}")
         print(f"HubSpot at {args.rate} requests per 10 s: the connector made {connector_calls} calls in "
               f"{measured_s:.0f} s ({figures['connector_calls_per_10s']} per 10 s), 429 answers {rate_limited}; "
-              f"incremental runs {syncs or 'none'}")  # fmt: skip
+              f"sync runs {syncs or 'none'}")  # fmt: skip
         print(f"change -> score written back: p50 {s_sum['p50_s']} s, p95 {s_sum['p95_s']} s, "
               f"max {s_sum['max_s']} s (n {s_sum['n']})")  # fmt: skip
         print(f"change -> rep's task (hot leads): p50 {t_sum['p50_s']} s, p95 {t_sum['p95_s']} s, "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime as dt
 import shutil
 import ssl
 import threading
@@ -924,3 +925,46 @@ def test_outbound_messages_that_only_echo_our_own_score_writes_are_not_rescored(
         finally:
             runtime.close()
     assert _pending(runtime, "salesforce", "Lead") == [ids[0]], "a new title is rescored; a new owner is not"
+
+
+def test_the_outbound_messages_of_routing_a_hot_lead_are_echoes_too(
+    redis_url: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    """Routing writes the owner before the score: its Outbound Message must find the fingerprint already kept."""
+    from connector import sync
+    from sandbox.server import Sandbox
+
+    working_hour = dt.datetime(2026, 11, 23, 10, 0, tzinfo=dt.UTC).timestamp()  # a Monday, most reps at work
+    with Sandbox.start(contacts=300, seed=3) as sb:
+        settings = _settings(
+            redis_url, mappings_dir=fast_mappings(tmp_path), salesforce_instance_url=sb.salesforce_url,
+            salesforce_access_token=sb.salesforce_token, salesforce_ca_bundle=Path(sb.ca_cert),
+            routing_at=working_hour,
+        )  # fmt: skip
+        runtime = build_runtime(settings)
+        try:
+            runtime.adapter("salesforce").setup()
+            with TestClient(build_app(lambda: runtime, dispatcher=CeleryDispatcher(redis_url))) as client:
+                fired_by = ["Title", "Status", "OwnerId", "Lead_Score__c", "Lead_Band__c", "Lead_Scored_At__c"]
+                setup = httpx.post(f"{sb.hubspot_url}/__sandbox__/webhooks", timeout=10, json={
+                    "salesforce": {"url": f"{client.hook.rsplit('/', 1)[0]}/salesforce?token={SF_TOKEN}",
+                                   "org_id": ORG, "fields": fired_by},
+                })  # fmt: skip
+                assert setup.status_code == 200, setup.text
+                adapter = runtime.adapter("salesforce")
+                leads = adapter.read_page("Lead", None, since=None).leads
+                adapter.load_activities(leads, time.time())
+                hot = [lead.id for lead in leads if lead.owner_id is None
+                       and runtime.model.score(lead.profile, lead.activities, time.time()).band == "hot"][:10]
+                assert len(hot) >= 3, "the sandbox's first page holds unowned hot leads"
+
+                result = sync.rescore(runtime, "salesforce", "Lead", hot, time.time())
+                echoed = _emitter_idle(sb)["stats"]
+        finally:
+            runtime.close()
+    assert result.counts["assigned"] >= 3, result.counts
+    assert echoed["events"]["salesforce"] >= result.counts["written"] + 2 * result.counts["assigned"], (
+        "each score write, each owner write and each routing task fired a notification"
+    )
+    assert echoed["failed"]["salesforce"] == 0
+    assert _pending(runtime, "salesforce", "Lead") == [], "none of them queued a rescore"

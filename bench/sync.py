@@ -17,8 +17,9 @@ child, sampled with psutil).
 per 10 s a sync is as slow as on a real portal: size `--contacts` to the time you have.
 Printed besides: API calls per 1,000 records by part (list, activities, routing, writes, as the
 connector counted them), the share of the allowed request rate used over the run (calls that count
-in HubSpot's ten-second window: v4 association batch reads do not; calls / (seconds x rate / 10), so a
-run of a few windows can pass 100 %: the rolling window starts empty) and the share of 429 answers.
+in HubSpot's ten-second window: v4 association batch reads do not; calls / (rate x ceil(seconds / 10)),
+the most a rolling window lets through in that time, its first burst included) and the share of 429
+answers.
 `--incremental N` (HubSpot, default 1% of the contacts, 0 to skip): after the full sync, N contacts are
 edited and N others get a new page view, then an incremental sync runs; twice, because the first
 incremental after a full sync also pages past that sync's own writes (search finds them; they are
@@ -52,6 +53,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import re
 import shutil
@@ -297,7 +299,10 @@ def rate_figures(stats: dict[str, Any], seconds: float, rate: int) -> dict[str, 
     """The share of the allowed request rate used over `seconds`, and of 429 answers among all calls."""
     total = int(stats.get("total", 0))
     exempt = sum(int(stats.get("calls", {}).get(k, 0)) for k in WINDOW_EXEMPT)
-    allowed = seconds * rate / 10
+    # A rolling ten-second window lets through at most `rate` calls in any ten seconds, so a run of
+    # `seconds` can make at most rate * ceil(seconds / 10) of them (a full window's burst at the start
+    # included); seconds * rate / 10 would read more than 100 % on a run of under a minute.
+    allowed = rate * math.ceil(seconds / 10) if seconds > 0 else 0
     return {
         "window_calls": total - exempt,
         "rate_use_pct": round((total - exempt) / allowed * 100, 1) if allowed else 0.0,

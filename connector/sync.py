@@ -109,6 +109,10 @@ def score_leads(rt: Runtime, crm: CrmName, stream: str, leads: Sequence[Lead], n
             hot.append((lead, scored, lead.written.get("band") != "hot"))
         elif lead.written.get("band") == "hot":
             cooled.append(lead.key)
+    if crm == "salesforce" and rt.echo_filter is not None:
+        # What scoring read, so the Outbound Messages our own writes fire are known as echoes: kept
+        # before routing, whose owner write (the first of them) fires one too.
+        rt.echo_filter.remember(stream, [lead for lead in leads if lead.id in scored_ids])
     # Route before writing: until the band "hot" is in the CRM, a rerun of this page (a worker
     # killed, Redis lost) still sees these leads as newly hot, and the router resumes or
     # redoes their routing instead of skipping them as "owned and already hot".
@@ -140,9 +144,6 @@ def score_leads(rt: Runtime, crm: CrmName, stream: str, leads: Sequence[Lead], n
         elif decision.outcome == "unassigned":
             result.add("unassigned")
     result.add("calls:routing", adapter.calls.this_thread - calls_before)
-    if crm == "salesforce" and rt.echo_filter is not None:
-        # what scoring read, so the Outbound Message our own write fires is known as an echo
-        rt.echo_filter.remember(stream, [lead for lead in leads if lead.id in scored_ids])
     # Before the write, like routing: while the CRM still says hot, a rerun closes the episode again.
     for key in cooled:
         rt.router.lead_cooled(key)

@@ -162,3 +162,31 @@ def test_bulk_work_leaves_the_last_slots_of_a_window_to_real_time_work(redis_cli
         assert webhook.acquire(sleep=no_waiting) == 0.0  # ...while a webhook's rescore goes ahead at once
     with pytest.raises(TimeoutError):
         webhook.acquire(sleep=no_waiting)  # the window's limit holds for everyone
+
+
+def test_bulk_work_takes_no_slot_while_real_time_work_waits_for_one(redis_client: redis.Redis) -> None:
+    sync = SlidingWindowLimiter(redis_client, "rl:waiting", limit=5, window=1.0, margin=0.0)
+    webhook = SlidingWindowLimiter(redis_client, "rl:waiting", limit=5, window=1.0, margin=0.0)
+    assert bulk_keeps_free(5) == 0  # so only the waiting rule holds the sync back below
+
+    def no_waiting(seconds: float) -> None:
+        raise TimeoutError(f"asked to wait {seconds:.2f} s")
+
+    held_back: list[bool] = []
+
+    def webhook_waits(seconds: float) -> None:
+        time.sleep(seconds)  # slots of the window come free...
+        with bulk_calls():
+            try:
+                sync.acquire(sleep=no_waiting)
+                held_back.append(False)
+            except TimeoutError:
+                held_back.append(True)  # ...but not for the sync while the webhook's rescore waits
+
+    for _ in range(5):
+        webhook.acquire(sleep=no_waiting)
+    webhook.acquire(sleep=webhook_waits)  # the window is full: it waits, then gets its slot
+    assert held_back
+    assert all(held_back)
+    with bulk_calls():
+        assert sync.acquire(sleep=no_waiting) == 0.0  # nobody waits any more: the sync goes on

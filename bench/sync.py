@@ -40,11 +40,13 @@ this environment) and our read path (the adapter's contact list read, through
 the official hubspot-api-client and the shared limiter, as the sync's pages
 read) each read the same contacts with exactly the same properties
 (TAP_PROPERTIES; the tap's v3 list read, 100 a call), in turn, TAP_ROUNDS
-times, each from a window at rest (the median round is reported). Twice: on the pipeline's sandbox at `--rate` (the
-Professional limit by default), then on a second sandbox with the same people
-and no limit to speak of (UNTHROTTLED_RATE). Prints records/s, API calls and
-429s of each, the ratios ours/theirs, and whether both read the same records
-and values (a digest of ids and values). The full pipeline's records/s over the
+times, each from a window at rest; the median round is reported. Twice: on the
+pipeline's sandbox at `--rate` (the Professional limit by default), then on a
+second sandbox with the same people and no limit to speak of
+(UNTHROTTLED_RATE). Prints, for each reader, records/s, its own CPU time (the
+figure a shared machine moves least), API calls and 429s; the ratios
+ours/theirs; and whether both read the same records and values (a digest of
+ids and values). The full pipeline's records/s over the
 tap's read is printed apart and labelled: it compares unlike work.
 """
 
@@ -726,9 +728,9 @@ TAP_RUNNER = textwrap.dedent(
     real = sys.stdout
     sys.stdout = counter
     sys.argv = ["tap-hubspot", "--config", out + ".config.json", "--properties", out + ".catalog.json"]
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     tap_hubspot.main()
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     sys.stdout = real
     rows = []
     for line in "".join(counter.chunks).splitlines():
@@ -738,7 +740,8 @@ TAP_RUNNER = textwrap.dedent(
             rows.append("\\t".join([str(rec["id"]), *(str(rec.get("property_" + p) or "") for p in props)]))
     digest = hashlib.sha256("\\n".join(sorted(rows)).encode()).hexdigest()[:16]
     with open(out, "w") as f:
-        json.dump({"records": counter.records, "seconds": seconds, "digest": digest, "rows": len(rows)}, f)
+        json.dump({"records": counter.records, "seconds": seconds, "cpu_s": cpu, "digest": digest, "rows": len(rows)},
+                  f)
     '''
 )
 
@@ -805,6 +808,7 @@ def run_tap(sb: Sandbox, tmp: Path, rate: int, quiet: bool) -> dict[str, Any]:
         "records": records,
         "seconds": round(seconds, 2),
         "records_per_s": round(records / seconds, 1) if seconds else 0.0,
+        "cpu_s": round(float(result["cpu_s"]), 3),
         "api_calls": int(stats["total"]),
         "rate_limited": int(stats["rate_limited"]),
         "digest": result["digest"],
@@ -829,7 +833,7 @@ def run_our_read(sb: Sandbox, url: str, tmp: Path, rate: int, connector_rate: in
     quiet_window(rate)
     admin(sb.hubspot_url, "/__sandbox__/stats/reset", {})
     rows: list[Any] = []
-    records, cursor, started = 0, None, time.perf_counter()
+    records, cursor, started, cpu0 = 0, None, time.perf_counter(), time.process_time()
     try:
         while True:
             # the list read of the sync's pages (read_page), with the tap's properties instead of the mapping's
@@ -838,7 +842,7 @@ def run_our_read(sb: Sandbox, url: str, tmp: Path, rate: int, connector_rate: in
             cursor = page.next_cursor
             if cursor is None:
                 break
-        seconds = time.perf_counter() - started
+        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu0
     finally:
         adapter.close()
         client.close()
@@ -847,6 +851,7 @@ def run_our_read(sb: Sandbox, url: str, tmp: Path, rate: int, connector_rate: in
         "records": records,
         "seconds": round(seconds, 2),
         "records_per_s": round(records / seconds, 1) if seconds else 0.0,
+        "cpu_s": round(cpu, 3),
         "api_calls": int(stats["total"]),
         "rate_limited": int(stats["rate_limited"]),
         "digest": read_digest(rows),
@@ -882,6 +887,7 @@ def compare_reads(
         and tap["same_every_round"] and ours["same_every_round"],
         "ratio_records_per_s": round(ours["records_per_s"] / tap["records_per_s"], 3) if tap["records_per_s"] else None,
         "ratio_api_calls": round(ours["api_calls"] / tap["api_calls"], 3) if tap["api_calls"] else None,
+        "ratio_cpu_s": round(ours["cpu_s"] / tap["cpu_s"], 3) if tap["cpu_s"] else None,
     }
 
 
@@ -933,8 +939,10 @@ def print_tap(t: dict[str, Any], figures: dict[str, Any]) -> None:
             r = c[side]
             rounds = ", ".join(str(x) for x in r.get("rounds_records_per_s", []))
             print(f"      {name:<18} {r['records']:,} records in {r['seconds']} s = {r['records_per_s']} records/s "
-                  f"(median of {rounds}), API calls {r['api_calls']:,}, 429 answers {r['rate_limited']}")  # fmt: skip
-        print(f"      ours/theirs: records/s {c['ratio_records_per_s']}, API calls {c['ratio_api_calls']}; "
+                  f"(median of {rounds}), client CPU {r['cpu_s']} s, API calls {r['api_calls']:,}, "
+                  f"429 answers {r['rate_limited']}")  # fmt: skip
+        print(f"      ours/theirs: records/s {c['ratio_records_per_s']}, API calls {c['ratio_api_calls']}, "
+              f"client CPU {c['ratio_cpu_s']}; "
               f"same records and values: {'yes' if c['same_records'] else 'NO'}")  # fmt: skip
         tap_calls = ", ".join(f"{n} {e}" for e, n in sorted(c["tap"].get("calls", {}).items()))
         print(f"      the tap's calls: {tap_calls}")

@@ -39,7 +39,9 @@ times, tasks per hot lead and unscored leads, read back through the CRM's API:
 this environment) and our read path (the adapter's contact list read, through
 the official hubspot-api-client and the shared limiter, as the sync's pages
 read) each read the same contacts with exactly the same properties
-(TAP_PROPERTIES; the tap's v3 list read, 100 a call), in turn, TAP_ROUNDS
+(TAP_PROPERTIES; the tap's v3 list read, 100 a call, which also asks for each
+contact's associated tickets, companies and deals: no extra calls, longer
+answers), in turn, TAP_ROUNDS
 times, each from a window at rest; the median round is reported. Twice: on the
 pipeline's sandbox at `--rate` (the Professional limit by default), then on a
 second sandbox with the same people and no limit to speak of

@@ -475,6 +475,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  change {k}/{len(chosen)}: score {scored:.2f} s"
                   + (f", task {done:.2f} s" if done != scored else ""), flush=True)  # fmt: skip
         after_stats = admin_call(sandbox.hubspot_url, "/__sandbox__/stats")
+        hooks = admin_call(sandbox.hubspot_url, "/__sandbox__/webhooks").get("stats", {})
         measured_s = time.time() - measured_from
         own_calls = watch.calls + (busy.api.calls if busy else 0) - own_before
         syncs = sync_runs(runs, busy_from)
@@ -499,6 +500,7 @@ def main(argv: list[str] | None = None) -> int:
             "connector_calls_per_10s": round(connector_calls / measured_s * 10, 1) if measured_s else 0.0,
             "rate_limited": rate_limited,
             "sandbox_slowest_answer_s": round(watch.slowest, 3),
+            "webhook_deliveries": {k: v.get("hubspot", 0) for k, v in hooks.items() if isinstance(v, dict)},
             "sync_runs": syncs,
             "workers": f"1 (prefork, concurrency {WORKER_CONCURRENCY})",
             "at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -514,6 +516,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{measured_s:.0f} s ({figures['connector_calls_per_10s']} per 10 s), 429 answers {rate_limited}; "
               f"the sandbox's slowest answer to the bench {watch.slowest:.2f} s; "
               f"sync runs {syncs or 'none'}")  # fmt: skip
+        print(f"the sandbox's webhook deliveries to the web process: {figures['webhook_deliveries']}")
         print(f"change -> score written back: p50 {s_sum['p50_s']} s, p95 {s_sum['p95_s']} s, "
               f"max {s_sum['max_s']} s (n {s_sum['n']})")  # fmt: skip
         print(f"change -> rep's task (hot leads): p50 {t_sum['p50_s']} s, p95 {t_sum['p95_s']} s, "

@@ -64,6 +64,11 @@ def bulk_calls() -> Iterator[None]:
         _bulk.reset(token)
 
 
+def in_bulk() -> bool:
+    """Whether the calls made here are bulk work (inside `bulk_calls()`); else real-time work."""
+    return _bulk.get()
+
+
 def keeping_priority(fn: Callable[[A], T]) -> Callable[[A], T]:
     """`fn` run on another thread (a pool) with the caller's priority: bulk when the caller's calls are."""
     bulk = _bulk.get()

@@ -9,7 +9,8 @@ Procfile runs it (prefork, concurrency 4, the one shared queue). The sandbox
 allows `--rate` requests per 10 s (default 190: HubSpot Professional, as in
 bench/sync.py; up to 10,000) and answers 429 beyond it; the connector's limiter
 is set just under it. A full sync through the worker, at that rate, first gives
-every contact its score; then, one at a time, a contact submits a whitepaper
+every contact its score, and every pool process builds its runtime (as in a
+worker that has run for a while); then, one at a time, a contact submits a whitepaper
 form and views the pricing page. The clock runs from the first activity until
 the new score is readable through the API and, when the lead turned hot, until
 the rep's task exists too.
@@ -31,7 +32,9 @@ limiter, so they compete for the same budget.
 
 Prints p50/p95/max and n from change to score written and from change to the
 rep's task (hot leads only), the connector's API calls and 429 answers during
-the measurement; the last line is one JSON object (p50_s, p95_s: to the score,
+the measurement, the sandbox's webhook deliveries (failed, given up) and its
+slowest answer to the bench (a slow sandbox, not the connector, shows there);
+the last line is one JSON object (p50_s, p95_s: to the score,
 or to the task when the lead turned hot; score_*, task_*; n, hot, rate, with_sync ...).
 Target: p95 under 2 s.
 """

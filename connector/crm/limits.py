@@ -43,7 +43,7 @@ A = TypeVar("A")
 # calls, one after another (read, activities, write, routing). At HubSpot Professional's 190 requests per
 # 10 s with full syncs keeping the window full (bench/realtime.py --with-sync full, 30 changes), from a
 # change to the rep's task took p50 2.6 s, p95 5.7 s with the window served first come, first served;
-# p50 0.8 s, p95 3.5 s with this priority. With 5 % (9 of the connector's 187) a rescore finds its first
+# p50 0.8 s, p95 3.0 s with this priority. With 5 % (9 of the connector's 187) a rescore finds its first
 # slots free at once; for the rest, bulk callers step back while it waits (REALTIME_WAITER_MS). A sync
 # alone still uses up to 95 % of the allowance (issue 16 asks a sync to use at least 90 %).
 BULK_LEAVES_FREE = 0.05

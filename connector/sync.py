@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from connector.bootstrap import Runtime
+from connector.crm.limits import bulk_calls
 from connector.domain import CrmName, Lead
 from connector.engine import ScoreResult, must_write
 from connector.errors import RecordError, RetryLater, StopSync
@@ -108,6 +109,10 @@ def score_leads(rt: Runtime, crm: CrmName, stream: str, leads: Sequence[Lead], n
             hot.append((lead, scored, lead.written.get("band") != "hot"))
         elif lead.written.get("band") == "hot":
             cooled.append(lead.key)
+    if crm == "salesforce" and rt.echo_filter is not None:
+        # What scoring read, so the Outbound Messages our own writes fire are known as echoes: kept
+        # before routing, whose owner write (the first of them) fires one too.
+        rt.echo_filter.remember(stream, [lead for lead in leads if lead.id in scored_ids])
     # Route before writing: until the band "hot" is in the CRM, a rerun of this page (a worker
     # killed, Redis lost) still sees these leads as newly hot, and the router resumes or
     # redoes their routing instead of skipping them as "owned and already hot".
@@ -139,9 +144,6 @@ def score_leads(rt: Runtime, crm: CrmName, stream: str, leads: Sequence[Lead], n
         elif decision.outcome == "unassigned":
             result.add("unassigned")
     result.add("calls:routing", adapter.calls.this_thread - calls_before)
-    if crm == "salesforce" and rt.echo_filter is not None:
-        # what scoring read, so the Outbound Message our own write fires is known as an echo
-        rt.echo_filter.remember(stream, [lead for lead in leads if lead.id in scored_ids])
     # Before the write, like routing: while the CRM still says hot, a rerun closes the episode again.
     for key in cooled:
         rt.router.lead_cooled(key)
@@ -203,8 +205,23 @@ def run_page(
 ) -> int | None:
     """Process one page of a run. Returns the pages still pending after it, None if it was done before.
 
-    Raises RetryLater for the task to retry, StopSync to stop the run.
+    Raises RetryLater for the task to retry, StopSync to stop the run. Its calls are bulk work: they
+    leave the last slots of each rate window to webhook rescores (connector/crm/limits.py).
     """
+    with bulk_calls():
+        return _run_page(rt, run_id, crm, stream, cursor, since, enqueue_next, now)
+
+
+def _run_page(
+    rt: Runtime,
+    run_id: str,
+    crm: CrmName,
+    stream: str,
+    cursor: str | None,
+    since: float | None,
+    enqueue_next: Callable[[str], None],
+    now: float | None,
+) -> int | None:
     runs = rt.runs
     if runs.page_done(run_id, stream, cursor):
         return None
@@ -365,8 +382,16 @@ def retry_due(
 
     Up to `batches` claims of CLAIM_MAX ids due by `due_by` (default: now). Records written,
     unchanged or gone leave the set; those that fail again stay, with a longer wait; a batch
-    whose re-read fails goes back as a whole.
+    whose re-read fails goes back as a whole. Bulk work, like a sync page (connector/crm/limits.py).
     """
+    with bulk_calls():
+        return _retry_due(rt, crm, stream, now, result, batches=batches, due_by=due_by)
+
+
+def _retry_due(
+    rt: Runtime, crm: CrmName, stream: str, now: float | None, result: PageResult | None,
+    *, batches: int, due_by: float | None,
+) -> PageResult:
     result = PageResult() if result is None else result
     now = time.time() if now is None else now
     adapter = rt.adapter(crm)

@@ -191,6 +191,8 @@ class Intake:
     ignored: int = 0
     # event id -> the field values a Salesforce Outbound Message delivered with its record
     values: dict[str, dict[str, str | None]] = field(default_factory=dict)
+    # event id -> the id of the Task or Event a Salesforce Outbound Message announced (rescores its WhoId)
+    activities: dict[str, str] = field(default_factory=dict)
 
 
 def parse_hubspot_delivery(body: bytes, ignored_properties: Iterable[str] = ()) -> Intake:
@@ -301,6 +303,8 @@ def parse_outbound_message(body: bytes) -> OutboundMessage:
             stream = WHO_PREFIXES.get(who[:3]) if who else None
             if who and stream:
                 intake.rescores.append((note_id, stream, who))
+                if record_id:
+                    intake.activities[note_id] = record_id
             else:
                 intake.ignored += 1
         else:
@@ -314,7 +318,7 @@ def drop_echoes(rt: Runtime, intake: Intake) -> Intake:
     Our own score writes (and owner changes) fire the org's Outbound Messages; see connector.echo.
     """
     echo = rt.echo_filter
-    if echo is None or not intake.values:
+    if echo is None or not (intake.values or intake.activities):
         return intake
     kept: list[tuple[str, str, str]] = []
     for stream in ("Lead", "Contact"):
@@ -323,7 +327,11 @@ def drop_echoes(rt: Runtime, intake: Intake) -> Intake:
         dropped = {e for (e, _, _), echoed in zip(mine, flags, strict=True) if echoed}
         intake.ignored += len(dropped)
         kept += [x for x in mine if x[0] not in dropped]
-    kept += [x for x in intake.rescores if x[0] not in intake.values]  # Tasks and Events: always rescored
+    # Tasks and Events: rescored, but for the task routing created itself (its owner write's twin)
+    tasks = [x for x in intake.rescores if x[0] not in intake.values]
+    ours = rt.router.created_tasks([(f"salesforce:{s}:{r}", intake.activities.get(e, "")) for e, s, r in tasks])
+    intake.ignored += sum(ours)
+    kept += [x for x, own in zip(tasks, ours, strict=True) if not own]
     intake.rescores = sorted(kept, key=intake.rescores.index)
     return intake
 

@@ -44,7 +44,7 @@ from connector.crm.base import (
 from connector.crm.hubspot_events import FRESH_S, EventsRefused, WebEventStore
 from connector.crm.hubspot_events import iso_ms as events_iso
 from connector.crm.hubspot_http import ApiError, HubSpotTransport, Response
-from connector.crm.limits import DEFAULT_POLICY, RetryPolicy
+from connector.crm.limits import DEFAULT_POLICY, RetryPolicy, in_bulk, keeping_priority
 from connector.crm.times import parse_time
 from connector.domain import WRITE_FIELDS, Activity, CrmName, Lead, Rep
 from connector.errors import RecordError, RetryLater, StopSync, UserError
@@ -729,17 +729,20 @@ class HubSpotAdapter:
     def _events(self, ids: Sequence[str], by_id: dict[str, list[Activity]], cutoff: float, now: float) -> bool:
         """Web activity from the events API; False (nothing added) when HubSpot refuses it for this portal.
 
-        From the shared bulk read (WebEventStore): a sync page's contacts from it as it is when fresh
-        (no call), else refreshed first (about one call per 100 new events of the portal). A few
-        contacts (at most PER_CONTACT_EVENTS_MAX: a webhook's rescore) need the events up to `now`:
-        the shared read is brought up to `now` when it covers the look-back, else they are read per
-        contact (one call each, only those whose gate property, last visit or last conversion, lies
-        inside the look-back), which is cheaper than a first bulk read of the whole look-back.
+        From the shared bulk read (WebEventStore): a sync page's contacts (bulk work, limits.bulk_calls)
+        from it as it is when fresh (no call), else refreshed first (about one call per 100 new events of
+        the portal). A webhook's rescore (real-time work) needs the events up to `now`, however many
+        contacts it takes: the web event that sent the webhook is likely newer than the shared read, which
+        a sync refreshed minutes ago at most. The shared read is brought up to `now` when it covers the
+        look-back; else a few contacts (at most PER_CONTACT_EVENTS_MAX) are read per contact (one call
+        each, only those whose gate property, last visit or last conversion, lies inside the look-back),
+        which is cheaper than a first bulk read of the whole look-back.
         """
         acts = self.mapping.activities
         store = self.web_events
         covered, fresh = store.covers(now) if acts.events_read == "bulk" else (False, False)
         few = len(ids) <= PER_CONTACT_EVENTS_MAX
+        up_to_now = few or not in_bulk()
         if acts.events_read == "per_contact" or (few and not covered):
             targets: Sequence[str] = ids
             if acts.event_gates:
@@ -749,9 +752,9 @@ class HubSpotAdapter:
                     if any((parse_ts(gates.get(i, {}).get(g)) or 0) >= cutoff for g in acts.event_gates)
                 ]
             return self._events_per_contact(targets, by_id, cutoff, now)
-        if few or not fresh:
+        if up_to_now or not fresh:
             try:
-                store.ensure(now, fresh_s=0.0 if few else FRESH_S)
+                store.ensure(now, fresh_s=0.0 if up_to_now else FRESH_S)
             except EventsRefused as exc:
                 self._refuse_events(exc.why)
                 return False
@@ -786,7 +789,7 @@ class HubSpotAdapter:
                 return None, self.calls.this_thread - before
             return found[contact_id], self.calls.this_thread - before
 
-        answers = list(zip(targets, self._pool.map(one, targets), strict=True))
+        answers = list(zip(targets, self._pool.map(keeping_priority(one), targets), strict=True))
         for _, (_, calls) in answers:
             self.calls.credit(calls)
         if any(activities is None for _, (activities, _) in answers):

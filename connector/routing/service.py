@@ -356,6 +356,35 @@ class Router:
             state.update(fields)
         return state, pkey, int(state["round"])
 
+    def created_tasks(self, tasks: Sequence[tuple[str, str]]) -> list[bool]:
+        """For each (lead key, task id): whether routing created that task for the lead.
+
+        A Salesforce Outbound Message on Task fires for the task routing itself created; this tells it
+        apart from a rep's new task, so the lead is not rescored for nothing (connector.webhooks.drop_echoes).
+        Read from the pending rounds the lead's index lists: Redis only, no CRM call.
+        """
+        if not tasks:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for lead_key, _ in tasks:
+            pipe.smembers(index_key(self.prefix, lead_key))
+        indexes = pipe.execute()
+        rounds = [[_s(k) for k in keys if _s(k).startswith(f"{self.prefix}pending:")] for keys in indexes]
+        pipe = self.redis.pipeline(transaction=False)
+        for keys in rounds:
+            for key in keys:
+                pipe.hgetall(key)
+        states = iter(pipe.execute())
+        out = []
+        for (_, task_id), keys in zip(tasks, rounds, strict=True):
+            ours = False
+            for _ in keys:
+                for field, value in next(states).items():
+                    if task_id and _s(field).endswith(":task") and _s(value)[:15] == task_id[:15]:
+                        ours = True  # Salesforce ids: the first 15 characters are the id, 18 add a checksum
+            out.append(ours)
+        return out
+
     def lead_cooled(self, lead_key: str) -> None:
         """The lead's band left hot: its next hot moment is a new episode (re-hot).
 

@@ -26,7 +26,7 @@ from hubspot import HubSpot
 from connector.crm.base import CrmAdapter
 from connector.crm.hubspot import EVENT_READERS, ISOLATION_CALLS, PER_CONTACT_EVENTS_MAX, HubSpotAdapter
 from connector.crm.hubspot_events import FULL_SLICES
-from connector.crm.limits import RetryPolicy, day_in
+from connector.crm.limits import RetryPolicy, bulk_calls, day_in
 from connector.domain import Lead
 from connector.errors import StopSync
 from connector.mappings.hubspot import Account, HubSpotMapping, load_hubspot_mapping
@@ -235,10 +235,11 @@ def test_activities_are_mapped_onto_engine_kinds_with_batched_calls(sandbox: San
     # look-back, plus at most one partial page per time slice of the read
     events = sum(truth[k] for k in web)
     assert math.ceil(events / 100) <= calls_to(snap, "GET /events/v3/events") <= math.ceil(events / 100) + FULL_SLICES
-    # once read, the events are shared: another load of the same contacts asks HubSpot for none
+    # once read, the events are shared: another sync page of the same contacts asks HubSpot for none
     reset_stats(sandbox)
     again = a.get_leads("contact", [lead.id for lead in page.leads[:50]])
-    a.load_activities(again, now)
+    with bulk_calls():
+        a.load_activities(again, now)
     assert calls_to(stats(sandbox), "GET /events/v3/events") == 0
     assert Counter(act.kind for lead in again for act in lead.activities if act.kind in web) == Counter(
         act.kind for i in range(50) for act in recent[i] if act.kind in web
@@ -259,6 +260,29 @@ def test_a_few_contacts_get_their_web_events_one_call_each_while_no_bulk_read_co
                                         for act in sandbox.population.activities(i))]  # fmt: skip
     assert calls_to(stats(sandbox), "GET /events/v3/events") == len(gated) <= PER_CONTACT_EVENTS_MAX
     a.close()
+
+
+def test_a_webhooks_rescore_of_many_contacts_sees_the_web_event_newer_than_the_shared_read(
+    shipped: HubSpotMapping, r: redis.Redis
+) -> None:
+    with Sandbox.start(contacts=300, seed=9, hubspot_rate=100_000) as sb:
+        a = adapter(sb, mapping_with(shipped, account=FAST), r)
+        first = a.read_page("contact", None, since=None)
+        with bulk_calls():  # a sync page: the look-back's web events, read in bulk and shared
+            a.load_activities(first.leads, time.time())
+        visited = time.time()
+        HTTP.request("POST", sb.hubspot_url + "/__sandbox__/activities", body=orjson.dumps(
+            {"contact": "9", "kind": "page_view", "attrs": {"url": "/careers", "title": "Careers"}}))  # fmt: skip
+        time.sleep(0.01)
+        # the drain of a burst of webhooks: more contacts than get their events one call each
+        ids = [str(i) for i in range(1, PER_CONTACT_EVENTS_MAX + 12)]
+        leads = {lead.id: lead for lead in a.get_leads("contact", ids)}
+        reset_stats(sb)
+        a.load_activities(list(leads.values()), time.time())
+        assert any(act.kind == "page_view" and act.attrs.get("url", "").endswith("/careers") and act.ts >= visited - 1
+                   for act in leads["9"].activities)  # fmt: skip
+        assert calls_to(stats(sb), "GET /events/v3/events") == 1  # the shared read brought up to now, not 31 calls
+        a.close()
 
 
 def test_an_incremental_read_also_returns_contacts_with_new_web_events_that_search_does_not_show_yet(

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import multiprocessing
 import time
+from concurrent.futures import ThreadPoolExecutor
 from zoneinfo import ZoneInfo
 
 import pytest
 import redis
 
-from connector.crm.limits import RetryPolicy, SlidingWindowLimiter, call_with_retry, day_in
+from connector.crm.limits import (
+    RetryPolicy,
+    SlidingWindowLimiter,
+    bulk_calls,
+    bulk_keeps_free,
+    call_with_retry,
+    day_in,
+    keeping_priority,
+)
 from connector.errors import RetryLater, StopSync
 
 
@@ -129,3 +138,55 @@ def test_a_shorter_block_never_shortens_a_longer_one(redis_client: redis.Redis) 
     waits: list[float] = []
     limiter.acquire(sleep=waits.append)
     assert sum(waits) >= 0.5
+
+
+def test_bulk_work_leaves_the_last_slots_of_a_window_to_real_time_work(redis_client: redis.Redis) -> None:
+    # two workers of one portal: one on a sync page (bulk), one rescoring a webhook's contact
+    sync = SlidingWindowLimiter(redis_client, "rl:shared", limit=100, window=10, margin=0.0)
+    webhook = SlidingWindowLimiter(redis_client, "rl:shared", limit=100, window=10, margin=0.0)
+    free = bulk_keeps_free(100)
+    assert free >= 1
+
+    def no_waiting(seconds: float) -> None:
+        raise TimeoutError(f"asked to wait {seconds:.2f} s")
+
+    with bulk_calls():
+        for _ in range(100 - free):
+            sync.acquire(sleep=no_waiting)
+        with pytest.raises(TimeoutError):
+            sync.acquire(sleep=no_waiting)  # the sync waits for the window to move on...
+        # ...also on its adapter's pool threads
+        with ThreadPoolExecutor(1) as pool, pytest.raises(TimeoutError):
+            list(pool.map(keeping_priority(lambda _: sync.acquire(sleep=no_waiting)), [0]))
+    for _ in range(free):
+        assert webhook.acquire(sleep=no_waiting) == 0.0  # ...while a webhook's rescore goes ahead at once
+    with pytest.raises(TimeoutError):
+        webhook.acquire(sleep=no_waiting)  # the window's limit holds for everyone
+
+
+def test_bulk_work_takes_no_slot_while_real_time_work_waits_for_one(redis_client: redis.Redis) -> None:
+    sync = SlidingWindowLimiter(redis_client, "rl:waiting", limit=5, window=1.0, margin=0.0)
+    webhook = SlidingWindowLimiter(redis_client, "rl:waiting", limit=5, window=1.0, margin=0.0)
+    assert bulk_keeps_free(5) == 0  # so only the waiting rule holds the sync back below
+
+    def no_waiting(seconds: float) -> None:
+        raise TimeoutError(f"asked to wait {seconds:.2f} s")
+
+    held_back: list[bool] = []
+
+    def webhook_waits(seconds: float) -> None:
+        time.sleep(seconds)  # slots of the window come free...
+        with bulk_calls():
+            try:
+                sync.acquire(sleep=no_waiting)
+                held_back.append(False)
+            except TimeoutError:
+                held_back.append(True)  # ...but not for the sync while the webhook's rescore waits
+
+    for _ in range(5):
+        webhook.acquire(sleep=no_waiting)
+    webhook.acquire(sleep=webhook_waits)  # the window is full: it waits, then gets its slot
+    assert held_back
+    assert all(held_back)
+    with bulk_calls():
+        assert sync.acquire(sleep=no_waiting) == 0.0  # nobody waits any more: the sync goes on

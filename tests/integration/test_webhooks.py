@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import datetime as dt
 import shutil
 import ssl
 import threading
@@ -876,51 +878,89 @@ def _emitter_idle(sb: Any, timeout: float = 20.0) -> dict[str, Any]:
         time.sleep(0.05)
 
 
+@contextlib.contextmanager
+def _salesforce_firing_on_every_edit(
+    redis_url: str, tmp_path: Path, sb: Any, **settings: Any
+) -> Iterator[Runtime]:
+    """A runtime on the sandbox's Salesforce, its web app receiving the Outbound Messages of a workflow rule
+    that fires on every edit, our score and owner writes included."""
+    runtime = build_runtime(_settings(
+        redis_url, mappings_dir=fast_mappings(tmp_path), salesforce_instance_url=sb.salesforce_url,
+        salesforce_access_token=sb.salesforce_token, salesforce_ca_bundle=Path(sb.ca_cert), **settings,
+    ))  # fmt: skip
+    try:
+        runtime.adapter("salesforce").setup()  # the score fields, as `leadscore setup` creates them
+        with TestClient(build_app(lambda: runtime, dispatcher=CeleryDispatcher(redis_url))) as client:
+            fired_by = ["Title", "Status", "OwnerId", "Lead_Score__c", "Lead_Band__c", "Lead_Scored_At__c"]
+            setup = httpx.post(f"{sb.hubspot_url}/__sandbox__/webhooks", timeout=10, json={
+                "salesforce": {"url": f"{client.hook.rsplit('/', 1)[0]}/salesforce?token={SF_TOKEN}",
+                               "org_id": ORG, "fields": fired_by},
+            })  # fmt: skip
+            assert setup.status_code == 200, setup.text
+            yield runtime
+    finally:
+        runtime.close()
+
+
 def test_outbound_messages_that_only_echo_our_own_score_writes_are_not_rescored(
     redis_url: str, redis_client: redis.Redis, tmp_path: Path
 ) -> None:
     from connector import sync
     from sandbox.server import Sandbox
 
-    with Sandbox.start(contacts=60, seed=3) as sb:
-        settings = _settings(
-            redis_url, mappings_dir=fast_mappings(tmp_path), salesforce_instance_url=sb.salesforce_url,
-            salesforce_access_token=sb.salesforce_token, salesforce_ca_bundle=Path(sb.ca_cert),
-        )  # fmt: skip
-        runtime = build_runtime(settings)
-        try:
-            runtime.adapter("salesforce").setup()  # the score fields, as `leadscore setup` creates them
-            with TestClient(build_app(lambda: runtime, dispatcher=CeleryDispatcher(redis_url))) as client:
-                # A workflow rule that fires on every edit, our score writes included.
-                fired_by = ["Title", "Status", "OwnerId", "Lead_Score__c", "Lead_Band__c", "Lead_Scored_At__c"]
-                setup = httpx.post(f"{sb.hubspot_url}/__sandbox__/webhooks", timeout=10, json={
-                    "salesforce": {"url": f"{client.hook.rsplit('/', 1)[0]}/salesforce?token={SF_TOKEN}",
-                                   "org_id": ORG, "fields": fired_by},
-                })  # fmt: skip
-                assert setup.status_code == 200, setup.text
-                # leads that stay below hot: a routed lead's owner write is another story (see the report of
-                # branch `out`: its Outbound Message is not recognised as an echo)
-                page = runtime.adapter("salesforce").read_page("Lead", None, since=None).leads
-                runtime.adapter("salesforce").load_activities(page, time.time())
-                ids = [lead.id for lead in page
-                       if runtime.model.score(lead.profile, lead.activities, time.time()).band != "hot"][:20]
+    with (
+        Sandbox.start(contacts=60, seed=3) as sb,
+        _salesforce_firing_on_every_edit(redis_url, tmp_path, sb) as runtime,
+    ):
+        # leads that stay below hot (routed hot leads: the next test)
+        page = runtime.adapter("salesforce").read_page("Lead", None, since=None).leads
+        runtime.adapter("salesforce").load_activities(page, time.time())
+        ids = [lead.id for lead in page
+               if runtime.model.score(lead.profile, lead.activities, time.time()).band != "hot"][:20]
 
-                result = sync.rescore(runtime, "salesforce", "Lead", ids, time.time())
-                echoed = _emitter_idle(sb)["stats"]
+        result = sync.rescore(runtime, "salesforce", "Lead", ids, time.time())
+        echoed = _emitter_idle(sb)["stats"]
 
-                assert result.counts["written"] == len(ids)
-                assert echoed["events"]["salesforce"] == len(ids), "every score write fired a notification"
-                assert echoed["failed"]["salesforce"] == 0, "and the web app accepted every one"
-                assert _pending(runtime, "salesforce", "Lead") == [], "and none of them queued a rescore"
+        assert result.counts["written"] == len(ids)
+        assert echoed["events"]["salesforce"] == len(ids), "every score write fired a notification"
+        assert echoed["failed"]["salesforce"] == 0, "and the web app accepted every one"
+        assert _pending(runtime, "salesforce", "Lead") == [], "and none of them queued a rescore"
 
-                rep = next(r for r in runtime.adapter("salesforce").list_reps() if r.active)
-                tls = ssl.create_default_context(cafile=sb.ca_cert)
-                with httpx.Client(base_url=f"{sb.salesforce_url}/services/data/v59.0/sobjects/Lead", verify=tls,
-                                  headers={"Authorization": f"Bearer {sb.salesforce_token}"}, timeout=10) as api:
-                    for record_id, change in ((ids[0], {"Title": "Chief Executive Officer"}),
-                                              (ids[1], {"OwnerId": rep.id})):  # an admin's hand
-                        assert api.patch(f"/{record_id}", json=change).status_code == 204
-                _emitter_idle(sb)
-        finally:
-            runtime.close()
+        rep = next(r for r in runtime.adapter("salesforce").list_reps() if r.active)
+        tls = ssl.create_default_context(cafile=sb.ca_cert)
+        with httpx.Client(base_url=f"{sb.salesforce_url}/services/data/v59.0/sobjects/Lead", verify=tls,
+                          headers={"Authorization": f"Bearer {sb.salesforce_token}"}, timeout=10) as api:
+            for record_id, change in ((ids[0], {"Title": "Chief Executive Officer"}),
+                                      (ids[1], {"OwnerId": rep.id})):  # an admin's hand
+                assert api.patch(f"/{record_id}", json=change).status_code == 204
+        _emitter_idle(sb)
     assert _pending(runtime, "salesforce", "Lead") == [ids[0]], "a new title is rescored; a new owner is not"
+
+
+def test_the_outbound_messages_of_routing_a_hot_lead_are_echoes_too(
+    redis_url: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    """Routing sets the owner and creates a task before the score is written: their Outbound Messages are ours too."""
+    from connector import sync
+    from sandbox.server import Sandbox
+
+    working_hour = dt.datetime(2026, 11, 23, 10, 0, tzinfo=dt.UTC).timestamp()  # a Monday, most reps at work
+    with (
+        Sandbox.start(contacts=300, seed=3) as sb,
+        _salesforce_firing_on_every_edit(redis_url, tmp_path, sb, routing_at=working_hour) as runtime,
+    ):
+        adapter = runtime.adapter("salesforce")
+        leads = adapter.read_page("Lead", None, since=None).leads
+        adapter.load_activities(leads, time.time())
+        hot = [lead.id for lead in leads if lead.owner_id is None
+               and runtime.model.score(lead.profile, lead.activities, time.time()).band == "hot"][:10]
+        assert len(hot) >= 3, "the sandbox's first page holds unowned hot leads"
+
+        result = sync.rescore(runtime, "salesforce", "Lead", hot, time.time())
+        echoed = _emitter_idle(sb)["stats"]
+    assert result.counts["assigned"] >= 3, result.counts
+    assert echoed["events"]["salesforce"] >= result.counts["written"] + 2 * result.counts["assigned"], (
+        "each score write, each owner write and each routing task fired a notification"
+    )
+    assert echoed["failed"]["salesforce"] == 0
+    assert _pending(runtime, "salesforce", "Lead") == [], "none of them queued a rescore"

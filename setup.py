@@ -25,6 +25,8 @@ ENGINE = [
     "connector/engine/decay.py",
     "connector/engine/result.py",
 ]
+# Type errors in the modules the engine imports (not compiled) must not stop the build.
+MYPY_OPTIONS = ["--follow-imports=silent"]
 COMPILE = os.environ.get("LEADSCORE_COMPILE", "") == "1"
 # Only the commands that build code compile it (not the metadata and requirement passes).
 BUILDING = any(c in sys.argv for c in ("bdist_wheel", "build_ext", "build", "install", "develop", "editable_wheel"))
@@ -40,13 +42,14 @@ def ext_modules() -> list[Any]:
         print("leadscore: mypyc is not available; the engine stays pure Python", file=sys.stderr)  # noqa: T201
         return []
     try:
-        return list(mypycify(ENGINE, opt_level="3"))
-    except Exception as exc:  # noqa: BLE001 - any failure to compile falls back to pure Python
+        return list(mypycify([*MYPY_OPTIONS, *ENGINE], opt_level="3"))
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - any failure to compile (mypyc exits on a type error) falls back to pure Python
         print(f"leadscore: compiling the engine failed ({exc}); it stays pure Python", file=sys.stderr)  # noqa: T201
         return []
 
 
 setup(
     ext_modules=ext_modules(),
-    setup_requires=["mypy>=1.11"] if COMPILE else [],
+    # pydantic: the engine's types reach into the mapping schemas, which mypy reads without compiling
+    setup_requires=["mypy>=1.11", "pydantic>=2.7,<3"] if COMPILE else [],
 )

@@ -28,15 +28,15 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from operator import itemgetter
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, cast
 
 from connector.domain import Activity
 from connector.engine.decay import DAY, decay_rate
 from connector.engine.result import Contribution, ScoreResult, phrase, reasons_text
 from connector.engine.rules import (
     CACHE_LIMIT,
+    FieldPlan,
     FieldResult,
     Passed,
     alias_table,
@@ -57,9 +57,6 @@ _EngSpec = tuple[str, float, float, float, int, float, str | None, int, int]
 # A contribution on its way into a result: (sort key, file order, contribution, phrase or None)
 _Found = tuple[float, int, Contribution, str | None]
 
-
-_CONTRIBUTION = itemgetter(2)
-_PHRASE = itemgetter(3)
 
 # "+25 ", "-9 ": formatting a signed int is the slow part of a reason's text.
 _SIGNED = {r: f"{r:+d} " for r in range(-1000, 1001) if r}
@@ -103,16 +100,17 @@ class ScoringModel:
         self._total_bounds = _bounds(caps.total.min, caps.total.max)
         self._w_fit = float(settings.weights.fit)
         self._w_eng = float(settings.weights.engagement)
+        self._bant_zero: dict[str, float] = dict.fromkeys(BANT_KEYS, 0.0)
 
         # Fit rules: slot = index in spec.fit; grouped by field.
         aliases = {name: alias_table(table) for name, table in spec.aliases.items()}
         self._exclusive = tuple(r.exclusive for r in spec.fit)
         self._any_exclusive = any(e is not None for e in self._exclusive)
-        # (field, cache to look in first, reader, result when the field is empty)
-        self._fields: tuple[tuple[str, dict[str, FieldResult], Callable[[Any], FieldResult], FieldResult], ...]
+        # (field, cache to look in first, its plan (plan.read reads a value), result when the field is empty)
+        self._fields: tuple[tuple[str, dict[str, FieldResult], FieldPlan, FieldResult], ...]
         plans, self._combos = fit_plans(spec.fit, aliases, spec.fields)
         self._fields = tuple(
-            (p.field, {} if p.by_domain else p.cache, p.read, _NOTHING if p.none_result == _NOTHING else p.none_result)
+            (p.field, {} if p.by_domain else p.cache, p, _NOTHING if p.none_result == _NOTHING else p.none_result)
             for p in plans
         )
 
@@ -142,11 +140,14 @@ class ScoringModel:
         self._plans, self._classes = kind_plans(triples, numeric, substrings)
         # kind -> (the attribute whose value decides, or None; value -> class id). A kind whose
         # rules look at several attributes gets an empty dict here, and is classified in _miss.
-        self._kinds: dict[str, tuple[str | None, dict[Any, int]]] = {
-            kind: (p.key_attrs, p.cache) if not isinstance(p.key_attrs, tuple) else (None, {})
+        # A kind whose rules look at no attribute gets its class id itself: all its activities match alike.
+        self._kinds: dict[str, int | tuple[str | None, dict[Any, int]]] = {
+            kind: p.classify({}) if p.key_attrs is None
+            else (p.key_attrs, p.cache) if not isinstance(p.key_attrs, tuple) else (None, {})
             for kind, p in self._plans.items()
         }
-        self._details: dict[int, str] = {}
+        # (seen << 32) + day -> (detail, {points * rules + rule slot: phrase}): the phrases cached with their detail
+        self._details: dict[int, tuple[str, dict[int, str]]] = {}
         self.profile_fields_used: frozenset[str] = frozenset(f for r in spec.fit for f in r.fields_read())
         self.activity_kinds_used: frozenset[str] = frozenset(self._kinds)
 
@@ -177,7 +178,7 @@ class ScoringModel:
             raise ValueError(f"now must be a finite number of epoch seconds, not {show(now)}")
         problems: list[str] = []
         found: list[_Found] = []
-        bant = dict.fromkeys(BANT_KEYS, 0.0)
+        bant = self._bant_zero.copy()
         fit_raw = self._score_fit(profile, found, bant, problems)
         mark = len(found)
         try:
@@ -185,7 +186,7 @@ class ScoringModel:
         except (_Unreadable, TypeError, AttributeError, ValueError):
             # Garbage somewhere in the activities: redo carefully, naming what was skipped.
             del found[mark:]
-            bant = dict.fromkeys(BANT_KEYS, 0.0)
+            bant = self._bant_zero.copy()
             for _, _, c, _ in found:
                 if c.bant is not None:
                     bant[c.bant] += c.points
@@ -196,22 +197,25 @@ class ScoringModel:
     def _score_fit(
         self, profile: Mapping[str, Any], found: list[_Found], bant: dict[str, float], problems: list[str]
     ) -> float:
-        if not isinstance(profile, Mapping):
-            problems.append(f"profile: {show(profile)} is not a record of fields")
-            profile = {}
+        if type(profile) is not dict:  # the common case, without the slower check for any Mapping
+            if isinstance(profile, Mapping):
+                profile = dict(profile)
+            else:
+                problems.append(f"profile: {show(profile)} is not a record of fields")
+                profile = {}
+        fields = cast(dict[str, Any], profile)  # a plain dict: compiled, its look-ups skip the method call
         matched: list[Passed] = []
         leaves: list[tuple[int, str]] = []
-        get = profile.get
-        for name, cache, read, empty in self._fields:
-            raw = get(name)
+        for name, cache, plan, empty in self._fields:
+            raw = fields.get(name)
             if raw is None:
                 if empty is _NOTHING:
                     continue
                 result = empty
             elif (kind := type(raw)) is str or kind is int or kind is float:
-                result = cache.get(raw) or read(raw)
+                result = cache.get(raw) or plan.read(raw)
             else:
-                result = read(raw)
+                result = plan.read(raw)
             passed, unread, leaf = result
             if passed:
                 matched += passed
@@ -234,7 +238,7 @@ class ScoringModel:
         if not matched:
             return 0.0
         if self._any_exclusive and len(matched) > 1:
-            matched.sort(key=itemgetter(0))
+            matched.sort()  # by rule slot: slots are distinct, so nothing after them is compared
             taken: set[str] = set()
             kept = []
             for entry in matched:
@@ -256,20 +260,28 @@ class ScoringModel:
 
     def _collect(self, activities: Iterable[Activity]) -> dict[int, list[float]]:
         """Timestamps of the matching activities, by the class of rules they match. The hot loop."""
-        kinds_get = self._kinds.get
+        # Methods called on the objects, not through local aliases: as fast in Python 3.11+ (specialised
+        # calls), and the compiled build then calls the dict's and list's C functions directly.
+        kinds = self._kinds
         hits: dict[int, list[float]] = {}
-        hits_get = hits.get
-        miss = self._miss
         for act in activities:
-            plan = kinds_get(act.kind)
+            plan = kinds.get(act.kind)
             if plan is None:
                 continue
-            attr, cache = plan
-            cid = cache.get(act.attrs.get(attr))  # type: ignore[arg-type]  # attrs.get(None) is None
-            if cid is None:
-                cid = miss(act)
+            if type(plan) is int:
+                if type(act.attrs) is not dict:
+                    raise _Unreadable  # the careful pass reads any Mapping (and names what is none)
+                cid = plan
+            else:
+                pair: tuple[str | None, dict[Any, int]] = plan  # type: ignore[assignment]  # not an int
+                attr, cache = pair
+                # A dict from every adapter. Compiled, this checks it is one (any other Mapping raises
+                # TypeError, and the careful pass reads it) and looks up without a method call.
+                attrs: dict[str, str] = act.attrs  # type: ignore[assignment]
+                known = cache.get(attrs.get(attr))  # type: ignore[arg-type]  # attrs.get(None) is None
+                cid = self._miss(act) if known is None else known
             if cid >= 0:
-                seen = hits_get(cid)
+                seen = hits.get(cid)
                 if seen is None:
                     hits[cid] = [act.ts]
                 else:
@@ -281,6 +293,7 @@ class ScoringModel:
         plan = self._plans[act.kind]
         attrs = act.attrs
         key: Any
+        cache: dict[Any, int]
         if isinstance(plan.key_attrs, tuple):
             key = tuple(attrs.get(a) for a in plan.key_attrs)
             cache = plan.multi_cache
@@ -289,8 +302,18 @@ class ScoringModel:
             cache = plan.cache
             path = plan.shortcut(key)
             if path is not None:
-                key = path
-                attrs = {plan.key_attrs: path}  # type: ignore[dict-item]
+                # Classified by its path; the whole url is remembered too, so the next sighting of
+                # the same tagged url (portals repeat their campaign links) is one look-up.
+                found = cache.get(path)
+                if found is None:
+                    found = plan.classify({plan.key_attrs: path})  # type: ignore[dict-item]
+                    if len(cache) >= CACHE_LIMIT:
+                        cache.clear()
+                    cache[path] = found
+                if len(cache) >= CACHE_LIMIT:
+                    cache.clear()
+                cache[key] = found
+                return found
         cid = cache.get(key)
         if cid is None:
             cid = plan.classify(attrs)
@@ -322,8 +345,8 @@ class ScoringModel:
         new = tuple.__new__
         signed = _SIGNED
         details = self._details
+        rules = len(self._eng)
         eng = self._eng
-        append = found.append
         for slot, stamps in per_rule.items():
             name, points, rate, window, max_count, cap, tag, order, min_count = eng[slot]
             n = len(stamps)
@@ -380,20 +403,29 @@ class ScoringModel:
             # the UTC day of the newest occurrence (its own, even when dated after `now` by a skewed
             # clock): a date, not an age, so the reason stays the same from day to day while the evidence does
             day = int(newest // day_s)
-            detail = details.get((seen << 32) + day) or self._detail(seen, day)
+            entry = details.get((seen << 32) + day)
+            if entry is None:
+                entry = self._detail(seen, day)
+            detail, texts = entry
             r = math.floor(value + 0.5)
-            text = None if r == 0 else f"{signed.get(r) or f'{r:+d} '}{name} ({detail})"
+            if r == 0:
+                text = None
+            else:
+                key = r * rules + slot
+                text = texts.get(key)
+                if text is None:
+                    text = texts[key] = f"{signed.get(r) or f'{r:+d} '}{name} ({detail})"
             # tuple.__new__ directly: a NamedTuple's own __new__ is a Python-level call
-            append((-abs(value), order, new(Contribution, (name, "engagement", value, detail, tag)), text))
+            found.append((-abs(value), order, new(Contribution, (name, "engagement", value, detail, tag)), text))
         return total
 
-    def _detail(self, seen: int, day: int) -> str:
-        """'3x, last 2026-11-14' (cached: a population repeats these a lot)."""
+    def _detail(self, seen: int, day: int) -> tuple[str, dict[int, str]]:
+        """'3x, last 2026-11-14' (cached: a population repeats these a lot), with room for its phrases."""
         when = fmt_day(day)
         if len(self._details) > CACHE_LIMIT:
             self._details.clear()
-        detail = self._details[(seen << 32) + day] = f"{seen}x, last {when}" if seen > 1 else when
-        return detail
+        entry = self._details[(seen << 32) + day] = (f"{seen}x, last {when}" if seen > 1 else when, {})
+        return entry
 
     def _sanitize(self, activities: Any, problems: list[str]) -> list[Activity]:
         """The readable activities, as plain Activity objects; the rest named in `problems`."""
@@ -455,14 +487,20 @@ class ScoringModel:
                 grade = letter
                 break
         found.sort()  # (-|points|, file order) decide; they are never equal
+        contributions: list[Contribution] = []
+        phrases: list[str] = []
+        for _, _, c, text in found:
+            contributions.append(c)
+            if text is not None:  # phrases are never empty
+                phrases.append(text)
         return tuple.__new__(ScoreResult, (
             score,
             fit,
             engagement,
             band,
             grade,
-            reasons_text(list(filter(None, map(_PHRASE, found)))),  # phrases are never empty
-            tuple(map(_CONTRIBUTION, found)),
+            reasons_text(phrases),
+            tuple(contributions),
             {k: math.floor(v + 0.5) for k, v in bant.items()},
             self.version,
             tuple(problems),

@@ -37,7 +37,8 @@ def phrase(points: float, rule: str, detail: str) -> str | None:
     n = math.floor(points + 0.5)
     if n == 0:
         return None
-    return f"{n:+d} {rule} ({detail})" if detail else f"{n:+d} {rule}"
+    signed = f"+{n}" if n > 0 else str(n)  # as f"{n:+d}", without the format() call (slow compiled)
+    return f"{signed} {rule} ({detail})" if detail else f"{signed} {rule}"
 
 
 def reasons_text(phrases: list[str], limit: int = REASONS_LIMIT) -> str:

@@ -208,6 +208,9 @@ Leaf = tuple[int, str]
 FieldResult = tuple[tuple[Passed, ...], tuple[str, ...], tuple[Leaf, ...]]
 
 
+_PASSED_NONE: FieldResult = ((), (), ())
+
+
 @dataclass(slots=True)
 class FieldPlan:
     """Every fit test on one profile field, and how the field must be read for them.
@@ -231,10 +234,21 @@ class FieldPlan:
     blank: frozenset[str] = frozenset()
     # With aliases: report a value the table does not know as a problem.
     closed: bool = False
+    # By domain, with no aliases and no "not answered" values: every domain the tests name, and the
+    # suffixes of their subdomains. A new domain that is none of them passes no test (read() skips
+    # evaluating it: most of a population's domains are such first sightings).
+    domains: frozenset[str] | None = None
+    subdomains: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.none_result = self.evaluate(None)
         self.by_domain = not self.leaves and all(rule.domain_in is not None for _, _, rule in self.tests)
+        if self.by_domain and self.field == "email" and self.aliases is None and not self.blank:
+            # as compile_check reads them
+            self.domains = frozenset(
+                d.strip().casefold().lstrip("@") for _, _, rule in self.tests for d in rule.domain_in or ()
+            )
+            self.subdomains = tuple("." + d for d in self.domains)
 
     def evaluate(self, raw: Any) -> FieldResult:
         name = self.field
@@ -292,12 +306,23 @@ class FieldPlan:
         key = raw
         if self.by_domain:
             at = raw.rfind("@")
-            if at <= 0:
+            if at <= 0 or raw[:at].isspace():  # no name before the @ (once spaces are collapsed): a problem
                 return self.evaluate(raw)
             key = raw[at:].casefold()
             shared = self.cache.get(key)
             if shared is not None:
                 return shared
+            if self.domains is not None and " ".join(raw.split()) == raw:
+                # nothing to collapse: what evaluate() would read as the domain, and whether it is one
+                domain = raw[at + 1:].rstrip(".").casefold()
+                if (
+                    "." in domain and " " not in domain
+                    and domain not in self.domains and not domain.endswith(self.subdomains)
+                ):
+                    if len(self.cache) >= CACHE_LIMIT:
+                        self.cache.clear()
+                    self.cache[key] = _PASSED_NONE
+                    return _PASSED_NONE
         hit = self.evaluate(raw)
         if self.by_domain and hit[1]:
             return hit  # the problem names the whole address: do not share it
@@ -473,6 +498,9 @@ class KindPlan:
     # them is classified (and cached) by the part before the '?': urls tagged for campaigns
     # (?utm_source=...&utm_content=17) are mostly new, their paths are not.
     query_needles: re.Pattern[str] | None = None
+    # path -> whether it holds nothing to collapse and does not read as empty; '?' + query string ->
+    # whether it holds nothing to collapse and none of the needles
+    plain: dict[str, bool] = dataclasses.field(default_factory=dict)
 
     def shortcut(self, raw: Any) -> str | None:
         """The part of `raw` before its query string, when that part decides its class alone."""
@@ -481,11 +509,24 @@ class KindPlan:
         path, mark, query = raw.partition("?")
         if not mark or not path or self.query_needles is None:
             return None
-        if not raw.isprintable() or " " in raw or path.casefold() in PLACEHOLDERS:
-            return None  # whitespace to collapse, or a path that reads as empty: the long way
-        if self.query_needles.search(query.casefold()) is not None:
+        # A portal's tagged links repeat their paths and their query strings: each verdict is cached.
+        plain = self.plain.get(path)
+        if plain is None:
+            # whitespace to collapse, or a path that reads as empty: the long way
+            plain = path.isprintable() and " " not in path and path.casefold() not in PLACEHOLDERS
+            self._remember(path, plain)
+        if not plain:
             return None
-        return path
+        plain = self.plain.get(mark + query)
+        if plain is None:
+            plain = query.isprintable() and " " not in query and self.query_needles.search(query.casefold()) is None
+            self._remember(mark + query, plain)
+        return path if plain else None
+
+    def _remember(self, part: str, plain: bool) -> None:
+        if len(self.plain) >= CACHE_LIMIT:
+            self.plain.clear()
+        self.plain[part] = plain
 
     def classify(self, attrs: Mapping[str, Any]) -> int:
         """The class id of the rules these attributes match; -1 for none. Each attribute is read once

@@ -194,3 +194,27 @@ def test_urls_classified_by_their_path_score_as_classified_whole(urls: list[str]
     acts = [Activity("page_view", 1_795_000_000.0 - i * 86400.0, {"url": u}) for i, u in enumerate(urls)]
     assert _same(fast.score({}, acts, 1_795_000_000.0), slow.score({}, acts, 1_795_000_000.0))
     assert _same(fast.score({}, acts, 1_795_000_000.0), slow.score({}, acts, 1_795_000_000.0))  # cached now
+
+
+def test_records_given_as_other_mappings_score_as_the_same_dicts() -> None:
+    """Attributes and profiles that are read-only Mappings, not dicts (the compiled engine checks for a
+    dict on its fast path and reads anything else on the careful one), score as the same dicts."""
+    from types import MappingProxyType
+
+    for profile, activities in _population(300):
+        proxied = [Activity(a.kind, a.ts, MappingProxyType(dict(a.attrs))) for a in activities]
+        assert _same(MODEL.score(MappingProxyType(profile), proxied, NOW), MODEL.score(profile, activities, NOW))
+
+
+EMAIL_PIECES = ["bob", "@", ".", "gmail.com", "GMail.COM", "mail.gmx.de", "gmx.de", "x.example", " ", "\t", "..",
+                "notgmail.com", "ß", "İ", "n/a", "company7.example", "@@", "web.de."]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(st.sampled_from(EMAIL_PIECES), min_size=0, max_size=5).map("".join), min_size=1, max_size=6))
+def test_email_domains_seen_first_score_as_read_whole(emails: list[str]) -> None:
+    """A new domain that no rule names is not read in full (cached as passing nothing): that changes nothing,
+    seen once or again."""
+    for email in emails * 2:
+        profile = {"email": email}
+        assert _same(FAST.score(profile, [], NOW), reference(FAST, profile, [], NOW)), email

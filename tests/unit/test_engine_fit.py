@@ -210,6 +210,17 @@ def test_an_email_without_an_at_sign_is_reported() -> None:
     assert score(m, email="bob.gmail.com").problems == ("email: 'bob.gmail.com' is not an email address",)
 
 
+def test_an_email_with_only_spaces_before_the_at_sign_is_reported_even_after_its_domain_was_seen() -> None:
+    m = one_rule("domain_in: [gmx.de]", "email")
+    assert score(m, email="bob@gmx.de").fit == 10
+    assert score(m, email=" @gmx.de").problems == ("email: '@gmx.de' is not an email address",)
+
+
+def test_an_email_whose_domain_holds_a_space_is_reported() -> None:
+    m = one_rule("domain_in: [gmx.de]", "email")
+    assert score(m, email="bob@. bob").problems == ("email: 'bob@. bob' is not an email address",)
+
+
 def test_a_value_that_is_not_text_is_reported() -> None:
     m = one_rule("words: [ceo]", "job_title")
     assert score(m, job_title=["CEO"]).problems == ("job_title: ['CEO'] is not text",)

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from connector.bootstrap import Runtime
-from connector.crm.limits import bulk_calls
+from connector.crm.limits import bulk_work
 from connector.domain import CrmName, Lead
 from connector.engine import ScoreResult, must_write
 from connector.errors import RecordError, RetryLater, StopSync
@@ -193,6 +193,7 @@ def _probabilities(
     return out
 
 
+@bulk_work
 def run_page(
     rt: Runtime,
     run_id: str,
@@ -208,20 +209,6 @@ def run_page(
     Raises RetryLater for the task to retry, StopSync to stop the run. Its calls are bulk work: they
     leave the last slots of each rate window to webhook rescores (connector/crm/limits.py).
     """
-    with bulk_calls():
-        return _run_page(rt, run_id, crm, stream, cursor, since, enqueue_next, now)
-
-
-def _run_page(
-    rt: Runtime,
-    run_id: str,
-    crm: CrmName,
-    stream: str,
-    cursor: str | None,
-    since: float | None,
-    enqueue_next: Callable[[str], None],
-    now: float | None,
-) -> int | None:
     runs = rt.runs
     if runs.page_done(run_id, stream, cursor):
         return None
@@ -374,6 +361,7 @@ def finish_run(rt: Runtime, run_id: str) -> None:
     log.info("run finished", extra={"event": "run_finished", "run": run_id, "crm": crm, "ok": ok})
 
 
+@bulk_work
 def retry_due(
     rt: Runtime, crm: CrmName, stream: str, now: float | None = None, result: PageResult | None = None,
     *, batches: int = 1, due_by: float | None = None,
@@ -384,14 +372,6 @@ def retry_due(
     unchanged or gone leave the set; those that fail again stay, with a longer wait; a batch
     whose re-read fails goes back as a whole. Bulk work, like a sync page (connector/crm/limits.py).
     """
-    with bulk_calls():
-        return _retry_due(rt, crm, stream, now, result, batches=batches, due_by=due_by)
-
-
-def _retry_due(
-    rt: Runtime, crm: CrmName, stream: str, now: float | None, result: PageResult | None,
-    *, batches: int, due_by: float | None,
-) -> PageResult:
     result = PageResult() if result is None else result
     now = time.time() if now is None else now
     adapter = rt.adapter(crm)

@@ -23,12 +23,13 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import datetime as dt
+import functools
 import random
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import ParamSpec, TypeVar
 
 import redis
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, stop_after_delay
@@ -38,6 +39,7 @@ from connector.redisutil import text as redis_text
 
 T = TypeVar("T")
 A = TypeVar("A")
+P = ParamSpec("P")
 
 # The share of a window that bulk work leaves to real-time work. A webhook's rescore is about a dozen
 # calls, one after another (read, activities, write, routing). At HubSpot Professional's 190 requests per
@@ -63,6 +65,17 @@ def bulk_calls() -> Iterator[None]:
         yield
     finally:
         _bulk.reset(token)
+
+
+def bulk_work(fn: Callable[P, T]) -> Callable[P, T]:
+    """`fn`'s calls are bulk work (as if run inside `bulk_calls()`)."""
+
+    @functools.wraps(fn)
+    def run(*args: P.args, **kwargs: P.kwargs) -> T:
+        with bulk_calls():
+            return fn(*args, **kwargs)
+
+    return run
 
 
 def in_bulk() -> bool:

@@ -329,7 +329,9 @@ def drop_echoes(rt: Runtime, intake: Intake) -> Intake:
         kept += [x for x in mine if x[0] not in dropped]
     # Tasks and Events: rescored, but for the task routing created itself (its owner write's twin)
     tasks = [x for x in intake.rescores if x[0] not in intake.values]
-    ours = rt.router.created_tasks([(f"salesforce:{s}:{r}", intake.activities.get(e, "")) for e, s, r in tasks])
+    ours = rt.router.created_tasks(
+        [(f"salesforce:{s}:{r}", intake.activities.get(e, "")) for e, s, r in tasks]
+    ) if tasks else []  # fmt: skip
     intake.ignored += sum(ours)
     kept += [x for x, own in zip(tasks, ours, strict=True) if not own]
     intake.rescores = sorted(kept, key=intake.rescores.index)

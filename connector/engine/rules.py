@@ -24,7 +24,7 @@ import re
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from connector.engine.result import Contribution, phrase
 from connector.engine.values import PLACEHOLDERS, as_number, as_text, clip, domain_of, fmt_number, show
@@ -33,6 +33,38 @@ from connector.mappings.scoring import COMBINATORS, Condition, FieldSettings, Fi
 # Caches are cleared when they grow past this many distinct values, so a
 # long-running worker fed unbounded garbage keeps bounded memory.
 CACHE_LIMIT = 100_000
+
+X = TypeVar("X")  # what a combined test reads: a field's Reading, or the leaves passed across fields
+
+
+def any_of(checks: tuple[Callable[[X], str | None], ...]) -> Callable[[X], str | None]:
+    """`any:` of tests: the detail of the first that passes, None when none does."""
+
+    def first(x: X) -> str | None:
+        for check in checks:
+            detail = check(x)
+            if detail is not None:
+                return detail
+        return None
+
+    return first
+
+
+def all_of(checks: tuple[Callable[[X], str | None], ...], clip_at: int | None = None) -> Callable[[X], str | None]:
+    """`all:` of tests: their distinct details joined (clipped to `clip_at`), None when one fails."""
+
+    def every(x: X) -> str | None:
+        details: list[str] = []
+        for check in checks:
+            detail = check(x)
+            if detail is None:
+                return None
+            if detail and detail not in details:
+                details.append(detail)
+        joined = ", ".join(details)
+        return joined if clip_at is None else clip(joined, clip_at)
+
+    return every
 
 
 @dataclass(slots=True)
@@ -139,28 +171,7 @@ def checks_of(rule: Operators, label: str, canon: Callable[[str], str]) -> Check
 
             return negated
         checks = tuple(checks_of(k, label, canon) for k in kids)
-        if op == "any":
-
-            def any_of(r: Reading) -> str | None:
-                for check in checks:
-                    detail = check(r)
-                    if detail is not None:
-                        return detail
-                return None
-
-            return any_of
-
-        def all_of(r: Reading) -> str | None:
-            details: list[str] = []
-            for check in checks:
-                detail = check(r)
-                if detail is None:
-                    return None
-                if detail and detail not in details:
-                    details.append(detail)
-            return ", ".join(details)
-
-        return all_of
+        return any_of(checks) if op == "any" else all_of(checks)
     if op == "range":
         return compile_check(op, rule.bounds(), label, canon)
     return compile_check(op, getattr(rule, "in_" if op == "in" else op), label, canon)
@@ -394,28 +405,7 @@ def fit_plans(
         if op == "not":
             (sub,) = subs
             return lambda hits: "" if sub(hits) is None else None
-        if op == "any":
-
-            def any_of(hits: Mapping[int, str]) -> str | None:
-                for sub in subs:
-                    d = sub(hits)
-                    if d is not None:
-                        return d
-                return None
-
-            return any_of
-
-        def all_of(hits: Mapping[int, str]) -> str | None:
-            details: list[str] = []
-            for sub in subs:
-                d = sub(hits)
-                if d is None:
-                    return None
-                if d and d not in details:
-                    details.append(d)
-            return clip(", ".join(details), 60)
-
-        return all_of
+        return any_of(subs) if op == "any" else all_of(subs, clip_at=60)
 
     for slot, rule in enumerate(rules):
         fields = _field_of(rule, None)

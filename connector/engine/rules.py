@@ -32,7 +32,7 @@ from connector.mappings.scoring import COMBINATORS, Condition, FieldSettings, Fi
 
 # Caches are cleared when they grow past this many distinct values, so a
 # long-running worker fed unbounded garbage keeps bounded memory.
-CACHE_LIMIT = 100_000
+CACHE_LIMIT = 20_000
 
 X = TypeVar("X")  # what a combined test reads: a field's Reading, or the leaves passed across fields
 

@@ -44,6 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if (ROOT / "connector").is_dir():
     sys.path.insert(0, str(ROOT))
 
+from connector.bootstrap import settle_collector  # noqa: E402
 from connector.domain import Activity  # noqa: E402
 from connector.engine import ScoringModel, load_scoring  # noqa: E402
 
@@ -232,6 +233,7 @@ def main() -> None:
         return
 
     model = load_scoring(args.model)
+    settle_collector()  # the garbage collector as a worker process sets it (tasks/app.py)
     ns_per_get = calibration()
     bands: Counter[str] = Counter()
     grades: Counter[str] = Counter()
@@ -251,7 +253,7 @@ def main() -> None:
     for page in pages(args.leads, args.seed, args.page):
         events += sum(len(a) for _, a in page)
         gc.collect()
-        gc.freeze()  # generated data is long-lived; keep the collector off it, as a worker would
+        gc.freeze()  # generated data is long-lived (a worker freezes what it loaded at start)
         wall, used = run(model, page, bands, grades, digest)
         seconds += wall
         cpu += used

@@ -18,6 +18,7 @@ from typing import Any
 from celery import Celery, Task
 from celery.signals import setup_logging, worker_process_init, worker_process_shutdown, worker_ready, worker_shutdown
 
+from connector.bootstrap import settle_collector
 from connector.config import load_settings
 from connector.logs import configure as configure_logs
 
@@ -79,6 +80,7 @@ def _setup_logging(loglevel: Any = None, **_: Any) -> None:
 @worker_process_init.connect
 def _init_worker(**_: Any) -> None:
     configure_logs(settings=_settings)
+    settle_collector()
 
 
 _heartbeat_stop = threading.Event()

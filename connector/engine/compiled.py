@@ -268,16 +268,16 @@ class ScoringModel:
             plan = kinds.get(act.kind)
             if plan is None:
                 continue
+            # A dict from every adapter. Compiled, this checks it is one (any other Mapping raises
+            # TypeError, and the careful pass reads it) and looks up without a method call.
+            attrs: dict[str, str] = act.attrs  # type: ignore[assignment]
             if type(plan) is int:
-                if type(act.attrs) is not dict:
+                if type(attrs) is not dict:
                     raise _Unreadable  # the careful pass reads any Mapping (and names what is none)
                 cid = plan
             else:
                 pair: tuple[str | None, dict[Any, int]] = plan  # type: ignore[assignment]  # not an int
                 attr, cache = pair
-                # A dict from every adapter. Compiled, this checks it is one (any other Mapping raises
-                # TypeError, and the careful pass reads it) and looks up without a method call.
-                attrs: dict[str, str] = act.attrs  # type: ignore[assignment]
                 known = cache.get(attrs.get(attr))  # type: ignore[arg-type]  # attrs.get(None) is None
                 cid = self._miss(act) if known is None else known
             if cid >= 0:

@@ -218,3 +218,32 @@ def test_email_domains_seen_first_score_as_read_whole(emails: list[str]) -> None
     for email in emails * 2:
         profile = {"email": email}
         assert _same(FAST.score(profile, [], NOW), reference(FAST, profile, [], NOW)), email
+
+
+def test_a_stream_of_new_values_keeps_the_caches_bounded_and_the_results_exact() -> None:
+    """A long-running worker sees endless new titles, revenues, domains and urls: each cache is cleared
+    when full (memory stays bounded, as bench/sync.py's RSS by portal size shows), and what is scored
+    after a clear is what a fresh engine says."""
+    from connector.engine.rules import CACHE_LIMIT
+
+    model = load_scoring(ROOT / "mappings" / "scoring.yaml")
+
+    def lead(i: int) -> tuple[dict[str, Any], list[Activity]]:
+        profile = {"job_title": f"Test Engineer {i}", "annual_revenue": 1_000_000 + i, "employees": f"{i:,}",
+                   "email": f"p{i}@company{i}.example", "country": "Germany"}
+        acts = [Activity("page_view", NOW - 3600.0 * (1 + i % 50), {"url": f"https://x.example/products/daq?i={i}"}),
+                Activity("page_view", NOW - 86400.0, {"url": f"https://x.example/p{i}/pricing"})]
+        return profile, acts
+
+    for i in range(CACHE_LIMIT + 2_000):
+        model.score(*lead(i), NOW)
+    caches: list[dict[Any, Any]] = [cache for _, cache, plan, _ in model._fields]
+    caches += [plan.cache for _, _, plan, _ in model._fields]
+    for plan in model._plans.values():
+        caches += [plan.cache, plan.multi_cache, plan.plain]
+    caches.append(model._details)
+    assert max(len(c) for c in caches) <= CACHE_LIMIT + 1
+    assert sum(len(c) for c in caches) > CACHE_LIMIT  # the stream did fill them
+    fresh = load_scoring(ROOT / "mappings" / "scoring.yaml")
+    for i in range(CACHE_LIMIT - 50, CACHE_LIMIT + 2_050, 97):
+        assert _same(model.score(*lead(i), NOW), fresh.score(*lead(i), NOW)), i

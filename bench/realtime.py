@@ -2,6 +2,7 @@
 
     python bench/realtime.py [--changes 30] [--contacts 2000] [--rate 190] [--seed 7]
     python bench/realtime.py --with-sync [incremental|full] [--churn 20]
+    python bench/realtime.py --with-sync full --pool threads --concurrency 8   # another worker pool, compared
 
 Starts a private redis-server, the sandbox in its own process (sending signed
 webhooks), `leadscore serve` (the web process) and one Celery worker as the
@@ -297,7 +298,7 @@ def full_sync(env: dict[str, str], runs: RunStore, timeout: float) -> tuple[str,
         time.sleep(0.2)
 
 
-def warm_up(redis_url: str) -> None:
+def warm_up(redis_url: str, concurrency: int) -> None:
     """Each of the worker's pool processes builds its runtime on its first task (seconds): send every one a
     task that needs the runtime and calls nothing (the periodic retry, with nothing to retry), so the first
     timed changes do not pay that; a long-running production worker has paid it long ago."""
@@ -306,7 +307,7 @@ def warm_up(redis_url: str) -> None:
     app = Celery("leadscore-bench-warm", broker=redis_url)
     app.conf.update(task_serializer="json", accept_content=["json"], task_default_queue=QUEUE)
     try:
-        for _ in range(4 * WORKER_CONCURRENCY):
+        for _ in range(4 * concurrency):
             app.send_task("leadscore.sync.retry", args=("hubspot",), queue=QUEUE)
     finally:
         app.close()
@@ -347,12 +348,18 @@ def main(argv: list[str] | None = None) -> int:
         default=20,
         help="with --with-sync: other contacts changed every 10 s (half edited, half viewing a page)",
     )
+    p.add_argument("--pool", choices=("prefork", "threads"), default="prefork",
+                   help="the worker's pool (default prefork, as the Procfile runs it)")
+    p.add_argument("--concurrency", type=int, default=WORKER_CONCURRENCY,
+                   help=f"the worker's pool size (default {WORKER_CONCURRENCY}, as the Procfile runs it)")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--at", default=None, help="route as at this moment (ISO date and time with zone; default: the "
                                                "first hour from now with the most reps in working hours)")  # fmt: skip
     args = p.parse_args(argv)
     if not 1 <= args.rate <= 10_000:
         p.error("--rate must be between 1 and 10,000 (the most mappings/hubspot.yaml accepts)")
+    if args.concurrency < 1:
+        p.error("--concurrency must be at least 1")
     if args.changes < 1 or args.churn < 0:
         p.error("--changes must be at least 1 and --churn at least 0")
     if args.churn != 20 and not args.with_sync:
@@ -400,7 +407,8 @@ def main(argv: list[str] | None = None) -> int:
                    LEADSCORE_METRICS_ADDR=f"127.0.0.1:{ops_port}", PYTHONUNBUFFERED="1",
                    LEADSCORE_ROUTING_AT=dt.datetime.fromtimestamp(routing_at, dt.UTC).isoformat())  # fmt: skip
         # the Procfile's worker: prefork, concurrency 4, the one queue for sync pages and webhook drains
-        worker = Proc([sys.executable, "-m", "celery", "-A", "tasks", "worker", f"--concurrency={WORKER_CONCURRENCY}",
+        worker = Proc([sys.executable, "-m", "celery", "-A", "tasks", "worker", f"--pool={args.pool}",
+                       f"--concurrency={args.concurrency}",
                        "-Q", QUEUE, "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "INFO",
                        "-n", f"bench-{os.getpid()}@%h"], env, ready=" ready.")  # fmt: skip
         procs.append(worker)
@@ -433,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
         if len(chosen) < args.changes:
             raise SystemExit(f"bench: only {len(chosen)} unowned, not-hot contacts; raise --contacts")
 
-        warm_up(redis_url)
+        warm_up(redis_url, args.concurrency)
         watch.call("POST", "/__sandbox__/webhooks",
                    json={"hubspot": {"url": f"{web_url}/webhooks/hubspot", "secret": SECRET}})  # fmt: skip
         busy_from = time.time()
@@ -505,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
             "sandbox_slowest_answer_s": round(watch.slowest, 3),
             "webhook_deliveries": {k: v.get("hubspot", 0) for k, v in hooks.items() if isinstance(v, dict)},
             "sync_runs": syncs,
-            "workers": f"1 (prefork, concurrency {WORKER_CONCURRENCY})",
+            "workers": f"1 ({args.pool}, concurrency {args.concurrency})",
             "at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         }
         if busy is not None:

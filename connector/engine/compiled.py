@@ -330,7 +330,12 @@ class ScoringModel:
         classes = self._classes.slots
         per_rule: dict[int, list[float]] = {}
         lists = hits.values()
-        spread = sum(map(sum, lists))  # TypeError on a timestamp that is not a number
+        # TypeError on a timestamp that is not a number. A loop, not sum(map(sum, ...)): compiled, it
+        # adds unboxed floats (the two calls through the interpreter cost more than all the adding).
+        spread = 0.0
+        for stamps in lists:
+            for t in stamps:
+                spread += t
         if spread - spread != 0.0:  # NaN or infinite somewhere, or (absurd stamps) an overflow
             for stamps in lists:
                 spread = sum(stamps)

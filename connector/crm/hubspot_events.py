@@ -38,6 +38,7 @@ from typing import Any
 import orjson
 import redis
 
+from connector.crm.limits import in_bulk
 from connector.crm.times import parse_time
 from connector.domain import Activity
 from connector.errors import RetryLater
@@ -165,7 +166,14 @@ class WebEventStore:
             self._work(gen)
             if self._finish(keys=[f"{self.prefix}:state", f"{self.prefix}:fill:{gen}"], args=[gen]):
                 self.redis.zremrangebyscore(f"{self.prefix}:last", "-inf", math.floor((now - self.lookback_s) * 1000))
-            elif self._state().get("gen") == gen:  # its last slices are being read by other workers
+            elif (st := self._state()).get("gen") == gen:  # its last slices are being read by other workers
+                if covered and st.get("to") and not in_bulk():
+                    # Real-time work does not wait for them: their reader may be a sync page, whose calls
+                    # wait for the rate window while real-time calls go first (a rescore waited 2-5 s
+                    # beside full syncs, bench/realtime.py). It reads what is new itself (a call or two);
+                    # the fill reads the same events, and duplicates are dropped when read.
+                    self._read_slice(int(st["to"]) - int(OVERLAP_S * 1000), math.floor(now * 1000), None, "")
+                    return
                 if time.monotonic() > deadline:
                     raise RetryLater("web events are still being read by other workers", wait=30.0)
                 self.redis.set(f"{self.prefix}:idle", "1", px=2000)  # they hand this worker part of theirs
@@ -213,22 +221,25 @@ class WebEventStore:
             self._read_slice(a, b, key, text)
             self.redis.zrem(key, text)
 
-    def _read_slice(self, lo: int, hi: int, fill_key: str, member: str) -> None:
+    def _read_slice(self, lo: int, hi: int, fill_key: str | None, member: str) -> None:
         """Read one time slice; while no other slice is left to claim, hand the second half of what is
-        left of this one back to the fill (other workers would otherwise wait for this one to end)."""
+        left of this one back to the fill (other workers would otherwise wait for this one to end).
+        Without `fill_key`, a read of this caller's own, outside any fill."""
         after: str | None = None
         while True:
             body = self.read_window(lo, hi, self.only_type, after)
             results = body.get("results") or []
             self._keep(results)
-            self.redis.zadd(fill_key, {member: time.time() + SLICE_LEASE_S}, xx=True)  # the lease renewed
+            if fill_key is not None:
+                self.redis.zadd(fill_key, {member: time.time() + SLICE_LEASE_S}, xx=True)  # the lease renewed
             nxt = ((body.get("paging") or {}).get("next") or {}).get("after")
             if not nxt or nxt == after:
                 return
             after = str(nxt)
             last = max((round((parse_time(e.get("occurredAt")) or 0) * 1000) for e in results), default=lo)
             if (
-                lo <= last and hi - last > 2 * MIN_SPLIT_MS and self.redis.exists(f"{self.prefix}:idle")
+                fill_key is not None
+                and lo <= last and hi - last > 2 * MIN_SPLIT_MS and self.redis.exists(f"{self.prefix}:idle")
                 and not self.redis.zcount(fill_key, "-inf", time.time())
             ):  # fmt: skip
                 mid = (last + hi) // 2

@@ -285,6 +285,44 @@ def test_a_webhooks_rescore_of_many_contacts_sees_the_web_event_newer_than_the_s
         a.close()
 
 
+def test_a_webhooks_rescore_does_not_wait_for_a_sync_reading_the_new_events(
+    shipped: HubSpotMapping, r: redis.Redis
+) -> None:
+    """Another worker's sync page is reading the new part of the shared web events (its slice claimed,
+    its calls waiting behind a full rate window): a webhook's rescore reads the new events itself
+    instead of waiting for that page, and the sync's read goes on."""
+    with Sandbox.start(contacts=300, seed=9, hubspot_rate=100_000) as sb:
+        a = adapter(sb, mapping_with(shipped, account=FAST), r)
+        first = a.read_page("contact", None, since=None)
+        with bulk_calls():
+            a.load_activities(first.leads, time.time())  # the look-back read in bulk: the window covers it
+        store = a.web_events
+        gen = store._start(time.time(), True)  # a sync page starts reading the new part...
+        assert gen is not None
+        fill = f"{store.prefix}:fill:{gen}"
+        assert store._claim(keys=[fill], args=[repr(time.time()), repr(time.time() + 120)])  # ...and holds it
+        visited = time.time()
+        HTTP.request("POST", sb.hubspot_url + "/__sandbox__/activities", body=orjson.dumps(
+            {"contact": "9", "kind": "page_view", "attrs": {"url": "/careers", "title": "Careers"}}))  # fmt: skip
+        time.sleep(0.01)
+        ids = [str(i) for i in range(1, PER_CONTACT_EVENTS_MAX + 12)]
+        leads = {lead.id: lead for lead in a.get_leads("contact", ids)}
+        reset_stats(sb)
+        done = threading.Event()
+
+        def rescore() -> None:
+            a.load_activities(list(leads.values()), time.time())
+            done.set()
+
+        threading.Thread(target=rescore, daemon=True).start()
+        assert done.wait(20), "the rescore waited for the sync page's read"
+        assert any(act.kind == "page_view" and act.attrs.get("url", "").endswith("/careers") and act.ts >= visited - 1
+                   for act in leads["9"].activities)  # fmt: skip
+        assert calls_to(stats(sb), "GET /events/v3/events") == 1
+        assert store._state().get("gen") == gen  # the sync page's read is still its own to finish
+        a.close()
+
+
 def test_an_incremental_read_also_returns_contacts_with_new_web_events_that_search_does_not_show_yet(
     shipped: HubSpotMapping, r: redis.Redis
 ) -> None:

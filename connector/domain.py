@@ -101,7 +101,7 @@ class Activity(NamedTuple):
     is one empty dict, shared).
 
     A NamedTuple (immutable, as the frozen dataclass it was): the compiled engine
-    reads its fields by index instead of by attribute look-up, about 6 % of its
+    reads its fields by index instead of by attribute look-up, about 8 % of its
     instructions per lead (callgrind over bench/engine.py).
     """
 

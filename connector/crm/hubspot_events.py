@@ -169,9 +169,8 @@ class WebEventStore:
             elif (st := self._state()).get("gen") == gen:  # its last slices are being read by other workers
                 if covered and st.get("to") and not in_bulk():
                     # Real-time work does not wait for them: their reader may be a sync page, whose calls
-                    # wait for the rate window while real-time calls go first (a rescore waited 2-5 s
-                    # beside full syncs, bench/realtime.py). It reads what is new itself (a call or two);
-                    # the fill reads the same events, and duplicates are dropped when read.
+                    # wait for the rate window while real-time calls go first. It reads what is new itself
+                    # (a call or two); the fill reads the same events, and duplicates are dropped when read.
                     self._read_slice(int(st["to"]) - int(OVERLAP_S * 1000), math.floor(now * 1000), None, "")
                     return
                 if time.monotonic() > deadline:

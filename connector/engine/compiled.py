@@ -44,6 +44,7 @@ from connector.engine.rules import (
     fit_plans,
     kind_plans,
     needs_number,
+    remember,
 )
 from connector.engine.values import as_text, fmt_day, fmt_number, show
 from connector.mappings.scoring import BANT_KEYS, EngagementRule, FitRule, ScoringFile, Test
@@ -306,20 +307,11 @@ class ScoringModel:
                 # the same tagged url (portals repeat their campaign links) is one look-up.
                 found = cache.get(path)
                 if found is None:
-                    found = plan.classify({plan.key_attrs: path})  # type: ignore[dict-item]
-                    if len(cache) >= CACHE_LIMIT:
-                        cache.clear()
-                    cache[path] = found
-                if len(cache) >= CACHE_LIMIT:
-                    cache.clear()
-                cache[key] = found
-                return found
+                    found = remember(cache, path, plan.classify({plan.key_attrs: path}))  # type: ignore[dict-item]
+                return remember(cache, key, found)
         cid = cache.get(key)
         if cid is None:
-            cid = plan.classify(attrs)
-            if len(cache) >= CACHE_LIMIT:
-                cache.clear()
-            cache[key] = cid
+            cid = remember(cache, key, plan.classify(attrs))
         return cid
 
     def _score_engagement(

@@ -35,6 +35,16 @@ from connector.mappings.scoring import COMBINATORS, Condition, FieldSettings, Fi
 CACHE_LIMIT = 20_000
 
 X = TypeVar("X")  # what a combined test reads: a field's Reading, or the leaves passed across fields
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def remember(cache: dict[K, V], key: K, value: V) -> V:
+    """`cache[key] = value`, the cache cleared first when it holds CACHE_LIMIT entries; returns `value`."""
+    if len(cache) >= CACHE_LIMIT:
+        cache.clear()
+    cache[key] = value
+    return value
 
 
 def any_of(checks: tuple[Callable[[X], str | None], ...]) -> Callable[[X], str | None]:
@@ -309,11 +319,8 @@ class FieldPlan:
         if kind is not str:
             if kind is not int and kind is not float:
                 return self.evaluate(raw)
-            hit = self.evaluate(raw)  # a number: cached as itself (1 and 1.0 read the same)
-            if len(self.cache) >= CACHE_LIMIT:
-                self.cache.clear()
-            self.cache[raw] = hit  # type: ignore[index]
-            return hit
+            # a number: cached as itself (1 and 1.0 read the same)
+            return remember(self.cache, raw, self.evaluate(raw))  # type: ignore[arg-type]
         key = raw
         if self.by_domain:
             at = raw.rfind("@")
@@ -330,17 +337,11 @@ class FieldPlan:
                     "." in domain and " " not in domain
                     and domain not in self.domains and not domain.endswith(self.subdomains)
                 ):
-                    if len(self.cache) >= CACHE_LIMIT:
-                        self.cache.clear()
-                    self.cache[key] = _PASSED_NONE
-                    return _PASSED_NONE
+                    return remember(self.cache, key, _PASSED_NONE)
         hit = self.evaluate(raw)
         if self.by_domain and hit[1]:
             return hit  # the problem names the whole address: do not share it
-        if len(self.cache) >= CACHE_LIMIT:
-            self.cache.clear()
-        self.cache[key] = hit
-        return hit
+        return remember(self.cache, key, hit)
 
 
 def alias_table(spellings: Mapping[str, list[str]]) -> dict[str, str]:
@@ -503,20 +504,15 @@ class KindPlan:
         plain = self.plain.get(path)
         if plain is None:
             # whitespace to collapse, or a path that reads as empty: the long way
-            plain = path.isprintable() and " " not in path and path.casefold() not in PLACEHOLDERS
-            self._remember(path, plain)
+            plain = remember(self.plain, path,
+                             path.isprintable() and " " not in path and path.casefold() not in PLACEHOLDERS)
         if not plain:
             return None
         plain = self.plain.get(mark + query)
         if plain is None:
-            plain = query.isprintable() and " " not in query and self.query_needles.search(query.casefold()) is None
-            self._remember(mark + query, plain)
+            plain = remember(self.plain, mark + query, query.isprintable() and " " not in query
+                             and self.query_needles.search(query.casefold()) is None)
         return path if plain else None
-
-    def _remember(self, part: str, plain: bool) -> None:
-        if len(self.plain) >= CACHE_LIMIT:
-            self.plain.clear()
-        self.plain[part] = plain
 
     def classify(self, attrs: Mapping[str, Any]) -> int:
         """The class id of the rules these attributes match; -1 for none. Each attribute is read once

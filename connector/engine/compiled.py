@@ -50,6 +50,7 @@ from connector.engine.values import as_text, fmt_day, fmt_number, show
 from connector.mappings.scoring import BANT_KEYS, EngagementRule, FitRule, ScoringFile, Test
 
 INF = math.inf
+DAY_S = 86400  # seconds in a day, as an int
 MAX_PROBLEMS = 10
 
 # Per engagement rule, unpacked in the hot path: (name, points, decay rate per
@@ -107,11 +108,13 @@ class ScoringModel:
         aliases = {name: alias_table(table) for name, table in spec.aliases.items()}
         self._exclusive = tuple(r.exclusive for r in spec.fit)
         self._any_exclusive = any(e is not None for e in self._exclusive)
-        # (field, cache to look in first, its plan (plan.read reads a value), result when the field is empty)
-        self._fields: tuple[tuple[str, dict[str, FieldResult], FieldPlan, FieldResult], ...]
+        # (field, cache to look in first, its plan (plan.read reads a value), result when the field is
+        # empty or None when an empty field passes nothing). None, not a shared empty result to compare
+        # by identity: compiled, a fixed-length tuple is unboxed, and boxing it again makes a new object.
+        self._fields: tuple[tuple[str, dict[str, FieldResult], FieldPlan, FieldResult | None], ...]
         plans, self._combos = fit_plans(spec.fit, aliases, spec.fields)
         self._fields = tuple(
-            (p.field, {} if p.by_domain else p.cache, p, _NOTHING if p.none_result == _NOTHING else p.none_result)
+            (p.field, {} if p.by_domain else p.cache, p, None if p.none_result == _NOTHING else p.none_result)
             for p in plans
         )
 
@@ -210,11 +213,12 @@ class ScoringModel:
         for name, cache, plan, empty in self._fields:
             raw = fields.get(name)
             if raw is None:
-                if empty is _NOTHING:
+                if empty is None:
                     continue
                 result = empty
             elif (kind := type(raw)) is str or kind is int or kind is float:
-                result = cache.get(raw) or plan.read(raw)
+                hit = cache.get(raw)  # compared with None, not tested for truth: that would box it again
+                result = plan.read(raw) if hit is None else hit
             else:
                 result = plan.read(raw)
             passed, unread, leaf = result
@@ -259,19 +263,25 @@ class ScoringModel:
             found.append((-abs(points), slot, c, text))
         return total
 
-    def _collect(self, activities: Iterable[Activity]) -> dict[int, list[float]]:
-        """Timestamps of the matching activities, by the class of rules they match. The hot loop."""
+    def _collect(self, activities: Iterable[Activity]) -> list[list[float] | None]:
+        """Timestamps of the matching activities, by engagement rule slot (None: none). The hot loop."""
         # Methods called on the objects, not through local aliases: as fast in Python 3.11+ (specialised
         # calls), and the compiled build then calls the dict's and list's C functions directly.
         kinds = self._kinds
-        hits: dict[int, list[float]] = {}
-        for act in activities:
-            plan = kinds.get(act.kind)
+        slots_of = self._classes.slots
+        # A list by slot, not a dict: indexing it hashes and boxes nothing.
+        per_rule: list[list[float] | None] = [None] * len(self._eng)
+        # Activities as the (kind, ts, attrs) tuples they are. Compiled, each is checked to be a tuple of
+        # three (anything else raises TypeError, and the careful pass reads it) and its time is taken as
+        # the object it is (`act.ts`, a float field, would be unboxed and boxed again for the list).
+        for act in cast(Iterable[tuple[str, Any, Any]], activities):
+            kind = act[0]
+            plan = kinds.get(kind)
             if plan is None:
                 continue
             # A dict from every adapter. Compiled, this checks it is one (any other Mapping raises
             # TypeError, and the careful pass reads it) and looks up without a method call.
-            attrs: dict[str, str] = act.attrs  # type: ignore[assignment]
+            attrs: dict[str, str] = act[2]
             if type(plan) is int:
                 if type(attrs) is not dict:
                     raise _Unreadable  # the careful pass reads any Mapping (and names what is none)
@@ -280,19 +290,20 @@ class ScoringModel:
                 pair: tuple[str | None, dict[Any, int]] = plan  # type: ignore[assignment]  # not an int
                 attr, cache = pair
                 known = cache.get(attrs.get(attr))  # type: ignore[arg-type]  # attrs.get(None) is None
-                cid = self._miss(act) if known is None else known
+                cid = self._miss(kind, attrs) if known is None else known
             if cid >= 0:
-                seen = hits.get(cid)
-                if seen is None:
-                    hits[cid] = [act.ts]
-                else:
-                    seen.append(act.ts)
-        return hits
+                ts = act[1]
+                for slot in slots_of[cid]:
+                    stamps = per_rule[slot]
+                    if stamps is None:
+                        per_rule[slot] = [ts]
+                    else:
+                        stamps.append(ts)
+        return per_rule
 
-    def _miss(self, act: Activity) -> int:
+    def _miss(self, kind: str, attrs: dict[str, str]) -> int:
         """Classify an activity whose deciding values are not cached yet, and cache them."""
-        plan = self._plans[act.kind]
-        attrs = act.attrs
+        plan = self._plans[kind]
         key: Any
         cache: dict[Any, int]
         if isinstance(plan.key_attrs, tuple):
@@ -315,36 +326,31 @@ class ScoringModel:
         return cid
 
     def _score_engagement(
-        self, hits: dict[int, list[float]], now: float, found: list[_Found], bant: dict[str, float]
+        self, per_rule: list[list[float] | None], now: float, found: list[_Found], bant: dict[str, float]
     ) -> float:
-        if not hits:
-            return 0.0
-        classes = self._classes.slots
-        per_rule: dict[int, list[float]] = {}
-        lists = hits.values()
         # TypeError on a timestamp that is not a number. A loop, not sum(map(sum, ...)): compiled, it
         # adds unboxed floats (the two calls through the interpreter cost more than all the adding).
         spread = 0.0
-        for stamps in lists:
-            for t in stamps:
-                spread += t
+        for stamps in per_rule:
+            if stamps is not None:
+                for t in stamps:
+                    spread += t
         if spread - spread != 0.0:  # NaN or infinite somewhere, or (absurd stamps) an overflow
-            for stamps in lists:
-                spread = sum(stamps)
-                if spread - spread != 0.0:
-                    raise _Unreadable
-        for cid, stamps in hits.items():
-            for slot in classes[cid]:
-                before = per_rule.get(slot)
-                per_rule[slot] = stamps if before is None else before + stamps
+            for stamps in per_rule:
+                if stamps is not None:
+                    spread = sum(stamps)
+                    if spread - spread != 0.0:
+                        raise _Unreadable
         total = 0.0
-        day_s = DAY
         new = tuple.__new__
         signed = _SIGNED
         details = self._details
         rules = len(self._eng)
         eng = self._eng
-        for slot, stamps in per_rule.items():
+        # In rule order, whatever the order of the activities: the sums come out the same to the last bit.
+        for slot, stamps in enumerate(per_rule):
+            if stamps is None:
+                continue
             name, points, rate, window, max_count, cap, tag, order, min_count = eng[slot]
             n = len(stamps)
             if n < min_count:
@@ -363,7 +369,7 @@ class ScoringModel:
                 else:
                     value = points * 1.0
             else:
-                stamps.sort()  # oldest first; lists shared between rules stay sorted
+                stamps.sort()  # oldest first
                 first = 0
                 if now - stamps[0] > window:
                     first = bisect_left(stamps, now - window)
@@ -399,7 +405,7 @@ class ScoringModel:
                 bant[tag] += value
             # the UTC day of the newest occurrence (its own, even when dated after `now` by a skewed
             # clock): a date, not an age, so the reason stays the same from day to day while the evidence does
-            day = int(newest // day_s)
+            day = math.floor(newest) // DAY_S  # = int(newest // DAY), in integers: a float's // is slow compiled
             entry = details.get((seen << 32) + day)
             if entry is None:
                 entry = self._detail(seen, day)

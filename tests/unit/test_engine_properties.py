@@ -101,6 +101,19 @@ def test_scoring_is_deterministic(profile: dict[Any, Any], activities: list[Acti
     assert MODEL.score(profile, activities, NOW) == MODEL.score(profile, list(activities), NOW)
 
 
+@settings(max_examples=60, deadline=None)
+@given(profiles, readable_activities, st.randoms(use_true_random=False))
+def test_the_order_of_the_activities_changes_nothing(
+    profile: dict[Any, Any], activities: list[Activity], rng: Any
+) -> None:
+    """CRMs page activities in their own order (and a webhook's rescore reads them in another than a
+    sync): the same activities must give the same result, every contribution's points to the last bit,
+    or a lead would be rewritten with nothing new."""
+    shuffled = list(activities)
+    rng.shuffle(shuffled)
+    assert MODEL.score(profile, shuffled, NOW) == MODEL.score(profile, activities, NOW)
+
+
 @settings(max_examples=40, deadline=None)
 @given(profiles, readable_activities)
 def test_explaining_never_raises(profile: dict[Any, Any], activities: list[Activity]) -> None:

@@ -80,7 +80,11 @@ SEARCHED_TTL_S = 86400  # ids an incremental stream's search returned, kept for 
 WRITTEN_BUCKETS = 1024
 WRITTEN_TTL_S = 3 * 86400
 TIE_OFFSET = 20  # beyond this many records sharing one timestamp, page by offset instead of by id
-CACHE_SIZE = 20_000
+# Roll-up and gate properties of contacts just read (_extra), for the load_activities that follows each
+# read in the same process (a sync page, a retry batch, a webhook's rescore): two list reads' worth. It was
+# 20,000, which held every contact a pool child had read (about 360 bytes each, 7 MB when full) and
+# made the pool child's RSS grow with the portal for no reuse: a full sync never reads a contact twice.
+CACHE_SIZE = 2 * LIST_LIMIT * LIST_PAGES_PER_READ
 # The events API is Enterprise-only (events.json: x-hubspot-product-tier-requirements ENTERPRISE); on other
 # tiers it answers 403. Once refused, web activity comes from roll-ups, and the API is asked again this long
 # after (a portal may upgrade). Workers share the refusal through Redis and look at it this often.

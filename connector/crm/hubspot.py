@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
+import threading
 import time
 import zlib
 from collections import OrderedDict
@@ -81,7 +82,7 @@ WRITTEN_BUCKETS = 1024
 WRITTEN_TTL_S = 3 * 86400
 TIE_OFFSET = 20  # beyond this many records sharing one timestamp, page by offset instead of by id
 # Roll-up and gate properties of contacts just read (_extra), for the load_activities that follows each
-# read in the same process (a sync page, a retry batch, a webhook's rescore): two list reads' worth. It was
+# read in the same task thread (a sync page, a retry batch, a webhook's rescore): two list reads' worth. It was
 # 20,000, which held every contact a pool child had read (about 360 bytes each, 7 MB when full) and
 # made the pool child's RSS grow with the portal for no reuse: a full sync never reads a contact twice.
 CACHE_SIZE = 2 * LIST_LIMIT * LIST_PAGES_PER_READ
@@ -211,7 +212,7 @@ class HubSpotAdapter:
         # per-contact event reads run a few at a time (the events API has no batch read)
         self._pool = ThreadPoolExecutor(max_workers=EVENT_READERS, thread_name_prefix="hubspot-events")
         self._portal_id: str | None = mapping.account.portal_id
-        self._extra: _Lru = _Lru()  # contact id -> roll-up and gate properties seen in reads
+        self._extras = threading.local()  # per thread: contact id -> roll-up and gate properties seen in reads
         self._redis = redis
         self._events_off_key = f"leadscore:hubspot:{account}:events-refused"
         self._events_seen: tuple[float, str | None] = (0.0, None)  # (when Redis was asked, why refused)
@@ -286,6 +287,15 @@ class HubSpotAdapter:
                 )
             return fallback
         return web
+
+    @property
+    def _extra(self) -> _Lru:
+        """This thread's cache of roll-up and gate properties. A page's read and the load_activities after
+        it run in one task thread; a threads pool runs several tasks at once, each with its own two pages."""
+        lru: _Lru | None = getattr(self._extras, "lru", None)
+        if lru is None:
+            lru = self._extras.lru = _Lru()
+        return lru
 
     @property
     def _extra_props(self) -> list[str]:

@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, cast
+from typing import Any, Final, cast
 
 from connector.domain import Activity
 from connector.engine.decay import DAY, decay_rate
@@ -50,7 +50,7 @@ from connector.engine.values import as_text, fmt_day, fmt_number, show
 from connector.mappings.scoring import BANT_KEYS, EngagementRule, FitRule, ScoringFile, Test
 
 INF = math.inf
-DAY_S = 86400  # seconds in a day, as an int
+DAY_S: Final = 86400  # seconds in a day, as an int (Final: compiled, a constant, not a look-up)
 MAX_PROBLEMS = 10
 
 # Per engagement rule, unpacked in the hot path: (name, points, decay rate per
@@ -103,6 +103,7 @@ class ScoringModel:
         self._w_fit = float(settings.weights.fit)
         self._w_eng = float(settings.weights.engagement)
         self._bant_zero: dict[str, float] = dict.fromkeys(BANT_KEYS, 0.0)
+        self._bant_none: dict[str, int] = dict.fromkeys(BANT_KEYS, 0)  # copied into a result without BANT points
 
         # Fit rules: slot = index in spec.fit; grouped by field.
         aliases = {name: alias_table(table) for name, table in spec.aliases.items()}
@@ -343,6 +344,7 @@ class ScoringModel:
                         raise _Unreadable
         total = 0.0
         new = tuple.__new__
+        contribution: Any = Contribution  # a local: compiled, the module's name is a dict look-up on each use
         signed = _SIGNED
         details = self._details
         rules = len(self._eng)
@@ -419,7 +421,7 @@ class ScoringModel:
                 if text is None:
                     text = texts[key] = f"{signed.get(r) or f'{r:+d} '}{name} ({detail})"
             # tuple.__new__ directly: a NamedTuple's own __new__ is a Python-level call
-            found.append((-abs(value), order, new(Contribution, (name, "engagement", value, detail, tag)), text))
+            found.append((-abs(value), order, new(contribution, (name, "engagement", value, detail, tag)), text))
         return total
 
     def _detail(self, seen: int, day: int) -> tuple[str, dict[int, str]]:
@@ -490,6 +492,11 @@ class ScoringModel:
                 grade = letter
                 break
         found.sort()  # (-|points|, file order) decide; they are never equal
+        any_bant = False  # most leads have no BANT points at all
+        for v in bant.values():
+            if v != 0.0:
+                any_bant = True
+                break
         contributions: list[Contribution] = []
         phrases: list[str] = []
         for _, _, c, text in found:
@@ -504,7 +511,7 @@ class ScoringModel:
             grade,
             reasons_text(phrases),
             tuple(contributions),
-            {k: math.floor(v + 0.5) for k, v in bant.items()},
+            {k: math.floor(v + 0.5) for k, v in bant.items()} if any_bant else self._bant_none.copy(),
             self.version,
             tuple(problems),
         ))

@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Mapping, Sequence
+from operator import itemgetter
 from typing import Any, Final, cast
 
 from connector.domain import Activity
@@ -58,6 +59,7 @@ MAX_PROBLEMS = 10
 _EngSpec = tuple[str, float, float, float, int, float, str | None, int, int]
 # A contribution on its way into a result: (sort key, file order, contribution, phrase or None)
 _Found = tuple[float, int, Contribution, str | None]
+_WEIGHT: Final = itemgetter(0)  # a _Found's sort key: -|points|
 
 
 # "+25 ", "-9 ": formatting a signed int is the slow part of a reason's text.
@@ -243,8 +245,11 @@ class ScoringModel:
                     ))
         if not matched:
             return 0.0
+        if len(matched) > 1:
+            # by rule slot (slots are distinct, so nothing after them is compared): file order, which
+            # _result's stable sort keeps among contributions of equal weight
+            matched.sort()
         if self._any_exclusive and len(matched) > 1:
-            matched.sort()  # by rule slot: slots are distinct, so nothing after them is compared
             taken: set[str] = set()
             kept = []
             for entry in matched:
@@ -491,7 +496,10 @@ class ScoringModel:
             if fit >= threshold:
                 grade = letter
                 break
-        found.sort()  # (-|points|, file order) decide; they are never equal
+        # Strongest first, then in file order: `found` comes in file order (fit rules by slot, then
+        # engagement rules by slot) and the sort is stable, so the weight alone is the key (a float key
+        # compares faster than the tuples would).
+        found.sort(key=_WEIGHT)
         any_bant = False  # most leads have no BANT points at all
         for v in bant.values():
             if v != 0.0:

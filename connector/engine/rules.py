@@ -325,18 +325,20 @@ class FieldPlan:
                 return self.evaluate(raw)
             # a number: cached as itself (1 and 1.0 read the same)
             return remember(self.cache, raw, self.evaluate(raw))  # type: ignore[arg-type]
-        key = raw
+        text: str = raw  # typed: compiled, its slices and most of its methods are then direct calls
+        key = text
         if self.by_domain:
-            at = raw.rfind("@")
-            if at <= 0 or raw[:at].isspace():  # no name before the @ (once spaces are collapsed): a problem
+            at = text.rfind("@")
+            if at <= 0 or text[:at].isspace():  # no name before the @ (once spaces are collapsed): a problem
                 return self.evaluate(raw)
-            key = raw[at:].casefold()
+            key = text[at:].casefold()
             shared = self.cache.get(key)
             if shared is not None:
                 return shared
-            if self.domains is not None and " ".join(raw.split()) == raw:
+            if self.domains is not None and " ".join(text.split()) == text:
                 # nothing to collapse: what evaluate() would read as the domain, and whether it is one
-                domain = raw[at + 1:].rstrip(".").casefold()
+                # (the key without its @: casefolding maps no character to or from a ".")
+                domain = key[1:].rstrip(".")
                 if (
                     "." in domain and " " not in domain
                     and domain not in self.domains and not domain.endswith(self.subdomains)

@@ -221,9 +221,9 @@ def test_email_domains_seen_first_score_as_read_whole(emails: list[str]) -> None
 
 
 def test_a_stream_of_new_values_keeps_the_caches_bounded_and_the_results_exact() -> None:
-    """A long-running worker sees endless new titles, revenues, domains and urls: each cache is cleared
-    when full (memory stays bounded, as bench/sync.py's RSS by portal size shows), and what is scored
-    after a clear is what a fresh engine says."""
+    """A long-running worker sees endless new titles, revenues, domains and urls: each cache forgets its
+    older half when full (memory stays bounded, as bench/sync.py's RSS by portal size shows), and what is
+    scored after that is what a fresh engine says."""
     from connector.engine.rules import CACHE_LIMIT
 
     model = load_scoring(ROOT / "mappings" / "scoring.yaml")
@@ -247,3 +247,19 @@ def test_a_stream_of_new_values_keeps_the_caches_bounded_and_the_results_exact()
     fresh = load_scoring(ROOT / "mappings" / "scoring.yaml")
     for i in range(CACHE_LIMIT - 50, CACHE_LIMIT + 2_050, 97):
         assert _same(model.score(*lead(i), NOW), fresh.score(*lead(i), NOW)), i
+
+
+def test_a_full_cache_keeps_the_half_it_saw_last() -> None:
+    """More distinct values than a cache holds (a portal's campaign-tagged urls) must still find the
+    recent ones: a full cache forgets its older half, not everything."""
+    from connector.engine.rules import CACHE_LIMIT, remember
+
+    cache: dict[str, int] = {}
+    for i in range(CACHE_LIMIT):
+        remember(cache, f"u{i}", i)
+    assert len(cache) == CACHE_LIMIT
+    assert remember(cache, "new", -1) == -1
+    assert len(cache) == CACHE_LIMIT - CACHE_LIMIT // 2 + 1
+    assert "u0" not in cache and f"u{CACHE_LIMIT // 2 - 1}" not in cache
+    assert all(cache[f"u{i}"] == i for i in range(CACHE_LIMIT // 2, CACHE_LIMIT))
+    assert cache["new"] == -1

@@ -30,7 +30,7 @@ import math
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Mapping, Sequence
 from operator import itemgetter
-from typing import Any, Final, cast
+from typing import Any, Final
 
 from connector.domain import Activity
 from connector.engine.decay import DAY, decay_rate
@@ -210,7 +210,9 @@ class ScoringModel:
             else:
                 problems.append(f"profile: {show(profile)} is not a record of fields")
                 profile = {}
-        fields = cast(dict[str, Any], profile)  # a plain dict: compiled, its look-ups skip the method call
+        # A plain dict: compiled, its look-ups skip the method call. An annotation, not a cast(): in pure
+        # Python, cast(dict[str, Any], ...) builds the type on every call.
+        fields: dict[str, Any] = profile  # type: ignore[assignment]
         matched: list[Passed] = []
         leaves: list[tuple[int, str]] = []
         for name, cache, plan, empty in self._fields:
@@ -280,7 +282,8 @@ class ScoringModel:
         # Activities as the (kind, ts, attrs) tuples they are. Compiled, each is checked to be a tuple of
         # three (anything else raises TypeError, and the careful pass reads it) and its time is taken as
         # the object it is (`act.ts`, a float field, would be unboxed and boxed again for the list).
-        for act in cast(Iterable[tuple[str, Any, Any]], activities):
+        rows: Iterable[tuple[str, Any, Any]] = activities  # an annotation, not a cast(): nothing at run time
+        for act in rows:
             kind = act[0]
             plan = kinds.get(kind)
             if plan is None:

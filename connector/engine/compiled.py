@@ -36,7 +36,6 @@ from connector.domain import Activity
 from connector.engine.decay import DAY, decay_rate
 from connector.engine.result import Contribution, ScoreResult, phrase, reasons_text
 from connector.engine.rules import (
-    CACHE_LIMIT,
     FieldPlan,
     FieldResult,
     Passed,
@@ -55,10 +54,10 @@ DAY_S: Final = 86400  # seconds in a day, as an int (Final: compiled, a constant
 MAX_PROBLEMS = 10
 
 # Per engagement rule, unpacked in the hot path: (name, points, decay rate per
-# second or 0.0, window in seconds, max_count or 0, cap, bant, order in the file, min_count or 0)
-_EngSpec = tuple[str, float, float, float, int, float, str | None, int, int]
-# A contribution on its way into a result: (sort key, file order, contribution, phrase or None)
-_Found = tuple[float, int, Contribution, str | None]
+# second or 0.0, window in seconds, max_count or 0, cap, bant, min_count or 0)
+_EngSpec = tuple[str, float, float, float, int, float, str | None, int]
+# A contribution on its way into a result: (sort key, contribution, phrase or None), appended in file order
+_Found = tuple[float, Contribution, str | None]
 _WEIGHT: Final = itemgetter(0)  # a _Found's sort key: -|points|
 
 
@@ -122,10 +121,8 @@ class ScoringModel:
         )
 
         # Engagement rules: slot = index in spec.engagement; grouped by kind.
-        nfit = len(spec.fit)
         self._eng: tuple[_EngSpec, ...] = tuple(
-            self._eng_spec(r, i + nfit, settings.half_life_days, settings.window_days)
-            for i, r in enumerate(spec.engagement)
+            self._eng_spec(r, settings.half_life_days, settings.window_days) for r in spec.engagement
         )
         triples = []
         for slot, rule in enumerate(spec.engagement):
@@ -159,7 +156,7 @@ class ScoringModel:
         self.activity_kinds_used: frozenset[str] = frozenset(self._kinds)
 
     @staticmethod
-    def _eng_spec(rule: EngagementRule, order: int, half_life: float, window: float | None) -> _EngSpec:
+    def _eng_spec(rule: EngagementRule, half_life: float, window: float | None) -> _EngSpec:
         rate = decay_rate(rule.half_life_days or half_life) if rule.decay else 0.0
         win = rule.window_days if rule.window_days is not None else window
         return (
@@ -170,7 +167,6 @@ class ScoringModel:
             rule.max_count or 0,
             INF if rule.max_points is None else float(rule.max_points),
             rule.bant,
-            order,
             rule.min_count or 0,
         )
 
@@ -194,7 +190,7 @@ class ScoringModel:
             # Garbage somewhere in the activities: redo carefully, naming what was skipped.
             del found[mark:]
             bant = self._bant_zero.copy()
-            for _, _, c, _ in found:
+            for _, c, _ in found:
                 if c.bant is not None:
                     bant[c.bant] += c.points
             clean = self._sanitize(activities, problems)
@@ -251,24 +247,24 @@ class ScoringModel:
             # by rule slot (slots are distinct, so nothing after them is compared): file order, which
             # _result's stable sort keeps among contributions of equal weight
             matched.sort()
-        if self._any_exclusive and len(matched) > 1:
-            taken: set[str] = set()
-            kept = []
-            for entry in matched:
-                group = self._exclusive[entry[0]]
-                if group is not None:
-                    if group in taken:
-                        continue
-                    taken.add(group)
-                kept.append(entry)
-            matched = kept
+            if self._any_exclusive:
+                taken: set[str] = set()
+                kept = []
+                for entry in matched:
+                    group = self._exclusive[entry[0]]
+                    if group is not None:
+                        if group in taken:
+                            continue
+                        taken.add(group)
+                    kept.append(entry)
+                matched = kept
         total = 0.0
-        for slot, c, text in matched:
+        for _, c, text in matched:
             points = c.points
             total += points
             if c.bant is not None:
                 bant[c.bant] += points
-            found.append((-abs(points), slot, c, text))
+            found.append((-abs(points), c, text))
         return total
 
     def _collect(self, activities: Iterable[Activity]) -> list[list[float] | None]:
@@ -361,7 +357,7 @@ class ScoringModel:
         for slot, stamps in enumerate(per_rule):
             if stamps is None:
                 continue
-            name, points, rate, window, max_count, cap, tag, order, min_count = eng[slot]
+            name, points, rate, window, max_count, cap, tag, min_count = eng[slot]
             n = len(stamps)
             if n < min_count:
                 continue  # fewer than min_count in all: fewer in the window too
@@ -429,16 +425,13 @@ class ScoringModel:
                 if text is None:
                     text = texts[key] = f"{signed.get(r) or f'{r:+d} '}{name} ({detail})"
             # tuple.__new__ directly: a NamedTuple's own __new__ is a Python-level call
-            found.append((-abs(value), order, new(contribution, (name, "engagement", value, detail, tag)), text))
+            found.append((-abs(value), new(contribution, (name, "engagement", value, detail, tag)), text))
         return total
 
     def _detail(self, seen: int, day: int) -> tuple[str, dict[int, str]]:
         """'3x, last 2026-11-14' (cached: a population repeats these a lot), with room for its phrases."""
         when = fmt_day(day)
-        if len(self._details) > CACHE_LIMIT:
-            self._details.clear()
-        entry = self._details[(seen << 32) + day] = (f"{seen}x, last {when}" if seen > 1 else when, {})
-        return entry
+        return remember(self._details, (seen << 32) + day, (f"{seen}x, last {when}" if seen > 1 else when, {}))
 
     def _sanitize(self, activities: Any, problems: list[str]) -> list[Activity]:
         """The readable activities, as plain Activity objects; the rest named in `problems`."""
@@ -510,7 +503,7 @@ class ScoringModel:
                 break
         contributions: list[Contribution] = []
         phrases: list[str] = []
-        for _, _, c, text in found:
+        for _, c, text in found:
             contributions.append(c)
             if text is not None:  # phrases are never empty
                 phrases.append(text)

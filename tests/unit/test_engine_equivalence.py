@@ -260,6 +260,7 @@ def test_a_full_cache_keeps_the_half_it_saw_last() -> None:
     assert len(cache) == CACHE_LIMIT
     assert remember(cache, "new", -1) == -1
     assert len(cache) == CACHE_LIMIT - CACHE_LIMIT // 2 + 1
-    assert "u0" not in cache and f"u{CACHE_LIMIT // 2 - 1}" not in cache
+    assert "u0" not in cache
+    assert f"u{CACHE_LIMIT // 2 - 1}" not in cache
     assert all(cache[f"u{i}"] == i for i in range(CACHE_LIMIT // 2, CACHE_LIMIT))
     assert cache["new"] == -1

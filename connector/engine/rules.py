@@ -31,21 +31,28 @@ from connector.engine.result import Contribution, phrase
 from connector.engine.values import PLACEHOLDERS, as_number, as_text, clip, domain_of, fmt_number, show
 from connector.mappings.scoring import COMBINATORS, Condition, FieldSettings, FitRule, Operators, Test
 
-# Caches are cleared when they grow past this many distinct values, so a
-# long-running worker fed unbounded garbage keeps bounded memory.
+# A cache holding this many distinct values forgets its older half (remember()), so a long-running
+# worker fed endless new values keeps bounded memory.
 CACHE_LIMIT = 20_000
+# The bound of a profile field read as a number (employees, annual revenue). Such values repeat little
+# (each company has its own: a hit is mostly another contact of the same company) and each entry holds
+# its own contribution and phrase (about half a KB). At CACHE_LIMIT they were a good part of a worker's
+# growth with the portal (bench/sync.py --contacts 300000 --rate 10000 --incremental 0: pool child
+# 121.4-121.8 MB, 116.6-117.2 at 8,000). 8,000 holds every distinct value of bench/engine.py's
+# employees (6,289) and revenues (1,803): its events/s did not move (5,000 cost it 2-3 %).
+NUMBER_CACHE_LIMIT = 8_000
 
 X = TypeVar("X")  # what a combined test reads: a field's Reading, or the leaves passed across fields
 K = TypeVar("K")
 V = TypeVar("V")
 
 
-def remember(cache: dict[K, V], key: K, value: V) -> V:
-    """`cache[key] = value`; returns `value`. A cache holding CACHE_LIMIT entries first forgets the
+def remember(cache: dict[K, V], key: K, value: V, limit: int = CACHE_LIMIT) -> V:
+    """`cache[key] = value`; returns `value`. A cache holding `limit` entries first forgets the
     older half (a dict keeps its keys in the order they came): a population with more distinct values
     than that (campaign-tagged urls) keeps finding the half it saw last, where clearing it all found nothing."""
-    if len(cache) >= CACHE_LIMIT:
-        for old in list(islice(cache, CACHE_LIMIT // 2)):
+    if len(cache) >= limit:
+        for old in list(islice(cache, limit // 2)):
             cache.pop(old, None)  # another thread may have taken it out already
     cache[key] = value
     return value
@@ -264,9 +271,12 @@ class FieldPlan:
     # evaluating it: most of a population's domains are such first sightings).
     domains: frozenset[str] | None = None
     subdomains: tuple[str, ...] = ()
+    # How many values `cache` holds before it forgets its older half (smaller for a field read as a number).
+    limit: int = CACHE_LIMIT
 
     def __post_init__(self) -> None:
         self.none_result = self.evaluate(None)
+        self.limit = NUMBER_CACHE_LIMIT if self.needs_number else CACHE_LIMIT
         self.by_domain = not self.leaves and all(rule.domain_in is not None for _, _, rule in self.tests)
         if self.by_domain and self.field == "email" and self.aliases is None and not self.blank:
             # as compile_check reads them
@@ -324,7 +334,7 @@ class FieldPlan:
             if kind is not int and kind is not float:
                 return self.evaluate(raw)
             # a number: cached as itself (1 and 1.0 read the same)
-            return remember(self.cache, raw, self.evaluate(raw))  # type: ignore[arg-type]
+            return remember(self.cache, raw, self.evaluate(raw), self.limit)  # type: ignore[arg-type]
         text: str = raw  # typed: compiled, its slices and most of its methods are then direct calls
         key = text
         if self.by_domain:
@@ -343,11 +353,11 @@ class FieldPlan:
                     "." in domain and " " not in domain
                     and domain not in self.domains and not domain.endswith(self.subdomains)
                 ):
-                    return remember(self.cache, key, _PASSED_NONE)
+                    return remember(self.cache, key, _PASSED_NONE, self.limit)
         hit = self.evaluate(raw)
         if self.by_domain and hit[1]:
             return hit  # the problem names the whole address: do not share it
-        return remember(self.cache, key, hit)
+        return remember(self.cache, key, hit, self.limit)
 
 
 def alias_table(spellings: Mapping[str, list[str]]) -> dict[str, str]:

@@ -224,7 +224,7 @@ def test_a_stream_of_new_values_keeps_the_caches_bounded_and_the_results_exact()
     """A long-running worker sees endless new titles, revenues, domains and urls: each cache forgets its
     older half when full (memory stays bounded, as bench/sync.py's RSS by portal size shows), and what is
     scored after that is what a fresh engine says."""
-    from connector.engine.rules import CACHE_LIMIT
+    from connector.engine.rules import CACHE_LIMIT, NUMBER_CACHE_LIMIT
 
     model = load_scoring(ROOT / "mappings" / "scoring.yaml")
 
@@ -244,6 +244,10 @@ def test_a_stream_of_new_values_keeps_the_caches_bounded_and_the_results_exact()
     caches.append(model._details)
     assert max(len(c) for c in caches) <= CACHE_LIMIT + 1
     assert sum(len(c) for c in caches) > CACHE_LIMIT  # the stream did fill them
+    # fields read as numbers (each value its own contribution and phrase) are held to the smaller bound
+    numbers = {plan.field: len(plan.cache) for _, _, plan, _ in model._fields if plan.needs_number}
+    assert set(numbers) >= {"annual_revenue", "employees"}
+    assert all(NUMBER_CACHE_LIMIT // 2 < n <= NUMBER_CACHE_LIMIT for n in numbers.values()), numbers
     fresh = load_scoring(ROOT / "mappings" / "scoring.yaml")
     for i in range(CACHE_LIMIT - 50, CACHE_LIMIT + 2_050, 97):
         assert _same(model.score(*lead(i), NOW), fresh.score(*lead(i), NOW)), i

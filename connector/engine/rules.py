@@ -339,7 +339,9 @@ class FieldPlan:
         key = text
         if self.by_domain:
             at = text.rfind("@")
-            if at <= 0 or text[:at].isspace():  # no name before the @ (once spaces are collapsed): a problem
+            # no name before the @ (once spaces are collapsed): a problem. The first character first: a
+            # slice of the name is a new string, and the names that start with a space are few
+            if at <= 0 or (text[0].isspace() and text[:at].isspace()):
                 return self.evaluate(raw)
             key = text[at:].casefold()
             shared = self.cache.get(key)

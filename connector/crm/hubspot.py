@@ -42,7 +42,7 @@ from connector.crm.base import (
     task_ref_in,
     write_with_record_retries,
 )
-from connector.crm.hubspot_events import FRESH_S, EventsRefused, WebEventStore
+from connector.crm.hubspot_events import FRESH_S, EventsRefused, WebEventStore, without_addresses
 from connector.crm.hubspot_events import iso_ms as events_iso
 from connector.crm.hubspot_http import ApiError, HubSpotTransport, Response
 from connector.crm.limits import DEFAULT_POLICY, RetryPolicy, in_bulk, keeping_priority
@@ -839,7 +839,9 @@ class HubSpotAdapter:
                 ts = parse_ts(event.get("occurredAt"))
                 if not rules or ts is None or ts < cutoff:
                     continue
-                by_id[contact_id] += self._emit(rules, event.get("properties") or {}, min(ts, now))
+                # as the bulk read keeps them (hubspot_events.py): the same text scored on either path
+                props = without_addresses(event.get("properties") or {})
+                by_id[contact_id] += self._emit(rules, props, min(ts, now))
             nxt = ((resp.body.get("paging") or {}).get("next") or {}).get("after")
             if not nxt or nxt == after:
                 break

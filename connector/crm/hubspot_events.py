@@ -23,13 +23,16 @@ What Redis holds, under leadscore:hubspot:{account}:web:
     idle         set for a moment by a worker waiting for others' slices: they split theirs
     fill:{gen}   sorted set of the time slices of a fill still to read, scored by their lease's end
 Only the properties the mapping's event rules read are kept (the mapped attributes and `when` tests),
-never names or e-mail addresses.
+never names or e-mail addresses: an address inside a kept value (a page URL such as a form's
+redirect, `/thanks?email=jane%40example.com`) is replaced by NO_ADDRESS before it is kept, and before
+it is scored on the per-contact path too (`without_addresses`), so both paths score the same text.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -88,6 +91,21 @@ return 1
 
 
 Emit = Callable[[Sequence[EventRule], Mapping[str, Any], float], list[Activity]]
+
+
+# An e-mail address, plain or percent-encoded as URLs carry it (jane.doe%40example.com), with the
+# characters a URL may hold around its name (%2B for a +).
+_ADDRESS = re.compile(r"[\w.%+-]+(?:@|%40)[\w-]+(?:\.[\w-]+)*\.[a-z]{2,}", re.IGNORECASE)
+NO_ADDRESS = "(e-mail)"
+
+
+def without_addresses(props: Mapping[str, Any]) -> dict[str, Any]:
+    """An event's properties with every e-mail address in a text value replaced by NO_ADDRESS."""
+    out = dict(props)
+    for key, value in props.items():
+        if type(value) is str and ("@" in value or "%40" in value):
+            out[key] = _ADDRESS.sub(NO_ADDRESS, value)
+    return out
 
 
 def iso_ms(ms: int) -> str:
@@ -258,7 +276,7 @@ class WebEventStore:
                 continue
             ms = round(ts * 1000)
             props = event.get("properties") or {}
-            kept = {p: props[p] for p in self.kept_props if props.get(p) is not None}
+            kept = without_addresses({p: props[p] for p in self.kept_props if props.get(p) is not None})
             cid = str(event["objectId"])
             line = orjson.dumps([str(event.get("id") or f"{cid}:{etype}:{ms}"), etype, ms, kept]) + b"\n"
             ckey = f"{self.prefix}:c:{cid}"

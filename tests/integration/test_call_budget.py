@@ -120,7 +120,16 @@ def test_events_read_per_contact_keeps_nothing_of_the_events_and_finds_what_the_
     sandbox: Sandbox, redis_url: str, tmp_path: Path
 ) -> None:
     """`activities.events_read: per_contact` (for portals whose privacy rules forbid keeping web events
-    outside HubSpot): the same web activities per contact as the bulk read, nothing under web:* in Redis."""
+    outside HubSpot): the same web activities per contact as the bulk read, nothing under web:* in Redis.
+    A page URL carrying an e-mail address (a form's redirect, a tracking link) is scored without it on
+    both paths, and the bulk read keeps no address in Redis."""
+    with http(sandbox) as client:
+        ids = [c["id"] for c in client.get("/crm/v3/objects/contacts", params={"limit": 3}).json()["results"]]
+        for cid, url in zip(ids, ADDRESS_URLS, strict=True):
+            client.post("/__sandbox__/activities", json={
+                "contact": cid, "kind": "page_view", "attrs": {"url": url, "title": "Thank you"},
+            }).raise_for_status()  # fmt: skip
+    time.sleep(0.2)
     per_dir = tmp_path / "per_contact"
     shutil.copytree(ROOT / "mappings", per_dir)
     hubspot_yaml = per_dir / "hubspot.yaml"
@@ -145,9 +154,27 @@ def test_events_read_per_contact_keeps_nothing_of_the_events_and_finds_what_the_
         adapter = bulk.adapter("hubspot")
         leads = adapter.read_page("contact", None, since=None).leads[:300]
         adapter.load_activities(leads, now)
-        assert list(bulk.redis.scan_iter(match="*:web:*")), "the bulk read keeps the look-back's events"
+        web_keys = list(bulk.redis.scan_iter(match="*:web:c:*"))
+        assert web_keys, "the bulk read keeps the look-back's events"
+        kept = b"".join(bulk.redis.get(k) or b"" for k in web_keys)
+        assert b"/thanks" in kept
+        assert b"@" not in kept
+        assert b"%40" not in kept
         from_bulk = {lead.id: sorted((a.kind, a.ts, tuple(sorted(a.attrs.items()))) for a in lead.activities
                                      if a.kind in ("page_view", "form_submission")) for lead in leads}
     finally:
         bulk.close()
     assert from_bulk == per_contact
+    urls = sorted(url.partition("/thanks")[2] for acts in per_contact.values() for _, _, attrs in acts
+                  if "/thanks" in (url := dict(attrs).get("url", "")))  # fmt: skip
+    assert urls == sorted(SCORED_URLS)
+
+
+# Visited by the first three contacts (the sandbox puts its site before the path): addresses plain,
+# percent-encoded, and two in one URL; what is scored after /thanks
+ADDRESS_URLS = [
+    "/thanks?email=jane.doe%40example.com&utm_source=newsletter",
+    "/thanks?contact=Jane.Doe+news@Example.co.uk",
+    "/thanks?from=a@example.org&to=b%40example.net#top",
+]
+SCORED_URLS = ["?email=(e-mail)&utm_source=newsletter", "?contact=(e-mail)", "?from=(e-mail)&to=(e-mail)#top"]

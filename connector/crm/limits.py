@@ -8,8 +8,11 @@ process and cannot do this.
 
 Real-time work goes first. Bulk work (sync pages, the periodic retry: code run
 inside `bulk_calls()`) takes no slot while a real-time caller (a webhook's
-rescore) waits for one, and never takes the last `BULK_LEAVES_FREE` of a
-window, so a rescore is not queued behind a sync that keeps the window full.
+rescore) waits for one, and, while real-time work has been seen in the last
+`REALTIME_RECENT_S`, never takes the last `BULK_LEAVES_FREE` of a window, so a
+rescore is not queued behind a sync that keeps the window full. With no
+real-time work about (a nightly sync, a portal without webhooks) a sync takes
+the whole window.
 
 `call_with_retry` is the single retry policy: `RetryLater` (429, 5xx,
 timeouts, connection errors, as the adapters classify them) is retried with
@@ -46,9 +49,14 @@ P = ParamSpec("P")
 # 10 s with full syncs keeping the window full (bench/realtime.py --with-sync full, 30 changes), from a
 # change to the rep's task took p50 2.6 s, p95 5.7 s with the window served first come, first served;
 # p50 0.8 s, p95 3.0 s with this priority. With 5 % (9 of the connector's 187) a rescore finds its first
-# slots free at once; for the rest, bulk callers step back while it waits (REALTIME_WAITER_MS). A sync
-# alone still uses up to 95 % of the allowance (issue 16 asks a sync to use at least 90 %).
+# slots free at once; for the rest, bulk callers step back while it waits (REALTIME_WAITER_MS). The share
+# is left free only while real-time work is about (REALTIME_RECENT_S): a sync alone takes the whole window.
 BULK_LEAVES_FREE = 0.05
+# How long after a real-time caller's last grant bulk work still leaves BULK_LEAVES_FREE to real-time work.
+# A portal whose webhooks come more often than this keeps the share free all the time; the first
+# real-time call after a quiet spell finds the window full and takes the slots as they come free, bulk
+# work stepping back while it waits (at 187 per 10 s, a slot every 50-60 ms in a window kept full).
+REALTIME_RECENT_S = 600
 # How long past its expected wake-up a waiting real-time caller still holds bulk callers back (one that
 # died or gave up stops holding them back this long after), and how often a held-back bulk caller looks again.
 REALTIME_WAITER_MS = 500
@@ -59,7 +67,8 @@ _bulk: contextvars.ContextVar[bool] = contextvars.ContextVar("leadscore_bulk_cal
 
 @contextlib.contextmanager
 def bulk_calls() -> Iterator[None]:
-    """Calls made inside are bulk work: they leave the last BULK_LEAVES_FREE of each window to others."""
+    """Calls made inside are bulk work: they leave the last BULK_LEAVES_FREE of each window to real-time
+    work while there is some about (REALTIME_RECENT_S), and take no slot while a real-time caller waits."""
     token = _bulk.set(True)
     try:
         yield
@@ -104,13 +113,15 @@ def bulk_keeps_free(limit: int) -> int:
 
 # KEYS[1] the window's sorted set, KEYS[2] the daily counts (a hash: hour number -> grants in that
 # hour), KEYS[3] the stop mark (set until the day's end when the server said the day's budget is gone),
-# KEYS[4] the real-time callers waiting for a slot (a sorted set: caller -> until when it holds bulk back).
+# KEYS[4] the real-time callers waiting for a slot (a sorted set: caller -> until when it holds bulk back),
+# KEYS[5] set for recent_ms after each real-time grant (while it is set, bulk work leaves keep_free slots).
 # ARGV: limit, window_ms, member, daily_limit (0 = no budget of our own), count_daily (1/0),
 #       since_hour (the hour number of the account's last midnight; -1 = not known yet),
 #       day_left_ms (until the account's next midnight, with since_hour),
-#       keep_free (slots of the window this caller may not take: bulk work leaves them to real-time work),
-#       bulk (1/0: a bulk caller takes no slot while a real-time caller waits; a real-time caller that
-#       must wait says so in KEYS[4] until its wait plus waiter_ms), waiter_ms, recheck_ms
+#       keep_free (slots of the window a bulk caller may not take while KEYS[5] is set: left to
+#       real-time work), bulk (1/0: a bulk caller takes no slot while a real-time caller waits; a
+#       real-time caller that must wait says so in KEYS[4] until its wait plus waiter_ms), waiter_ms,
+#       recheck_ms, recent_ms
 # ARGV[3] names the caller: the same for every try of one acquire.
 # Returns {granted (1/0), wait_ms, reason}; reason 'day?' asks for since_hour (only when the grants of
 # the last 25 hours, an upper bound of today's, reach 90% of the budget: the account's day is needed
@@ -148,16 +159,20 @@ if count_daily and daily_limit > 0 then
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
 local n = redis.call('ZCARD', KEYS[1])
-local allowed = limit - tonumber(ARGV[8])
+local allowed = limit
 local bulk = tonumber(ARGV[9]) == 1
 if bulk then
   redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
   if redis.call('ZCARD', KEYS[4]) > 0 then
     return {0, tonumber(ARGV[11]), 'realtime'}
   end
+  if redis.call('EXISTS', KEYS[5]) == 1 then allowed = limit - tonumber(ARGV[8]) end
 end
 if n < allowed then
-  if not bulk then redis.call('ZREM', KEYS[4], ARGV[3]) end
+  if not bulk then
+    redis.call('ZREM', KEYS[4], ARGV[3])
+    redis.call('SET', KEYS[5], '1', 'PX', tonumber(ARGV[12]))
+  end
   redis.call('ZADD', KEYS[1], now, ARGV[3])
   redis.call('PEXPIRE', KEYS[1], window)
   if count_daily and daily_limit > 0 then
@@ -286,6 +301,10 @@ class SlidingWindowLimiter:
         return f"{self.key}:realtime-waiting"
 
     @property
+    def _realtime_seen_key(self) -> str:
+        return f"{self.key}:realtime-seen"
+
+    @property
     def _daily_key(self) -> str:
         return f"{self.key}:daily-hours"
 
@@ -294,8 +313,8 @@ class SlidingWindowLimiter:
 
         Raises StopSync when the day's budget is used up (waiting would take hours).
         count_daily=False: a call that is not counted against the day (finding out when the day ends).
-        Inside `bulk_calls()`, the last BULK_LEAVES_FREE of the window are not granted, nor any slot
-        while a caller outside it waits for one.
+        Inside `bulk_calls()`, no slot is granted while a caller outside it waits for one, nor the
+        last BULK_LEAVES_FREE of the window while one was granted a slot in the last REALTIME_RECENT_S.
         """
         waited = 0.0
         bulk = _bulk.get()
@@ -305,10 +324,10 @@ class SlidingWindowLimiter:
         while True:
             since_hour, left_ms = self._day_args(time.time(), ask) if count_daily and self.daily_limit else (-1, 0)
             granted, wait_ms, reason = self._acquire(
-                keys=[self.key, self._daily_key, self._stop_key, self._waiting_key],
+                keys=[self.key, self._daily_key, self._stop_key, self._waiting_key, self._realtime_seen_key],
                 args=[self.limit, window_ms, caller, self.daily_limit, 1 if count_daily else 0,
                       since_hour, left_ms, bulk_keeps_free(self.limit) if bulk else 0, 1 if bulk else 0,
-                      REALTIME_WAITER_MS, BULK_RECHECK_MS],
+                      REALTIME_WAITER_MS, BULK_RECHECK_MS, int(REALTIME_RECENT_S * 1000)],
             )  # fmt: skip
             if int(granted):
                 return waited

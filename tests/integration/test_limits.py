@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo
 import pytest
 import redis
 
+from connector.crm import limits
 from connector.crm.limits import (
     RetryPolicy,
     SlidingWindowLimiter,
@@ -140,18 +141,22 @@ def test_a_shorter_block_never_shortens_a_longer_one(redis_client: redis.Redis) 
     assert sum(waits) >= 0.5
 
 
-def test_bulk_work_leaves_the_last_slots_of_a_window_to_real_time_work(redis_client: redis.Redis) -> None:
-    # two workers of one portal: one on a sync page (bulk), one rescoring a webhook's contact
+def no_waiting(seconds: float) -> None:
+    raise TimeoutError(f"asked to wait {seconds:.2f} s")
+
+
+def test_bulk_work_leaves_the_last_slots_of_a_window_to_real_time_work_while_there_is_some(
+    redis_client: redis.Redis,
+) -> None:
+    # two workers of one portal: one on a sync page (bulk), one rescoring webhooks' contacts
     sync = SlidingWindowLimiter(redis_client, "rl:shared", limit=100, window=10, margin=0.0)
     webhook = SlidingWindowLimiter(redis_client, "rl:shared", limit=100, window=10, margin=0.0)
     free = bulk_keeps_free(100)
     assert free >= 1
-
-    def no_waiting(seconds: float) -> None:
-        raise TimeoutError(f"asked to wait {seconds:.2f} s")
+    webhook.acquire(sleep=no_waiting)  # a rescore a moment ago: real-time work is about
 
     with bulk_calls():
-        for _ in range(100 - free):
+        for _ in range(100 - free - 1):
             sync.acquire(sleep=no_waiting)
         with pytest.raises(TimeoutError):
             sync.acquire(sleep=no_waiting)  # the sync waits for the window to move on...
@@ -164,13 +169,39 @@ def test_bulk_work_leaves_the_last_slots_of_a_window_to_real_time_work(redis_cli
         webhook.acquire(sleep=no_waiting)  # the window's limit holds for everyone
 
 
+def test_with_no_real_time_work_about_a_sync_takes_the_whole_window(
+    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(limits, "REALTIME_RECENT_S", 0.3)
+    free = bulk_keeps_free(100)
+    # a nightly sync, no webhook about: every slot of the window
+    alone = SlidingWindowLimiter(redis_client, "rl:alone", limit=100, window=10, margin=0.0)
+    with bulk_calls():
+        for _ in range(100):
+            alone.acquire(sleep=no_waiting)
+        with pytest.raises(TimeoutError):
+            alone.acquire(sleep=no_waiting)
+
+    # a webhook's rescore comes: the last slots are left to real-time work...
+    sync = SlidingWindowLimiter(redis_client, "rl:then", limit=100, window=10, margin=0.0)
+    webhook = SlidingWindowLimiter(redis_client, "rl:then", limit=100, window=10, margin=0.0)
+    webhook.acquire(sleep=no_waiting)
+    with bulk_calls():
+        for _ in range(100 - free - 1):
+            sync.acquire(sleep=no_waiting)
+        with pytest.raises(TimeoutError):
+            sync.acquire(sleep=no_waiting)
+        time.sleep(0.4)
+        for _ in range(free):
+            sync.acquire(sleep=no_waiting)  # ...until REALTIME_RECENT_S after the last of it
+        with pytest.raises(TimeoutError):
+            sync.acquire(sleep=no_waiting)  # the window's limit itself holds
+
+
 def test_bulk_work_takes_no_slot_while_real_time_work_waits_for_one(redis_client: redis.Redis) -> None:
     sync = SlidingWindowLimiter(redis_client, "rl:waiting", limit=5, window=1.0, margin=0.0)
     webhook = SlidingWindowLimiter(redis_client, "rl:waiting", limit=5, window=1.0, margin=0.0)
     assert bulk_keeps_free(5) == 0  # so only the waiting rule holds the sync back below
-
-    def no_waiting(seconds: float) -> None:
-        raise TimeoutError(f"asked to wait {seconds:.2f} s")
 
     held_back: list[bool] = []
 

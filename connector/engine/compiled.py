@@ -30,7 +30,7 @@ import math
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Mapping, Sequence
 from operator import itemgetter
-from typing import Any, Final
+from typing import Any, Final, final
 
 from connector.domain import Activity
 from connector.engine.decay import DAY, decay_rate
@@ -53,9 +53,44 @@ INF = math.inf
 DAY_S: Final = 86400  # seconds in a day, as an int (Final: compiled, a constant, not a look-up)
 MAX_PROBLEMS = 10
 
-# Per engagement rule, unpacked in the hot path: (name, points, decay rate per
-# second or 0.0, window in seconds, max_count or 0, cap, bant, min_count or 0)
-_EngSpec = tuple[str, float, float, float, int, float, str | None, int]
+
+
+@final
+class _FieldSpec:
+    """A profile field the fit rules read: its name, the cache to look in first, its plan (plan.read
+    reads a value), and the result when the field is empty (None when an empty field passes nothing:
+    None, not a shared empty result compared by identity, as compiled a fixed-length tuple is unboxed
+    and boxing it again makes a new object). A class for the reason _EngSpec is one."""
+
+    __slots__ = ("cache", "empty", "name", "plan")
+
+    def __init__(self, name: str, cache: dict[str, FieldResult], plan: FieldPlan, empty: FieldResult | None) -> None:
+        self.name = name
+        self.cache = cache
+        self.plan = plan
+        self.empty = empty
+
+
+@final
+class _EngSpec:
+    """One engagement rule as the hot path reads it. A class, not a tuple: compiled, its numbers are
+    kept unboxed and read straight from the object, where a tuple is checked and unboxed whole."""
+
+    __slots__ = ("cap", "max_count", "min_count", "name", "points", "rate", "tag", "window")
+
+    def __init__(
+        self, name: str, points: float, rate: float, window: float, max_count: int, cap: float, tag: str | None,
+        min_count: int,
+    ) -> None:
+        self.name = name
+        self.points = points
+        self.rate = rate  # decay per second, 0.0 without decay
+        self.window = window  # seconds (inf: none)
+        self.max_count = max_count  # 0: none
+        self.cap = cap  # inf: none
+        self.tag = tag  # the BANT key or None
+        self.min_count = min_count  # 0: none
+
 # A contribution on its way into a result: (sort key, contribution, phrase or None), appended in file order
 _Found = tuple[float, Contribution, str | None]
 _WEIGHT: Final = itemgetter(0)  # a _Found's sort key: -|points|
@@ -110,13 +145,9 @@ class ScoringModel:
         aliases = {name: alias_table(table) for name, table in spec.aliases.items()}
         self._exclusive = tuple(r.exclusive for r in spec.fit)
         self._any_exclusive = any(e is not None for e in self._exclusive)
-        # (field, cache to look in first, its plan (plan.read reads a value), result when the field is
-        # empty or None when an empty field passes nothing). None, not a shared empty result to compare
-        # by identity: compiled, a fixed-length tuple is unboxed, and boxing it again makes a new object.
-        self._fields: tuple[tuple[str, dict[str, FieldResult], FieldPlan, FieldResult | None], ...]
         plans, self._combos = fit_plans(spec.fit, aliases, spec.fields)
-        self._fields = tuple(
-            (p.field, {} if p.by_domain else p.cache, p, None if p.none_result == _NOTHING else p.none_result)
+        self._fields: tuple[_FieldSpec, ...] = tuple(
+            _FieldSpec(p.field, {} if p.by_domain else p.cache, p, None if p.none_result == _NOTHING else p.none_result)
             for p in plans
         )
 
@@ -159,7 +190,7 @@ class ScoringModel:
     def _eng_spec(rule: EngagementRule, half_life: float, window: float | None) -> _EngSpec:
         rate = decay_rate(rule.half_life_days or half_life) if rule.decay else 0.0
         win = rule.window_days if rule.window_days is not None else window
-        return (
+        return _EngSpec(
             rule.name,
             float(rule.points),
             rate,
@@ -211,24 +242,25 @@ class ScoringModel:
         fields: dict[str, Any] = profile  # type: ignore[assignment]
         matched: list[Passed] = []
         leaves: list[tuple[int, str]] = []
-        for name, cache, plan, empty in self._fields:
-            raw = fields.get(name)
+        for field in self._fields:
+            raw = fields.get(field.name)
             if raw is None:
+                empty = field.empty
                 if empty is None:
                     continue
                 result = empty
             elif (kind := type(raw)) is str or kind is int or kind is float:
-                hit = cache.get(raw)  # compared with None, not tested for truth: that would box it again
-                result = plan.read(raw) if hit is None else hit
+                hit = field.cache.get(raw)  # compared with None, not tested for truth: that would box it again
+                result = field.plan.read(raw) if hit is None else hit
             else:
-                result = plan.read(raw)
+                result = field.plan.read(raw)
             passed, unread, leaf = result
             if passed:
-                matched += passed
+                matched.extend(passed)
             if unread:
-                problems += unread
+                problems.extend(unread)
             if leaf:
-                leaves += leaf
+                leaves.extend(leaf)
         if self._combos:
             hits = dict(leaves)
             for combo in self._combos:
@@ -357,7 +389,11 @@ class ScoringModel:
         for slot, stamps in enumerate(per_rule):
             if stamps is None:
                 continue
-            name, points, rate, window, max_count, cap, tag, min_count = eng[slot]
+            spec = eng[slot]
+            points = spec.points
+            rate = spec.rate
+            window = spec.window
+            min_count = spec.min_count
             n = len(stamps)
             if n < min_count:
                 continue  # fewer than min_count in all: fewer in the window too
@@ -384,6 +420,7 @@ class ScoringModel:
                 seen = n - first
                 if seen < min_count:
                     continue
+                max_count = spec.max_count
                 if max_count and seen > max_count:
                     first = n - max_count
                 newest = stamps[-1]
@@ -402,11 +439,13 @@ class ScoringModel:
                     for t in stamps[first:end] if first or end != n else stamps:
                         weight += math.exp(rate * (t - now))
                 value = points * weight
+            cap = spec.cap
             if value > cap:
                 value = cap
             elif value < -cap:
                 value = -cap
             total += value
+            tag = spec.tag
             if tag is not None:
                 bant[tag] += value
             # the UTC day of the newest occurrence (its own, even when dated after `now` by a skewed
@@ -423,9 +462,9 @@ class ScoringModel:
                 key = r * rules + slot
                 text = texts.get(key)
                 if text is None:
-                    text = texts[key] = f"{signed.get(r) or f'{r:+d} '}{name} ({detail})"
+                    text = texts[key] = f"{signed.get(r) or f'{r:+d} '}{spec.name} ({detail})"
             # tuple.__new__ directly: a NamedTuple's own __new__ is a Python-level call
-            found.append((-abs(value), new(contribution, (name, "engagement", value, detail, tag)), text))
+            found.append((-abs(value), new(contribution, (spec.name, "engagement", value, detail, tag)), text))
         return total
 
     def _detail(self, seen: int, day: int) -> tuple[str, dict[int, str]]:

@@ -237,15 +237,15 @@ def test_a_stream_of_new_values_keeps_the_caches_bounded_and_the_results_exact()
 
     for i in range(CACHE_LIMIT + 2_000):
         model.score(*lead(i), NOW)
-    caches: list[dict[Any, Any]] = [cache for _, cache, plan, _ in model._fields]
-    caches += [plan.cache for _, _, plan, _ in model._fields]
+    caches: list[dict[Any, Any]] = [field.cache for field in model._fields]
+    caches += [field.plan.cache for field in model._fields]
     for plan in model._plans.values():
         caches += [plan.cache, plan.multi_cache, plan.plain]
     caches.append(model._details)
     assert max(len(c) for c in caches) <= CACHE_LIMIT + 1
     assert sum(len(c) for c in caches) > CACHE_LIMIT  # the stream did fill them
     # fields read as numbers (each value its own contribution and phrase) are held to the smaller bound
-    numbers = {plan.field: len(plan.cache) for _, _, plan, _ in model._fields if plan.needs_number}
+    numbers = {f.plan.field: len(f.plan.cache) for f in model._fields if f.plan.needs_number}
     assert set(numbers) >= {"annual_revenue", "employees"}
     assert all(NUMBER_CACHE_LIMIT // 2 < n <= NUMBER_CACHE_LIMIT for n in numbers.values()), numbers
     fresh = load_scoring(ROOT / "mappings" / "scoring.yaml")

@@ -55,6 +55,26 @@ MAX_PROBLEMS = 10
 
 
 
+# A _KindSpec's class id when the class depends on the activity's attributes.
+LOOK_UP: Final = -2
+
+
+@final
+class _KindSpec:
+    """How the activities of one kind are classified: a kind whose rules look at no attribute has its
+    class id (`cid`) itself, all its activities match alike; else `cid` is LOOK_UP and `cache` maps the
+    value of `attr`, the attribute whose value decides, to the class id. A kind whose rules look at
+    several attributes has no `attr` and an empty `cache`: _miss classifies it. A class for the reason
+    _EngSpec is one."""
+
+    __slots__ = ("attr", "cache", "cid")
+
+    def __init__(self, cid: int, attr: str | None, cache: dict[Any, int]) -> None:
+        self.cid = cid
+        self.attr = attr
+        self.cache = cache
+
+
 @final
 class _FieldSpec:
     """A profile field the fit rules read: its name, the cache to look in first, its plan (plan.read
@@ -173,12 +193,11 @@ class ScoringModel:
                 tuple(n.casefold() for cond in rule.where.values() for n in cond.contains or ()) if plain else None
             )
         self._plans, self._classes = kind_plans(triples, numeric, substrings)
-        # kind -> (the attribute whose value decides, or None; value -> class id). A kind whose
-        # rules look at several attributes gets an empty dict here, and is classified in _miss.
-        # A kind whose rules look at no attribute gets its class id itself: all its activities match alike.
-        self._kinds: dict[str, int | tuple[str | None, dict[Any, int]]] = {
-            kind: p.classify({}) if p.key_attrs is None
-            else (p.key_attrs, p.cache) if not isinstance(p.key_attrs, tuple) else (None, {})
+        # kind -> how its activities are classified (_KindSpec)
+        self._kinds: dict[str, _KindSpec] = {
+            kind: _KindSpec(p.classify({}), None, {}) if p.key_attrs is None
+            else _KindSpec(LOOK_UP, p.key_attrs, p.cache) if not isinstance(p.key_attrs, tuple)
+            else _KindSpec(LOOK_UP, None, {})
             for kind, p in self._plans.items()
         }
         # (seen << 32) + day -> (detail, {points * rules + rule slot: phrase}): the phrases cached with their detail
@@ -319,15 +338,12 @@ class ScoringModel:
             # A dict from every adapter. Compiled, this checks it is one (any other Mapping raises
             # TypeError, and the careful pass reads it) and looks up without a method call.
             attrs: dict[str, str] = act[2]
-            if type(plan) is int:
-                if type(attrs) is not dict:
-                    raise _Unreadable  # the careful pass reads any Mapping (and names what is none)
-                cid = plan
-            else:
-                pair: tuple[str | None, dict[Any, int]] = plan  # type: ignore[assignment]  # not an int
-                attr, cache = pair
-                known = cache.get(attrs.get(attr))  # type: ignore[arg-type]  # attrs.get(None) is None
+            cid = plan.cid
+            if cid == LOOK_UP:
+                known = plan.cache.get(attrs.get(plan.attr))  # type: ignore[arg-type]  # attrs.get(None) is None
                 cid = self._miss(kind, attrs) if known is None else known
+            elif type(attrs) is not dict:
+                raise _Unreadable  # the careful pass reads any Mapping (and names what is none)
             if cid >= 0:
                 ts = act[1]
                 for slot in slots_of[cid]:

@@ -114,6 +114,11 @@ class _EngSpec:
 # A contribution on its way into a result: (sort key, contribution, phrase or None), appended in file order
 _Found = tuple[float, Contribution, str | None]
 _WEIGHT: Final = itemgetter(0)  # a _Found's sort key: -|points|
+# tuple.__new__ and the NamedTuples it builds (their own __new__ is a Python-level call). Compiled, a
+# Final name is a static of the module, where any other is a look-up in its dict on every use.
+_NEW: Final[Any] = tuple.__new__
+_CONTRIBUTION: Final[Any] = Contribution
+_SCORE_RESULT: Final[Any] = ScoreResult
 
 
 # "+25 ", "-9 ": formatting a signed int is the slow part of a reason's text.
@@ -395,8 +400,8 @@ class ScoringModel:
                     if spread - spread != 0.0:
                         raise _Unreadable
         total = 0.0
-        new = tuple.__new__
-        contribution: Any = Contribution  # a local: compiled, the module's name is a dict look-up on each use
+        new = _NEW
+        contribution = _CONTRIBUTION
         signed = _SIGNED
         details = self._details
         rules = len(self._eng)
@@ -562,7 +567,7 @@ class ScoringModel:
             contributions.append(c)
             if text is not None:  # phrases are never empty
                 phrases.append(text)
-        return tuple.__new__(ScoreResult, (
+        result: ScoreResult = _NEW(_SCORE_RESULT, (
             score,
             fit,
             engagement,
@@ -574,6 +579,7 @@ class ScoringModel:
             self.version,
             tuple(problems),
         ))
+        return result
 
     # --------------------------------------------------------------- explaining
 

@@ -53,8 +53,6 @@ INF = math.inf
 DAY_S: Final = 86400  # seconds in a day, as an int (Final: compiled, a constant, not a look-up)
 MAX_PROBLEMS = 10
 
-
-
 # A _KindSpec's class id when the class depends on the activity's attributes.
 LOOK_UP: Final = -2
 

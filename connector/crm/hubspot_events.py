@@ -99,13 +99,16 @@ _ADDRESS = re.compile(r"[\w.%+-]+(?:@|%40)[\w-]+(?:\.[\w-]+)*\.[a-z]{2,}", re.IG
 NO_ADDRESS = "(e-mail)"
 
 
-def without_addresses(props: Mapping[str, Any]) -> dict[str, Any]:
-    """An event's properties with every e-mail address in a text value replaced by NO_ADDRESS."""
-    out = dict(props)
+def without_addresses(props: Mapping[str, Any]) -> Mapping[str, Any]:
+    """An event's properties with every e-mail address in a text value replaced by NO_ADDRESS: `props`
+    itself when none holds one (most events: no copy of each), else a copy."""
+    out: dict[str, Any] | None = None
     for key, value in props.items():
         if type(value) is str and ("@" in value or "%40" in value):
+            if out is None:
+                out = dict(props)
             out[key] = _ADDRESS.sub(NO_ADDRESS, value)
-    return out
+    return props if out is None else out
 
 
 def iso_ms(ms: int) -> str:

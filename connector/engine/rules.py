@@ -36,11 +36,14 @@ from connector.mappings.scoring import COMBINATORS, Condition, FieldSettings, Fi
 CACHE_LIMIT = 20_000
 # The bound of a profile field read as a number (employees, annual revenue). Such values repeat little
 # (each company has its own: a hit is mostly another contact of the same company) and each entry holds
-# its own contribution and phrase (about half a KB). At CACHE_LIMIT they were a good part of a worker's
-# growth with the portal (bench/sync.py --contacts 300000 --rate 10000 --incremental 0: pool child
-# 121.4-121.8 MB, 116.6-117.2 at 8,000). 8,000 holds every distinct value of bench/engine.py's
-# employees (6,289) and revenues (1,803): its events/s did not move (5,000 cost it 2-3 %).
-NUMBER_CACHE_LIMIT = 8_000
+# its own contribution and phrase (about 430 bytes). At 8,000 these two caches and the e-mail domains a
+# worker had seen were most of its growth with the portal (bench/sync.py --rate 10000 --incremental 0,
+# pool child: 104.1-105.7 MB at 10,000 contacts, 113.1-113.3 at 100,000; 105.1-105.7 with every cache
+# held to 64 entries): a cache this size is filled only by a big portal. At 2,048 both fill by 10,000
+# to 25,000 contacts a worker. The price: bench/engine.py's employees (6,379 distinct values) are
+# evaluated 18,155 times instead of 6,379, 3 % of the pure-Python engine's time and none measurable of
+# the compiled one's.
+NUMBER_CACHE_LIMIT = 2_048
 
 X = TypeVar("X")  # what a combined test reads: a field's Reading, or the leaves passed across fields
 K = TypeVar("K")
@@ -267,8 +270,8 @@ class FieldPlan:
     # With aliases: report a value the table does not know as a problem.
     closed: bool = False
     # By domain, with no aliases and no "not answered" values: every domain the tests name, and the
-    # suffixes of their subdomains. A new domain that is none of them passes no test (read() skips
-    # evaluating it: most of a population's domains are such first sightings).
+    # suffixes of their subdomains. A new domain that is none of them passes no test (read() neither
+    # evaluates nor caches it: most of a population's domains are such first sightings).
     domains: frozenset[str] | None = None
     subdomains: tuple[str, ...] = ()
     # How many values `cache` holds before it forgets its older half (smaller for a field read as a number).
@@ -355,7 +358,10 @@ class FieldPlan:
                     "." in domain and " " not in domain
                     and domain not in self.domains and not domain.endswith(self.subdomains)
                 ):
-                    return remember(self.cache, key, _PASSED_NONE, self.limit)
+                    # not cached: this check costs no more than remembering it (bench/engine.py did not
+                    # move), and a portal has as many such domains as companies, which a cache of them
+                    # held for a worker's lifetime (2 MB at its bound)
+                    return _PASSED_NONE
         hit = self.evaluate(raw)
         if self.by_domain and hit[1]:
             return hit  # the problem names the whole address: do not share it

@@ -213,8 +213,8 @@ EMAIL_PIECES = ["bob", "@", ".", "gmail.com", "GMail.COM", "mail.gmx.de", "gmx.d
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.lists(st.sampled_from(EMAIL_PIECES), min_size=0, max_size=5).map("".join), min_size=1, max_size=6))
 def test_email_domains_seen_first_score_as_read_whole(emails: list[str]) -> None:
-    """A new domain that no rule names is not read in full (cached as passing nothing): that changes nothing,
-    seen once or again."""
+    """A new domain that no rule names is not read in full (nor cached): that changes nothing, seen once or
+    again."""
     for email in emails * 2:
         profile = {"email": email}
         assert _same(FAST.score(profile, [], NOW), reference(FAST, profile, [], NOW)), email
@@ -224,6 +224,7 @@ def test_a_stream_of_new_values_keeps_the_caches_bounded_and_the_results_exact()
     """A long-running worker sees endless new titles, revenues, domains and urls: each cache forgets its
     older half when full (memory stays bounded, as bench/sync.py's RSS by portal size shows), and what is
     scored after that is what a fresh engine says."""
+    from connector.engine.compiled import DETAILS_LIMIT
     from connector.engine.rules import CACHE_LIMIT, NUMBER_CACHE_LIMIT
 
     model = load_scoring(ROOT / "mappings" / "scoring.yaml")
@@ -248,6 +249,10 @@ def test_a_stream_of_new_values_keeps_the_caches_bounded_and_the_results_exact()
     numbers = {f.plan.field: len(f.plan.cache) for f in model._fields if f.plan.needs_number}
     assert set(numbers) >= {"annual_revenue", "employees"}
     assert all(NUMBER_CACHE_LIMIT // 2 < n <= NUMBER_CACHE_LIMIT for n in numbers.values()), numbers
+    # a domain no rule names is not kept at all: a portal has as many as it has companies
+    email = next(f.plan for f in model._fields if f.plan.field == "email")
+    assert email.domains is not None and not any("company" in key for key in email.cache), list(email.cache)[:5]
+    assert 0 < len(model._details) <= DETAILS_LIMIT
     fresh = load_scoring(ROOT / "mappings" / "scoring.yaml")
     for i in range(CACHE_LIMIT - 50, CACHE_LIMIT + 2_050, 97):
         assert _same(model.score(*lead(i), NOW), fresh.score(*lead(i), NOW)), i

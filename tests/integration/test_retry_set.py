@@ -192,11 +192,12 @@ def test_a_page_that_cannot_be_read_moves_an_incremental_cursor_up_to_the_pages_
 
     # A full read comes in id order: pages after the unreadable one may hold older changes.
     first = run_sync(rt, second_list_page_unreadable)
-    assert first.status == "failed"
+    assert first.status == "failed", (first.fields, first.failures)
     assert rt.runs.cursor("hubspot", "contact") is None
 
     set_faults(sandbox, {})
-    assert run_sync(rt).status == "done"
+    second = run_sync(rt)
+    assert second.status == "done", (second.fields, second.failures)
     before = rt.runs.cursor("hubspot", "contact")
     assert before is not None
 
@@ -206,11 +207,11 @@ def test_a_page_that_cannot_be_read_moves_an_incremental_cursor_up_to_the_pages_
     # An incremental read comes in order of modification (pages of 200: everyone written by the
     # last run shows up again, skipped unread as our own writes): what was not read is newer than what was.
     third = run_sync(rt, second_search_page_unreadable)
-    assert third.status == "failed"
-    assert third.count("read") == 0
+    assert third.status == "failed", (third.fields, third.failures)
+    assert third.count("read") == 0, (third.fields, third.failures)
     after = rt.runs.cursor("hubspot", "contact")
     assert after is not None
-    assert after > before  # the window the next run reads does not keep growing
+    assert after > before, (after, before, third.fields)  # the window the next run reads does not keep growing
 
 
 def test_workers_claim_disjoint_ids_a_dead_claim_comes_due_again_and_one_failing_again_waits_longer(

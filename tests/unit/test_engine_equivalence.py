@@ -252,7 +252,10 @@ def test_a_stream_of_new_values_keeps_the_caches_bounded_and_the_results_exact()
     # a domain no rule names is not kept at all: a portal has as many as it has companies
     email = next(f.plan for f in model._fields if f.plan.field == "email")
     assert email.domains is not None and not any("company" in key for key in email.cache), list(email.cache)[:5]
-    assert 0 < len(model._details) <= DETAILS_LIMIT
+    assert len(model._details) > 0
+    for day in range(20_000, 20_000 + 2 * DETAILS_LIMIT + 10):  # a worker running for years
+        model._detail(1, day)
+    assert DETAILS_LIMIT // 2 < len(model._details) <= DETAILS_LIMIT
     fresh = load_scoring(ROOT / "mappings" / "scoring.yaml")
     for i in range(CACHE_LIMIT - 50, CACHE_LIMIT + 2_050, 97):
         assert _same(model.score(*lead(i), NOW), fresh.score(*lead(i), NOW)), i

@@ -394,7 +394,7 @@ def sync(crm: str | None, full: bool, wait: bool) -> int:
     sys.stdout.flush()
     if not wait:
         return 0
-    views = console.wait_for_runs(rt.runs, run_ids)
+    views = console.wait_for_runs(rt.runs, run_ids, preparing=lambda crm: rt.adapter(crm).preparing())
     return 0 if all(v.status == "done" for v in views) else 1
 
 

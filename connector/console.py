@@ -30,6 +30,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from connector.domain import CRMS, CrmName
 from connector.errors import UserError
 from connector.runs import RunStore, RunView, Stall
 
@@ -101,7 +102,8 @@ class RunLine:
     waiting: str = ""  # a stream waiting for a page its worker stopped answering for (see `waiting_text`)
 
     @classmethod
-    def of(cls, v: RunView, stalls: Sequence[Stall] = ()) -> RunLine:
+    def of(cls, v: RunView, stalls: Sequence[Stall] = (), preparing: str | None = None) -> RunLine:
+        waiting = waiting_text(stalls)
         return cls(
             crm=v.fields.get("crm", "?"),
             read=v.count("read"),
@@ -109,7 +111,7 @@ class RunLine:
             pages_done=v.count("pages_done"),
             pages_total=v.count("pages_total"),
             counts=f"scored {v.count('scored')} written {v.count('written')} assigned {v.count('assigned')}",
-            waiting=waiting_text(stalls),
+            waiting="; ".join(t for t in (preparing, waiting) if t),
         )
 
     def plain(self) -> str:
@@ -218,11 +220,13 @@ def wait_for_runs(
     *,
     expected: dict[str, int] | None = None,
     summary: Callable[[RunView], None] | None = None,
+    preparing: Callable[[CrmName], str | None] | None = None,
 ) -> list[RunView]:
     """Show progress until every run has finished, then each run's summary; return the final views.
 
     `expected`: records each CRM's run will read when the caller knows it (the demo does),
-    for the time left when the CRM did not say.
+    for the time left when the CRM did not say. `preparing(crm)`: what that CRM's runs read before
+    their pages can be scored, in words (CrmAdapter.preparing), shown while a run has read nothing.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     display = _Display("quiet" if quiet else ("bars" if is_tty(sys.stderr) else "lines"), expected)
@@ -250,7 +254,9 @@ def wait_for_runs(
                     "nothing is written twice."
                 )
             views = [v for v in got if v is not None]
-            lines = [RunLine.of(v, () if v.finished else _stalls(runs, v.id)) for v in views]
+            lines = [RunLine.of(v, () if v.finished else _stalls(runs, v.id),
+                                None if v.finished or preparing is None else _preparing(preparing, v))
+                     for v in views]  # fmt: skip
             for v, line in zip(views, lines, strict=True):
                 (display.finish if v.finished else display.update)(v.id, line)
             display.lines(lines)
@@ -263,6 +269,18 @@ def wait_for_runs(
         for v in views:
             (summary or print_run_summary)(v)
     return views
+
+
+def _preparing(preparing: Callable[[CrmName], str | None], v: RunView) -> str | None:
+    if v.count("read"):
+        return None  # pages are being scored: the progress line says enough
+    crm = v.fields.get("crm", "")
+    if crm not in CRMS:
+        return None
+    try:
+        return preparing(crm)
+    except redis.RedisError:
+        return None  # the progress line goes on without it; the next look asks again
 
 
 def _stalls(runs: RunStore, run_id: str) -> list[Stall]:

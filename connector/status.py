@@ -202,9 +202,12 @@ def collect_status(rt: Runtime, now: float, *, recent: int = 5, rep_names: bool 
         used, limit, window = adapter.api_budget()
         day = today.get(crm, {"hot": {}, "assigned": {}})
         names = _rep_names(rt, crm) if rep_names and day["assigned"] else {}
+        in_progress = [v.id for v in views if not v.finished]
         crms[crm] = {
             "runs": [_run(v) for v in views],
-            "in_progress": [v.id for v in views if not v.finished],
+            "in_progress": in_progress,
+            # what a running sync reads before its pages are scored (HubSpot: the look-back's web events)
+            "preparing": adapter.preparing() if in_progress else None,
             "streams": streams,
             "api_budget": {"used": used, "limit": limit, "window": window},
             "hot_today": day["hot"],
@@ -253,6 +256,9 @@ def show_status(report: Mapping[str, Any], *, plain: bool) -> None:
                                       "failed", "hot", "assigned"], runs, plain=plain)
     else:
         print("runs: none yet")
+    for crm, c in crms.items():
+        if c.get("preparing"):
+            print(f"{crm}: {c['preparing']}")
     table("streams", ["CRM", "stream", "changes read through", "behind", "cursor (last change seen)",
                       "waiting to be retried"],
           [[crm, s, v["read_through"] or "-", _ago(v["behind_seconds"]), v["cursor"] or "-",

@@ -385,7 +385,8 @@ def run_demo(
                 # the CRMs are separate accounts: their syncs run side by side on the same workers
                 run_ids = [sync_tasks.enqueue_run(name, True).run_id for name in crms]
                 views = console.wait_for_runs(rt.runs, run_ids, timeout=900, quiet=not progress,
-                                              expected=dict.fromkeys(crms, contacts), summary=lambda _v: None)
+                                              expected=dict.fromkeys(crms, contacts), summary=lambda _v: None,
+                                              preparing=lambda crm: rt.adapter(crm).preparing())  # fmt: skip
                 summaries = [_summarise(rt, name, view, sb) for name, view in zip(crms, views, strict=True)]
             for name, summary in zip(crms, summaries, strict=True):
                 _add_routing(rt, summary, config, reps[name], clock, now)

@@ -312,6 +312,10 @@ class CrmAdapter(Protocol):
         """(API calls used, the budget or None when unknown, the window they count over) for `leadscore status`."""
         ...
 
+    def preparing(self) -> str | None:
+        """What a sync reads before its pages can be scored, with its progress, in words (None: nothing)."""
+        ...
+
     @property
     def calls(self) -> CallCounter:
         """HTTP calls this adapter made (retries included), in total and per thread."""

@@ -312,6 +312,14 @@ class HubSpotAdapter:
         limiter = self.http.limiter
         return limiter.used_today(), (limiter.daily_limit or None), "today (UTC)"
 
+    def preparing(self) -> str | None:
+        """The shared read of web events under way (a first sync reads the whole look-back before any page
+        is scored: on a big portal at a real rate limit, the better part of an hour), from Redis."""
+        if self.mapping.activities.events_read != "bulk":
+            return None
+        fill = self.web_events.progress()
+        return None if fill is None else fill.text()
+
     @property
     def calls(self) -> CallCounter:
         return self.http.calls

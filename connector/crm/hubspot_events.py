@@ -36,6 +36,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -122,6 +123,23 @@ class EventsRefused(Exception):
     def __init__(self, why: str) -> None:
         super().__init__(why)
         self.why = why
+
+
+@dataclass(frozen=True)
+class FillProgress:
+    """A read of web events under way: all of the look-back (`full`, a first sync's) or its new part."""
+
+    full: bool
+    lo_ms: int
+    hi_ms: int
+    done: float  # share of the time window read, 0..1
+
+    def text(self) -> str:
+        if self.full:
+            days = (self.hi_ms - self.lo_ms) / 86_400_000
+            return (f"reading the web events of the last {days:.0f} days before scoring "
+                    f"(once; later syncs read only new ones): {100 * self.done:.0f} % done")  # fmt: skip
+        return f"reading new web events: {100 * self.done:.0f} % done"
 
 
 class WebEventStore:
@@ -250,13 +268,17 @@ class WebEventStore:
             body = self.read_window(lo, hi, self.only_type, after)
             results = body.get("results") or []
             self._keep(results)
+            last = max((round((parse_time(e.get("occurredAt")) or 0) * 1000) for e in results), default=lo)
             if fill_key is not None:
-                self.redis.zadd(fill_key, {member: time.time() + SLICE_LEASE_S}, xx=True)  # the lease renewed
+                pipe = self.redis.pipeline(transaction=False)
+                pipe.zadd(fill_key, {member: time.time() + SLICE_LEASE_S}, xx=True)  # the lease renewed
+                pipe.hset(f"{fill_key}:at", member, f"{max(last, lo)}:{hi}")  # how far it is read (progress())
+                pipe.expire(f"{fill_key}:at", int(WAIT_S * 2))
+                pipe.execute()
             nxt = ((body.get("paging") or {}).get("next") or {}).get("after")
             if not nxt or nxt == after:
                 return
             after = str(nxt)
-            last = max((round((parse_time(e.get("occurredAt")) or 0) * 1000) for e in results), default=lo)
             if (
                 fill_key is not None
                 and lo <= last and hi - last > 2 * MIN_SPLIT_MS and self.redis.exists(f"{self.prefix}:idle")
@@ -291,6 +313,32 @@ class WebEventStore:
             pipe.zadd(f"{self.prefix}:last", latest, gt=True)
         if n:
             pipe.execute()
+
+    def progress(self) -> FillProgress | None:
+        """The fill under way, how much of its time window is read (None: none is under way).
+
+        A slice not claimed yet counts whole; one being read counts from the newest event read in it
+        to where it ends now (a split hands its second half to a slice of its own)."""
+        st = self._state()
+        gen = st.get("gen")
+        if not gen or not st.get("lo") or not st.get("hi"):
+            return None
+        lo, hi = int(st["lo"]), int(st["hi"])
+        fill = f"{self.prefix}:fill:{gen}"
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zrange(fill, 0, -1)
+        pipe.hgetall(f"{fill}:at")
+        members, at = pipe.execute()
+        reached = {(k.decode() if isinstance(k, bytes) else str(k)): (v.decode() if isinstance(v, bytes) else str(v))
+                   for k, v in at.items()}  # fmt: skip
+        left = 0
+        for raw in members:
+            member = raw.decode() if isinstance(raw, bytes) else str(raw)
+            a, b = (int(x) for x in (reached.get(member) or member).split(":"))
+            left += max(0, b - a)
+        span = max(1, hi - lo)
+        return FillProgress(full=st.get("full") == "1", lo_ms=lo, hi_ms=hi,
+                            done=min(1.0, max(0.0, 1 - left / span)))  # fmt: skip
 
     # -- reading
 

@@ -1059,6 +1059,9 @@ class SalesforceAdapter:
             return 0, None, "last 24 h (not reported yet)"
         return usage[0], usage[1], "last 24 h"
 
+    def preparing(self) -> str | None:
+        return None  # every page reads its own activities
+
     def usage_line(self) -> str | None:
         """API usage as last seen, for the CLI: 'Salesforce API usage: 1,234 of 15,000 calls (8%) ...'."""
         if self.usage is None:

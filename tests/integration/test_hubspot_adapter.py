@@ -247,6 +247,36 @@ def test_activities_are_mapped_onto_engine_kinds_with_batched_calls(sandbox: San
     a.close()
 
 
+def test_the_first_read_of_the_look_backs_web_events_reports_how_far_it_is(
+    sandbox: Sandbox, fast_mapping: HubSpotMapping, r: redis.Redis
+) -> None:
+    """What `leadscore status` and `sync --wait` show while a first sync reads the look-back's web events
+    before it can score a page (on a big portal at a real rate limit, the better part of an hour)."""
+    a = adapter(sandbox, fast_mapping, r)
+    store = a.web_events
+    assert store.progress() is None and a.preparing() is None  # nothing under way
+    seen: list[float] = []
+    read = store.read_window
+
+    def watched(*args: Any) -> Any:
+        fill = store.progress()
+        assert fill is not None and fill.full
+        seen.append(fill.done)
+        return read(*args)
+
+    store.read_window = watched
+    page = a.read_page("contact", None, since=None)
+    reset_stats(sandbox)
+    with bulk_calls():
+        a.load_activities(page.leads, time.time())
+    assert len(seen) == calls_to(stats(sandbox), "GET /events/v3/events") > FULL_SLICES
+    assert seen[0] == 0.0 and seen == sorted(seen) and seen[-1] < 1.0
+    # counted within a slice too, not only slice by slice
+    assert any(round(x * FULL_SLICES, 6) % 1 for x in seen), seen
+    assert store.progress() is None and a.preparing() is None  # done
+    a.close()
+
+
 def test_a_few_contacts_get_their_web_events_one_call_each_while_no_bulk_read_covers_the_look_back(
     sandbox: Sandbox, fast_mapping: HubSpotMapping, r: redis.Redis
 ) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -123,3 +124,46 @@ def test_status_with_no_reachable_redis_is_one_sentence(sandbox: Sandbox, mappin
     assert proc.returncode == 1
     assert proc.stderr.strip().startswith("leadscore: Redis cannot be reached")
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_a_first_sync_reading_the_look_backs_web_events_says_so_and_how_far_it_is(
+    sandbox: Sandbox, rt: Runtime, redis_url: str, mappings: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before a first sync can score a page, it reads the look-back's web events of every contact (on a
+    big portal at a real rate limit, the better part of an hour, with nothing read yet): `status` and
+    `sync --wait` say that this is what the sync is doing, and how far it is."""
+    from connector import sync
+    from connector.console import wait_for_runs
+    from connector.crm.hubspot_events import FULL_SLICES
+
+    started, _ = sync.start_run(rt, "hubspot", full=True)
+    store = rt.adapter("hubspot").web_events
+    now = time.time()
+    gen = store._start(now, covered=False)  # a first sync page starts the read: the whole look-back,
+    assert gen is not None
+    fill = f"{store.prefix}:fill:{gen}"
+    for _ in range(2):  # in slices, and two of the eight are read
+        member = store._claim(keys=[fill], args=[repr(now), repr(now + 120)]).decode()
+        lo, hi = (int(x) for x in member.split(":"))
+        store._read_slice(lo, hi, fill, member)
+        rt.redis.zrem(fill, member)
+    said = f"reading the web events of the last 180 days before scoring (once; later syncs read only new ones): " \
+           f"{100 * 2 // FULL_SLICES} % done"
+
+    proc = run(["status"], env(sandbox, redis_url, mappings))
+    assert proc.returncode == 0, proc.stderr
+    assert f"hubspot: {said}" in proc.stdout.splitlines(), proc.stdout
+    proc = run(["status", "--json"], env(sandbox, redis_url, mappings))
+    assert json.loads(proc.stdout)["crms"]["hubspot"]["preparing"] == said
+
+    def then_the_pages() -> None:
+        time.sleep(1.5)
+        rt.runs.set(started.run_id, status="done")
+
+    t = threading.Thread(target=then_the_pages)
+    t.start()
+    try:
+        wait_for_runs(rt.runs, [started.run_id], timeout=60, preparing=lambda crm: rt.adapter(crm).preparing())
+    finally:
+        t.join()
+    assert f"pages 0/1 read 0 scored 0 written 0 assigned 0; {said}" in capsys.readouterr().err

@@ -33,11 +33,15 @@ page's claim says who answers for it, and runs out when nobody does:
     waiting   set when the page's task retries: lives its countdown + RETRY_GRACE_S
     resent    set when a lost page is sent again; lives QUEUED_LEASE_S like a queued one
 
-`resend_lost` (each worker's watch thread, every few seconds) finds the pending
-pages whose claim ran out and, in the same Lua call, claims them as "resent", so
-with any number of workers each lost page is sent again once per lease. This is
-safe because a page is idempotent (the markers above): a duplicate that finds the
-page done, or held by a live worker, does nothing.
+`resend_lost` (each worker's watch thread, every few seconds, while that worker has
+a free slot: tasks/app.py) finds the pending pages whose claim ran out and, in the
+same Lua call, claims them as "resent", so with any number of workers each lost
+page is sent again once per lease. This is safe because a page is idempotent (the
+markers above): a duplicate that finds the page done, or held by a live worker,
+does nothing. While every worker is busy (a first sync's read of the look-back's
+web events on a big portal takes the better part of an hour), nobody looks: a page
+waiting in the queue behind that work is not lost, and sending it again would only
+queue a duplicate behind it.
 
 Only ids and counts are kept: no names or e-mail addresses.
 """
@@ -154,9 +158,9 @@ return out
 
 RUN_TTL = 7 * 86400
 LOCK_TTL = 900  # refreshed by every page; a run whose workers all died frees its account after this
-# A page whose message waits in the queue longer than this, unstarted, is sent again. Pages wait
-# seconds: each page enqueues one successor. A queue held up for longer by other work costs a
-# duplicate message, which finds the page done or held and does nothing.
+# A page whose message waits in the queue longer than this, unstarted, is sent again by a worker
+# with a free slot. Pages wait seconds: each page enqueues one successor. A queue held up for longer
+# by other work on every worker sends nothing (no worker has a free slot to look from).
 QUEUED_LEASE_S = 60.0
 # A retrying page's claim lives its countdown plus this: the worker holding the retry may be busy
 # with another page when the countdown ends.

@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 from celery import Celery, Task
+from celery.worker import state as worker_state
 from celery.signals import setup_logging, worker_process_init, worker_process_shutdown, worker_ready, worker_shutdown
 
 from connector.bootstrap import settle_collector
@@ -104,11 +105,19 @@ def _start_heartbeat(sender: Any = None, **_: Any) -> None:
             if _heartbeat_stop.wait(WORKER_HEARTBEAT_S):
                 return
 
+    slots = int(getattr(getattr(sender, "controller", None), "concurrency", None) or 1)
+
     def watch() -> None:
         from tasks.sync import resend_lost_pages
 
         failing = False
         while not _heartbeat_stop.wait(PAGE_WATCH_S):
+            if len(worker_state.active_requests) >= slots:
+                # Every slot of this worker is taken: a page sent again now would only wait in the
+                # queue behind the work it is waiting for already (a first sync's hour of web events
+                # on a big portal), and be reported lost when nothing is. A worker with a free slot
+                # sends it, and takes it itself.
+                continue
             try:
                 resend_lost_pages()
                 failing = False

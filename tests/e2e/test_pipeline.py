@@ -21,6 +21,8 @@ import redis
 from connector.domain import CrmName
 from sandbox import sf_ids
 from sandbox.data import Population
+from sandbox.server import admin_call
+from tasks.app import PAGE_WATCH_S
 from tests.conftest import free_port
 from tests.e2e.conftest import QUEUE, CrmState, Pipeline, Reference, Worker, explain_differences
 
@@ -238,6 +240,49 @@ def test_a_worker_killed_mid_sync_costs_seconds_and_leaves_the_state_of_an_unint
     assert re.search(r"page\(s\) lost with their worker were sent to another worker; waited \d+ s", out), out
     missing_tasks = assert_same_outcome(p, ref, p.state(), stats)
     assert not missing_tasks, f"hot leads left without their task: {sorted(missing_tasks)}"
+
+
+def test_a_page_queued_behind_a_busy_worker_is_not_sent_again_nor_reported_lost(
+    make_pipeline: MakePipeline,
+) -> None:
+    """A first sync on a big portal reads the look-back's web events for the better part of an hour at a
+    real rate limit, in its first pages: the pages queued behind them wait for a worker, they are not lost.
+    Here the events API hangs (every worker slot busy in the first page) and the queued page's claim has
+    run out, as it does after a minute in the queue: nobody sends it again and `sync --wait` does not say
+    it was lost; once the events come, the run ends with no page sent again."""
+    p = make_pipeline("hubspot", CONTACTS)  # two pages of a full sync
+    admin_call(p.sandbox.hubspot_url, "/__sandbox__/faults",
+               {"timeout": 1.0, "timeout_s": 25, "only": "GET /events/v3/events/"})  # fmt: skip
+    p.start_workers(1)  # one slot, taken by the first page
+    sync_cmd = p.sync_cli()
+    client = redis.Redis.from_url(p.redis_url)
+    try:
+        def second_page_queued() -> bool:
+            view = p.latest_run()
+            return view is not None and view.count("pages_total") >= 2
+
+        p.wait_for(second_page_queued, 60, "the first page did not queue the second")
+        view = p.latest_run()
+        assert view is not None
+        base = f"leadscore:run:{view.id}"
+        for pk in client.hkeys(f"{base}:pages"):
+            claim = client.get(f"{base}:claim:{pk.decode()}")
+            if claim is not None and not claim.startswith(b"h:"):  # the queued page, not the one being worked on
+                client.delete(f"{base}:claim:{pk.decode()}")  # its lease ran out
+        time.sleep(4 * PAGE_WATCH_S)  # four rounds of the worker's watch
+        view = p.latest_run()
+        assert view is not None and not view.finished
+        assert view.count("pages_resent") == 0
+        assert p.rt.runs.stalled(view.id) == []
+    finally:
+        client.close()
+        admin_call(p.sandbox.hubspot_url, "/__sandbox__/faults", {})
+    code, out, err = finished_summary(sync_cmd)
+    assert code == 0, out + err
+    assert ": done" in summary_of(out, "hubspot")
+    assert "lost with" not in out + err
+    view = p.latest_run()
+    assert view is not None and view.count("pages_resent") == 0
 
 
 # --------------------------------------------------------------------------- 3. Redis restarted

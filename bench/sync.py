@@ -249,6 +249,7 @@ class Result:
     tap: dict[str, Any] = field(default_factory=dict)
     rate: int = 190
     incremental: list[dict[str, Any]] = field(default_factory=list)
+    first_written_s: float | None = None  # when the first score was written (the progress loop's 0.1 s steps)
 
     @property
     def records(self) -> int:
@@ -263,6 +264,7 @@ class Result:
             "workers": self.workers,
             "status": self.view.status,
             "seconds": round(self.seconds, 2),
+            "first_written_s": None if self.first_written_s is None else round(self.first_written_s, 1),
             "records_per_s": round(self.records / self.seconds, 1) if self.seconds else 0.0,
             "api_calls": calls,
             "api_calls_per_1000": round(calls / max(1, self.records) * 1000, 1),
@@ -426,6 +428,7 @@ def run_pipeline(args: argparse.Namespace, tmp: Path, url: str, sb: Sandbox, qui
     runs = RunStore(client)
     killed: dict[str, Any] = {}
     incremental: list[dict[str, Any]] = []
+    first_written: float | None = None
     try:
         wait_ready(workers)
         time.sleep(max(0.0, 10.5 - (time.monotonic() - setup_done)))
@@ -443,9 +446,11 @@ def run_pipeline(args: argparse.Namespace, tmp: Path, url: str, sb: Sandbox, qui
             last_print = 0.0
             while True:
                 view = runs.get(run_id)
+                now = time.perf_counter()
+                if first_written is None and view is not None and view.count("written"):
+                    first_written = now - t0  # a first HubSpot sync reads the look-back's web events first
                 if view is not None and view.finished:
                     break
-                now = time.perf_counter()
                 if (
                     view is not None
                     and args.kill_worker
@@ -482,7 +487,7 @@ def run_pipeline(args: argparse.Namespace, tmp: Path, url: str, sb: Sandbox, qui
         client.close()
     rss = [(w.name, w.peak_rss, w.peak_child_rss) for w in workers]
     return Result(args.crm, args.contacts, args.workers, seconds, view, stats, rss, killed, rate=args.rate,
-                  incremental=incremental)
+                  incremental=incremental, first_written_s=first_written)
 
 
 def held_page(log: str) -> bool:
@@ -1016,7 +1021,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{f['seconds']} s = {f['records_per_s']} records/s")  # fmt: skip
         print(f"  API calls {f['api_calls']:,} ({f['api_calls_per_1000']} per 1,000 records), "
               f"rate-limited answers {f['rate_limited']}")  # fmt: skip
-        print(f"  written {f['written']:,}, hot {f['hot']:,}, assigned {f['assigned']:,}, failed {f['failed']}")
+        print(f"  written {f['written']:,}, hot {f['hot']:,}, assigned {f['assigned']:,}, failed {f['failed']}"
+              + (f"; the first scores written after {f['first_written_s']} s" if f["first_written_s"] else ""))
         parts = ", ".join(f"{part} {n}" for part, n in f["calls_per_1000_by_part"].items())
         print(f"  calls per 1,000 records by part: {parts}")
         for endpoint, n in f["calls_per_1000_by_endpoint"].items():

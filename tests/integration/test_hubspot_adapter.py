@@ -256,20 +256,25 @@ def test_the_first_read_of_the_look_backs_web_events_reports_how_far_it_is(
     store = a.web_events
     assert store.progress() is None and a.preparing() is None  # nothing under way
     seen: list[float] = []
+    slices: set[bytes] = set()
     read = store.read_window
 
     def watched(*args: Any) -> Any:
         fill = store.progress()
         assert fill is not None and fill.full
         seen.append(fill.done)
+        slices.update(r.zrange(f"{store.prefix}:fill:{store._state()['gen']}", 0, -1))
         return read(*args)
 
     store.read_window = watched
     page = a.read_page("contact", None, since=None)
     reset_stats(sandbox)
+    # another worker waits for a slice: the last one is split, its second half read as a slice of its own
+    r.set(f"{store.prefix}:idle", "1", px=60_000)
     with bulk_calls():
         a.load_activities(page.leads, time.time())
     assert len(seen) == calls_to(stats(sandbox), "GET /events/v3/events") > FULL_SLICES
+    assert len(slices) > FULL_SLICES  # split
     assert seen[0] == 0.0 and seen == sorted(seen) and seen[-1] < 1.0
     # counted within a slice too, not only slice by slice
     assert any(round(x * FULL_SLICES, 6) % 1 for x in seen), seen

@@ -22,6 +22,8 @@ What Redis holds, under leadscore:hubspot:{account}:web:
                  changed since a moment)
     idle         set for a moment by a worker waiting for others' slices: they split theirs
     fill:{gen}   sorted set of the time slices of a fill still to read, scored by their lease's end
+    fill:{gen}:at  hash: slice -> "{newest event read}:{where it ends now}" of the slices being read,
+                 for `progress()` (what `leadscore status` shows); it expires with the fill
 Only the properties the mapping's event rules read are kept (the mapped attributes and `when` tests),
 never names or e-mail addresses: an address inside a kept value (a page URL such as a form's
 redirect, `/thanks?email=jane%40example.com`) is replaced by NO_ADDRESS before it is kept, and before

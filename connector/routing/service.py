@@ -361,7 +361,11 @@ class Router:
 
         A Salesforce Outbound Message on Task fires for the task routing itself created; this tells it
         apart from a rep's new task, so the lead is not rescored for nothing (connector.webhooks.drop_echoes).
-        Read from the pending rounds the lead's index lists: Redis only, no CRM call.
+        Read from the pending rounds the lead's index lists: Redis only, no CRM call. A round whose task
+        is being created (CREATING: the create call sent, its answer not stored yet, or lost) counts its
+        lead's task messages as ours: the message can come before the answer is stored, and when the
+        answer was lost the id is never known. (A rep's own task on that lead in that moment is taken
+        for ours too: it misses a rescore, which the next sync makes up for.)
         """
         if not tasks:
             return []
@@ -380,7 +384,9 @@ class Router:
             ours = False
             for _ in keys:
                 for field, value in next(states).items():
-                    if task_id and _s(field).endswith(":task") and _s(value)[:15] == task_id[:15]:
+                    if not _s(field).endswith(":task"):
+                        continue
+                    if _s(value) == CREATING or (task_id and _s(value)[:15] == task_id[:15]):
                         ours = True  # Salesforce ids: the first 15 characters are the id, 18 add a checksum
             out.append(ours)
         return out

@@ -964,3 +964,46 @@ def test_the_outbound_messages_of_routing_a_hot_lead_are_echoes_too(
     )
     assert echoed["failed"]["salesforce"] == 0
     assert _pending(runtime, "salesforce", "Lead") == [], "none of them queued a rescore"
+
+
+def test_the_outbound_message_of_a_routing_task_whose_answer_was_lost_is_an_echo_too(
+    redis_url: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    """Salesforce stores the task routing creates, and fires its Outbound Message, before the connector has
+    the task's id (always, when the answer is lost on the way): the message of a task being created is ours."""
+    from connector import sync
+    from sandbox.server import Sandbox
+
+    working_hour = dt.datetime(2026, 11, 23, 10, 0, tzinfo=dt.UTC).timestamp()
+    with (
+        Sandbox.start(contacts=300, seed=3) as sb,
+        _salesforce_firing_on_every_edit(redis_url, tmp_path, sb, routing_at=working_hour) as runtime,
+    ):
+        adapter = runtime.adapter("salesforce")
+        leads = adapter.read_page("Lead", None, since=None).leads
+        adapter.load_activities(leads, time.time())
+        hot = [lead.id for lead in leads if lead.owner_id is None
+               and runtime.model.score(lead.profile, lead.activities, time.time()).band == "hot"][:3]
+        assert hot, "the sandbox's first page holds unowned hot leads"
+        tls = ssl.create_default_context(cafile=sb.ca_cert)
+
+        def tasks() -> dict[str, str]:
+            soql = "SELECT Id, WhoId FROM Task WHERE WhoId IN ('" + "','".join(hot) + "')"
+            got = httpx.get(f"{sb.salesforce_url}/services/data/v59.0/query", params={"q": soql}, verify=tls,
+                            headers={"Authorization": f"Bearer {sb.salesforce_token}"}).json()  # fmt: skip
+            return {t["Id"]: t["WhoId"][:15] for t in got["records"]}
+
+        before = tasks()
+        faults = {"drop": 1.0, "only": "POST /services/data/v59.0/sobjects/Task", "max": 1, "timeout_s": 0}
+        assert httpx.post(f"{sb.salesforce_url}/__sandbox__/faults", json=faults, verify=tls).status_code == 200
+        # the first task stored, its answer lost: routing finds it by its reference, and stores its id
+        result = sync.rescore(runtime, "salesforce", "Lead", hot, time.time())
+        injected = httpx.get(f"{sb.salesforce_url}/__sandbox__/faults", verify=tls).json()["faults"]["injected"]
+        echoed = _emitter_idle(sb)["stats"]
+        new = [who for task_id, who in tasks().items() if task_id not in before]
+    assert injected == 1
+    assert sorted(new) == sorted(i[:15] for i in hot), "one task each, none made twice"
+    assert result.counts["assigned"] == len(hot), result.counts
+    assert echoed["events"]["salesforce"] >= 2 * len(hot) + len(hot), "the owner and score writes and the tasks fired"
+    assert echoed["failed"]["salesforce"] == 0
+    assert _pending(runtime, "salesforce", "Lead") == [], "none of them queued a rescore"

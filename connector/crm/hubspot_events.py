@@ -49,6 +49,7 @@ from connector.crm.times import parse_time
 from connector.domain import Activity
 from connector.errors import RetryLater
 from connector.mappings.hubspot import EventRule
+from connector.redisutil import text
 
 log = logging.getLogger(__name__)
 
@@ -176,8 +177,7 @@ class WebEventStore:
 
     def _state(self) -> dict[str, str]:
         raw = self.redis.hgetall(f"{self.prefix}:state")
-        return {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-                for k, v in raw.items()}  # fmt: skip
+        return {text(k): text(v) for k, v in raw.items()}
 
     def covers(self, now: float, fresh_s: float = FRESH_S) -> tuple[bool, bool]:
         """(the window reaches back over the whole look-back, and it ends at most `fresh_s` before `now`)."""
@@ -256,10 +256,10 @@ class WebEventStore:
             member = self._claim(keys=[key], args=[repr(now), repr(now + SLICE_LEASE_S)])
             if not member:
                 return
-            text = member.decode() if isinstance(member, bytes) else str(member)
-            a, b = (int(x) for x in text.split(":"))
-            self._read_slice(a, b, key, text)
-            self.redis.zrem(key, text)
+            name = text(member)
+            a, b = (int(x) for x in name.split(":"))
+            self._read_slice(a, b, key, name)
+            self.redis.zrem(key, name)
 
     def _read_slice(self, lo: int, hi: int, fill_key: str | None, member: str) -> None:
         """Read one time slice; while no other slice is left to claim, hand the second half of what is
@@ -331,11 +331,10 @@ class WebEventStore:
         pipe.zrange(fill, 0, -1)
         pipe.hgetall(f"{fill}:at")
         members, at = pipe.execute()
-        reached = {(k.decode() if isinstance(k, bytes) else str(k)): (v.decode() if isinstance(v, bytes) else str(v))
-                   for k, v in at.items()}  # fmt: skip
+        reached = {text(k): text(v) for k, v in at.items()}
         left = 0
         for raw in members:
-            member = raw.decode() if isinstance(raw, bytes) else str(raw)
+            member = text(raw)
             a, b = (int(x) for x in (reached.get(member) or member).split(":"))
             left += max(0, b - a)
         span = max(1, hi - lo)

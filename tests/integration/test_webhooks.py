@@ -937,6 +937,18 @@ def test_outbound_messages_that_only_echo_our_own_score_writes_are_not_rescored(
     assert _pending(runtime, "salesforce", "Lead") == [ids[0]], "a new title is rescored; a new owner is not"
 
 
+WORKING_HOUR = dt.datetime(2026, 11, 23, 10, 0, tzinfo=dt.UTC).timestamp()  # a Monday, most reps at work
+
+
+def _unowned_hot_leads(runtime: Runtime, n: int) -> list[str]:
+    """Up to n leads of the sandbox Salesforce's first page that score hot and have no owner yet."""
+    adapter = runtime.adapter("salesforce")
+    leads = adapter.read_page("Lead", None, since=None).leads
+    adapter.load_activities(leads, time.time())
+    return [lead.id for lead in leads if lead.owner_id is None
+            and runtime.model.score(lead.profile, lead.activities, time.time()).band == "hot"][:n]  # fmt: skip
+
+
 def test_the_outbound_messages_of_routing_a_hot_lead_are_echoes_too(
     redis_url: str, redis_client: redis.Redis, tmp_path: Path
 ) -> None:
@@ -944,16 +956,11 @@ def test_the_outbound_messages_of_routing_a_hot_lead_are_echoes_too(
     from connector import sync
     from sandbox.server import Sandbox
 
-    working_hour = dt.datetime(2026, 11, 23, 10, 0, tzinfo=dt.UTC).timestamp()  # a Monday, most reps at work
     with (
         Sandbox.start(contacts=300, seed=3) as sb,
-        _salesforce_firing_on_every_edit(redis_url, tmp_path, sb, routing_at=working_hour) as runtime,
+        _salesforce_firing_on_every_edit(redis_url, tmp_path, sb, routing_at=WORKING_HOUR) as runtime,
     ):
-        adapter = runtime.adapter("salesforce")
-        leads = adapter.read_page("Lead", None, since=None).leads
-        adapter.load_activities(leads, time.time())
-        hot = [lead.id for lead in leads if lead.owner_id is None
-               and runtime.model.score(lead.profile, lead.activities, time.time()).band == "hot"][:10]
+        hot = _unowned_hot_leads(runtime, 10)
         assert len(hot) >= 3, "the sandbox's first page holds unowned hot leads"
 
         result = sync.rescore(runtime, "salesforce", "Lead", hot, time.time())
@@ -974,21 +981,16 @@ def test_the_outbound_message_of_a_routing_task_whose_answer_was_lost_is_an_echo
     from connector import sync
     from sandbox.server import Sandbox
 
-    working_hour = dt.datetime(2026, 11, 23, 10, 0, tzinfo=dt.UTC).timestamp()
     with (
         Sandbox.start(contacts=300, seed=3) as sb,
-        _salesforce_firing_on_every_edit(redis_url, tmp_path, sb, routing_at=working_hour) as runtime,
+        _salesforce_firing_on_every_edit(redis_url, tmp_path, sb, routing_at=WORKING_HOUR) as runtime,
     ):
-        adapter = runtime.adapter("salesforce")
-        leads = adapter.read_page("Lead", None, since=None).leads
-        adapter.load_activities(leads, time.time())
-        hot = [lead.id for lead in leads if lead.owner_id is None
-               and runtime.model.score(lead.profile, lead.activities, time.time()).band == "hot"][:3]
+        hot = _unowned_hot_leads(runtime, 3)
         assert hot, "the sandbox's first page holds unowned hot leads"
         tls = ssl.create_default_context(cafile=sb.ca_cert)
 
         def tasks() -> dict[str, str]:
-            soql = "SELECT Id, WhoId FROM Task WHERE WhoId IN ('" + "','".join(hot) + "')"
+            soql = "SELECT Id, WhoId FROM Task WHERE WhoId IN ('" + "','".join(hot) + "')"  # noqa: S608 - our own ids
             got = httpx.get(f"{sb.salesforce_url}/services/data/v59.0/query", params={"q": soql}, verify=tls,
                             headers={"Authorization": f"Bearer {sb.salesforce_token}"}).json()  # fmt: skip
             return {t["Id"]: t["WhoId"][:15] for t in got["records"]}

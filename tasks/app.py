@@ -16,8 +16,8 @@ import time
 from typing import Any
 
 from celery import Celery, Task
-from celery.worker import state as worker_state
 from celery.signals import setup_logging, worker_process_init, worker_process_shutdown, worker_ready, worker_shutdown
+from celery.worker import state as worker_state
 
 from connector.bootstrap import settle_collector
 from connector.config import load_settings

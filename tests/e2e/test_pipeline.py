@@ -271,7 +271,8 @@ def test_a_page_queued_behind_a_busy_worker_is_not_sent_again_nor_reported_lost(
                 client.delete(f"{base}:claim:{pk.decode()}")  # its lease ran out
         time.sleep(4 * PAGE_WATCH_S)  # four rounds of the worker's watch
         view = p.latest_run()
-        assert view is not None and not view.finished
+        assert view is not None
+        assert not view.finished
         assert view.count("pages_resent") == 0
         assert p.rt.runs.stalled(view.id) == []
     finally:
@@ -282,7 +283,8 @@ def test_a_page_queued_behind_a_busy_worker_is_not_sent_again_nor_reported_lost(
     assert ": done" in summary_of(out, "hubspot")
     assert "lost with" not in out + err
     view = p.latest_run()
-    assert view is not None and view.count("pages_resent") == 0
+    assert view is not None
+    assert view.count("pages_resent") == 0
 
 
 # --------------------------------------------------------------------------- 3. Redis restarted

@@ -254,14 +254,16 @@ def test_the_first_read_of_the_look_backs_web_events_reports_how_far_it_is(
     before it can score a page (on a big portal at a real rate limit, the better part of an hour)."""
     a = adapter(sandbox, fast_mapping, r)
     store = a.web_events
-    assert store.progress() is None and a.preparing() is None  # nothing under way
+    assert store.progress() is None  # nothing under way
+    assert a.preparing() is None
     seen: list[float] = []
     slices: set[bytes] = set()
     read = store.read_window
 
     def watched(*args: Any) -> Any:
         fill = store.progress()
-        assert fill is not None and fill.full
+        assert fill is not None
+        assert fill.full
         seen.append(fill.done)
         slices.update(r.zrange(f"{store.prefix}:fill:{store._state()['gen']}", 0, -1))
         return read(*args)
@@ -275,10 +277,13 @@ def test_the_first_read_of_the_look_backs_web_events_reports_how_far_it_is(
         a.load_activities(page.leads, time.time())
     assert len(seen) == calls_to(stats(sandbox), "GET /events/v3/events") > FULL_SLICES
     assert len(slices) > FULL_SLICES  # split
-    assert seen[0] == 0.0 and seen == sorted(seen) and seen[-1] < 1.0
+    assert seen[0] == 0.0
+    assert seen == sorted(seen)
+    assert seen[-1] < 1.0
     # counted within a slice too, not only slice by slice
     assert any(round(x * FULL_SLICES, 6) % 1 for x in seen), seen
-    assert store.progress() is None and a.preparing() is None  # done
+    assert store.progress() is None  # done
+    assert a.preparing() is None
     a.close()
 
 

@@ -24,7 +24,7 @@ import threading
 import time
 import zlib
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlparse
@@ -44,7 +44,7 @@ from connector.crm.base import (
 )
 from connector.crm.hubspot_events import FRESH_S, EventsRefused, WebEventStore, without_addresses
 from connector.crm.hubspot_events import iso_ms as events_iso
-from connector.crm.hubspot_http import ApiError, HubSpotTransport, Response
+from connector.crm.hubspot_http import ApiError, HubSpotTransport, Response, parse_associations
 from connector.crm.limits import DEFAULT_POLICY, RetryPolicy, in_bulk, keeping_priority
 from connector.crm.times import parse_time
 from connector.domain import WRITE_FIELDS, Activity, CrmName, Lead, Rep
@@ -686,10 +686,11 @@ class HubSpotAdapter:
         while pending:
             follow: list[dict[str, str]] = []
             for chunk in _chunks(pending, ASSOC_BATCH):
-                resp = self._call(self.apis.assoc_batch.get_page, from_type, to_type, {"inputs": list(chunk)})
+                resp = self._call(self.apis.assoc_batch.get_page, from_type, to_type, {"inputs": list(chunk)},
+                                  parse=parse_associations)  # fmt: skip
                 for result in resp.body.get("results") or []:
                     frm = str((result.get("from") or {}).get("id"))
-                    out.setdefault(frm, []).extend(str(t["toObjectId"]) for t in result.get("to") or [])
+                    out.setdefault(frm, []).extend(result.get("to") or [])  # the ids (parse_associations)
                     after = ((result.get("paging") or {}).get("next") or {}).get("after")
                     if after:
                         if (frm, str(after)) in asked:
@@ -701,7 +702,12 @@ class HubSpotAdapter:
         return out
 
     def _batch_read(self, object_type: str, ids: Sequence[str], props: Sequence[str]) -> dict[str, dict[str, Any]]:
-        out: dict[str, dict[str, Any]] = {}
+        return dict(self._batch_read_each(object_type, ids, props))
+
+    def _batch_read_each(
+        self, object_type: str, ids: Sequence[str], props: Sequence[str]
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        """(id, properties) of each object found, one batch call (BATCH ids) at a time."""
         for chunk in _chunks(list(ids), BATCH):
             resp = self._call(
                 self.apis.objects_batch.read,
@@ -712,8 +718,7 @@ class HubSpotAdapter:
             for obj in resp.body.get("results") or []:
                 props_out = dict(obj.get("properties") or {})
                 props_out.setdefault("hs_createdate", obj.get("createdAt"))
-                out[str(obj["id"])] = props_out
-        return out
+                yield str(obj["id"]), props_out
 
     @staticmethod
     def _emit(rules: Sequence[EngagementRule | EventRule], props: Mapping[str, Any], ts: float) -> list[Activity]:
@@ -737,16 +742,18 @@ class HubSpotAdapter:
             props = list(dict.fromkeys(
                 [p for r in rules for p in (*r.when, *r.attrs.values(), r.timestamp)]
             ))
-            objects = self._batch_read(object_type, wanted, props)
+            # Each engagement's activities as its batch comes in (shared by its contacts), so a page does
+            # not hold all its engagements' properties at once: a worker's peak memory (issue 16).
+            made: dict[str, list[Activity]] = {}
+            for eng_id, obj in self._batch_read_each(object_type, wanted, props):
+                ts = parse_ts(obj.get(rules[0].timestamp)) or parse_ts(obj.get("hs_createdate"))
+                if ts is not None and ts >= cutoff:
+                    made[eng_id] = self._emit(rules, obj, min(ts, now))
             for contact_id in ids:
                 for eng_id in links.get(contact_id, []):
-                    obj = objects.get(eng_id)
-                    if obj is None:
-                        continue
-                    ts = parse_ts(obj.get(rules[0].timestamp)) or parse_ts(obj.get("hs_createdate"))
-                    if ts is None or ts < cutoff:
-                        continue
-                    by_id[contact_id] += self._emit(rules, obj, min(ts, now))
+                    found = made.get(eng_id)
+                    if found:
+                        by_id[contact_id] += found
 
     def _events(self, ids: Sequence[str], by_id: dict[str, list[Activity]], cutoff: float, now: float) -> bool:
         """Web activity from the events API; False (nothing added) when HubSpot refuses it for this portal.

@@ -14,15 +14,23 @@ BODY = {
         {
             "from": {"id": "101"},
             "to": [
-                {"toObjectId": "9001", "associationTypes": [{"category": "HUBSPOT_DEFINED", "typeId": 198, "label": None}]},
-                {"toObjectId": 9002, "associationTypes": [{"category": "USER_DEFINED", "typeId": 7, "label": "Champion"}]},
+                {
+                    "toObjectId": "9001",
+                    "associationTypes": [{"category": "HUBSPOT_DEFINED", "typeId": 198, "label": None}],
+                },
+                {
+                    "toObjectId": 9002,
+                    "associationTypes": [{"category": "USER_DEFINED", "typeId": 7, "label": "Champion"}],
+                },
             ],
             "paging": {"next": {"after": "MTAw", "link": "?after=MTAw"}},
         },
         {"from": {"id": "102"}, "to": []},
     ],
     "numErrors": 1,
-    "errors": [{"status": "error", "category": "OBJECT_NOT_FOUND", "message": "no such contact", "context": {"id": ["103"]}}],
+    "errors": [
+        {"status": "error", "category": "OBJECT_NOT_FOUND", "message": "no such contact", "context": {"id": ["103"]}},
+    ],
     "startedAt": "2026-12-05T10:00:00.000Z",
     "completedAt": "2026-12-05T10:00:00.100Z",
 }

@@ -103,6 +103,18 @@ end
 return redis.call('HINCRBY', KEYS[2], 'pending', -1)
 """
 
+# KEYS: run hash. ARGV: name, n, name, n, ... Adds to a run's counts while the run is kept (not
+# recreating the hash of a run that has expired).
+_ADD_COUNTS = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return 0
+end
+for i = 1, #ARGV, 2 do
+  redis.call('HINCRBY', KEYS[1], ARGV[i], tonumber(ARGV[i + 1]))
+end
+return 1
+"""
+
 # KEYS: next marker, run hash, pending pages hash, the page's claim.
 # ARGV: ttl, page key, payload (what a task needs to run the page), queued lease in ms.
 # Counts a page as pending once, and registers it with a "queued" claim (see "Lost pages").
@@ -229,6 +241,7 @@ class RunStore:
         self.ns = namespace
         self._finish = client.register_script(_FINISH_PAGE)
         self._add = client.register_script(_ADD_PAGE)
+        self._add_counts = client.register_script(_ADD_COUNTS)
         self._claim = client.register_script(_CLAIM_PAGE)
         self._resend = client.register_script(_RESEND_LOST)
         self._release = client.register_script(UNLOCK)  # release the lock only if we hold it
@@ -404,6 +417,13 @@ class RunStore:
         pipe.delete(f"{base}:claim:{pk}")
         pipe.execute()
         return None if left < 0 else left
+
+    def add_spent(self, run_id: str, counts: dict[str, int]) -> None:
+        """Add the API calls of a page's attempt that did not finish (its task retries, or the page
+        fails) to the run's counts: they were made, though finish_page will not count them."""
+        args: list[str | int] = [x for name, n in counts.items() if n for x in (name, n)]
+        if args:
+            self._add_counts(keys=[self._run(run_id)], args=args)
 
     def hold(self, run_id: str, stream: str, cursor: str | None, ids: list[str]) -> None:
         """Remember a page's record ids while its processing fails and its task retries."""

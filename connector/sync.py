@@ -231,7 +231,12 @@ def run_page(
     started = time.perf_counter()
     adapter = rt.adapter(crm)
     calls_before = adapter.calls.this_thread
-    page = adapter.read_page(stream, cursor, since=since)
+    try:
+        page = adapter.read_page(stream, cursor, since=since)
+    except Exception:
+        runs.add_spent(run_id, {"api_calls": adapter.calls.this_thread - calls_before,
+                                "calls:list": adapter.calls.this_thread - calls_before})  # fmt: skip
+        raise
     calls_read = adapter.calls.this_thread - calls_before
     if page.next_cursor is not None and runs.add_page(run_id, stream, page.next_cursor, since):
         # enqueue the next page before working on this one, so other workers read ahead
@@ -257,6 +262,7 @@ def run_page(
             # If this keeps failing, the page's records go to the retry set (fail_page), so
             # the rest of the run can finish and move the cursor without losing them.
             runs.hold(run_id, stream, cursor, [lead.id for lead in page.leads])
+            runs.add_spent(run_id, _spent(result, adapter.calls.this_thread - calls_before))
             raise
     if cursor is None:
         # A run takes up first what earlier runs could not write (connector/retry.py).
@@ -286,6 +292,18 @@ def run_page(
     if left == 0:
         finish_run(rt, run_id)
     return left
+
+
+def _spent(result: PageResult, spent: int) -> dict[str, int]:
+    """The calls of a page's attempt that raised, by part: those its result counted, the rest to the
+    part under way (activities, else routing, else the writes). A page that waits for the look-back's
+    web events (connector/crm/hubspot_events.py) reads many of them before it is retried."""
+    parts = {k: n for k, n in result.counts.items() if k.startswith("calls:")}
+    rest = spent - sum(parts.values())
+    under_way = next((k for k in ("calls:activities", "calls:routing", "calls:writes") if k not in parts),
+                     "calls:writes")  # fmt: skip
+    parts[under_way] = parts.get(under_way, 0) + max(0, rest)
+    return {"api_calls": spent, **parts}
 
 
 def _page_metrics(

@@ -144,9 +144,15 @@ def test_a_page_that_keeps_failing_hands_its_records_to_the_retry_set_and_the_ru
     def page_two_fails(n: int) -> None:
         set_faults(sandbox, {"500": 1.0, "only": CALLS} if n == 2 else {})
 
+    api.post("/__sandbox__/stats/reset").raise_for_status()
     view = run_sync(rt, page_two_fails)  # three pages of 1,000; the second one's activities never come
 
     assert view.status == "done", view.fields.get("message")
+    # The calls the failing page made count too: what the run reports is what HubSpot answered.
+    made = api.get("/__sandbox__/stats").json()
+    assert view.count("api_calls") == made["total"], made["calls"]
+    assert made["calls"][CALLS] > 1
+    assert view.count("calls:activities") >= made["calls"][CALLS]
     assert view.count("pages_deferred") == 1
     assert view.count("pages_failed") == 0
     assert rt.runs.cursor("hubspot", "contact") is not None

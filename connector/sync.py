@@ -234,8 +234,8 @@ def run_page(
     try:
         page = adapter.read_page(stream, cursor, since=since)
     except Exception:
-        runs.add_spent(run_id, {"api_calls": adapter.calls.this_thread - calls_before,
-                                "calls:list": adapter.calls.this_thread - calls_before})  # fmt: skip
+        spent = adapter.calls.this_thread - calls_before
+        runs.add_spent(run_id, {"api_calls": spent, "calls:list": spent})
         raise
     calls_read = adapter.calls.this_thread - calls_before
     if page.next_cursor is not None and runs.add_page(run_id, stream, page.next_cursor, since):

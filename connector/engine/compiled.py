@@ -51,8 +51,12 @@ from connector.mappings.scoring import BANT_KEYS, EngagementRule, FitRule, Scori
 
 INF = math.inf
 DAY_S: Final = 86400  # seconds in a day, as an int (Final: compiled, a constant, not a look-up)
-# How many (count, day) details `_detail` keeps: each holds its phrases too (about 1.1 KB). A sync's
-# activities fill some 1,000 by 2,500 contacts a worker and under 2,000 by 25,000; bench/engine.py's, 1,317.
+# How many (count, day) details `_detail` keeps (a string each). A sync's activities fill some 1,000 by
+# 2,500 contacts a worker and under 2,000 by 25,000; bench/engine.py's, 1,317. The reasons' phrases built
+# from them are not kept: kept with their detail (about 1.1 KB an entry) they were most of what a
+# worker's memory grew by with the portal, and the compiled engine builds a phrase faster than it
+# looked one up (bench/engine.py, 100,000 leads, three runs each: 1.01-1.14 million events/s against
+# 0.92-1.05 million).
 DETAILS_LIMIT: Final = 2_048
 MAX_PROBLEMS = 10
 
@@ -206,8 +210,8 @@ class ScoringModel:
             else _KindSpec(LOOK_UP, None, {})
             for kind, p in self._plans.items()
         }
-        # (seen << 32) + day -> (detail, {points * rules + rule slot: phrase}): the phrases cached with their detail
-        self._details: dict[int, tuple[str, dict[int, str]]] = {}
+        # (seen << 32) + day -> '3x, last 2026-11-14'
+        self._details: dict[int, str] = {}
         self.profile_fields_used: frozenset[str] = frozenset(f for r in spec.fit for f in r.fields_read())
         self.activity_kinds_used: frozenset[str] = frozenset(self._kinds)
 
@@ -405,7 +409,6 @@ class ScoringModel:
         contribution = _CONTRIBUTION
         signed = _SIGNED
         details = self._details
-        rules = len(self._eng)
         eng = self._eng
         # In rule order, whatever the order of the activities: the sums come out the same to the last bit.
         for slot, stamps in enumerate(per_rule):
@@ -473,27 +476,19 @@ class ScoringModel:
             # the UTC day of the newest occurrence (its own, even when dated after `now` by a skewed
             # clock): a date, not an age, so the reason stays the same from day to day while the evidence does
             day = math.floor(newest) // DAY_S  # = int(newest // DAY), in integers: a float's // is slow compiled
-            entry = details.get((seen << 32) + day)
-            if entry is None:
-                entry = self._detail(seen, day)
-            detail, texts = entry
+            detail = details.get((seen << 32) + day)
+            if detail is None:
+                detail = self._detail(seen, day)
             r = math.floor(value + 0.5)
-            if r == 0:
-                text = None
-            else:
-                key = r * rules + slot
-                text = texts.get(key)
-                if text is None:
-                    text = texts[key] = f"{signed.get(r) or f'{r:+d} '}{spec.name} ({detail})"
+            text = None if r == 0 else f"{signed.get(r) or f'{r:+d} '}{spec.name} ({detail})"
             # tuple.__new__ directly: a NamedTuple's own __new__ is a Python-level call
             found.append((-abs(value), new(contribution, (spec.name, "engagement", value, detail, tag)), text))
         return total
 
-    def _detail(self, seen: int, day: int) -> tuple[str, dict[int, str]]:
-        """'3x, last 2026-11-14' (cached: a population repeats these a lot), with room for its phrases."""
+    def _detail(self, seen: int, day: int) -> str:
+        """'3x, last 2026-11-14' (cached: a population repeats these a lot)."""
         when = fmt_day(day)
-        entry: tuple[str, dict[int, str]] = (f"{seen}x, last {when}" if seen > 1 else when, {})
-        return remember(self._details, (seen << 32) + day, entry, DETAILS_LIMIT)
+        return remember(self._details, (seen << 32) + day, f"{seen}x, last {when}" if seen > 1 else when, DETAILS_LIMIT)
 
     def _sanitize(self, activities: Any, problems: list[str]) -> list[Activity]:
         """The readable activities, as plain Activity objects; the rest named in `problems`."""

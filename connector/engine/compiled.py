@@ -51,12 +51,14 @@ from connector.mappings.scoring import BANT_KEYS, EngagementRule, FitRule, Scori
 
 INF = math.inf
 DAY_S: Final = 86400  # seconds in a day, as an int (Final: compiled, a constant, not a look-up)
-# How many (count, day) details `_detail` keeps (a string each). A sync's activities fill some 1,000 by
-# 2,500 contacts a worker and under 2,000 by 25,000; bench/engine.py's, 1,317. The reasons' phrases built
-# from them are not kept: kept with their detail (about 1.1 KB an entry) they were most of what a
-# worker's memory grew by with the portal, and the compiled engine builds a phrase faster than it
-# looked one up (bench/engine.py, 100,000 leads, three runs each: 1.01-1.14 million events/s against
-# 0.92-1.05 million).
+# How many (count, day) details `_detail` keeps (two short strings each). A sync's activities fill some
+# 1,000 by 2,500 contacts a worker and under 2,000 by 25,000; bench/engine.py's, 1,317. The reasons'
+# phrases are not kept with them: a phrase is its rule's start ("+12 Pricing page", as many as the
+# model has) and its detail's end (" (3x, last 2026-11-14)") put together. Kept, every detail's
+# phrases (about 1.1 KB an entry) were most of what a sync worker's memory grew by with the portal
+# (one process, 100,000 contacts: 126.9 MB after the last page, 124.3 without them). Putting the two
+# together costs 1.4 % more instructions in score() than looking the phrase up (callgrind,
+# bench/engine.py --leads 20000: 1,742M against 1,717M; formatting all of it, 1,769M).
 DETAILS_LIMIT: Final = 2_048
 MAX_PROBLEMS = 10
 
@@ -210,8 +212,10 @@ class ScoringModel:
             else _KindSpec(LOOK_UP, None, {})
             for kind, p in self._plans.items()
         }
-        # (seen << 32) + day -> '3x, last 2026-11-14'
-        self._details: dict[int, str] = {}
+        # (seen << 32) + day -> ('3x, last 2026-11-14', ' (3x, last 2026-11-14)')
+        self._details: dict[int, tuple[str, str]] = {}
+        # points * rules + rule slot -> '+12 Pricing page': a phrase's start, as many as the model has
+        self._heads: dict[int, str] = {}
         self.profile_fields_used: frozenset[str] = frozenset(f for r in spec.fit for f in r.fields_read())
         self.activity_kinds_used: frozenset[str] = frozenset(self._kinds)
 
@@ -409,6 +413,8 @@ class ScoringModel:
         contribution = _CONTRIBUTION
         signed = _SIGNED
         details = self._details
+        heads = self._heads
+        rules = len(self._eng)
         eng = self._eng
         # In rule order, whatever the order of the activities: the sums come out the same to the last bit.
         for slot, stamps in enumerate(per_rule):
@@ -476,19 +482,28 @@ class ScoringModel:
             # the UTC day of the newest occurrence (its own, even when dated after `now` by a skewed
             # clock): a date, not an age, so the reason stays the same from day to day while the evidence does
             day = math.floor(newest) // DAY_S  # = int(newest // DAY), in integers: a float's // is slow compiled
-            detail = details.get((seen << 32) + day)
-            if detail is None:
-                detail = self._detail(seen, day)
+            entry = details.get((seen << 32) + day)
+            if entry is None:
+                entry = self._detail(seen, day)
+            detail, tail = entry
             r = math.floor(value + 0.5)
-            text = None if r == 0 else f"{signed.get(r) or f'{r:+d} '}{spec.name} ({detail})"
+            if r == 0:
+                text = None
+            else:
+                key = r * rules + slot
+                head = heads.get(key)
+                if head is None:
+                    head = remember(heads, key, f"{signed.get(r) or f'{r:+d} '}{spec.name}")
+                text = head + tail
             # tuple.__new__ directly: a NamedTuple's own __new__ is a Python-level call
             found.append((-abs(value), new(contribution, (spec.name, "engagement", value, detail, tag)), text))
         return total
 
-    def _detail(self, seen: int, day: int) -> str:
-        """'3x, last 2026-11-14' (cached: a population repeats these a lot)."""
+    def _detail(self, seen: int, day: int) -> tuple[str, str]:
+        """'3x, last 2026-11-14' and the end of a phrase that names it (cached: a population repeats these a lot)."""
         when = fmt_day(day)
-        return remember(self._details, (seen << 32) + day, f"{seen}x, last {when}" if seen > 1 else when, DETAILS_LIMIT)
+        detail = f"{seen}x, last {when}" if seen > 1 else when
+        return remember(self._details, (seen << 32) + day, (detail, f" ({detail})"), DETAILS_LIMIT)
 
     def _sanitize(self, activities: Any, problems: list[str]) -> list[Activity]:
         """The readable activities, as plain Activity objects; the rest named in `problems`."""

@@ -6,7 +6,7 @@ process (so it does not share a GIL with anything measured), K
 `leadscore sync --crm CRM --full` and times it until the run is done. Reports
 records per second, API calls (the sandbox's count: total and per 1,000
 records), seconds, and the peak RSS of each worker (main process and its pool
-child, sampled with psutil).
+child, sampled with psutil, and the kernel's high-water marks, VmHWM).
 
     python bench/sync.py --crm hubspot --contacts 10000 --workers 2
     python bench/sync.py --crm hubspot --contacts 50000 --workers 4 --kill-worker
@@ -158,6 +158,9 @@ class Worker:
     log_path: Path
     peak_rss: int = 0  # bytes, main process + pool child together
     peak_child_rss: int = 0
+    # The kernel's high-water mark of each process's RSS (VmHWM), by pid: the true peak, which sampling
+    # misses when a page's heaviest moment is shorter than the sampling interval (at a fast rate it is).
+    hwm: dict[int, int] = field(default_factory=dict)
 
     def ready(self) -> bool:
         return " ready." in self.log_path.read_text(errors="replace")
@@ -172,6 +175,27 @@ class Worker:
             return
         self.peak_rss = max(self.peak_rss, total)
         self.peak_child_rss = max(self.peak_child_rss, child_rss)
+        for pid in (main.pid, *(c.pid for c in children)):
+            if (mark := high_water(pid)) is not None:
+                self.hwm[pid] = max(self.hwm.get(pid, 0), mark)
+
+    def high_water(self) -> tuple[int, int]:
+        """(main process's VmHWM + its largest pool child's, that child's) in bytes; (0, 0) where unknown."""
+        main = self.hwm.get(self.proc.pid, 0)
+        child = max((v for pid, v in self.hwm.items() if pid != self.proc.pid), default=0)
+        return (main + child if main and child else 0), child
+
+
+def high_water(pid: int) -> int | None:
+    """A process's peak RSS as the kernel kept it (VmHWM in /proc/PID/status, Linux), in bytes."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 def start_worker(name: str, env: dict[str, str], tmp: Path) -> Worker:
@@ -245,6 +269,7 @@ class Result:
     view: RunView
     stats: dict[str, Any]
     rss: list[tuple[str, int, int]]  # name, peak bytes (main + child), peak child bytes
+    hwm: list[tuple[str, int, int]]  # the same from the kernel's high-water marks (VmHWM)
     killed: dict[str, Any] = field(default_factory=dict)
     tap: dict[str, Any] = field(default_factory=dict)
     rate: int = 190
@@ -276,6 +301,8 @@ class Result:
             "peak_rss_mb": round(max((r[1] for r in self.rss), default=0) / 2**20, 1),
             "peak_rss_mb_per_worker": {name: round(total / 2**20, 1) for name, total, _ in self.rss},
             "peak_child_rss_mb_per_worker": {name: round(child / 2**20, 1) for name, _, child in self.rss},
+            "hwm_mb_per_worker": {name: round(total / 2**20, 1) for name, total, _ in self.hwm},
+            "hwm_child_mb_per_worker": {name: round(child / 2**20, 1) for name, _, child in self.hwm},
         }
         out.update(rate_figures(self.stats, self.seconds, self.rate))
         out["calls_per_1000_by_part"] = parts_per_1000(self.view, max(1, self.records))
@@ -486,7 +513,8 @@ def run_pipeline(args: argparse.Namespace, tmp: Path, url: str, sb: Sandbox, qui
         stop_workers(workers)
         client.close()
     rss = [(w.name, w.peak_rss, w.peak_child_rss) for w in workers]
-    return Result(args.crm, args.contacts, args.workers, seconds, view, stats, rss, killed, rate=args.rate,
+    hwm = [(w.name, *w.high_water()) for w in workers]
+    return Result(args.crm, args.contacts, args.workers, seconds, view, stats, rss, hwm, killed, rate=args.rate,
                   incremental=incremental, first_written_s=first_written)
 
 
@@ -1034,7 +1062,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"read {inc['read']}, written {inc['written']}, API calls {inc['api_calls']} "
                   f"({inc['api_calls_per_changed']} per changed contact; by part {inc['calls_by_part']})")
         for name, mb in f["peak_rss_mb_per_worker"].items():
-            print(f"  peak RSS {name}: {mb} MB (pool child {f['peak_child_rss_mb_per_worker'][name]} MB)")
+            child, mark = f["peak_child_rss_mb_per_worker"][name], f["hwm_mb_per_worker"][name]
+            print(f"  peak RSS {name}: {mb} MB (pool child {child} MB); "
+                  f"high-water mark {mark} MB (pool child {f['hwm_child_mb_per_worker'][name]} MB)")
         if result.killed:
             k = result.killed
             print(f"  killed {k['victim']} at {k['at_s']} s (pages done {k['pages_done_at_kill']}); run finished "

@@ -67,7 +67,11 @@ FRESH_S = 300.0
 OVERLAP_S = 120.0
 MIN_SPLIT_MS = 3_600_000  # a slice is split for idle workers only while more than twice this is left
 SLICE_LEASE_S = 120.0  # a slice's claim lasts this long unless its reader renews it (every page)
-WAIT_S = 3600.0  # longest a worker waits for other workers' slices before it asks to be retried
+# Longest a worker waits for other workers' slices, counted from the last slice it read itself, before it
+# asks to be retried. Counted from the start of its wait instead, a fill longer than this (1,000,000
+# contacts at Professional's rate take about an hour) sent three of four workers' pages back to the
+# queue at its end, each to read its list page again, although they had been reading slices all along.
+WAIT_S = 3600.0
 GEN_LOCK_S = 30.0
 READ_CHUNK = 100  # contacts whose stored events one MGET reads (activities())
 
@@ -193,8 +197,8 @@ class WebEventStore:
         """Read whatever the window lacks up to `now` (when it ends more than `fresh_s` before), sharing
         the slices with other workers; returns when done.
 
-        Raises EventsRefused (403) and RetryLater (HubSpot unreachable, or other workers' slices take
-        longer than WAIT_S).
+        Raises EventsRefused (403) and RetryLater (HubSpot unreachable, or this worker has waited WAIT_S
+        for other workers' slices since it last read one itself).
         """
         deadline = time.monotonic() + WAIT_S
         while True:
@@ -205,7 +209,8 @@ class WebEventStore:
             if gen is None:
                 time.sleep(0.1)  # another worker is starting a fill this moment
                 continue
-            self._work(gen)
+            if self._work(gen):
+                deadline = time.monotonic() + WAIT_S  # it was reading, not waiting
             if self._finish(keys=[f"{self.prefix}:state", f"{self.prefix}:fill:{gen}"], args=[gen]):
                 self.redis.zremrangebyscore(f"{self.prefix}:last", "-inf", math.floor((now - self.lookback_s) * 1000))
             elif (st := self._state()).get("gen") == gen:  # its last slices are being read by other workers
@@ -238,9 +243,12 @@ class WebEventStore:
             gen = uuid.uuid4().hex[:12]
             bounds = [lo + (hi - lo) * k // slices for k in range(slices + 1)]
             pipe = self.redis.pipeline(transaction=True)
+            # No expiry: the set lives as long as the state names its fill. An expired set would read as a
+            # fill whose slices are all read (_FINISH), and the window would be taken as read with slices
+            # nobody read (a fill that outlived the expiry, or one whose workers all stopped): instead a
+            # fill left off is taken up where it stopped, its slices' leases having run out.
             pipe.zadd(f"{self.prefix}:fill:{gen}",
                       {f"{bounds[k]}:{bounds[k + 1]}": 0 for k in range(slices) if bounds[k + 1] >= bounds[k]})
-            pipe.expire(f"{self.prefix}:fill:{gen}", int(WAIT_S * 2))
             pipe.hset(f"{self.prefix}:state", mapping={"gen": gen, "lo": lo, "hi": hi, "full": full})
             pipe.execute()
             log.info("hubspot web events: reading %s window %s..%s in %s slice(s)",
@@ -249,18 +257,20 @@ class WebEventStore:
         finally:
             self.redis.delete(lock)
 
-    def _work(self, gen: str) -> None:
-        """Claim and read slices of the fill until none is left to claim."""
+    def _work(self, gen: str) -> int:
+        """Claim and read slices of the fill until none is left to claim; returns how many it read."""
         key = f"{self.prefix}:fill:{gen}"
+        done = 0
         while True:
             now = time.time()
             member = self._claim(keys=[key], args=[repr(now), repr(now + SLICE_LEASE_S)])
             if not member:
-                return
+                return done
             name = text(member)
             a, b = (int(x) for x in name.split(":"))
             self._read_slice(a, b, key, name)
             self.redis.zrem(key, name)
+            done += 1
 
     def _read_slice(self, lo: int, hi: int, fill_key: str | None, member: str) -> None:
         """Read one time slice; while no other slice is left to claim, hand the second half of what is

@@ -23,9 +23,10 @@ import redis
 import urllib3
 from hubspot import HubSpot
 
+from connector.crm import hubspot_events
 from connector.crm.base import CrmAdapter
 from connector.crm.hubspot import EVENT_READERS, ISOLATION_CALLS, PER_CONTACT_EVENTS_MAX, HubSpotAdapter
-from connector.crm.hubspot_events import FULL_SLICES
+from connector.crm.hubspot_events import FULL_SLICES, WebEventStore
 from connector.crm.limits import RetryPolicy, bulk_calls, day_in
 from connector.domain import Lead
 from connector.errors import StopSync
@@ -285,6 +286,104 @@ def test_the_first_read_of_the_look_backs_web_events_reports_how_far_it_is(
     assert store.progress() is None  # done
     assert a.preparing() is None
     a.close()
+
+
+def test_a_worker_reading_slices_of_a_long_read_is_not_sent_back_when_it_ends(
+    sandbox: Sandbox, fast_mapping: HubSpotMapping, r: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only waiting for other workers' slices counts toward WAIT_S, not the reading a worker did itself.
+
+    Two workers share a read of the look-back that takes longer than WAIT_S (as 1,000,000 contacts at
+    Professional's rate take an hour): whichever ends first waits a moment for the other's last slice,
+    and neither is told to come back later."""
+    monkeypatch.setattr(hubspot_events, "WAIT_S", 1.5)
+    first, second = adapter(sandbox, fast_mapping, r), adapter(sandbox, fast_mapping, r)
+    reads: dict[str, list[float]] = {"first": [], "second": []}
+
+    def slowed(store: WebEventStore, name: str, seconds: float) -> None:
+        read = store.read_window
+
+        def call(*args: Any) -> Any:
+            time.sleep(seconds)  # each call shorter than WAIT_S: a worker waits at most about one of them
+            reads[name].append(time.monotonic())
+            return read(*args)
+
+        store.read_window = call
+
+    slowed(first.web_events, "first", 0.3)
+    slowed(second.web_events, "second", 0.5)
+    now = time.time()
+    errors: list[Exception] = []
+
+    def run_second() -> None:
+        try:
+            second.web_events.ensure(now)
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    worker = threading.Thread(target=run_second)
+    worker.start()
+    time.sleep(0.2)  # the second worker started the read and took a slice
+    started = time.monotonic()
+    first.web_events.ensure(now)
+    worker.join(60)
+    assert not errors  # before, the first to end: RetryLater("web events are still being read by other workers")
+    assert reads["first"][-1] - started > hubspot_events.WAIT_S  # it read for longer than WAIT_S
+    assert reads["second"]  # both read their share
+    assert first.web_events.covers(now) == (True, True)
+    assert first.web_events.progress() is None
+    assert_every_web_event_read(first, sandbox, now)
+    first.close()
+    second.close()
+
+
+def test_a_read_of_the_look_back_left_half_done_is_taken_up_where_it_stopped(
+    sandbox: Sandbox, fast_mapping: HubSpotMapping, r: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Workers that stop mid-read (a deploy, a crash) leave its slices to whoever comes next, however
+    much later: the window is never taken as read while slices of it were not (the slices' set used to
+    expire after 2 x WAIT_S, and the read was then taken as done, its unread slices' events missing)."""
+    monkeypatch.setattr(hubspot_events, "WAIT_S", 0.5)  # the set expired after 1 s
+    monkeypatch.setattr(hubspot_events, "SLICE_LEASE_S", 0.5)  # a stopped reader's claim runs out soon
+    a = adapter(sandbox, fast_mapping, r)
+    store = a.web_events
+    read = store.read_window
+    calls = 0
+
+    class Stopped(Exception):
+        pass
+
+    def stops_after_three(*args: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls > 3:
+            raise Stopped
+        return read(*args)
+
+    store.read_window = stops_after_three
+    now = time.time()
+    with pytest.raises(Stopped):
+        store.ensure(now)
+    assert store.progress() is not None  # left half done
+    time.sleep(1.5)
+    store.read_window = read
+    store.ensure(now)
+    assert store.progress() is None
+    assert_every_web_event_read(a, sandbox, now)
+    a.close()
+
+
+def assert_every_web_event_read(a: HubSpotAdapter, sandbox: Sandbox, now: float) -> None:
+    """The page views and form submissions a page of contacts gets from the shared read are all of theirs."""
+    page = a.read_page("contact", None, since=None)
+    with bulk_calls():
+        a.load_activities(page.leads, now)
+    cutoff = now - 180 * 86400
+    web = ("page_view", "form_submission")
+    truth = Counter(act.kind for i in range(len(page.leads)) for act in sandbox.population.activities(i)
+                    if act.kind in web and act.ts >= cutoff)  # fmt: skip
+    assert truth["page_view"] > 100
+    assert Counter(act.kind for lead in page.leads for act in lead.activities if act.kind in web) == truth
 
 
 def test_a_few_contacts_get_their_web_events_one_call_each_while_no_bulk_read_covers_the_look_back(

@@ -159,7 +159,8 @@ class Worker:
     peak_rss: int = 0  # bytes, main process + pool child together
     peak_child_rss: int = 0
     # The kernel's high-water mark of each process's RSS (VmHWM), by pid: the true peak, which sampling
-    # misses when a page's heaviest moment is shorter than the sampling interval (at a fast rate it is).
+    # could miss when a page's heaviest moment is shorter than the sampling interval (so far they agree).
+    # Main and child are added as the sampled figure adds them, though their peaks may not coincide.
     hwm: dict[int, int] = field(default_factory=dict)
 
     def ready(self) -> bool:

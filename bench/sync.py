@@ -180,7 +180,7 @@ class Worker:
             if (mark := high_water(pid)) is not None:
                 self.hwm[pid] = max(self.hwm.get(pid, 0), mark)
 
-    def high_water(self) -> tuple[int, int]:
+    def high_water_marks(self) -> tuple[int, int]:
         """(main process's VmHWM + its largest pool child's, that child's) in bytes; (0, 0) where unknown."""
         main = self.hwm.get(self.proc.pid, 0)
         child = max((v for pid, v in self.hwm.items() if pid != self.proc.pid), default=0)
@@ -514,7 +514,7 @@ def run_pipeline(args: argparse.Namespace, tmp: Path, url: str, sb: Sandbox, qui
         stop_workers(workers)
         client.close()
     rss = [(w.name, w.peak_rss, w.peak_child_rss) for w in workers]
-    hwm = [(w.name, *w.high_water()) for w in workers]
+    hwm = [(w.name, *w.high_water_marks()) for w in workers]
     return Result(args.crm, args.contacts, args.workers, seconds, view, stats, rss, hwm, killed, rate=args.rate,
                   incremental=incremental, first_written_s=first_written)
 

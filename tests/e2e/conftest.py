@@ -111,14 +111,14 @@ def e2e_mappings(target: Path, hubspot_rate: int = CONNECTOR_RATE) -> Path:
 class Worker:
     """`celery -A tasks worker` with one prefork child, in its own process group; its log goes to a file."""
 
-    def __init__(self, name: str, env: dict[str, str], log_dir: Path) -> None:
+    def __init__(self, name: str, env: dict[str, str], log_dir: Path, args: tuple[str, ...] = ()) -> None:
         self.name = name
         self.log_path = log_dir / f"{name}.log"
         self._log = self.log_path.open("w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "tasks", "worker", "--pool=prefork", "--concurrency=1",
              "-Q", QUEUE, "--without-heartbeat", "--without-mingle", "--without-gossip", "-l", "INFO",
-             "-n", f"{name}@%h"],
+             "-n", f"{name}@%h", *args],
             cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
 
@@ -294,8 +294,11 @@ class Pipeline:
 
     # ---- workers and runs
 
-    def start_workers(self, n: int, **env: str) -> list[Worker]:
-        started = [Worker(f"w{len(self.workers) + i}-{os.getpid()}", self.env(**env), self.tmp) for i in range(n)]
+    def start_workers(self, n: int, *args: str, **env: str) -> list[Worker]:
+        """n workers, each `celery worker` given `args` besides its usual ones and `env` in its environment."""
+        started = [
+            Worker(f"w{len(self.workers) + i}-{os.getpid()}", self.env(**env), self.tmp, args) for i in range(n)
+        ]
         self.workers += started
         for w in started:
             w.wait_ready()

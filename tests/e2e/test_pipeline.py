@@ -8,13 +8,16 @@ identical sandbox (see conftest.py).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
+import psutil
 import pytest
 import redis
 
@@ -196,6 +199,49 @@ def test_several_workers_write_the_single_process_scores_and_route_each_hot_lead
     assert "failed 0" in summary
     assert "Traceback" not in done.stderr
     assert assert_same_outcome(p, ref, p.state(), stats) == set(), "a routed lead has no task"
+
+
+def test_a_worker_whose_pool_process_is_replaced_after_every_task_writes_the_single_process_scores(
+    make_pipeline: MakePipeline, reference_for: ReferenceFor
+) -> None:
+    """A pool process grown past its bound (tasks/app.py, _bound_pool) is replaced between tasks: nothing
+    is lost or done twice. The worker is given Celery's `--max-memory-per-child=1` (KiB), the smallest
+    bound an admin can set, so its process is replaced after every task; it runs the whole sync alone."""
+    p = make_pipeline("hubspot", CONTACTS)
+    ref = reference_for("hubspot", CONTACTS)
+    [tight] = p.start_workers(1, "--max-memory-per-child=1")
+    seen: set[int] = set()
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(psutil.Error):
+                seen.update(c.pid for c in psutil.Process(tight.proc.pid).children())
+            stop.wait(0.02)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    p.reset_stats()
+    try:
+        done = p.cli("sync", "--crm", "hubspot", "--full", "--wait")
+    finally:
+        stop.set()
+        watcher.join(5)
+    stats = p.stats()
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    n = len(ref.after.written)
+    summary = summary_of(done.stdout, "hubspot")
+    assert f"read {n}, scored {n}, written {n}," in summary
+    assert "failed 0" in summary
+    assert assert_same_outcome(p, ref, p.state(), stats) == set(), "a routed lead has no task"
+    ran = len(re.findall(r"Task leadscore\.\S+\[[^\]]+\] received", tight.log(10_000)))
+    assert ran >= 2, f"the worker ran {ran} task(s): nothing to replace its process between"
+    assert len(seen) >= 2, f"its pool process was never replaced: {sorted(seen)}"
+    said = "a pool process is replaced after its task once it holds more than"
+    assert said not in tight.log(10_000), "the admin's own bound was overridden"
+    [bounded] = p.start_workers(1)  # no bound given: the connector's own
+    assert said in bounded.log(10_000)
 
 
 # --------------------------------------------------------------------------- 2. a worker killed

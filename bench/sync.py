@@ -6,7 +6,8 @@ process (so it does not share a GIL with anything measured), K
 `leadscore sync --crm CRM --full` and times it until the run is done. Reports
 records per second, API calls (the sandbox's count: total and per 1,000
 records), seconds, and the peak RSS of each worker (main process and its pool
-child, sampled with psutil, and the kernel's high-water marks, VmHWM).
+child, sampled with psutil, and the kernel's high-water marks, VmHWM), and how
+often its pool child was replaced for its memory (tasks/app.py, _bound_pool).
 
     python bench/sync.py --crm hubspot --contacts 10000 --workers 2
     python bench/sync.py --crm hubspot --contacts 50000 --workers 4 --kill-worker
@@ -180,6 +181,11 @@ class Worker:
             if (mark := high_water(pid)) is not None:
                 self.hwm[pid] = max(self.hwm.get(pid, 0), mark)
 
+    @property
+    def replaced(self) -> int:
+        """How many times the pool child was replaced (tasks/app.py, _bound_pool), as the samples saw it."""
+        return max(0, sum(1 for pid in self.hwm if pid != self.proc.pid) - 1)
+
     def high_water_marks(self) -> tuple[int, int]:
         """(main process's VmHWM + its largest pool child's, that child's) in bytes; (0, 0) where unknown."""
         main = self.hwm.get(self.proc.pid, 0)
@@ -276,6 +282,7 @@ class Result:
     rate: int = 190
     incremental: list[dict[str, Any]] = field(default_factory=list)
     first_written_s: float | None = None  # when the first score was written (the progress loop's 0.1 s steps)
+    replaced: dict[str, int] = field(default_factory=dict)  # worker -> times its pool child was replaced
 
     @property
     def records(self) -> int:
@@ -304,6 +311,7 @@ class Result:
             "peak_child_rss_mb_per_worker": {name: round(child / 2**20, 1) for name, _, child in self.rss},
             "hwm_mb_per_worker": {name: round(total / 2**20, 1) for name, total, _ in self.hwm},
             "hwm_child_mb_per_worker": {name: round(child / 2**20, 1) for name, _, child in self.hwm},
+            "pool_child_replaced_per_worker": dict(self.replaced),
         }
         out.update(rate_figures(self.stats, self.seconds, self.rate))
         out["calls_per_1000_by_part"] = parts_per_1000(self.view, max(1, self.records))
@@ -425,12 +433,14 @@ def run_pipeline(args: argparse.Namespace, tmp: Path, url: str, sb: Sandbox, qui
     mdir = bench_mappings(tmp / "mappings", connector_rate)
     api_url, ca = (sb.hubspot_url, None) if args.crm == "hubspot" else (sb.salesforce_url, sb.ca_cert)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HUBSPOT_", "SALESFORCE_", "LEADSCORE_"))}
-    env.update(
-        REDIS_URL=url, HUBSPOT_BASE_URL=sb.hubspot_url, HUBSPOT_ACCESS_TOKEN=sb.hubspot_token,
-        SALESFORCE_INSTANCE_URL=sb.salesforce_url, SALESFORCE_ACCESS_TOKEN=sb.salesforce_token,
-        SALESFORCE_CA_BUNDLE=sb.ca_cert, LEADSCORE_MAPPINGS=str(mdir), PYTHONWARNINGS="ignore",
-        PYTHONUNBUFFERED="1",
-    )  # fmt: skip
+    # The workers are given the benchmarked CRM's account only, as a deployment for one CRM is: what a
+    # worker is configured for sets the bound on its pool process's memory (tasks/app.py, POOL_GROWTH_MB).
+    env.update(REDIS_URL=url, LEADSCORE_MAPPINGS=str(mdir), PYTHONWARNINGS="ignore", PYTHONUNBUFFERED="1")
+    if args.crm == "hubspot":
+        env.update(HUBSPOT_BASE_URL=sb.hubspot_url, HUBSPOT_ACCESS_TOKEN=sb.hubspot_token)
+    else:
+        env.update(SALESFORCE_INSTANCE_URL=sb.salesforce_url, SALESFORCE_ACCESS_TOKEN=sb.salesforce_token,
+                   SALESFORCE_CA_BUNDLE=sb.ca_cert)  # fmt: skip
     if args.kill_worker and args.visibility_timeout is not None:
         env["LEADSCORE_VISIBILITY_TIMEOUT"] = str(args.visibility_timeout)
 
@@ -516,7 +526,8 @@ def run_pipeline(args: argparse.Namespace, tmp: Path, url: str, sb: Sandbox, qui
     rss = [(w.name, w.peak_rss, w.peak_child_rss) for w in workers]
     hwm = [(w.name, *w.high_water_marks()) for w in workers]
     return Result(args.crm, args.contacts, args.workers, seconds, view, stats, rss, hwm, killed, rate=args.rate,
-                  incremental=incremental, first_written_s=first_written)
+                  incremental=incremental, first_written_s=first_written,
+                  replaced={w.name: w.replaced for w in workers})
 
 
 def held_page(log: str) -> bool:
@@ -1065,7 +1076,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, mb in f["peak_rss_mb_per_worker"].items():
             child, mark = f["peak_child_rss_mb_per_worker"][name], f["hwm_mb_per_worker"][name]
             print(f"  peak RSS {name}: {mb} MB (pool child {child} MB); "
-                  f"high-water mark {mark} MB (pool child {f['hwm_child_mb_per_worker'][name]} MB)")
+                  f"high-water mark {mark} MB (pool child {f['hwm_child_mb_per_worker'][name]} MB); "
+                  f"pool child replaced {f['pool_child_replaced_per_worker'].get(name, 0)} times")
         if result.killed:
             k = result.killed
             print(f"  killed {k['victim']} at {k['at_s']} s (pages done {k['pages_done_at_kill']}); run finished "

@@ -91,10 +91,10 @@ def _bound_pool(sender: Any = None, **_: Any) -> None:
     CPython gives its small-object arenas back to the system only when they are wholly empty, so a
     process keeps about the most memory it ever needed, and what a long first sync left in it. Without
     this a HubSpot worker's pool process ended 100.3-101.1 MB after 10,000 contacts and up to 110.7 MB
-    after 1,000,000 at Professional's rate (bench/sync.py); with it, a process past its bound is
-    replaced by a fresh one, as Celery's worker_max_memory_per_child does: after its task, so nothing
-    is lost or done twice. An admin's own `--max-memory-per-child` (or the setting) is left as it is;
-    0 turns the replacement off.
+    after 1,000,000 at Professional's rate (bench/sync.py). The bound is Celery's
+    worker_max_memory_per_child, which the pool process checks against its peak RSS after each task
+    and leaves when past it; the pool starts a fresh one. So nothing is lost or done twice. An
+    admin's own `--max-memory-per-child` (or the setting) is left as it is; 0 turns it off.
     """
     if sender is None or getattr(sender, "max_memory_per_child", 0) is not None or not _prefork(sender):
         return

@@ -105,12 +105,7 @@ class Runtime:
 
     @property
     def configured_crms(self) -> list[CrmName]:
-        crms: list[CrmName] = []
-        if self.settings.hubspot_configured:
-            crms.append("hubspot")
-        if self.settings.salesforce_configured:
-            crms.append("salesforce")
-        return crms
+        return self.settings.configured_crms
 
     def adapter(self, crm: CrmName) -> CrmAdapter:
         with self._lock:

@@ -30,6 +30,7 @@ from urllib.parse import urlparse
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
+from connector.domain import CrmName
 from connector.errors import ConfigError
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
@@ -286,6 +287,16 @@ class Settings(BaseSettings):
     @property
     def salesforce_configured(self) -> bool:
         return self.salesforce_instance_url is not None and self.salesforce_access_token is not None
+
+    @property
+    def configured_crms(self) -> list[CrmName]:
+        """The CRMs whose account is given, in the order the commands go through them."""
+        crms: list[CrmName] = []
+        if self.hubspot_configured:
+            crms.append("hubspot")
+        if self.salesforce_configured:
+            crms.append("salesforce")
+        return crms
 
     def require_hubspot(self) -> None:
         if not self.hubspot_access_token:

@@ -29,6 +29,7 @@ from celery.worker import state as worker_state
 
 from connector.bootstrap import settle_collector
 from connector.config import load_settings
+from connector.domain import CrmName
 from connector.logs import configure as configure_logs
 
 _settings = load_settings()
@@ -47,7 +48,7 @@ MAX_COUNTDOWN = min(120, VISIBILITY_TIMEOUT // 2)
 # task it is running (_bound_pool), by the CRM it works for: what a pool process settles at after a
 # few sync pages, with room to spare (bench/sync.py, 10,000 contacts, 2026-12-05: HubSpot 13-14 MB
 # past the start, Salesforce 29-32 MB). A worker configured for both takes the larger.
-POOL_GROWTH_MB = {"hubspot": 16, "salesforce": 40}
+POOL_GROWTH_MB: dict[CrmName, int] = {"hubspot": 16, "salesforce": 40}
 
 app = Celery("leadscore", include=["tasks.sync", "tasks.routing", "tasks.realtime", "tasks.learn"])
 app.conf.update(
@@ -98,7 +99,7 @@ def _bound_pool(sender: Any = None, **_: Any) -> None:
     """
     if sender is None or getattr(sender, "max_memory_per_child", 0) is not None or not _prefork(sender):
         return
-    crms = [crm for crm in POOL_GROWTH_MB if getattr(_settings, f"{crm}_configured", False)] or list(POOL_GROWTH_MB)
+    crms = _settings.configured_crms or list(POOL_GROWTH_MB)
     start_kb = mem_rss()  # the most this process has held so far: its modules loaded
     sender.max_memory_per_child = start_kb + max(POOL_GROWTH_MB[crm] for crm in crms) * 1024
     _pool_bound.update(start_mb=start_kb // 1024, limit_mb=sender.max_memory_per_child // 1024)

@@ -22,7 +22,8 @@ APP_MODULE = importlib.import_module("tasks.app")  # `tasks.app` the attribute i
 def test_a_worker_with_no_bound_of_its_own_is_bound_by_its_start_size_and_its_crms(
     monkeypatch: pytest.MonkeyPatch, hubspot: bool, salesforce: bool, growth_mb: int
 ) -> None:
-    settings = SimpleNamespace(hubspot_configured=hubspot, salesforce_configured=salesforce)
+    crms = [crm for crm, given in (("hubspot", hubspot), ("salesforce", salesforce)) if given]
+    settings = SimpleNamespace(configured_crms=crms)
     monkeypatch.setattr(APP_MODULE, "_settings", settings)
     worker = SimpleNamespace(max_memory_per_child=None, pool_cls="prefork")  # nobody set a bound
     before = mem_rss()
